@@ -1,0 +1,47 @@
+# Every target works from a fresh clone with only Python 3.10+: the first one that needs the
+# virtualenv creates it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test lint fmt bench dist clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the package with its dev tools
+
+run: $(STAMP) ## start the server (in-memory store) on $(HOST):$(PORT)
+	$(BIN)/python -m progressista.server --host $(HOST) --port $(PORT)
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff and strict mypy over package and tests
+	$(BIN)/ruff check progressista tests
+	$(BIN)/ruff format --check progressista tests
+	$(BIN)/mypy
+
+fmt: $(STAMP) ## format and fix imports
+	$(BIN)/ruff check --fix --select I progressista tests
+	$(BIN)/ruff format progressista tests
+
+bench: $(STAMP) ## measure the server (and later the client) against its targets
+	$(BIN)/python -m tests.bench.server
+
+dist: $(STAMP) ## build the sdist and wheel into dist/
+	$(BIN)/python -m build --outdir dist .
+
+clean: ## remove the virtualenv, builds and caches
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

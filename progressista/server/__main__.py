@@ -1,0 +1,88 @@
+"""``python -m progressista.server``: run the server until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from aiohttp.web_log import AccessLogger
+
+from ..settings import ServerSettings, SettingError, parse_args
+from .accesslog import QuietAccessLogger
+from .app import create_app
+
+log = logging.getLogger("progressista.server")
+
+#: Seconds to let in-flight requests finish on shutdown before closing their connections.
+SHUTDOWN_GRACE = 3.0
+
+
+def dashboard_url(host: str, port: int) -> str:
+    """A URL a person can open: wildcard binds are shown as this machine's name."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/"
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly (viewers get close code 1001)."""
+    app = create_app(settings)
+    access_log_class: type[AccessLogger] = (
+        QuietAccessLogger if settings.access_log == "quiet" else AccessLogger
+    )
+    runner = web.AppRunner(
+        app,
+        access_log=None if settings.access_log == "off" else logging.getLogger("aiohttp.access"),
+        access_log_class=access_log_class,
+        shutdown_timeout=SHUTDOWN_GRACE,
+        handle_signals=False,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        bound = runner.addresses[0]
+        port = bound[1] if isinstance(bound, tuple) else settings.port
+        print(f"Progressista dashboard: {dashboard_url(settings.host, port)}", flush=True)
+        log.info("settings: %s", settings.describe())
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingError as error:
+        print(f"progressista: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:
+        print(
+            f"progressista: cannot listen on {settings.host}:{settings.port}: {error.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

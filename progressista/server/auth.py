@@ -1,0 +1,69 @@
+"""Who may do what: the optional write and read tokens, and the WebSocket origin check.
+
+Tokens are compared in constant time and never logged. Programs send ``Authorization: Bearer
+<token>``; browsers log in once through a form and then carry a cookie that holds a keyed hash
+of the read token, not the token itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Collection
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+__all__ = [
+    "COOKIE_NAME",
+    "bearer_matches",
+    "cookie_value",
+    "origin_allowed",
+    "read_allowed",
+    "token_matches",
+]
+
+COOKIE_NAME = "progressista_session"
+
+
+def token_matches(supplied: str, expected: str) -> bool:
+    """Constant-time comparison, so timing does not reveal how much of a guess was right."""
+    return hmac.compare_digest(supplied.encode(), expected.encode())
+
+
+def cookie_value(read_token: str) -> str:
+    """What the login cookie holds: proof of the token that does not reveal it."""
+    return hmac.new(
+        read_token.encode(), b"progressista dashboard session", hashlib.sha256
+    ).hexdigest()
+
+
+def bearer_matches(request: web.BaseRequest, token: str | None) -> bool:
+    """True when no token is configured or the request carries it as a bearer token."""
+    if token is None:
+        return True
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and token_matches(supplied.strip(), token)
+
+
+def read_allowed(request: web.BaseRequest, read_token: str | None) -> bool:
+    """True when the request may read: open server, bearer token, or the login cookie."""
+    if read_token is None or bearer_matches(request, read_token):
+        return True
+    cookie = request.cookies.get(COOKIE_NAME)
+    return cookie is not None and token_matches(cookie, cookie_value(read_token))
+
+
+def origin_allowed(request: web.BaseRequest, allowed: Collection[str]) -> bool:
+    """Whether a browser page from the request's ``Origin`` may open the WebSocket.
+
+    Programs send no Origin and are let through (tokens guard them). Pages must come from this
+    server's own host (as the browser reached it, so TLS-terminating proxies keep working) or be
+    listed in ``allowed_origins``.
+    """
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin in allowed:
+        return True
+    return urlsplit(origin).netloc.lower() == request.host.lower()

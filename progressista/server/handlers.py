@@ -1,0 +1,315 @@
+"""HTTP and WebSocket handlers: parse the request, call the store or hub, map errors to HTTP.
+
+Every error a client can cause is a JSON body ``{"error": sentence, "details": [...]}`` with the
+status DESIGN §1 names; nothing a client sends produces a 5xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp_jinja2
+import orjson
+from aiohttp import web
+
+from ..schema import STATES, FieldError, SchemaError, parse_events
+from ..settings import parse_duration
+from .auth import (
+    COOKIE_NAME,
+    bearer_matches,
+    cookie_value,
+    origin_allowed,
+    read_allowed,
+    token_matches,
+)
+from .context import CLOCK, HUB, INGEST_STATS, SETTINGS, STORE
+from .metrics import exposition
+from .store import StoreFull
+from .task import Task
+
+__all__ = ["CONTENT_SECURITY_POLICY", "ApiError", "error_response", "json_response", "routes"]
+
+#: No inline script or style, nothing from other origins: a task field that slipped into the
+#: page as markup still could not run.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+
+#: Seconds a client is asked to wait when the server has no room for new tasks.
+FULL_RETRY_AFTER = 10
+
+routes = web.RouteTableDef()
+
+
+class ApiError(Exception):
+    """A request the API refuses; the ``json_errors`` middleware turns it into the response."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        details: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details
+        self.headers = headers
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.message, self.details, self.headers)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(
+    status: int,
+    message: str,
+    details: Sequence[FieldError] = (),
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    body = {"error": message, "details": [detail.as_json() for detail in details]}
+    return json_response(body, status, headers)
+
+
+def _unauthorized(what: str) -> ApiError:
+    return ApiError(
+        401,
+        f"missing or wrong token: send 'Authorization: Bearer <{what} token>'",
+        headers={"WWW-Authenticate": 'Bearer realm="progressista"'},
+    )
+
+
+@routes.post("/progress")
+async def ingest(request: web.Request) -> web.Response:
+    """Store a batch of events (DESIGN §1) and tell the viewers."""
+    stats = request.app[INGEST_STATS]
+    stats.requests += 1
+    try:
+        return await _ingest(request)
+    except ApiError as error:
+        stats.rejected[error.status] += 1
+        raise
+
+
+async def _ingest(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    if settings.write_token is not None and not bearer_matches(request, settings.write_token):
+        raise _unauthorized("write")
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiError(
+            415, f"send events as JSON with 'Content-Type: application/json', not {content_type!r}"
+        )
+    length = request.content_length
+    if length is not None and length > settings.max_body:
+        raise _too_large(settings.max_body)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(settings.max_body) from None
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ApiError(400, f"the body is not valid JSON: {error}") from None
+    try:
+        events = parse_events(payload, settings.max_batch)
+    except SchemaError as error:
+        raise ApiError(413 if error.too_large else 400, error.summary, error.details) from None
+    try:
+        result = await app[STORE].apply(events, app[CLOCK]())
+    except StoreFull as error:
+        raise ApiError(429, str(error), headers={"Retry-After": str(FULL_RETRY_AFTER)}) from None
+    hub = app[HUB]
+    hub.publish(result.changed)
+    if result.evicted:
+        hub.publish(result.evicted)
+    stats = app[INGEST_STATS]
+    stats.events_accepted += result.accepted
+    stats.events_ignored += result.ignored
+    return json_response({"accepted": result.accepted, "ignored": result.ignored}, 202)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the body is larger than the server's limit of {limit} bytes")
+
+
+def _states_filter(request: web.Request) -> frozenset[str] | None:
+    """The ``state`` query (repeated or comma-separated), or None when absent."""
+    values = [
+        part.strip()
+        for value in request.query.getall("state", [])
+        for part in value.split(",")
+        if part.strip()
+    ]
+    if not values:
+        return None
+    unknown = sorted(set(values) - set(STATES))
+    if unknown:
+        raise _bad_query("state", f"unknown state {unknown[0]!r}; use {', '.join(STATES)}")
+    return frozenset(values)
+
+
+def _bad_query(field: str, message: str) -> ApiError:
+    return ApiError(400, f"bad query parameter {field!r}", [FieldError(None, field, message)])
+
+
+def _require_read(request: web.Request) -> None:
+    if not read_allowed(request, request.app[SETTINGS].read_token):
+        raise _unauthorized("read")
+
+
+@routes.get("/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    """``{"tasks": {id: task}}``, optionally filtered by ``state`` and ``job``."""
+    _require_read(request)
+    states = _states_filter(request)
+    job = request.query.get("job")
+    tasks = await request.app[STORE].select(states, job)
+    return json_response({"tasks": tasks})
+
+
+@routes.delete("/tasks")
+async def delete_tasks(request: web.Request) -> web.Response:
+    """Discard every task matching all given filters; refuses to run without one."""
+    _require_read(request)
+    states = _states_filter(request)
+    older_than: float | None = None
+    if "older_than" in request.query:
+        try:
+            older_than = parse_duration(request.query["older_than"])
+        except ValueError as error:
+            raise _bad_query("older_than", str(error)) from None
+    if states is None and older_than is None:
+        raise ApiError(
+            400,
+            "refusing to delete every task: give state= and/or older_than= "
+            "(e.g. DELETE /tasks?state=completed,failed)",
+        )
+    app = request.app
+    deleted = await app[STORE].delete_where(states, older_than, app[CLOCK]())
+    app[HUB].publish(deleted)
+    return json_response({"deleted": len(deleted)})
+
+
+def _task_id(request: web.Request) -> str:
+    return request.match_info["task_id"]
+
+
+@routes.get("/tasks/{task_id:.+}")
+async def get_task(request: web.Request) -> web.Response:
+    _require_read(request)
+    task_id = _task_id(request)
+    task = await request.app[STORE].get(task_id)
+    if task is None:
+        raise ApiError(404, f"no task with id {task_id!r}")
+    return json_response(task)
+
+
+@routes.delete("/tasks/{task_id:.+}")
+async def delete_task(request: web.Request) -> web.Response:
+    _require_read(request)
+    task_id = _task_id(request)
+    if not await request.app[STORE].delete(task_id):
+        raise ApiError(404, f"no task with id {task_id!r}")
+    request.app[HUB].publish((task_id,))
+    return web.Response(status=204)
+
+
+@routes.get("/ws")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """Live view: a snapshot, then coalesced patches (DESIGN §4)."""
+    settings = request.app[SETTINGS]
+    _require_read(request)
+    if not origin_allowed(request, settings.allowed_origins):
+        raise ApiError(
+            403,
+            f"origin {request.headers.get('Origin')!r} may not open this WebSocket; "
+            "add it to allowed_origins",
+        )
+    socket = web.WebSocketResponse(
+        heartbeat=settings.heartbeat, compress=False, max_msg_size=64 * 1024
+    )
+    await socket.prepare(request)
+    await request.app[HUB].serve(socket, request)
+    return socket
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness and store reachability, open to probes that carry no token."""
+    return json_response({"status": "ok", "store": "ok"})
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    _require_read(request)
+    app = request.app
+    body = exposition(app[INGEST_STATS], app[HUB], app[STORE].view)
+    return web.Response(
+        body=body,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _grouped(tasks: Mapping[str, Task]) -> dict[str, list[Task]]:
+    groups: dict[str, list[Task]] = {state: [] for state in STATES}
+    for task in tasks.values():
+        groups[task["state"]].append(task)
+    for group in groups.values():
+        group.sort(key=lambda task: task["created_at"], reverse=True)
+    return groups
+
+
+def _page(
+    template: str, request: web.Request, context: dict[str, Any], status: int = 200
+) -> web.Response:
+    response = aiohttp_jinja2.render_template(template, request, context, status=status)
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.Response:
+    """The dashboard, its first paint rendered here so it needs no round trip."""
+    if not read_allowed(request, request.app[SETTINGS].read_token):
+        return _page("login.html", request, {"failed": False}, status=401)
+    groups = _grouped(request.app[STORE].view)
+    return _page("index.html", request, {"groups": groups, "states": STATES})
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.Response:
+    """Trade the read token typed into the login form for a session cookie."""
+    read_token = request.app[SETTINGS].read_token
+    if read_token is None:
+        raise web.HTTPSeeOther("/")
+    form = await request.post()
+    supplied = form.get("token")
+    if not (isinstance(supplied, str) and token_matches(supplied.strip(), read_token)):
+        return _page("login.html", request, {"failed": True}, status=401)
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(
+        COOKIE_NAME,
+        cookie_value(read_token),
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+        path="/",
+    )
+    raise response

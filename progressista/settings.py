@@ -1,0 +1,235 @@
+"""Every server setting in one place: defaults, environment variables, command-line flags.
+
+Precedence is argument > command-line flag > ``PROGRESSISTA_*`` environment variable > default.
+Nothing is read at import time: :meth:`ServerSettings.from_env` and :func:`parse_args` read the
+environment they are given when they are called. This module only imports the standard library, so
+the client can share it without pulling in the server's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ENV_PREFIX", "ServerSettings", "SettingError", "parse_args"]
+
+ENV_PREFIX = "PROGRESSISTA_"
+
+
+class SettingError(ValueError):
+    """A setting's value cannot be used; the message names the setting and the accepted form."""
+
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2}
+_NUMBER_WITH_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"90s"``, ``"15m"``, ``"2h"`` or ``"1d"``."""
+    match = _NUMBER_WITH_UNIT.match(text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _DURATION_UNITS:
+        raise ValueError(f"{text!r} is not a duration; use seconds or a unit: 90, 90s, 15m, 2h, 1d")
+    return float(match.group(1)) * _DURATION_UNITS[unit]
+
+
+def parse_optional_duration(text: str) -> float | None:
+    """Like :func:`parse_duration`, with ``off``/``none``/``0`` meaning "no limit"."""
+    if text.strip().lower() in ("", "off", "none", "0"):
+        return None
+    return parse_duration(text)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"1048576"``, ``"512KiB"`` or ``"1MiB"``."""
+    match = _NUMBER_WITH_UNIT.match(text)
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size; use bytes or a unit: 1048576, 512KiB, 1MiB")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _setting(
+    default: Any,
+    help: str,
+    parse: Callable[[str], Any],
+    *,
+    choices: Sequence[str] | None = None,
+    secret: bool = False,
+) -> Any:
+    """A dataclass field that also knows its flag, its variable and how to parse them."""
+    return field(
+        default=default,
+        metadata={"help": help, "parse": parse, "choices": choices, "secret": secret},
+    )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything `create_app` and ``python -m progressista.server`` can be told.
+
+    Durations are in seconds. Each field is also a flag (``--stale-after``) and an environment
+    variable (``PROGRESSISTA_STALE_AFTER``); the README's settings table lists them.
+    """
+
+    host: str = _setting("127.0.0.1", "interface to bind; 0.0.0.0 exposes the server", str)
+    port: int = _setting(8000, "TCP port", int)
+    stale_after: float = _setting(
+        60.0, "an active task with no event for this long becomes stale", parse_duration
+    )
+    abandon_after: float = _setting(
+        86400.0, "a stale task is removed after this much more silence", parse_duration
+    )
+    retention: float = _setting(
+        86400.0, "completed and failed tasks are removed this long after closing", parse_duration
+    )
+    max_age: float | None = _setting(
+        None,
+        "remove any task this long after it was created (off by default)",
+        parse_optional_duration,
+    )
+    cleanup_interval: float = _setting(
+        1.0, "how often cleanup looks for expired tasks", parse_duration
+    )
+    broadcast_interval: float = _setting(
+        0.025, "changes within this window go to viewers as one message", parse_duration
+    )
+    viewer_timeout: float = _setting(
+        10.0, "a viewer that cannot take a message for this long is disconnected", parse_duration
+    )
+    heartbeat: float = _setting(30.0, "WebSocket ping interval", parse_duration)
+    max_body: int = _setting(1024**2, "largest accepted POST /progress body", parse_size)
+    max_batch: int = _setting(1000, "most events in one POST /progress", int)
+    max_tasks: int = _setting(
+        50_000, "most tasks stored; completed ones are evicted first, then new tasks get 429", int
+    )
+    write_token: str | None = _setting(
+        None, "token required to POST /progress (Authorization: Bearer)", str, secret=True
+    )
+    read_token: str | None = _setting(
+        None, "token required for the dashboard, /tasks, /ws and /metrics", str, secret=True
+    )
+    allowed_origins: tuple[str, ...] = _setting(
+        (), "extra origins allowed to open /ws (comma-separated)", parse_list
+    )
+    log_level: str = _setting(
+        "info", "logging level", str.lower, choices=("debug", "info", "warning", "error")
+    )
+    access_log: str = _setting(
+        "quiet",
+        "which requests are logged: all, quiet (all but accepted POST /progress) or off",
+        str.lower,
+        choices=("all", "quiet", "off"),
+    )
+
+    def __post_init__(self) -> None:
+        positive = (
+            "stale_after",
+            "abandon_after",
+            "retention",
+            "cleanup_interval",
+            "viewer_timeout",
+            "heartbeat",
+            "max_body",
+            "max_batch",
+            "max_tasks",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise SettingError(f"{name} must be a positive number, not {value!r}")
+        if self.broadcast_interval < 0 or not math.isfinite(self.broadcast_interval):
+            raise SettingError(
+                f"broadcast_interval must be a number ≥ 0, not {self.broadcast_interval!r}"
+            )
+        if self.max_age is not None and not self.max_age > 0:
+            raise SettingError(f"max_age must be positive or None, not {self.max_age!r}")
+        if not 0 <= self.port <= 65535:
+            raise SettingError(f"port must be between 0 and 65535, not {self.port}")
+        for name in ("log_level", "access_log"):
+            choices = _field(name).metadata["choices"]
+            if getattr(self, name) not in choices:
+                raise SettingError(f"{name} must be one of {', '.join(choices)}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> ServerSettings:
+        """Settings from ``PROGRESSISTA_*`` variables, then ``overrides`` on top."""
+        values: dict[str, Any] = {}
+        for setting in dataclasses.fields(cls):
+            variable = env_name(setting.name)
+            if variable in environ and environ[variable] != "":
+                values[setting.name] = _parse(setting, environ[variable], variable)
+        values.update(overrides)
+        return cls(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a loggable dict: secrets show only whether they are set."""
+        return {
+            f.name: ("<set>" if getattr(self, f.name) else None)
+            if f.metadata["secret"]
+            else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+        }
+
+
+def env_name(setting: str) -> str:
+    """``stale_after`` → ``PROGRESSISTA_STALE_AFTER``."""
+    return ENV_PREFIX + setting.upper()
+
+
+def flag_name(setting: str) -> str:
+    """``stale_after`` → ``--stale-after``."""
+    return "--" + setting.replace("_", "-")
+
+
+def _field(name: str) -> dataclasses.Field[Any]:
+    return next(f for f in dataclasses.fields(ServerSettings) if f.name == name)
+
+
+def _parse(setting: dataclasses.Field[Any], text: str, source: str) -> Any:
+    try:
+        return setting.metadata["parse"](text)
+    except ValueError as error:
+        raise SettingError(f"{source}: {error}") from None
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerSettings:
+    """Settings for ``python -m progressista.server``: flags win over the environment.
+
+    Raises :class:`SettingError` naming the flag or variable that could not be used.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m progressista.server",
+        description="Serve the Progressista dashboard and ingest API.",
+        epilog="Every flag can also be given as an environment variable, e.g. "
+        "--stale-after as PROGRESSISTA_STALE_AFTER. Durations take s, m, h or d; sizes KiB "
+        "or MiB.",
+    )
+    for setting in dataclasses.fields(ServerSettings):
+        default = setting.default
+        shown = "unset" if setting.metadata["secret"] or default in (None, ()) else default
+        parser.add_argument(
+            flag_name(setting.name),
+            dest=setting.name,
+            metavar=setting.name.upper(),
+            default=None,
+            help=f"{setting.metadata['help']} (env {env_name(setting.name)}; default {shown})",
+        )
+    namespace = parser.parse_args(list(argv))
+    overrides = {
+        setting.name: _parse(setting, getattr(namespace, setting.name), flag_name(setting.name))
+        for setting in dataclasses.fields(ServerSettings)
+        if getattr(namespace, setting.name) is not None
+    }
+    return ServerSettings.from_env(environ, **overrides)

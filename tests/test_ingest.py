@@ -1,0 +1,292 @@
+"""POST /progress over the real app: every status code, its exact body, and the store after it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from progressista.server.context import INGEST_STATS, STORE
+
+from .conftest import Client, FakeClock, MakeClient, event, post
+
+
+def stored(client: Client) -> dict[str, Any]:
+    return dict(client.app[STORE].view)
+
+
+async def test_one_event_creates_a_task_with_server_fields(
+    client: Client, clock: FakeClock
+) -> None:
+    status, body = await post(client, event("a", n=5, total=20, desc="Loading", seq=1))
+    assert (status, body) == (202, {"accepted": 1, "ignored": 0})
+    assert stored(client) == {
+        "a": {
+            "task_id": "a",
+            "state": "active",
+            "status": "update",
+            "desc": "Loading",
+            "n": 5,
+            "total": 20,
+            "percent": 25.0,
+            "unit": "it",
+            "unit_scale": False,
+            "unit_divisor": 1000,
+            "rate": None,
+            "eta": None,
+            "elapsed": None,
+            "postfix": "",
+            "meta": {},
+            "error": None,
+            "seq": 1,
+            "timestamp": None,
+            "created_at": clock.now,
+            "updated_at": clock.now,
+            "closed_at": None,
+        }
+    }
+
+
+async def test_a_batch_is_applied_in_order(client: Client) -> None:
+    status, body = await post(client, [event("a", n=1), event("b", n=2), event("a", n=3)])
+    assert (status, body) == (202, {"accepted": 3, "ignored": 0})
+    assert {task_id: task["n"] for task_id, task in stored(client).items()} == {"a": 3, "b": 2}
+
+
+async def test_an_older_seq_is_ignored_so_retries_and_reordering_are_harmless(
+    client: Client,
+) -> None:
+    await post(client, event("a", n=10, seq=5))
+    status, body = await post(client, [event("a", n=3, seq=4), event("a", n=99, seq=5)])
+    assert (status, body) == (202, {"accepted": 0, "ignored": 2})
+    assert stored(client)["a"]["n"] == 10
+    assert await post(client, event("a", n=11, seq=6)) == (202, {"accepted": 1, "ignored": 0})
+    assert stored(client)["a"]["n"] == 11
+
+
+async def test_fields_absent_from_an_event_keep_their_stored_value(client: Client) -> None:
+    await post(client, event("a", desc="Loading", total=10, meta={"job": "etl"}))
+    await post(client, event("a", n=4))
+    task = stored(client)["a"]
+    assert (task["desc"], task["total"], task["meta"], task["n"]) == (
+        "Loading",
+        10,
+        {"job": "etl"},
+        4,
+    )
+
+
+async def test_rate_is_smoothed_on_the_server_when_the_client_sends_none(
+    client: Client, clock: FakeClock
+) -> None:
+    await post(client, event("a", n=0, total=100))
+    clock.advance(2)
+    await post(client, event("a", n=20))
+    task = stored(client)["a"]
+    assert (task["rate"], task["eta"]) == (10.0, 8.0)
+    clock.advance(1)
+    await post(client, event("a", n=40))
+    assert stored(client)["a"]["rate"] == 0.3 * 20 + 0.7 * 10
+    await post(client, event("a", n=50, rate=5))
+    assert (stored(client)["a"]["rate"], stored(client)["a"]["eta"]) == (5, 10.0)
+
+
+async def test_close_completes_and_error_fails_with_its_text(
+    client: Client, clock: FakeClock
+) -> None:
+    await post(
+        client,
+        [
+            event("ok", n=10, total=10, status="close"),
+            event("bad", status="error", error="ValueError: boom"),
+        ],
+    )
+    tasks = stored(client)
+    assert (tasks["ok"]["state"], tasks["ok"]["closed_at"]) == ("completed", clock.now)
+    assert (tasks["bad"]["state"], tasks["bad"]["error"]) == ("failed", "ValueError: boom")
+
+
+async def test_an_event_after_close_starts_a_new_run(client: Client, clock: FakeClock) -> None:
+    await post(client, event("a", n=10, desc="first", status="close", seq=3))
+    clock.advance(60)
+    await post(client, event("a", n=1, status="start", seq=4))
+    task = stored(client)["a"]
+    assert (task["state"], task["n"], task["desc"], task["created_at"], task["closed_at"]) == (
+        "active",
+        1,
+        "",
+        clock.now,
+        None,
+    )
+
+
+async def test_a_retried_close_does_not_start_a_new_run(client: Client) -> None:
+    await post(client, event("a", status="close", seq=3))
+    assert await post(client, event("a", status="close", seq=3)) == (
+        202,
+        {"accepted": 0, "ignored": 1},
+    )
+    assert stored(client)["a"]["state"] == "completed"
+
+
+async def test_invalid_events_are_rejected_whole_with_every_field_named(client: Client) -> None:
+    await post(client, event("keep", n=1))
+    status, body = await post(client, [event("new", n=2), event("keep", n=-1), {"n": 1}])
+    assert status == 400
+    assert body == {
+        "error": "2 events are invalid; nothing was stored",
+        "details": [
+            {"index": 1, "field": "n", "message": "must be a finite number ≥ 0"},
+            {"index": 2, "field": "task_id", "message": "is required"},
+        ],
+    }
+    assert list(stored(client)) == ["keep"]
+    assert stored(client)["keep"]["n"] == 1
+
+
+async def test_a_single_invalid_event_has_a_null_index(client: Client) -> None:
+    assert await post(client, event("a", status="finished")) == (
+        400,
+        {
+            "error": "the event is invalid",
+            "details": [
+                {
+                    "index": None,
+                    "field": "status",
+                    "message": "must be one of start, update, close, error",
+                }
+            ],
+        },
+    )
+
+
+async def test_nan_and_infinity_literals_are_not_json(client: Client) -> None:
+    for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
+        response = await client.post(
+            "/progress",
+            data=b'{"task_id": "a", "n": ' + literal + b"}",
+            headers={"Content-Type": "application/json"},
+        )
+        body = await response.json()
+        assert response.status == 400, literal
+        assert body["error"].startswith("the body is not valid JSON: "), body
+    assert stored(client) == {}
+
+
+async def test_malformed_json_is_400(client: Client) -> None:
+    response = await client.post(
+        "/progress", data=b"{", headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert (await response.json())["error"].startswith("the body is not valid JSON")
+
+
+async def test_a_body_that_is_not_json_typed_is_415(client: Client) -> None:
+    response = await client.post(
+        "/progress", data=b'{"task_id": "a"}', headers={"Content-Type": "text/plain"}
+    )
+    assert response.status == 415
+    assert await response.json() == {
+        "error": "send events as JSON with 'Content-Type: application/json', not 'text/plain'",
+        "details": [],
+    }
+
+
+async def test_json_with_a_charset_is_accepted(client: Client) -> None:
+    response = await client.post(
+        "/progress",
+        data=b'{"task_id": "a"}',
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+    assert response.status == 202
+
+
+async def test_a_body_over_the_limit_is_413(make_client: MakeClient) -> None:
+    client = await make_client(max_body=1000)
+    status, body = await post(client, event("a", desc="x" * 990))
+    assert (status, body) == (
+        413,
+        {"error": "the body is larger than the server's limit of 1000 bytes", "details": []},
+    )
+
+    # Chunked bodies carry no Content-Length and are cut off while reading.
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"task_id": "a", "desc": "'
+        yield b"x" * 2000
+        yield b'"}'
+
+    response = await client.post(
+        "/progress", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 413
+    assert stored(client) == {}
+
+
+async def test_a_batch_over_the_limit_is_413(make_client: MakeClient) -> None:
+    client = await make_client(max_batch=2)
+    assert await post(client, [event("a"), event("b"), event("c")]) == (
+        413,
+        {
+            "error": "a batch may hold at most 2 events",
+            "details": [{"index": None, "field": "", "message": "3 events sent"}],
+        },
+    )
+
+
+async def test_write_token_is_required_when_configured(make_client: MakeClient) -> None:
+    client = await make_client(write_token="s3cret")
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        response = await client.post("/progress", json=event("a"), headers=headers)
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"] == 'Bearer realm="progressista"'
+        assert await response.json() == {
+            "error": "missing or wrong token: send 'Authorization: Bearer <write token>'",
+            "details": [],
+        }
+    assert await post(client, event("a"), Authorization="Bearer s3cret") == (
+        202,
+        {"accepted": 1, "ignored": 0},
+    )
+
+
+async def test_when_full_completed_tasks_are_evicted_first_then_new_tasks_get_429(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(max_tasks=3)
+    await post(client, event("done-early", status="close"))
+    clock.advance(1)
+    await post(client, [event("done-late", status="close"), event("running")])
+    assert await post(client, event("new-1")) == (202, {"accepted": 1, "ignored": 0})
+    assert sorted(stored(client)) == ["done-late", "new-1", "running"]
+    await post(client, event("new-2"))
+    assert sorted(stored(client)) == ["new-1", "new-2", "running"]
+    response = await client.post("/progress", json=[event("running", n=5), event("new-3")])
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "10"
+    assert await response.json() == {
+        "error": "the server holds its maximum of 3 tasks; retry later or raise max_tasks",
+        "details": [],
+    }
+    assert stored(client)["running"]["n"] == 0  # all or nothing
+    assert await post(client, event("running", n=6)) == (202, {"accepted": 1, "ignored": 0})
+
+
+async def test_wrong_method_and_unknown_route_are_json(client: Client) -> None:
+    response = await client.get("/progress")
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+    assert await response.json() == {"error": "Method Not Allowed: GET /progress", "details": []}
+    response = await client.get("/nowhere")
+    assert response.status == 404
+    assert await response.json() == {"error": "Not Found: GET /nowhere", "details": []}
+
+
+async def test_outcomes_are_counted(client: Client) -> None:
+    await post(client, [event("a", seq=2), event("a", seq=1)])
+    await post(client, event("a", n=-1))
+    stats = client.app[INGEST_STATS]
+    assert (stats.requests, stats.events_accepted, stats.events_ignored, dict(stats.rejected)) == (
+        2,
+        1,
+        1,
+        {400: 1},
+    )

@@ -1,0 +1,203 @@
+"""The wire format: what parse_events accepts, and exactly what it says about what it rejects."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from progressista import schema
+from progressista.schema import FieldError, SchemaError, parse_events
+
+FULL_EVENT: dict[str, Any] = {
+    "task_id": "etl/2026-11-29/shard 7 ✓",
+    "status": "update",
+    "n": 12,
+    "total": 100.0,
+    "desc": "Loading",
+    "postfix": "loss=0.5",
+    "unit": "B",
+    "unit_scale": True,
+    "unit_divisor": 1024,
+    "elapsed": 3.5,
+    "rate": None,
+    "seq": 7,
+    "timestamp": -1.5,
+    "meta": {"job": "etl", "pid": 42, "gpu": None, "ok": True, "ratio": 0.5},
+}
+
+
+def errors_of(payload: Any, max_batch: int = 1000) -> list[FieldError]:
+    with pytest.raises(SchemaError) as caught:
+        parse_events(payload, max_batch)
+    return caught.value.details
+
+
+def test_a_full_event_passes_unchanged() -> None:
+    assert parse_events(dict(FULL_EVENT), 10) == [FULL_EVENT]
+
+
+def test_status_defaults_to_update() -> None:
+    assert parse_events({"task_id": "a"}, 10) == [{"task_id": "a", "status": "update"}]
+
+
+def test_unknown_fields_are_dropped_so_newer_clients_still_work() -> None:
+    assert parse_events([{"task_id": "a", "colour": "red"}], 10) == [
+        {"task_id": "a", "status": "update"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n", -1, "must be a finite number ≥ 0"),
+        ("n", True, "must be a finite number ≥ 0"),
+        ("n", "3", "must be a finite number ≥ 0"),
+        ("n", math.nan, "must be a finite number ≥ 0"),
+        ("n", math.inf, "must be a finite number ≥ 0"),
+        ("n", 10**400, "must be a finite number ≥ 0"),
+        ("n", None, "must be a finite number ≥ 0"),
+        ("total", -0.5, "must be a finite number ≥ 0 or null"),
+        ("total", -math.inf, "must be a finite number ≥ 0 or null"),
+        ("elapsed", [], "must be a finite number ≥ 0 or null"),
+        ("rate", math.nan, "must be a finite number ≥ 0 or null"),
+        ("timestamp", math.inf, "must be a finite number"),
+        ("timestamp", None, "must be a finite number"),
+        ("seq", -1, "must be an integer between 0 and 2^63-1"),
+        ("seq", 1.0, "must be an integer between 0 and 2^63-1"),
+        ("seq", 2**63, "must be an integer between 0 and 2^63-1"),
+        ("status", "done", "must be one of start, update, close, error"),
+        ("status", None, "must be one of start, update, close, error"),
+        ("desc", "x" * 1001, "must be a string of at most 1000 characters"),
+        ("desc", 5, "must be a string of at most 1000 characters"),
+        ("postfix", {"loss": 1}, "must be a string of at most 1000 characters"),
+        ("unit", "x" * 33, "must be a string of at most 32 characters"),
+        ("unit_scale", "yes", "must be true, false or a finite number ≥ 0"),
+        ("unit_divisor", 0, "must be a finite number > 0"),
+        ("meta", [], "must be an object of labels"),
+        ("meta", {"nested": {"a": 1}}, "label 'nested' must be a string, number, boolean or null"),
+        ("meta", {"x": math.nan}, "label 'x' must be a string, number, boolean or null"),
+        ("task_id", "", "must be a string of 1 to 200 characters"),
+        ("task_id", "x" * 201, "must be a string of 1 to 200 characters"),
+        ("task_id", 7, "must be a string of 1 to 200 characters"),
+        ("task_id", "a\nb", "must not contain control or other non-printable characters"),
+        ("task_id", "a\x00", "must not contain control or other non-printable characters"),
+        ("task_id", "..", "must not be '.' or '..'"),
+    ],
+)
+def test_each_invalid_field_is_named(field: str, value: Any, message: str) -> None:
+    assert errors_of({**FULL_EVENT, field: value}) == [FieldError(None, field, message)]
+
+
+def test_meta_over_four_kib_is_rejected_with_its_size() -> None:
+    meta = {"blob": "é" * 3000}
+    size = len(json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode())
+    assert errors_of({"task_id": "a", "meta": meta}) == [
+        FieldError(None, "meta", f"must be at most 4096 bytes as JSON, not {size}")
+    ]
+
+
+def test_meta_just_under_the_limit_is_accepted() -> None:
+    meta = {"blob": "x" * 4000}
+    assert parse_events({"task_id": "a", "meta": meta}, 10)[0]["meta"] == meta
+
+
+def test_error_text_is_only_allowed_when_the_status_is_error() -> None:
+    assert parse_events({"task_id": "a", "status": "error", "error": "boom"}, 1)[0]["error"] == (
+        "boom"
+    )
+    assert errors_of({"task_id": "a", "status": "close", "error": "boom"}) == [
+        FieldError(None, "error", "is only allowed with status 'error'")
+    ]
+
+
+def test_a_batch_reports_every_bad_event_by_index_and_stores_nothing() -> None:
+    with pytest.raises(SchemaError) as caught:
+        parse_events([{"task_id": "ok"}, {"n": 1}, 3, {"task_id": "b", "n": -1}], 10)
+    assert caught.value.summary == "3 events are invalid; nothing was stored"
+    assert caught.value.details == [
+        FieldError(1, "task_id", "is required"),
+        FieldError(2, "", "an event must be a JSON object"),
+        FieldError(3, "n", "must be a finite number ≥ 0"),
+    ]
+    assert not caught.value.too_large
+
+
+def test_a_batch_over_the_limit_is_too_large() -> None:
+    with pytest.raises(SchemaError) as caught:
+        parse_events([{"task_id": "a"}] * 3, max_batch=2)
+    assert caught.value.too_large
+    assert caught.value.summary == "a batch may hold at most 2 events"
+
+
+@pytest.mark.parametrize("payload", ["text", 5, None, True])
+def test_a_body_that_is_neither_object_nor_array_is_rejected(payload: Any) -> None:
+    assert errors_of(payload) == [FieldError(None, "", "expected a JSON object or array")]
+
+
+def test_an_empty_batch_is_valid() -> None:
+    assert parse_events([], 10) == []
+
+
+# The fast path (_fast_valid) must never accept what the exact validator rejects, and must
+# agree with it on everything it does accept. Hypothesis throws near-valid events at both.
+_numbers = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+)
+_values = st.one_of(_numbers, st.text(max_size=40), st.lists(st.integers(), max_size=2))
+_field_values = {
+    "task_id": st.one_of(st.text(min_size=0, max_size=210), st.sampled_from([".", ".."]), _numbers),
+    "status": st.one_of(st.sampled_from([*schema.STATUSES, "done"]), _values),
+    "desc": st.one_of(st.text(max_size=5), st.just("x" * 1001), _values),
+    "unit": st.one_of(st.text(max_size=40), _values),
+    "meta": st.one_of(
+        st.dictionaries(st.text(max_size=5), _values, max_size=4),
+        st.just({"big": "y" * 5000}),
+        _values,
+    ),
+    "error": st.one_of(st.text(max_size=5), _values),
+}
+_events = st.fixed_dictionaries(
+    {"task_id": _field_values["task_id"]},
+    optional={
+        **{
+            name: _numbers
+            for name in (
+                "n",
+                "total",
+                "elapsed",
+                "rate",
+                "seq",
+                "timestamp",
+                "unit_scale",
+                "unit_divisor",
+            )
+        },
+        **{name: strategy for name, strategy in _field_values.items() if name != "task_id"},
+        "postfix": _field_values["desc"],
+        "extra": _values,
+    },
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_events)
+def test_fast_path_agrees_with_the_exact_validator(raw: dict[str, Any]) -> None:
+    errors: list[FieldError] = []
+    schema._validate(dict(raw), 0, errors)
+    if schema._fast_valid(dict(raw)):
+        assert errors == []
+    accepted_exactly = not errors
+    try:
+        parse_events([dict(raw)], 10)
+        accepted = True
+    except SchemaError:
+        accepted = False
+    assert accepted == accepted_exactly

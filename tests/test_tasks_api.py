@@ -1,0 +1,171 @@
+"""GET and DELETE on /tasks: filters, odd ids, the refusal to wipe everything, auth."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+from yarl import URL
+
+from progressista.server.context import STORE
+
+from .conftest import Client, FakeClock, MakeClient, event, post
+
+ODD_IDS = ["a/b/c", "with space", "ünïcødé ✓ 進捗", "50%", "q?x=1#frag", "a/../b", "./x", "+plus"]
+
+
+def task_url(client: Client, task_id: str) -> URL:
+    """The id percent-encoded as one path segment; encoded=True stops yarl normalising it."""
+    root = client.make_url("/")
+    return URL(f"{root.scheme}://{root.authority}/tasks/{quote(task_id, safe='')}", encoded=True)
+
+
+async def test_list_all_tasks(client: Client) -> None:
+    await post(client, [event("a"), event("b", status="close")])
+    response = await client.get("/tasks")
+    assert response.status == 200
+    tasks = (await response.json())["tasks"]
+    assert {task_id: task["state"] for task_id, task in tasks.items()} == {
+        "a": "active",
+        "b": "completed",
+    }
+
+
+async def test_filter_by_state_and_job(client: Client) -> None:
+    await post(
+        client,
+        [
+            event("a", meta={"job": "etl"}),
+            event("b", meta={"job": "etl"}, status="close"),
+            event("c", meta={"job": "train"}, status="error", error="x"),
+            event("d"),
+        ],
+    )
+
+    async def ids(query: str) -> list[str]:
+        response = await client.get("/tasks" + query)
+        assert response.status == 200, await response.text()
+        return sorted((await response.json())["tasks"])
+
+    assert await ids("?state=active") == ["a", "d"]
+    assert await ids("?state=completed,failed") == ["b", "c"]
+    assert await ids("?state=completed&state=failed") == ["b", "c"]
+    assert await ids("?job=etl") == ["a", "b"]
+    assert await ids("?job=etl&state=active") == ["a"]
+    assert await ids("?job=nobody") == []
+
+
+async def test_unknown_state_filter_is_400(client: Client) -> None:
+    response = await client.get("/tasks?state=running")
+    assert response.status == 400
+    assert await response.json() == {
+        "error": "bad query parameter 'state'",
+        "details": [
+            {
+                "index": None,
+                "field": "state",
+                "message": "unknown state 'running'; use active, stale, completed, failed",
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize("task_id", ODD_IDS)
+async def test_any_id_can_be_fetched_and_deleted(client: Client, task_id: str) -> None:
+    await post(client, event(task_id, n=3))
+    response = await client.session.get(task_url(client, task_id))
+    assert response.status == 200
+    assert (await response.json())["task_id"] == task_id
+    response = await client.session.delete(task_url(client, task_id))
+    assert response.status == 204
+    assert client.app[STORE].view == {}
+    response = await client.session.get(task_url(client, task_id))
+    assert response.status == 404
+    assert await response.json() == {"error": f"no task with id {task_id!r}", "details": []}
+
+
+async def test_deleting_a_missing_task_is_404(client: Client) -> None:
+    response = await client.delete("/tasks/ghost")
+    assert response.status == 404
+    assert await response.json() == {"error": "no task with id 'ghost'", "details": []}
+
+
+async def test_bulk_delete_refuses_to_wipe_everything(client: Client) -> None:
+    await post(client, event("a"))
+    response = await client.delete("/tasks")
+    assert response.status == 400
+    assert await response.json() == {
+        "error": "refusing to delete every task: give state= and/or older_than= "
+        "(e.g. DELETE /tasks?state=completed,failed)",
+        "details": [],
+    }
+    assert list(client.app[STORE].view) == ["a"]
+
+
+async def test_bulk_delete_by_state_and_age(client: Client, clock: FakeClock) -> None:
+    await post(client, [event("old-done", status="close"), event("old-running")])
+    clock.advance(120)
+    await post(client, [event("new-done", status="close"), event("new-running")])
+    response = await client.delete("/tasks?state=completed&older_than=60")
+    assert (response.status, await response.json()) == (200, {"deleted": 1})
+    assert sorted(client.app[STORE].view) == ["new-done", "new-running", "old-running"]
+    response = await client.delete("/tasks?older_than=1m")
+    assert (response.status, await response.json()) == (200, {"deleted": 1})
+    response = await client.delete("/tasks?state=active,completed")
+    assert (response.status, await response.json()) == (200, {"deleted": 2})
+    assert client.app[STORE].view == {}
+
+
+async def test_bulk_delete_with_a_bad_duration_is_400(client: Client) -> None:
+    response = await client.delete("/tasks?older_than=soon")
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"] == "bad query parameter 'older_than'"
+    assert body["details"][0]["field"] == "older_than"
+
+
+async def test_read_token_guards_the_task_api(make_client: MakeClient) -> None:
+    client = await make_client(read_token="r34d", write_token="wr1te")
+    await post(client, event("a"), Authorization="Bearer wr1te")
+    for method, path in [
+        ("GET", "/tasks"),
+        ("GET", "/tasks/a"),
+        ("DELETE", "/tasks/a"),
+        ("DELETE", "/tasks?state=active"),
+        ("GET", "/metrics"),
+    ]:
+        response = await client.request(method, path)
+        assert response.status == 401, path
+        assert await response.json() == {
+            "error": "missing or wrong token: send 'Authorization: Bearer <read token>'",
+            "details": [],
+        }
+        response = await client.request(method, path, headers={"Authorization": "Bearer wr1te"})
+        assert response.status == 401, path
+    response = await client.get("/tasks", headers={"Authorization": "Bearer r34d"})
+    assert response.status == 200
+    assert list((await response.json())["tasks"]) == ["a"]
+
+
+async def test_healthz_is_open(make_client: MakeClient) -> None:
+    client = await make_client(read_token="r34d")
+    response = await client.get("/healthz")
+    assert (response.status, await response.json()) == (200, {"status": "ok", "store": "ok"})
+
+
+async def test_metrics_count_events_tasks_and_viewers(client: Client) -> None:
+    await post(client, [event("a"), event("b", status="close"), event("b", seq=0)])
+    await post(client, event("a", n=-1))
+    async with client.ws_connect("/ws") as socket:
+        await socket.receive_json(timeout=2)
+        text = await (await client.get("/metrics")).text()
+    lines = set(text.splitlines())
+    assert {
+        "progressista_ingest_requests_total 2.0",
+        'progressista_events_total{outcome="accepted"} 3.0',
+        'progressista_events_total{outcome="ignored"} 0.0',
+        'progressista_ingest_rejected_total{status="400"} 1.0',
+        'progressista_tasks{state="active"} 2.0',
+        'progressista_tasks{state="completed"} 0.0',
+        "progressista_viewers 1.0",
+    } <= lines, text
