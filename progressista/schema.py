@@ -2,17 +2,22 @@
 
 Events carry absolute state, so the server may merge, drop or re-apply any of them safely. This
 module decides what a valid event is; the server's task module decides what an event does to a
-task. Validation sits on the ingest hot path, so the checks are written out by hand rather than
-through a schema library: a batch of 100 events costs about as much to validate as to parse.
+task.
+
+Two validators share one definition of "valid". :func:`decode_events` is the ingest hot path:
+msgspec decodes and type-checks a body in C (1.2 µs an event, where parsing with orjson and then
+checking in Python cost 3.2 µs). When it refuses a body, :func:`parse_events`, plain Python that
+names every bad field, explains why. A property test holds the two to the same verdicts.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, NoReturn, TypedDict
+
+import msgspec
+from typing_extensions import Required
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -25,6 +30,7 @@ __all__ = [
     "Event",
     "FieldError",
     "SchemaError",
+    "decode_events",
     "parse_events",
 ]
 
@@ -73,18 +79,15 @@ class SchemaError(ValueError):
 
 
 def _is_number(value: Any) -> bool:
-    # bool is a subclass of int, but True is not a count of anything.
+    """A finite float, or an int within ±(2^63-1); never a bool, which is not a count of anything.
+
+    Integers beyond 64 bits are refused rather than rounded: no progress counter gets there, and
+    a value that size is far more likely a bug worth hearing about.
+    """
     kind = type(value)
     if kind is float:
         return bool(value - value == 0.0)  # False for NaN and ±Infinity
-    if kind is int:
-        if -MAX_SEQ <= value <= MAX_SEQ:
-            return True
-        try:  # a huge integer is a finite number only if it fits a float
-            return math.isfinite(float(value))
-        except OverflowError:
-            return False
-    return False
+    return kind is int and -MAX_SEQ <= value <= MAX_SEQ
 
 
 def _check_non_negative(value: Any) -> str | None:
@@ -161,7 +164,7 @@ def _check_meta(value: Any) -> str | None:
         else:
             return f"label {key[:50]!r} must be a string, number, boolean or null"
     if estimate * 6 > MAX_META_BYTES:  # \uXXXX escapes are at most 6 bytes per character
-        size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+        size = len(_encode(value))
         if size > MAX_META_BYTES:
             return f"must be at most {MAX_META_BYTES} bytes as JSON, not {size}"
     return None
@@ -212,131 +215,6 @@ def _validate(raw: Any, index: int | None, errors: list[FieldError]) -> Event:
     return event
 
 
-_INF = float("inf")
-_MISSING = object()
-_STATUS_SET = frozenset(STATUSES)
-_DOT_IDS = frozenset((".", ".."))
-
-
-def _labels_fit(meta: Any) -> bool:
-    """True when ``meta`` is certainly valid labels; False defers to :func:`_check_meta`."""
-    if type(meta) is not dict:
-        return False
-    estimate = 2
-    for key, value in meta.items():
-        kind = type(value)
-        if type(key) is not str:
-            return False
-        if kind is str:
-            estimate += len(key) + len(value) + 6
-        elif (
-            value is None or kind is bool or kind is int or (kind is float and -_INF < value < _INF)
-        ):
-            estimate += len(key) + 28
-        else:
-            return False
-    return estimate * 6 <= MAX_META_BYTES
-
-
-def _fast_valid(raw: dict[str, Any]) -> bool:
-    """The common case in one pass: True when ``raw`` is certainly a valid event as it is.
-
-    False does not mean invalid: the event (unknown fields, a huge integer, big labels) then goes
-    through :func:`_validate`, which is exact and names every problem. This is the hot path of
-    ingest (a third of its cost per event), so each check is written out inline: no loops, no
-    calls. ``v.__class__ is float`` accepts exactly JSON numbers, and ``0.0 <= v < _INF`` is
-    False for NaN.
-    """
-    get = raw.get
-    present = 1
-    v = get("task_id")
-    if v.__class__ is not str or not 0 < len(v) <= MAX_TASK_ID_CHARS or not v.isprintable():
-        return False
-    if v in _DOT_IDS:
-        return False
-    v = get("status", "update")
-    if v.__class__ is not str or v not in _STATUS_SET:
-        return False
-    if v != "error" and "error" in raw:
-        return False
-    if "status" in raw:
-        present += 1
-    v = get("n", _MISSING)
-    if v is not _MISSING:
-        k = v.__class__
-        if not ((k is float and 0.0 <= v < _INF) or (k is int and 0 <= v <= MAX_SEQ)):
-            return False
-        present += 1
-    v = get("total", _MISSING)
-    if v is not _MISSING:
-        k = v.__class__
-        if not (v is None or (k is float and 0.0 <= v < _INF) or (k is int and 0 <= v <= MAX_SEQ)):
-            return False
-        present += 1
-    v = get("desc", _MISSING)
-    if v is not _MISSING:
-        if v.__class__ is not str or len(v) > MAX_TEXT_CHARS:
-            return False
-        present += 1
-    v = get("postfix", _MISSING)
-    if v is not _MISSING:
-        if v.__class__ is not str or len(v) > MAX_TEXT_CHARS:
-            return False
-        present += 1
-    v = get("unit", _MISSING)
-    if v is not _MISSING:
-        if v.__class__ is not str or len(v) > MAX_UNIT_CHARS:
-            return False
-        present += 1
-    v = get("unit_scale", _MISSING)
-    if v is not _MISSING:
-        if not (v is True or v is False):
-            k = v.__class__
-            if not ((k is float and 0.0 <= v < _INF) or (k is int and 0 <= v <= MAX_SEQ)):
-                return False
-        present += 1
-    v = get("unit_divisor", _MISSING)
-    if v is not _MISSING:
-        k = v.__class__
-        if not ((k is float and 0.0 < v < _INF) or (k is int and 0 < v <= MAX_SEQ)):
-            return False
-        present += 1
-    v = get("elapsed", _MISSING)
-    if v is not _MISSING:
-        k = v.__class__
-        if not (v is None or (k is float and 0.0 <= v < _INF) or (k is int and 0 <= v <= MAX_SEQ)):
-            return False
-        present += 1
-    v = get("rate", _MISSING)
-    if v is not _MISSING:
-        k = v.__class__
-        if not (v is None or (k is float and 0.0 <= v < _INF) or (k is int and 0 <= v <= MAX_SEQ)):
-            return False
-        present += 1
-    v = get("seq", _MISSING)
-    if v is not _MISSING:
-        if v.__class__ is not int or not 0 <= v <= MAX_SEQ:
-            return False
-        present += 1
-    v = get("timestamp", _MISSING)
-    if v is not _MISSING:
-        k = v.__class__
-        if not ((k is float and -_INF < v < _INF) or (k is int and -MAX_SEQ <= v <= MAX_SEQ)):
-            return False
-        present += 1
-    v = get("meta", _MISSING)
-    if v is not _MISSING:
-        if not _labels_fit(v):
-            return False
-        present += 1
-    v = get("error", _MISSING)
-    if v is not _MISSING:
-        if v.__class__ is not str or len(v) > MAX_ERROR_CHARS:
-            return False
-        present += 1
-    return present == len(raw)
-
-
 def parse_events(payload: Any, max_batch: int) -> list[Event]:
     """Validate a decoded ``POST /progress`` body: one event object or a list of them.
 
@@ -345,9 +223,6 @@ def parse_events(payload: Any, max_batch: int) -> list[Event]:
     """
     errors: list[FieldError] = []
     if type(payload) is dict:
-        if _fast_valid(payload):
-            payload.setdefault("status", "update")
-            return [payload]
         event = _validate(payload, None, errors)
         if errors:
             raise SchemaError("the event is invalid", errors)
@@ -363,14 +238,94 @@ def parse_events(payload: Any, max_batch: int) -> list[Event]:
             [FieldError(None, "", f"{len(payload)} events sent")],
             too_large=True,
         )
-    events = payload
-    for index, raw in enumerate(payload):
-        if type(raw) is dict and _fast_valid(raw):
-            raw.setdefault("status", "update")
-        else:
-            events[index] = _validate(raw, index, errors)
+    events = [_validate(raw, index, errors) for index, raw in enumerate(payload)]
     if errors:
         count = len({error.index for error in errors})
         noun = "event is" if count == 1 else "events are"
         raise SchemaError(f"{count} {noun} invalid; nothing was stored", errors)
     return events
+
+
+# The same rules as _CHECKS, as types msgspec checks while it decodes. Ints and floats are
+# separate members so that an int stays an int.
+_LARGEST = 1.7976931348623157e308  # the largest finite float: le=_LARGEST excludes infinity
+_Count = (
+    Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+    | Annotated[float, msgspec.Meta(ge=0, le=_LARGEST)]
+)
+_Positive = (
+    Annotated[int, msgspec.Meta(gt=0, le=MAX_SEQ)]
+    | Annotated[float, msgspec.Meta(gt=0, le=_LARGEST)]
+)
+_Instant = (
+    Annotated[int, msgspec.Meta(ge=-MAX_SEQ, le=MAX_SEQ)]
+    | Annotated[float, msgspec.Meta(ge=-_LARGEST, le=_LARGEST)]
+)
+_Label = str | bool | None | _Instant
+
+
+class _TypedEvent(TypedDict, total=False):
+    task_id: Required[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TASK_ID_CHARS)]]
+    status: Literal["start", "update", "close", "error"]
+    n: _Count
+    total: _Count | None
+    desc: Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
+    postfix: Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
+    unit: Annotated[str, msgspec.Meta(max_length=MAX_UNIT_CHARS)]
+    unit_scale: bool | _Count
+    unit_divisor: _Positive
+    elapsed: _Count | None
+    rate: _Count | None
+    seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
+    timestamp: _Instant
+    meta: dict[str, _Label]
+    error: Annotated[str, msgspec.Meta(max_length=MAX_ERROR_CHARS)]
+
+
+_decoder = msgspec.json.Decoder(_TypedEvent | list[_TypedEvent])
+_untyped_decoder = msgspec.json.Decoder()
+_encode = msgspec.json.encode
+
+
+def _passes_rest(event: Event) -> bool:
+    """The rules msgspec's types cannot express; True when ``event`` keeps all of them."""
+    task_id = event["task_id"]
+    if not task_id.isprintable() or task_id in (".", ".."):
+        return False
+    status = event.setdefault("status", "update")
+    if "error" in event and status != "error":
+        return False
+    meta = event.get("meta")
+    return not meta or len(_encode(meta)) <= MAX_META_BYTES
+
+
+def decode_events(body: bytes, max_batch: int) -> list[Event]:
+    """Decode and validate a ``POST /progress`` body: one event object or an array of them.
+
+    All or nothing, like :func:`parse_events`, whose :class:`SchemaError` it raises for an
+    invalid body; a body that is not JSON at all raises one with no details.
+    """
+    try:
+        decoded = _decoder.decode(body)
+    except msgspec.ValidationError as error:
+        _explain(body, max_batch, str(error))
+    except msgspec.DecodeError as error:
+        raise SchemaError(f"the body is not valid JSON: {error}", []) from None
+    events: list[Event] = [decoded] if type(decoded) is dict else decoded
+    if len(events) > max_batch:
+        parse_events(events, max_batch)  # raises the too-large error
+    for event in events:
+        if not _passes_rest(event):
+            _explain(body, max_batch, "an event breaks a rule")
+    return events
+
+
+def _explain(body: bytes, max_batch: int, reason: str) -> NoReturn:
+    """Raise the detailed error for a body the fast decoder refused."""
+    try:
+        payload = _untyped_decoder.decode(body)
+    except msgspec.ValidationError:  # a number beyond any float, such as 1e400
+        raise SchemaError(f"the body is invalid: {reason}", []) from None
+    parse_events(payload, max_batch)
+    # The two validators disagree; refuse anyway and say what the decoder said.
+    raise SchemaError("the body is invalid", [FieldError(None, "", reason)])

@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp_jinja2
-import orjson
+import msgspec
 from aiohttp import web
 
-from ..schema import STATES, FieldError, SchemaError, parse_events
+from ..schema import STATES, FieldError, SchemaError, decode_events
 from ..settings import parse_duration
 from .auth import (
     COOKIE_NAME,
@@ -68,7 +68,10 @@ def json_response(
     data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+        body=msgspec.json.encode(data),
+        status=status,
+        content_type="application/json",
+        headers=headers,
     )
 
 
@@ -120,11 +123,7 @@ async def _ingest(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(settings.max_body) from None
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ApiError(400, f"the body is not valid JSON: {error}") from None
-    try:
-        events = parse_events(payload, settings.max_batch)
+        events = decode_events(body, settings.max_batch)
     except SchemaError as error:
         raise ApiError(413 if error.too_large else 400, error.summary, error.details) from None
     try:

@@ -18,9 +18,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
 
-import orjson
+import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .task import Task
@@ -28,6 +27,8 @@ from .task import Task
 __all__ = ["Hub"]
 
 log = logging.getLogger(__name__)
+
+_encode = msgspec.json.encode
 
 
 def _patch(tasks: Mapping[str, Task], ids: Iterable[str]) -> bytes:
@@ -40,7 +41,7 @@ def _patch(tasks: Mapping[str, Task], ids: Iterable[str]) -> bytes:
             removed.append(task_id)
         else:
             changed[task_id] = task
-    return orjson.dumps({"type": "patch", "tasks": changed, "removed": removed})
+    return _encode({"type": "patch", "tasks": changed, "removed": removed})
 
 
 class _Viewer:
@@ -115,7 +116,7 @@ class Hub:
     def snapshot(self) -> bytes:
         """The snapshot message, serialised at most once per version of the tasks."""
         if self._snapshot is None or self._snapshot[0] != self._version:
-            message = orjson.dumps({"type": "snapshot", "tasks": self._tasks})
+            message = _encode({"type": "snapshot", "tasks": self._tasks})
             self._snapshot = (self._version, message)
         return self._snapshot[1]
 
@@ -227,10 +228,15 @@ class Hub:
         except (asyncio.TimeoutError, ConnectionError):
             self._abort(viewer)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "viewers": len(self._viewers),
-            "messages_sent": self.messages_sent,
-            "bytes_sent": self.bytes_sent,
-            "viewers_dropped": self.viewers_dropped,
-        }
+    def backlogs(self) -> list[tuple[int, int]]:
+        """Per viewer: bytes waiting in its socket buffer, and ids waiting in its backlog.
+
+        What a slow viewer costs the server; exported by /metrics.
+        """
+        return [
+            (
+                viewer.transport.get_write_buffer_size() if viewer.transport else 0,
+                len(viewer.backlog) if viewer.backlog is not None else 0,
+            )
+            for viewer in self._viewers
+        ]

@@ -73,6 +73,17 @@ class _ServerCollector(Collector):
         yield CounterMetricFamily(
             "progressista_ws_sent_bytes", "WebSocket payload bytes sent", value=hub.bytes_sent
         )
+        backlogs = hub.backlogs()
+        yield GaugeMetricFamily(
+            "progressista_ws_buffered_bytes",
+            "Bytes waiting in viewers' socket buffers",
+            value=sum(buffered for buffered, _ in backlogs),
+        )
+        yield GaugeMetricFamily(
+            "progressista_ws_backlog_tasks",
+            "Task ids waiting in the backlogs of viewers that fell behind",
+            value=sum(waiting for _, waiting in backlogs),
+        )
         yield CounterMetricFamily(
             "progressista_viewers_dropped",
             "Viewers disconnected for not reading",

@@ -1,0 +1,99 @@
+"""Run ``python -m progressista.server`` as a real process, for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BANNER = "Progressista dashboard: "
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    url: str
+    #: stderr lines as they arrive (log output), for tests that check what was logged.
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rstrip("/").rsplit(":", 1)[1])
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """Ctrl-C, as a person would, and the exit code; killed if it does not stop in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def running_server(
+    args: Sequence[str] = (),
+    *,
+    python: str = sys.executable,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    startup_timeout: float = 20.0,
+) -> Iterator[ServerProcess]:
+    """Start the server on a free port (unless ``args`` name one) and wait for its banner."""
+    if "--port" not in args:
+        args = [*args, "--port", "0"]
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    process = subprocess.Popen(
+        [python, "-m", "progressista.server", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        cwd=cwd,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    log: list[str] = []
+    log_reader = threading.Thread(target=lambda: log.extend(process.stderr or ()), daemon=True)
+    log_reader.start()
+    found: list[str] = []
+    ready = threading.Event()
+
+    def read_banner() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(BANNER):
+                found.append(line[len(BANNER) :].strip())
+                ready.set()
+        ready.set()
+
+    banner_reader = threading.Thread(target=read_banner, daemon=True)
+    banner_reader.start()
+    try:
+        if not ready.wait(startup_timeout) or not found:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"the server did not start: {''.join(log)[-2000:]}")
+        server = ServerProcess(process, found[0].replace("localhost", "127.0.0.1"), log)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        # The readers end at EOF once the process is gone; then the pipes can be closed.
+        log_reader.join(5)
+        banner_reader.join(5)
+        process.stdout.close()
+        process.stderr.close()

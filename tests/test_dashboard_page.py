@@ -1,0 +1,88 @@
+"""GET /: server-rendered first paint, escaping, security headers, static files, login."""
+
+from __future__ import annotations
+
+from progressista.server.auth import COOKIE_NAME
+from progressista.server.handlers import CONTENT_SECURITY_POLICY
+
+from .conftest import Client, MakeClient, event, post
+
+XSS = "<img src=x onerror=window.__xss=1>"
+
+
+async def test_the_page_lists_tasks_by_state(client: Client) -> None:
+    await post(
+        client,
+        [
+            event("running", desc="Crunching", n=3, total=10),
+            event("broken", status="error", error="KeyError: 'x'"),
+        ],
+    )
+    response = await client.get("/")
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    page = await response.text()
+    assert '<li class="task" data-task-id="running">' in page
+    assert '<span class="desc">Crunching</span>' in page
+    assert "3 / 10 it · 30.0%" in page
+    failed = page[page.index('data-state="failed"') :]
+    assert "KeyError: &#39;x&#39;" in failed
+
+
+async def test_task_text_is_escaped_never_markup(client: Client) -> None:
+    await post(client, event(XSS, desc=XSS, postfix=XSS, unit="<b>", meta={"job": XSS}))
+    page = await (await client.get("/")).text()
+    assert XSS not in page
+    assert "&lt;img src=x onerror=window.__xss=1&gt;" in page
+    assert "<b>" not in page
+
+
+async def test_the_page_forbids_inline_script(client: Client) -> None:
+    response = await client.get("/")
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src 'self'" in CONTENT_SECURITY_POLICY
+    assert "unsafe-inline" not in CONTENT_SECURITY_POLICY
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    page = await response.text()
+    assert "<script>" not in page  # only <script src=...>
+
+
+async def test_static_files_are_served(client: Client) -> None:
+    for path, kind in [("/static/dashboard.js", "javascript"), ("/static/dashboard.css", "css")]:
+        response = await client.get(path)
+        assert response.status == 200, path
+        assert kind in response.content_type
+        assert len(await response.read()) > 100
+
+
+async def test_a_read_token_puts_the_page_behind_a_login_form(make_client: MakeClient) -> None:
+    client = await make_client(read_token="r34d-t0ken")
+    await post(client, event("secret-task"))
+    response = await client.get("/")
+    assert response.status == 401
+    page = await response.text()
+    assert 'action="/login"' in page
+    assert "secret-task" not in page
+
+    response = await client.post("/login", data={"token": "wrong"}, allow_redirects=False)
+    assert response.status == 401
+    assert "That token is not right." in await response.text()
+    assert COOKIE_NAME not in response.cookies
+
+    response = await client.post("/login", data={"token": "r34d-t0ken"}, allow_redirects=False)
+    assert (response.status, response.headers["Location"]) == (303, "/")
+    cookie = response.cookies[COOKIE_NAME]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert "r34d-t0ken" not in cookie.value
+    # The client's cookie jar now carries the session: the page, the API and /ws open up.
+    response = await client.get("/")
+    assert response.status == 200
+    assert "secret-task" in await response.text()
+    assert (await client.get("/tasks")).status == 200
+    async with client.ws_connect("/ws") as viewer:
+        assert (await viewer.receive_json(timeout=2))["type"] == "snapshot"
+
+
+async def test_login_without_a_read_token_just_goes_to_the_page(client: Client) -> None:
+    response = await client.post("/login", data={"token": "x"}, allow_redirects=False)
+    assert (response.status, response.headers["Location"]) == (303, "/")

@@ -1,0 +1,124 @@
+"""Task states over time (DESIGN §2), driven by an injected clock, and the cleanup loop's life."""
+
+from __future__ import annotations
+
+import asyncio
+
+from progressista.server.cleanup import run_cleanup
+from progressista.server.context import CLEANUP_TASK, HUB, LIFETIMES, STORE
+from progressista.server.store import Expired
+from progressista.server.task import Lifetimes
+
+from .conftest import Client, FakeClock, MakeClient, event, post
+
+
+async def cleanup(client: Client, clock: FakeClock, advance: float) -> tuple[list[str], list[str]]:
+    clock.advance(advance)
+    app = client.app
+    expired = await run_cleanup(app[STORE], app[HUB], app[LIFETIMES], clock())
+    return sorted(expired.stale), sorted(expired.removed)
+
+
+def states(client: Client) -> dict[str, str]:
+    return {task_id: task["state"] for task_id, task in client.app[STORE].view.items()}
+
+
+async def test_active_goes_stale_comes_back_and_is_finally_abandoned(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(stale_after=30, abandon_after=300)
+    await post(client, event("job", n=1, total=10))
+    assert await cleanup(client, clock, 30) == ([], [])  # not yet: strictly after stale_after
+    assert await cleanup(client, clock, 1) == (["job"], [])
+    assert states(client) == {"job": "stale"}
+    assert client.app[STORE].view["job"]["eta"] is None
+    await post(client, event("job", n=2))
+    assert states(client) == {"job": "active"}
+    assert await cleanup(client, clock, 31) == (["job"], [])
+    assert await cleanup(client, clock, 300) == ([], ["job"])  # 331 s of silence
+    assert states(client) == {}
+
+
+async def test_a_task_silent_through_both_limits_is_removed_without_a_stale_stop(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(stale_after=30, abandon_after=300)
+    await post(client, event("job"))
+    assert await cleanup(client, clock, 331) == ([], ["job"])
+
+
+async def test_completed_and_failed_stay_for_retention_after_closing(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(retention=600, stale_after=30)
+    await post(client, [event("ok", status="close"), event("bad", status="error", error="x")])
+    clock.advance(300)
+    await post(client, event("late", status="close"))
+    assert await cleanup(client, clock, 300) == ([], [])  # closed states never go stale
+    assert await cleanup(client, clock, 1) == ([], ["bad", "ok"])
+    assert states(client) == {"late": "completed"}
+
+
+async def test_max_age_counts_from_creation_whatever_the_state(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(max_age=100, stale_after=1000, retention=1000)
+    await post(client, [event("busy"), event("done", status="close")])
+    clock.advance(60)
+    await post(client, [event("busy", n=5), event("young")])
+    assert await cleanup(client, clock, 41) == ([], ["busy", "done"])
+    assert states(client) == {"young": "active"}
+
+
+async def test_a_new_run_after_close_gets_a_fresh_age(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(max_age=100, retention=1000)
+    await post(client, event("a", status="close", seq=1))
+    clock.advance(90)
+    await post(client, event("a", status="start", seq=2))
+    assert await cleanup(client, clock, 20) == ([], [])
+    assert states(client) == {"a": "active"}
+
+
+async def test_the_loop_runs_on_its_own_and_stops_with_the_app(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(cleanup_interval=0.02, stale_after=5)
+    await post(client, event("a"))
+    clock.advance(6)
+    async with client.ws_connect("/ws") as viewer:
+        await viewer.receive_json(timeout=2)
+        patch = await viewer.receive_json(timeout=2)
+        assert patch["tasks"]["a"]["state"] == "stale"
+    task = client.app[CLEANUP_TASK]
+    assert not task.done()
+    await client.close()
+    assert task.done()
+    assert task.cancelled()
+
+
+async def test_a_failing_pass_does_not_end_the_loop(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(cleanup_interval=0.02, stale_after=5)
+    store = client.app[STORE]
+    real_expire = store.expire
+    failures = 0
+
+    async def flaky_expire(now: float, lifetimes: Lifetimes) -> Expired:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise ConnectionError("store away")
+        return await real_expire(now, lifetimes)
+
+    store.expire = flaky_expire  # type: ignore[method-assign]
+    await post(client, event("a"))
+    clock.advance(6)
+    for _ in range(200):
+        if states(client) == {"a": "stale"}:
+            break
+        await asyncio.sleep(0.01)
+    assert failures == 2
+    assert states(client) == {"a": "stale"}

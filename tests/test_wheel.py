@@ -1,0 +1,65 @@
+"""The built wheel works outside the checkout: templates and static files ship inside it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from .server_process import running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_an_installed_wheel_serves_its_page_and_static_files(tmp_path: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = dist.glob("progressista-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {
+        "progressista/templates/index.html",
+        "progressista/static/dashboard.js",
+        "progressista/static/dashboard.css",
+    } <= names
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    where = subprocess.run(
+        [
+            python,
+            "-c",
+            "from progressista.server.asset import asset_dir; print(asset_dir('templates'))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    ).stdout.strip()
+    assert where.startswith(str(venv)), where
+
+    with running_server(python=python, cwd=tmp_path) as server:
+        with urllib.request.urlopen(server.url, timeout=10) as response:
+            assert response.status == 200
+            assert "<h1>Progressista</h1>" in response.read().decode()
+        with urllib.request.urlopen(server.url + "static/dashboard.css", timeout=10) as response:
+            assert response.status == 200
+            assert b"--bg" in response.read()
