@@ -8,7 +8,6 @@ the client can share it without pulling in the server's dependencies.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import re
@@ -16,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ENV_PREFIX", "ServerSettings", "SettingError", "parse_args"]
+__all__ = ["ENV_PREFIX", "ClientSettings", "ServerSettings", "SettingError", "parse_args"]
 
 ENV_PREFIX = "PROGRESSISTA_"
 
@@ -209,6 +208,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerSetting
 
     Raises :class:`SettingError` naming the flag or variable that could not be used.
     """
+    import argparse  # here, not at the top: the client imports this module and needs no CLI
+
     parser = argparse.ArgumentParser(
         prog="python -m progressista.server",
         description="Serve the Progressista dashboard and ingest API.",
@@ -233,3 +234,60 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerSetting
         if getattr(namespace, setting.name) is not None
     }
     return ServerSettings.from_env(environ, **overrides)
+
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How a worker's bars reach the server (DESIGN §5).
+
+    Read when a bar is built, from arguments first, then ``PROGRESSISTA_URL``,
+    ``PROGRESSISTA_TOKEN``, ``PROGRESSISTA_PUSH_EVERY``, ``PROGRESSISTA_FLUSH_TIMEOUT``,
+    ``PROGRESSISTA_KEEPALIVE`` and ``PROGRESSISTA_JOB``.
+    """
+
+    #: The server's base URL.
+    url: str = DEFAULT_URL
+    #: The server's write token, sent as ``Authorization: Bearer``.
+    token: str | None = None
+    #: Seconds between batches; the state of every bar that changed goes in the next one.
+    push_every: float = 0.5
+    #: At interpreter exit, how long pending state may take to reach the server.
+    flush_timeout: float = 2.0
+    #: Open bars that did not change are re-sent this often, so the server can tell a slow bar
+    #: from a dead worker (the server's ``stale_after`` defaults to 60 s).
+    keepalive: float = 15.0
+    #: The job label every bar carries in ``meta``; groups a run's bars on the dashboard.
+    job: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise SettingError(
+                f"the server URL must start with http:// or https://, not {self.url!r}"
+            )
+        for name in ("push_every", "flush_timeout", "keepalive"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise SettingError(f"{name} must be a positive number of seconds, not {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> ClientSettings:
+        """Settings from the environment, with ``overrides`` (None meaning "not given") on top."""
+        values: dict[str, Any] = {}
+        for setting in dataclasses.fields(cls):
+            text = environ.get(env_name(setting.name), "")
+            if text == "":
+                continue
+            if setting.name in ("url", "token", "job"):
+                values[setting.name] = text.rstrip("/") if setting.name == "url" else text
+            else:
+                try:
+                    values[setting.name] = parse_duration(text)
+                except ValueError as error:
+                    raise SettingError(f"{env_name(setting.name)}: {error}") from None
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        if "url" in values:
+            values["url"] = str(values["url"]).rstrip("/")
+        return cls(**values)

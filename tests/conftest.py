@@ -63,3 +63,24 @@ async def post(client: Client, body: Any, **headers: str) -> tuple[int, Any]:
 def event(task_id: str = "t", **fields: Any) -> dict[str, Any]:
     """A valid event with only the fields a test cares about."""
     return {"task_id": task_id, **fields}
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, polling; fail after ``timeout`` seconds."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {predicate}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

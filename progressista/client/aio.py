@@ -1,0 +1,205 @@
+"""AsyncRemoteTqdm: tqdm's asyncio bar, batched on the caller's own event loop.
+
+One sender task and one ``aiohttp.ClientSession`` per event loop, shared by every bar on it: no
+thread, and never a blocking call on the loop. The task stops (closing its session) once every
+bar is closed and delivered, and starts again with the next bar; when the loop shuts down it gets
+``flush_timeout`` seconds to deliver what is pending, so ``asyncio.run`` leaves no unclosed session
+and no pending task behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import weakref
+from typing import Any
+
+import aiohttp
+from tqdm.asyncio import tqdm_asyncio
+
+from ..settings import ClientSettings
+from .bar import RemoteTqdm
+from .outbox import Outbox, Source
+from .sender import REQUEST_TIMEOUT, build_events, encode, sender_for, settle
+
+__all__ = ["AsyncRemoteTqdm", "LoopSender"]
+
+log = logging.getLogger("progressista.client")
+
+
+class LoopSender:
+    """Delivers one outbox to one server from a task on one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: ClientSettings) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.outbox = Outbox(
+            push_every=settings.push_every,
+            keepalive=settings.keepalive,
+            clock=loop.time,
+            random=random.random,
+            on_ready=self._ready,
+        )
+        self._url = settings.url + "/progress"
+        self._headers = {"Content-Type": "application/json", "User-Agent": "progressista"}
+        if settings.token:
+            self._headers["Authorization"] = f"Bearer {settings.token}"
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._drained = asyncio.Event()
+
+    def _ready(self) -> None:
+        try:
+            running = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            running = False
+        if running:
+            self._start()
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._start)
+
+    def _start(self) -> None:
+        self._drained.clear()
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = self.loop.create_task(self._run(), name="progressista-sender")
+            self._task.add_done_callback(self._after_run)
+
+    def _after_run(self, task: asyncio.Task[None]) -> None:
+        """A task cancelled before its first step never ran its flush: hand the work over.
+
+        That happens when ``asyncio.run``'s main coroutine returns without awaiting after its
+        last bar changed. The process's sender thread then delivers, within ``flush_timeout``
+        at exit; the loop is shutting down, so no thread competes with it.
+        """
+        if task.cancelled() and not self.outbox.idle:
+            self.outbox.hand_over(sender_for(self.settings).outbox)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                delay = self.outbox.delay()
+                if delay is None:
+                    return  # every bar closed and delivered: stop until the next bar
+                if delay > 0:
+                    self._wake.clear()
+                    timer = self.loop.call_later(delay, self._wake.set)
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        timer.cancel()
+                    continue
+                await self._send(self.outbox.take())
+                if self.outbox.pending == 0:
+                    self._drained.set()
+        except asyncio.CancelledError:
+            # The loop is shutting down: deliver what we can, within the flush bound.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self._flush_all(), self.settings.flush_timeout)
+            raise
+        finally:
+            self._drained.set()
+            await self._close_session()
+
+    async def _flush_all(self) -> None:
+        self.outbox.close_open_bars(lambda bar: bar.remote_final_event())  # type: ignore[attr-defined]
+        while self.outbox.pending and await self._send(self.outbox.take()):
+            pass
+
+    async def _send(self, batch: dict[str, Source]) -> bool:
+        events = build_events(batch)
+        if not events:
+            self.outbox.delivered()
+            return True
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT), headers=self._headers
+            )
+        try:
+            async with self._session.post(self._url, data=encode(events)) as response:
+                reply = await response.read()
+                status, reply_after = response.status, response.headers.get("Retry-After")
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
+            log.debug("cannot reach %s: %r", self.settings.url, error)
+            self.outbox.retry(batch)
+            return False
+        except BaseException:  # cancelled mid-request (the loop is shutting down): keep it
+            self.outbox.requeue(batch)
+            raise
+        return settle(self.outbox, self.settings.url, batch, status, reply_after, reply)
+
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def drain(self, timeout: float) -> bool:
+        """Send what is pending now and wait for it, at most ``timeout`` seconds."""
+        if self.outbox.pending == 0:
+            return True
+        self._start()
+        self.outbox.hurry()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        return self.outbox.pending == 0
+
+
+_loop_senders: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[tuple[str, str | None], LoopSender]
+] = weakref.WeakKeyDictionary()
+
+
+def loop_sender_for(loop: asyncio.AbstractEventLoop, settings: ClientSettings) -> LoopSender:
+    senders = _loop_senders.setdefault(loop, {})
+    key = (settings.url, settings.token)
+    sender = senders.get(key)
+    if sender is None:
+        sender = senders[key] = LoopSender(loop, settings)
+    return sender
+
+
+class AsyncRemoteTqdm(RemoteTqdm, tqdm_asyncio):  # type: ignore[type-arg]  # generic only in stubs
+    """``tqdm.asyncio.tqdm`` that also shows up on a Progressista server.
+
+    ``async for``, ``gather`` and ``as_completed`` work as in tqdm. Prefer ``async with`` (or
+    ``await bar.aclose()``): it waits until the final state is delivered (at most
+    ``flush_timeout``) and reports an exception that ends the block as a failure. Created outside
+    a running loop, a bar falls back to the threaded sender.
+    """
+
+    _remote_loop_sender: LoopSender | None = None
+
+    @staticmethod
+    def _remote_outbox_for(settings: ClientSettings) -> Outbox:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return sender_for(settings).outbox
+        return loop_sender_for(loop, settings).outbox
+
+    async def aclose(self) -> bool:
+        """Close the bar and wait until the server has its final state.
+
+        Returns False when that could not happen within ``flush_timeout`` (server away).
+        """
+        self.close()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - aclose is awaited, so a loop runs
+            return False
+        senders = _loop_senders.get(loop, {})
+        for sender in senders.values():
+            if sender.outbox is self._remote_outbox:
+                return await sender.drain(sender.settings.flush_timeout)
+        return self._remote_outbox is None
+
+    async def __aenter__(self) -> AsyncRemoteTqdm:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        if isinstance(exc_value, BaseException):
+            self._remote_exit_error = exc_value
+        await self.aclose()

@@ -1,0 +1,282 @@
+"""What a sender still has to deliver, and when: the client's batching policy, free of I/O.
+
+Both transports (the thread for :class:`RemoteTqdm`, the event-loop task for
+:class:`AsyncRemoteTqdm`) drive one :class:`Outbox`: they ask it how long to wait, take a batch,
+and report how the POST went. The outbox keeps one slot per bar, latest state wins, so memory is
+bounded by the number of bars however many updates happen while the server is away. Clock and
+randomness are injected, so tests walk it through failures without sleeping.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Collection
+from types import CodeType
+from typing import Any, Protocol
+
+from ..schema import Event
+
+__all__ = ["FinalEvent", "Location", "Outbox", "Source"]
+
+#: Where code was running: ``(id(frame), frame.f_code, line)``.
+Location = tuple[int, CodeType, int]
+
+
+class Source(Protocol):
+    """Something whose current state can be turned into an event: an open bar, or a final one."""
+
+    def remote_event(self) -> Event: ...
+
+
+class FinalEvent:
+    """The last state of a closed bar, frozen when it closed.
+
+    ``tentative`` marks a close that may have been caused by an exception the bar could not see
+    (an iteration abandoned with GeneratorExit, a bar garbage-collected): until it is sent, the
+    crash handler may still turn it into a failure. ``origin`` is where the loop over the bar
+    was when it was abandoned (frame id, code, line): the crash handler blames the bar only if
+    the uncaught exception's traceback passes there, so a ``break`` followed later by an
+    unrelated crash is not a failure. ``thread`` is the id of the thread the bar ran in.
+    """
+
+    __slots__ = ("event", "origin", "tentative", "thread")
+
+    def __init__(
+        self,
+        event: Event,
+        *,
+        tentative: bool = False,
+        thread: int | None = 0,
+        origin: Location | None = None,
+    ) -> None:
+        self.event = event
+        self.tentative = tentative
+        self.thread = thread
+        self.origin = origin
+
+    def remote_event(self) -> Event:
+        return self.event
+
+
+#: Sends closer together than this are merged, even when bars close one after another.
+MIN_GAP = 0.05
+
+
+class Outbox:
+    """Latest state per bar, the send schedule, retries with backoff, and warn-once errors.
+
+    Thread-safe: bars put from any thread while the sender takes from its own.
+    """
+
+    def __init__(
+        self,
+        *,
+        push_every: float,
+        keepalive: float,
+        clock: Callable[[], float],
+        random: Callable[[], float],
+        on_ready: Callable[[], None] = lambda: None,
+        max_batch: int = 1000,
+        max_bars: int = 10_000,
+        backoff_cap: float = 30.0,
+    ) -> None:
+        self.push_every = push_every
+        self.keepalive = keepalive
+        self.max_batch = max_batch
+        self.max_bars = max_bars
+        self.backoff_cap = backoff_cap
+        self._clock = clock
+        self._random = random
+        #: Wakes the transport when there is newly something to send (it may be asleep).
+        self._on_ready = on_ready
+        self._lock = threading.Lock()
+        self._pending: dict[str, Source] = {}
+        #: Open bars, weakly: an abandoned bar must stay collectable so tqdm's __del__ closes it.
+        self._open: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._urgent = False
+        self._failures = 0
+        now = clock()
+        self._next_send = now
+        self._last_send = float("-inf")
+        self._next_keepalive = now + keepalive
+        self._warned: set[int] = set()
+        #: Bars dropped because more than max_bars were pending at once.
+        self.dropped = 0
+        #: Batches delivered and events accepted, for tests and benchmarks.
+        self.batches_sent = 0
+
+    # Called by bars -------------------------------------------------------------------------
+
+    def opened(self, key: str, bar: Source) -> None:
+        """Track an open bar for keepalives."""
+        self._open[key] = bar
+        self._on_ready()  # a sleeping sender must learn when the next keepalive is due
+
+    def put(self, key: str, source: Source, *, urgent: bool = False) -> None:
+        """Replace whatever was pending for ``key``; ``urgent`` asks for a send soon."""
+        with self._lock:
+            pending = self._pending
+            wake = not pending or (urgent and not self._urgent)
+            pending[key] = source
+            if len(pending) > self.max_bars:
+                del pending[next(iter(pending))]
+                self.dropped += 1
+            if urgent:
+                self._urgent = True
+        if wake:
+            self._on_ready()
+
+    def closed(self, key: str, final: FinalEvent, *, urgent: bool) -> None:
+        """Queue a bar's final state and stop keeping it alive."""
+        self._open.pop(key, None)
+        self.put(key, final, urgent=urgent)
+
+    # Called by the crash handler --------------------------------------------------------------
+
+    def fail(
+        self,
+        thread: int | None,
+        error: str,
+        path: Collection[Location],
+        make_event: Callable[[Source], Event],
+    ) -> int:
+        """Turn the bars of ``thread`` that an uncaught exception ended into failures.
+
+        ``path`` holds the locations the exception's traceback passed through. Open bars, and
+        tentative closes not yet sent that were abandoned on that path, get status ``error`` with
+        ``error`` as their text. Returns how many bars were marked.
+        """
+        marked = 0
+        with self._lock:
+            for key, source in list(self._pending.items()):
+                if (
+                    isinstance(source, FinalEvent)
+                    and source.tentative
+                    and source.thread == thread
+                    and (source.origin is None or source.origin in path)
+                ):
+                    event = dict(source.event, status="error", error=error)
+                    self._pending[key] = FinalEvent(event, thread=thread)
+                    marked += 1
+        for key, bar in list(self._open.items()):
+            if getattr(bar, "remote_thread", None) == thread:
+                event = dict(make_event(bar), status="error", error=error)
+                self._open.pop(key, None)
+                self.put(key, FinalEvent(event, thread=thread), urgent=True)
+                marked += 1
+        return marked
+
+    def close_open_bars(self, make_event: Callable[[Source], Event]) -> None:
+        """At exit: queue every bar still open with status ``close``, as tqdm would close it."""
+        for key, bar in list(self._open.items()):
+            event = dict(make_event(bar), status="close")
+            self._open.pop(key, None)
+            self.put(key, FinalEvent(event), urgent=True)
+
+    def hand_over(self, other: Outbox) -> None:
+        """Move every pending state and open bar to ``other``, whose transport lives on."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for key, bar in list(self._open.items()):
+            self._open.pop(key, None)
+            bar._remote_outbox = other
+            other.opened(key, bar)
+        for key, source in pending.items():
+            other.put(key, source, urgent=True)
+
+    # Called by the transport ------------------------------------------------------------------
+
+    def delay(self) -> float | None:
+        """Seconds until the next send should start; None when there is nothing to send."""
+        now = self._clock()
+        with self._lock:
+            if not self._pending:
+                if not self._open:
+                    return None
+                return max(0.0, self._next_keepalive - now)
+            if self._urgent and self._failures == 0:
+                return max(0.0, self._last_send + MIN_GAP - now)
+            return max(0.0, self._next_send - now)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing pending and no open bar: an event-loop sender may stop until the next bar."""
+        with self._lock:
+            return not self._pending and not self._open
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def hurry(self) -> None:
+        """Send what is pending as soon as the transport can (someone awaits delivery)."""
+        with self._lock:
+            self._urgent = bool(self._pending)
+        if self._failures == 0:
+            self._next_send = self._clock()
+
+    def take(self) -> dict[str, Source]:
+        """The next batch (at most ``max_batch`` bars), removed from the pending set."""
+        now = self._clock()
+        if now >= self._next_keepalive:
+            self._next_keepalive = now + self.keepalive
+            for key, bar in list(self._open.items()):
+                with self._lock:
+                    self._pending.setdefault(key, bar)
+        with self._lock:
+            pending = self._pending
+            if len(pending) <= self.max_batch:
+                batch, self._pending = pending, {}
+            else:
+                keys = list(pending)[: self.max_batch]
+                batch = {key: pending.pop(key) for key in keys}
+            self._urgent = self._urgent and bool(self._pending)
+            self._last_send = now
+            self._next_send = now + self.push_every
+        return batch
+
+    def delivered(self) -> None:
+        """The last batch reached the server."""
+        self._failures = 0
+        self.batches_sent += 1
+
+    def retry(self, batch: dict[str, Source], retry_after: float | None = None) -> float:
+        """The server could not be reached or was overloaded: keep the batch, back off.
+
+        A bar that changed meanwhile keeps its newer state. Returns the backoff in seconds.
+        """
+        self.requeue(batch)
+        self._failures += 1
+        backoff: float = min(self.backoff_cap, self.push_every * 2 ** (self._failures - 1))
+        backoff *= 0.5 + self._random()  # jitter, so that workers do not retry in step
+        if retry_after is not None:
+            backoff = max(backoff, retry_after)
+        self._next_send = self._clock() + backoff
+        return backoff
+
+    def requeue(self, batch: dict[str, Source]) -> None:
+        """Put back a batch whose send was interrupted; newer states of its bars win."""
+        with self._lock:
+            for key, source in batch.items():
+                self._pending.setdefault(key, source)
+
+    def shrink(self, batch: dict[str, Source]) -> None:
+        """The server found the batch too large: retry at once in halves."""
+        self.requeue(batch)
+        self.max_batch = max(1, len(batch) // 2)
+        self._next_send = self._clock()
+
+    def refused(self, status: int) -> bool:
+        """The server rejected the batch for good (a 4xx): drop it, back off like a failure.
+
+        Returns True the first time this status is seen, when the caller should warn.
+        """
+        self._failures += 1
+        backoff = min(self.backoff_cap, self.push_every * 2 ** (self._failures - 1))
+        self._next_send = self._clock() + backoff * (0.5 + self._random())
+        if status in self._warned:
+            return False
+        self._warned.add(status)
+        return True

@@ -1,0 +1,188 @@
+"""The client's batching policy, without I/O: a fake clock and fixed randomness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from progressista.client.outbox import MIN_GAP, FinalEvent, Outbox
+from progressista.schema import Event
+
+from .conftest import FakeClock
+
+
+class Bar:
+    """A stand-in for an open bar: its state is whatever n says."""
+
+    def __init__(self, n: int = 0, thread: int = 1) -> None:
+        self.n = n
+        self.remote_thread = thread
+
+    def remote_event(self) -> Event:
+        return {"task_id": "b", "n": self.n}
+
+    def remote_final_event(self) -> Event:
+        return {"task_id": "b", "n": self.n, "status": "close"}
+
+
+def outbox(clock: FakeClock, **kwargs: Any) -> Outbox:
+    settings: dict[str, Any] = {"push_every": 1.0, "keepalive": 15.0, "random": lambda: 0.5}
+    return Outbox(clock=clock, **{**settings, **kwargs})
+
+
+def test_one_slot_per_bar_latest_wins(clock: FakeClock) -> None:
+    box = outbox(clock)
+    first, second = Bar(1), Bar(2)
+    for _ in range(10_000):
+        box.put("a", first)
+    box.put("a", second)
+    box.put("b", first)
+    assert box.pending == 2
+    assert box.take() == {"a": second, "b": first}
+    assert box.pending == 0
+
+
+def test_sends_at_most_every_push_every(clock: FakeClock) -> None:
+    box = outbox(clock)
+    assert box.delay() is None
+    box.put("a", Bar())
+    assert box.delay() == 0.0
+    box.take()
+    box.delivered()
+    box.put("a", Bar())
+    assert box.delay() == 1.0
+    clock.advance(0.4)
+    assert box.delay() == pytest.approx(0.6)
+
+
+def test_an_urgent_put_goes_after_a_short_gap(clock: FakeClock) -> None:
+    box = outbox(clock)
+    box.put("a", Bar())
+    box.take()
+    box.delivered()
+    box.put("a", FinalEvent({"status": "close"}), urgent=True)
+    assert box.delay() == pytest.approx(MIN_GAP)
+
+
+def test_wakes_the_transport_when_work_appears(clock: FakeClock) -> None:
+    wakes: list[int] = []
+    box = outbox(clock, on_ready=lambda: wakes.append(1))
+    box.put("a", Bar())
+    box.put("b", Bar())  # already awake: no second wake
+    box.put("c", Bar(), urgent=True)  # but urgency is news
+    assert len(wakes) == 2
+
+
+def test_retry_backs_off_exponentially_with_jitter_and_a_cap(clock: FakeClock) -> None:
+    box = outbox(clock, push_every=1.0, backoff_cap=8.0, random=lambda: 0.0)
+    bar = Bar()
+    backoffs = []
+    for _ in range(6):
+        box.put("a", bar)
+        backoffs.append(box.retry(box.take()))
+    assert backoffs == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]  # (1, 2, 4, 8, 8, 8) times jitter 0.5
+    high = outbox(clock, push_every=1.0, random=lambda: 0.999)
+    high.put("a", bar)
+    assert 1.49 < high.retry(high.take()) < 1.5
+    box.delivered()
+    box.put("a", bar)
+    assert box.retry(box.take()) == 0.5  # success resets the backoff
+
+
+def test_retry_after_from_the_server_is_honoured(clock: FakeClock) -> None:
+    box = outbox(clock)
+    box.put("a", Bar())
+    assert box.retry(box.take(), retry_after=10.0) == 10.0
+    assert box.delay() == 10.0
+
+
+def test_a_failed_batch_comes_back_unless_the_bar_moved_on(clock: FakeClock) -> None:
+    box = outbox(clock)
+    old, new = FinalEvent({"n": 1}), FinalEvent({"n": 2})
+    box.put("a", old)
+    box.put("b", old)
+    batch = box.take()
+    box.put("a", new)
+    box.retry(batch)
+    assert box.take() == {"a": new, "b": old}
+
+
+def test_413_halves_the_batch_and_retries_at_once(clock: FakeClock) -> None:
+    box = outbox(clock, max_batch=8)
+    for i in range(8):
+        box.put(str(i), Bar())
+    batch = box.take()
+    box.shrink(batch)
+    assert (box.max_batch, box.delay()) == (4, 0.0)
+    assert list(box.take()) == ["0", "1", "2", "3"]
+
+
+def test_a_refusal_warns_once_per_status_and_drops_the_batch(clock: FakeClock) -> None:
+    box = outbox(clock)
+    verdicts = []
+    for status in (401, 401, 400, 401):
+        box.put("a", Bar())
+        box.take()
+        verdicts.append(box.refused(status))
+    assert verdicts == [True, False, True, False]
+    assert box.pending == 0
+
+
+def test_memory_is_bounded_by_bars_not_updates(clock: FakeClock) -> None:
+    box = outbox(clock, max_bars=3)
+    for i in range(5):
+        box.put(f"bar-{i}", FinalEvent({"n": i}))
+    assert box.pending == 3
+    assert box.dropped == 2
+    assert list(box.take()) == ["bar-2", "bar-3", "bar-4"]
+
+
+def test_open_bars_are_resent_as_keepalives(clock: FakeClock) -> None:
+    box = outbox(clock, keepalive=15.0)
+    bar = Bar()
+    box.opened("a", bar)
+    assert box.delay() == 15.0
+    clock.advance(15)
+    assert box.take() == {"a": bar}
+    assert box.delay() == 15.0
+
+
+def test_closed_bars_are_not_kept_alive_and_open_ones_stay_collectable(clock: FakeClock) -> None:
+    box = outbox(clock)
+    bar = Bar()
+    box.opened("a", bar)
+    box.closed("a", FinalEvent({"status": "close"}), urgent=True)
+    box.take()
+    assert box.idle
+    box.opened("b", Bar())  # no other reference: the outbox must not keep it alive
+    assert box.idle
+
+
+def test_a_crash_fails_open_bars_and_abandoned_loops_on_its_path(clock: FakeClock) -> None:
+    box = outbox(clock)
+    open_bar = Bar(thread=1)
+    other_thread = Bar(thread=2)
+    box.opened("open", open_bar)
+    box.opened("other", other_thread)
+    here, elsewhere = (1, Bar.remote_event.__code__, 10), (1, Bar.remote_event.__code__, 99)
+    box.put("loop", FinalEvent({"status": "close"}, tentative=True, thread=1, origin=here))
+    box.put("break", FinalEvent({"status": "close"}, tentative=True, thread=1, origin=elsewhere))
+    box.put("clean", FinalEvent({"status": "close"}, thread=1))
+    marked = box.fail(1, "KeyError: 'x'", {here}, lambda bar: bar.remote_final_event())  # type: ignore[attr-defined]
+    assert marked == 2
+    sent = {key: source.remote_event() for key, source in box.take().items()}
+    assert sent["loop"] == {"status": "error", "error": "KeyError: 'x'"}
+    assert sent["open"] == {"task_id": "b", "n": 0, "status": "error", "error": "KeyError: 'x'"}
+    assert sent["break"] == {"status": "close"}
+    assert sent["clean"] == {"status": "close"}
+    assert "other" not in sent
+
+
+def test_at_exit_open_bars_are_closed(clock: FakeClock) -> None:
+    box = outbox(clock)
+    bar = Bar(5)
+    box.opened("a", bar)
+    box.close_open_bars(lambda b: b.remote_final_event())  # type: ignore[attr-defined]
+    assert box.take()["a"].remote_event() == {"task_id": "b", "n": 5, "status": "close"}
+    assert box.idle

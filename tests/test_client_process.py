@@ -1,0 +1,238 @@
+"""The client in real worker processes: exit flush, crashes, hung servers, asyncio.run, fork."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .server_process import ServerProcess, running_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with running_server() as process:
+        yield process
+
+
+def run_worker(code: str, url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, "PROGRESSISTA_URL": url, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def task(server: ServerProcess, task_id: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{server.url}tasks", timeout=10) as response:
+        tasks: dict[str, dict[str, Any]] = json.load(response)["tasks"]
+    return tasks[task_id]
+
+
+def test_the_final_state_is_delivered_at_exit(server: ServerProcess) -> None:
+    for run in range(5):
+        result = run_worker(
+            f"""
+            import io
+            from progressista.client import RemoteTqdm
+            with RemoteTqdm(total=1000, file=io.StringIO(), task_id="exit-{run}") as bar:
+                for _ in range(1000):
+                    bar.update(1)
+            never_closed = RemoteTqdm(total=3, file=io.StringIO(), task_id="open-{run}")
+            never_closed.update(2)
+        """,
+            server.url,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        assert (task(server, f"exit-{run}")["state"], task(server, f"exit-{run}")["n"]) == (
+            "completed",
+            1000,
+        )
+        assert (task(server, f"open-{run}")["state"], task(server, f"open-{run}")["n"]) == (
+            "completed",
+            2,
+        )
+
+
+def test_an_uncaught_exception_in_a_loop_fails_its_bar_and_keeps_the_traceback(
+    server: ServerProcess,
+) -> None:
+    result = run_worker(
+        """
+        import io
+        from progressista.client import RemoteTqdm
+        for i in RemoteTqdm(range(3), file=io.StringIO(), task_id="fine"):
+            pass
+        for i in RemoteTqdm(range(10), file=io.StringIO(), task_id="left-early"):
+            if i == 2:
+                break
+        for i in RemoteTqdm(range(10), file=io.StringIO(), task_id="crashing"):
+            if i == 5:
+                raise ZeroDivisionError("division by zero in row 5")
+    """,
+        server.url,
+    )
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.rstrip().endswith("ZeroDivisionError: division by zero in row 5")
+    crashed = task(server, "crashing")
+    assert (crashed["state"], crashed["n"], crashed["error"]) == (
+        "failed",
+        5,
+        "ZeroDivisionError: division by zero in row 5",
+    )
+    assert task(server, "fine")["state"] == "completed"
+    assert task(server, "left-early")["state"] == "completed"
+
+
+def test_ctrl_c_in_a_loop_fails_the_bar(server: ServerProcess) -> None:
+    result = run_worker(
+        """
+        import io
+        from progressista.client import RemoteTqdm
+        for i in RemoteTqdm(range(10), file=io.StringIO(), task_id="interrupted"):
+            if i == 1:
+                raise KeyboardInterrupt
+    """,
+        server.url,
+    )
+    assert result.returncode == 1
+    assert task(server, "interrupted")["error"] == "KeyboardInterrupt"
+
+
+def test_an_exception_in_a_thread_fails_that_threads_bars(server: ServerProcess) -> None:
+    result = run_worker(
+        """
+        import io, threading
+        from progressista.client import RemoteTqdm
+        def work():
+            bar = RemoteTqdm(total=10, file=io.StringIO(), task_id="thread-bar")
+            bar.update(4)
+            raise LookupError("no such shard")
+        main_bar = RemoteTqdm(total=1, file=io.StringIO(), task_id="main-bar")
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        main_bar.update(1)
+        main_bar.close()
+    """,
+        server.url,
+    )
+    assert result.returncode == 0
+    assert "LookupError: no such shard" in result.stderr
+    assert (task(server, "thread-bar")["state"], task(server, "thread-bar")["error"]) == (
+        "failed",
+        "LookupError: no such shard",
+    )
+    assert task(server, "main-bar")["state"] == "completed"
+
+
+def test_a_hung_server_never_holds_the_process_past_the_flush_timeout() -> None:
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(100)
+        started = time.monotonic()
+        result = run_worker(
+            """
+            import io
+            from progressista.client import RemoteTqdm
+            bar = RemoteTqdm(total=10**5, file=io.StringIO(), mininterval=0)
+            for _ in range(10**5):
+                bar.update(1)
+            bar.close()
+        """,
+            f"http://127.0.0.1:{hung.getsockname()[1]}",
+            PROGRESSISTA_FLUSH_TIMEOUT="1",
+        )
+        elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert elapsed < 1 + 5, elapsed  # the flush bound, plus interpreter start and the loop
+
+
+def test_a_refused_connection_is_silent_and_quick() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_worker(
+        """
+        import io
+        from progressista.client import RemoteTqdm
+        for _ in RemoteTqdm(range(1000), file=io.StringIO()):
+            pass
+    """,
+        f"http://127.0.0.1:{port}",
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_asyncio_run_leaves_no_unclosed_session_or_pending_task(server: ServerProcess) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-W",
+            "error",
+            "-X",
+            "dev",
+            "-c",
+            textwrap.dedent("""
+            import asyncio, io
+            from progressista.client import AsyncRemoteTqdm
+            async def main():
+                bars = [AsyncRemoteTqdm(total=2, file=io.StringIO(), task_id=f"loop-{i}")
+                        for i in range(20)]
+                for bar in bars:
+                    bar.update(2)
+                    bar.close()  # not awaited: the loop's sender delivers at shutdown
+                open_bar = AsyncRemoteTqdm(total=5, file=io.StringIO(), task_id="loop-open")
+                open_bar.update(1)
+            asyncio.run(main())
+        """),
+        ],
+        env={**os.environ, "PROGRESSISTA_URL": server.url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+    assert {task(server, f"loop-{i}")["state"] for i in range(20)} == {"completed"}
+    assert task(server, "loop-open")["n"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_sends_its_own_bars(server: ServerProcess) -> None:
+    result = run_worker(
+        """
+        import io, os
+        from progressista.client import RemoteTqdm
+        parent = RemoteTqdm(total=1, file=io.StringIO(), task_id="parent")
+        pid = os.fork()
+        if pid == 0:
+            with RemoteTqdm(total=2, file=io.StringIO(), task_id="child") as bar:
+                bar.update(2)
+            from progressista.client import flush
+            flush()
+            os._exit(0)
+        os.waitpid(pid, 0)
+        parent.update(1)
+        parent.close()
+    """,
+        server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (task(server, "child")["state"], task(server, "child")["n"]) == ("completed", 2)
+    assert task(server, "parent")["state"] == "completed"
