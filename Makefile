@@ -8,10 +8,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint fmt bench dist clean
+.PHONY: help setup run test tqdm-suite lint fmt bench dist clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ setup: $(STAMP) ## create .venv and install the package with its dev tools
 run: $(STAMP) ## start the server (in-memory store) on $(HOST):$(PORT)
 	$(BIN)/python -m progressista.server --host $(HOST) --port $(PORT)
 
-test: $(STAMP) ## run the whole test suite
+test: $(STAMP) ## run the whole test suite, tqdm's own tests with RemoteTqdm included
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory tqdm-suite
+
+tqdm-suite: $(STAMP) ## tqdm's own tests with RemoteTqdm in tqdm's place, server up and down
+	$(BIN)/python -m tests.tqdm_suite
 
 lint: $(STAMP) ## ruff and strict mypy over package and tests
 	$(BIN)/ruff check progressista tests
@@ -36,8 +40,9 @@ fmt: $(STAMP) ## format and fix imports
 	$(BIN)/ruff check --fix --select I progressista tests
 	$(BIN)/ruff format progressista tests
 
-bench: $(STAMP) ## measure the server (and later the client) against its targets
+bench: $(STAMP) ## measure server and client against their targets (needs wrk)
 	$(BIN)/python -m tests.bench.server
+	$(BIN)/python -m tests.bench.client
 
 dist: $(STAMP) ## build the sdist and wheel into dist/
 	$(BIN)/python -m build --outdir dist .

@@ -246,3 +246,32 @@ async def test_bad_values_are_cleaned_before_sending(server: TestServer) -> None
 def test_an_invalid_task_id_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="task_id"):
         RemoteTqdm(total=1, task_id="a\nb", url="http://127.0.0.1:9", file=io.StringIO())
+
+
+async def test_the_client_never_moves_the_callers_random_sequence() -> None:
+    import random
+
+    random.seed(1234)
+    expected = [random.random() for _ in range(3)]
+    random.seed(1234)
+    url = f"http://127.0.0.1:{free_port()}"  # refused: every retry draws a jitter
+    progress = bar(url, total=3, task_id="seeded")
+    outbox = progress._remote_outbox
+    assert outbox is not None
+    await eventually(lambda: outbox._failures >= 3)
+    progress.close()
+    assert [random.random() for _ in range(3)] == expected
+
+
+def test_no_update_can_follow_or_outrank_the_final_event() -> None:
+    progress = RemoteTqdm(total=5, url="http://127.0.0.1:9", file=io.StringIO())
+    before = progress.remote_event()
+    progress.update(5)
+    progress.close()
+    outbox = progress._remote_outbox
+    assert outbox is not None
+    final = outbox.take()[str(progress.remote_task_id)].remote_event()
+    assert (final["status"], final["n"]) == ("close", 5)
+    assert final["seq"] > before["seq"]
+    with pytest.raises(LookupError):
+        progress.remote_event()  # what a sender holding an old handle would get

@@ -144,8 +144,27 @@ def test_open_bars_are_resent_as_keepalives(clock: FakeClock) -> None:
     box.opened("a", bar)
     assert box.delay() == 15.0
     clock.advance(15)
-    assert box.take() == {"a": bar}
+    assert {key: source.remote_event() for key, source in box.take().items()} == {
+        "a": bar.remote_event()
+    }
     assert box.delay() == 15.0
+
+
+def test_a_pending_update_does_not_keep_a_bar_alive(clock: FakeClock) -> None:
+    import gc
+    import weakref
+
+    from progressista.client.outbox import WeakSource
+
+    box = outbox(clock)
+    bar = Bar(3)
+    box.put("a", WeakSource(bar))
+    alive = weakref.ref(bar)
+    del bar
+    gc.collect()
+    assert alive() is None
+    with pytest.raises(LookupError):
+        box.take()["a"].remote_event()
 
 
 def test_closed_bars_are_not_kept_alive_and_open_ones_stay_collectable(clock: FakeClock) -> None:

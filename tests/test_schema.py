@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from progressista import schema
-from progressista.schema import FieldError, SchemaError, decode_events, parse_events
+from progressista.schema import FieldError, SchemaError, parse_events
+from progressista.server.decoder import decode_events
 
 FULL_EVENT: dict[str, Any] = {
     "task_id": "etl/2026-11-29/shard 7 ✓",

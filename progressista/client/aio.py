@@ -39,7 +39,7 @@ class LoopSender:
             push_every=settings.push_every,
             keepalive=settings.keepalive,
             clock=loop.time,
-            random=random.random,
+            random=random.Random().random,  # never the caller's global sequence
             on_ready=self._ready,
         )
         self._url = settings.url + "/progress"

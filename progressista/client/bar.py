@@ -11,11 +11,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import socket
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,12 +29,22 @@ from ..schema import (
     Event,
 )
 from ..settings import ClientSettings
-from .outbox import FinalEvent, Location, Outbox
+from .outbox import FinalEvent, Location, Outbox, WeakSource
 from .sender import sender_for
 
 __all__ = ["RemoteTqdm", "trange"]
 
 _bar_numbers = itertools.count(1)
+
+
+def hostname() -> str:
+    """This machine's name, without importing socket (which costs the client import time)."""
+    try:
+        return os.uname().nodename
+    except AttributeError:  # pragma: no cover - Windows
+        import socket
+
+        return socket.gethostname()
 
 
 def _program() -> str:
@@ -46,7 +54,7 @@ def _program() -> str:
 
 def default_task_id() -> str:
     """Unique per bar and readable: which program, which process, which bar, which machine."""
-    return f"{_program()}-{os.getpid()}-{next(_bar_numbers)}@{socket.gethostname()}"
+    return f"{_program()}-{os.getpid()}-{next(_bar_numbers)}@{hostname()}"
 
 
 def check_task_id(task_id: str) -> str:
@@ -69,7 +77,7 @@ def _label(value: Any) -> str | int | float | bool | None:
 
 def build_meta(settings: ClientSettings, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     """The bar's labels: host, pid and job, then the caller's; cut to fit the server's limit."""
-    meta: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    meta: dict[str, Any] = {"host": hostname(), "pid": os.getpid()}
     if settings.job:
         meta["job"] = settings.job
     for key, value in (extra or {}).items():
@@ -145,8 +153,21 @@ def _loop_location() -> Location | None:
 
 def describe_exception(error: BaseException) -> str:
     """One line naming the exception, as the dashboard shows it for a failed bar."""
+    import traceback  # only when a bar fails: not worth its import time for every worker
+
     text = "".join(traceback.format_exception_only(type(error), error)).strip()
     return text[:MAX_ERROR_CHARS]
+
+
+class _TqdmLock:
+    """``RemoteTqdm._lock``: tqdm's own lock, so plain and remote bars share one screen.
+
+    It is an attribute of RemoteTqdm's own, as ``_lock`` is of tqdm, so code written for tqdm can
+    replace it (``set_lock``) or delete it (tqdm's tests do) exactly as it would tqdm's.
+    """
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        return tqdm.get_lock()  # type: ignore[no-untyped-call]
 
 
 class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the stubs
@@ -168,6 +189,7 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     caller: failed sends are retried in the background, a refusal is one warning.
     """
 
+    _lock = _TqdmLock()
     remote_task_id: str | None = None
     remote_thread: int = 0
     _remote_outbox: Outbox | None = None
@@ -196,41 +218,69 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             self._remote_meta = build_meta(settings, meta)
             # Microseconds since the epoch: a restarted worker's events rank above the old ones.
             self._remote_seq = time.time_ns() // 1000
+            # Orders the sender thread's reads against close(): no update may outrank the end.
+            self._remote_lock = threading.Lock()
             self.remote_thread = threading.get_ident()
             outbox = self._remote_outbox_for(settings)
         super().__init__(*args, **kwargs)
-        if outbox is not None and not self.disable:
+        if outbox is not None and self.remote_task_id is not None and not self.disable:
             self._remote_outbox = outbox
-            outbox.opened(self.remote_task_id, self)  # type: ignore[arg-type]
-            outbox.put(self.remote_task_id, self)  # type: ignore[arg-type]
+            self._remote_handle = WeakSource(self)
+            outbox.opened(self.remote_task_id, self)
+            outbox.put(self.remote_task_id, self._remote_handle)
 
     @staticmethod
     def _remote_outbox_for(settings: ClientSettings) -> Outbox:
         """The outbox this bar's state goes to: the process's sender thread for the server."""
         return sender_for(settings).outbox
 
+    @classmethod
+    def get_lock(cls) -> Any:
+        """tqdm's ``get_lock``, keeping ``_lock`` an attribute of this class, as tqdm does.
+
+        After ``del RemoteTqdm._lock`` tqdm would make a new lock for itself; here the class
+        takes tqdm's lock again rather than the one it would otherwise inherit silently.
+        """
+        if "_lock" not in vars(cls):
+            cls._lock = tqdm.get_lock()  # type: ignore[no-untyped-call]
+        return cls._lock
+
     def remote_event(self) -> Event:
-        """The bar's current state as an event (called by the sender when it sends)."""
+        """The open bar's current state as an event (called by the sender when it sends).
+
+        Raises LookupError once the bar is closed: its final event, queued by close(), is the
+        only one that may follow.
+        """
+        with self._remote_lock:
+            if self._remote_closed:
+                raise LookupError("the bar is closed")
+            return self._next_event("update" if self._remote_started else "start")
+
+    def remote_final_event(self, status: str = "close", error: str | None = None) -> Event:
+        """The event that ends the bar, numbered after every event sent before it."""
+        with self._remote_lock:
+            self._remote_closed = True
+            event = self._next_event(status)
+        if error is not None:
+            event["error"] = error
+        return event
+
+    def _next_event(self, status: str) -> Event:
         event = event_from(self.format_dict)
         self._remote_seq += 1
         event["task_id"] = self.remote_task_id
-        event["status"] = "update" if self._remote_started else "start"
+        event["status"] = status
         event["seq"] = self._remote_seq
         event["timestamp"] = time.time()
         event["meta"] = self._remote_meta
         self._remote_started = True
         return event
 
-    def remote_final_event(self) -> Event:
-        """The event that ends the bar; afterwards the bar sends nothing more."""
-        self._remote_closed = True
-        return self.remote_event()
-
     def display(self, msg: str | None = None, pos: int | None = None) -> Any:
         shown = super().display(msg, pos)
         outbox = self._remote_outbox
         if outbox is not None and not self._remote_closed:
-            outbox.put(self.remote_task_id, self)  # type: ignore[arg-type]
+            outbox.put(self.remote_task_id, self._remote_handle)  # type: ignore[arg-type]
         return shown
 
     def close(self) -> None:
@@ -254,12 +304,10 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
                 error = in_flight  # the wrapped iterable raised, or close() during an except
         self._remote_closed = True  # the repaint inside super().close() must not re-queue it
         super().close()
-        event = self.remote_event()
         if error is not None:
-            event["status"] = "error"
-            event["error"] = describe_exception(error)
+            event = self.remote_final_event("error", describe_exception(error))
         else:
-            event["status"] = "close"
+            event = self.remote_final_event("close")
         final = FinalEvent(
             event,
             tentative=tentative and error is None,

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from ..schema import Event
 
-__all__ = ["FinalEvent", "Location", "Outbox", "Source"]
+__all__ = ["FinalEvent", "Location", "Outbox", "Source", "WeakSource"]
 
 #: Where code was running: ``(id(frame), frame.f_code, line)``.
 Location = tuple[int, CodeType, int]
@@ -57,6 +57,25 @@ class FinalEvent:
 
     def remote_event(self) -> Event:
         return self.event
+
+
+class WeakSource:
+    """An open bar as the outbox holds it: weakly, so a pending update never keeps a bar alive.
+
+    tqdm closes an abandoned bar from ``__del__``; that must still happen while its latest
+    state waits to be sent. A collected bar's close has queued its final state in its place.
+    """
+
+    __slots__ = ("_bar",)
+
+    def __init__(self, bar: Source) -> None:
+        self._bar = weakref.ref(bar)
+
+    def remote_event(self) -> Event:
+        bar = self._bar()
+        if bar is None:
+            raise LookupError("the bar was garbage-collected")
+        return bar.remote_event()
 
 
 #: Sends closer together than this are merged, even when bars close one after another.
@@ -224,7 +243,7 @@ class Outbox:
             self._next_keepalive = now + self.keepalive
             for key, bar in list(self._open.items()):
                 with self._lock:
-                    self._pending.setdefault(key, bar)
+                    self._pending.setdefault(key, WeakSource(bar))
         with self._lock:
             pending = self._pending
             if len(pending) <= self.max_batch:

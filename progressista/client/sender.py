@@ -107,7 +107,8 @@ class ThreadSender:
             push_every=settings.push_every,
             keepalive=settings.keepalive,
             clock=time.monotonic,
-            random=random.random,
+            # A private generator: the caller's seeded `random` sequence must not move.
+            random=random.Random().random,
             on_ready=self._wake.set,
         )
         parts = urlsplit(settings.url)

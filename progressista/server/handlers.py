@@ -13,7 +13,7 @@ import aiohttp_jinja2
 import msgspec
 from aiohttp import web
 
-from ..schema import STATES, FieldError, SchemaError, decode_events
+from ..schema import STATES, FieldError, SchemaError
 from ..settings import parse_duration
 from .auth import (
     COOKIE_NAME,
@@ -24,6 +24,7 @@ from .auth import (
     token_matches,
 )
 from .context import CLOCK, HUB, INGEST_STATS, SETTINGS, STORE
+from .decoder import decode_events
 from .metrics import exposition
 from .store import StoreFull
 from .task import Task
