@@ -275,3 +275,42 @@ def test_no_update_can_follow_or_outrank_the_final_event() -> None:
     assert final["seq"] > before["seq"]
     with pytest.raises(LookupError):
         progress.remote_event()  # what a sender holding an old handle would get
+
+
+async def test_5xx_and_429_are_retried_until_the_state_lands(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    from aiohttp import web
+
+    answers = [503, 429, 500]
+    received: list[list[dict[str, Any]]] = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        batch = await request.json()
+        if answers:
+            status = answers.pop(0)
+            return web.json_response({"error": "busy"}, status=status, headers={"Retry-After": "0"})
+        received.append(batch)
+        return web.json_response({"accepted": len(batch), "ignored": 0}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/progress", flaky)
+    server = await aiohttp_server(app)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with bar(f"http://127.0.0.1:{server.port}", total=2, task_id="flaky") as progress:
+            progress.update(2)
+        await eventually(lambda: any(e["status"] == "close" for b in received for e in b))
+    assert answers == []
+    assert [e for b in received for e in b if e["status"] == "close"][0]["n"] == 2
+    assert not [w for w in caught if issubclass(w.category, ProgressistaWarning)]
+
+
+async def test_an_unknown_host_is_retried_quietly() -> None:
+    progress = bar("http://no-such-host.invalid:8000", total=1, task_id="dns")
+    outbox = progress._remote_outbox
+    assert outbox is not None
+    await eventually(lambda: outbox._failures >= 1)
+    progress.update(1)
+    progress.close()
+    assert outbox.pending == 1  # kept for when the name resolves

@@ -55,6 +55,7 @@ def test_the_final_state_is_delivered_at_exit(server: ServerProcess) -> None:
             never_closed.update(2)
         """,
             server.url,
+            PROGRESSISTA_JOB="nightly",
         )
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
@@ -62,6 +63,7 @@ def test_the_final_state_is_delivered_at_exit(server: ServerProcess) -> None:
             "completed",
             1000,
         )
+        assert task(server, f"exit-{run}")["meta"]["job"] == "nightly"
         assert (task(server, f"open-{run}")["state"], task(server, f"open-{run}")["n"]) == (
             "completed",
             2,
