@@ -239,13 +239,25 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerSetting
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+def _json_object(text: str, source: str) -> dict[str, Any]:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise SettingError(f"{source} must be a JSON object: {error}") from None
+    if not isinstance(value, dict):
+        raise SettingError(f'{source} must be a JSON object, like {{"team": "data"}}')
+    return value
+
+
 @dataclass(frozen=True)
 class ClientSettings:
     """How a worker's bars reach the server (DESIGN §5).
 
     Read when a bar is built, from arguments first, then ``PROGRESSISTA_URL``,
     ``PROGRESSISTA_TOKEN``, ``PROGRESSISTA_PUSH_EVERY``, ``PROGRESSISTA_FLUSH_TIMEOUT``,
-    ``PROGRESSISTA_KEEPALIVE`` and ``PROGRESSISTA_JOB``.
+    ``PROGRESSISTA_KEEPALIVE``, ``PROGRESSISTA_JOB`` and ``PROGRESSISTA_META``.
     """
 
     #: The server's base URL.
@@ -261,6 +273,8 @@ class ClientSettings:
     keepalive: float = 15.0
     #: The job label every bar carries in ``meta``; groups a run's bars on the dashboard.
     job: str | None = None
+    #: Labels every bar carries (``PROGRESSISTA_META``, a JSON object), under the bar's own.
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
@@ -282,6 +296,8 @@ class ClientSettings:
                 continue
             if setting.name in ("url", "token", "job"):
                 values[setting.name] = text.rstrip("/") if setting.name == "url" else text
+            elif setting.name == "meta":
+                values["meta"] = _json_object(text, env_name("meta"))
             else:
                 try:
                     values[setting.name] = parse_duration(text)

@@ -302,7 +302,7 @@ async def test_5xx_and_429_are_retried_until_the_state_lands(
             progress.update(2)
         await eventually(lambda: any(e["status"] == "close" for b in received for e in b))
     assert answers == []
-    assert [e for b in received for e in b if e["status"] == "close"][0]["n"] == 2
+    assert next(e for b in received for e in b if e["status"] == "close")["n"] == 2
     assert not [w for w in caught if issubclass(w.category, ProgressistaWarning)]
 
 

@@ -80,8 +80,9 @@ def build_meta(settings: ClientSettings, extra: Mapping[str, Any] | None) -> dic
     meta: dict[str, Any] = {"host": hostname(), "pid": os.getpid()}
     if settings.job:
         meta["job"] = settings.job
-    for key, value in (extra or {}).items():
-        meta[str(key)] = _label(value)
+    for labels in (settings.meta, extra or {}):
+        for key, value in labels.items():
+            meta[str(key)] = _label(value)
     import json
 
     while meta and len(json.dumps(meta, ensure_ascii=False).encode()) > MAX_META_BYTES:
@@ -182,8 +183,8 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         The bar's identity on the server; by default program, pid, a counter and the host.
     ``meta``
         Extra labels (string, number, boolean or null values) shown with the bar.
-    ``url``, ``token``, ``push_every``
-        Which server, its write token, and seconds between batches.
+    ``url``, ``token``, ``push_every``, ``job``
+        Which server, its write token, seconds between batches, and the job label.
 
     A disabled bar (``disable=True``) is not remote either. Network trouble never reaches the
     caller: failed sends are retried in the background, a refusal is one warning.
@@ -196,7 +197,7 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     _remote_closed = False
     _remote_started = False
     _remote_from_gc = False
-    _remote_exit_error: BaseException | None = None
+    _remote_exit_error: BaseException | str | None = None
 
     def __init__(
         self,
@@ -207,12 +208,13 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         url: str | None = None,
         token: str | None = None,
         push_every: float | None = None,
+        job: str | None = None,
         **kwargs: Any,
     ) -> None:
         outbox = None
         if remote:
             settings = ClientSettings.from_env(
-                os.environ, url=url, token=token, push_every=push_every
+                os.environ, url=url, token=token, push_every=push_every, job=job
             )
             self.remote_task_id = check_task_id(task_id) if task_id else default_task_id()
             self._remote_meta = build_meta(settings, meta)
@@ -276,8 +278,8 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         self._remote_started = True
         return event
 
-    def display(self, msg: str | None = None, pos: int | None = None) -> Any:
-        shown = super().display(msg, pos)
+    def display(self, *args: Any, **kwargs: Any) -> Any:
+        shown = super().display(*args, **kwargs)  # any front end's signature (notebook's too)
         outbox = self._remote_outbox
         if outbox is not None and not self._remote_closed:
             outbox.put(self.remote_task_id, self._remote_handle)  # type: ignore[arg-type]
@@ -305,7 +307,8 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         self._remote_closed = True  # the repaint inside super().close() must not re-queue it
         super().close()
         if error is not None:
-            event = self.remote_final_event("error", describe_exception(error))
+            reason = error if isinstance(error, str) else describe_exception(error)
+            event = self.remote_final_event("error", reason[:MAX_ERROR_CHARS])
         else:
             event = self.remote_final_event("close")
         final = FinalEvent(
@@ -315,6 +318,11 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             origin=origin,
         )
         outbox.closed(self.remote_task_id, final, urgent=not final.tentative)  # type: ignore[arg-type]
+
+    def fail(self, error: BaseException | str) -> None:
+        """Close the bar as failed, with ``error`` (an exception, or a sentence) as the reason."""
+        self._remote_exit_error = error
+        self.close()
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
         if isinstance(exc_value, BaseException) and not isinstance(exc_value, GeneratorExit):

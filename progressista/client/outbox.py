@@ -109,7 +109,8 @@ class Outbox:
         self._random = random
         #: Wakes the transport when there is newly something to send (it may be asleep).
         self._on_ready = on_ready
-        self._lock = threading.Lock()
+        # Re-entrant: a SIGTERM handler that flushes may run while this thread holds it.
+        self._lock = threading.RLock()
         self._pending: dict[str, Source] = {}
         #: Open bars, weakly: an abandoned bar must stay collectable so tqdm's __del__ closes it.
         self._open: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()

@@ -205,6 +205,8 @@ class ThreadSender:
 
 
 _senders: dict[tuple[str, str | None], ThreadSender] = {}
+#: Senders a flush has stopped that may still be delivering.
+_stopping: list[ThreadSender] = []
 _senders_lock = threading.Lock()
 _hooks_installed = False
 
@@ -218,6 +220,7 @@ def sender_for(settings: ClientSettings) -> ThreadSender:
             sender = _senders.get(key)
             if sender is None:
                 _install_hooks()
+                _install_worker_hooks()
                 sender = _senders[key] = ThreadSender(settings)
     return sender
 
@@ -228,19 +231,45 @@ def flush(timeout: float | None = None) -> bool:
     Runs at interpreter exit; call it yourself before ``os._exit``. Returns False if some state
     could not be delivered in time.
     """
+    global _flushing
+    if threading.current_thread() is not threading.main_thread():
+        return _flush(timeout)
+    _flushing = True
+    try:
+        return _flush(timeout)
+    finally:
+        _flushing = False
+        if _terminate_after_flush:
+            _die_by_sigterm()
+
+
+def _die_by_sigterm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _flush(timeout: float | None) -> bool:
     senders = list(_senders.values())
     _senders.clear()
-    if not senders:
-        return True
-    if timeout is None:
-        timeout = max(sender.settings.flush_timeout for sender in senders)
-    deadline = time.monotonic() + timeout
     for sender in senders:
         sender.stop()
+    # A flush may interrupt another (a SIGTERM handler during the exit flush): it must wait for
+    # the senders that one stopped, not find the registry empty and report success.
+    _stopping.extend(senders)
+    waiting = [sender for sender in _stopping if not sender.wait(0)]
+    if not waiting:
+        _stopping.clear()
+        return all(sender.outbox.pending == 0 for sender in senders)
+    if timeout is None:
+        timeout = max(sender.settings.flush_timeout for sender in waiting)
+    deadline = time.monotonic() + timeout
     done = True
-    for sender in senders:
+    for sender in waiting:
         done = sender.wait(max(0.0, deadline - time.monotonic())) and done
         done = done and sender.outbox.pending == 0
+    _stopping[:] = [sender for sender in _stopping if not sender.wait(0)]
     return done
 
 
@@ -289,4 +318,59 @@ def _install_hooks() -> None:
 
 def _forget_parent_senders() -> None:
     # The parent's threads do not exist here, and its pending state is the parent's to send.
+    global _worker_hooks_installed
     _senders.clear()
+    _stopping.clear()
+    _worker_hooks_installed = False
+
+
+_worker_hooks_installed = False
+#: The main thread is inside flush(), and a SIGTERM arrived meanwhile.
+_flushing = False
+_terminate_after_flush = False
+
+#: Seconds a terminated multiprocessing worker spends delivering its bars before it dies.
+TERMINATE_FLUSH = 1.0
+
+
+def _install_worker_hooks() -> None:
+    """In a multiprocessing worker, deliver at exit even though atexit will not run.
+
+    A forked worker leaves through ``os._exit`` (multiprocessing runs its own finalizers, not
+    atexit's), and ``with Pool(...)`` ends by terminating its workers with SIGTERM. So: a
+    multiprocessing finalizer, and a SIGTERM handler (only where none is set) that flushes for
+    at most TERMINATE_FLUSH seconds and then dies by SIGTERM as before.
+    """
+    global _worker_hooks_installed
+    multiprocessing = sys.modules.get("multiprocessing")
+    if _worker_hooks_installed or multiprocessing is None:
+        return
+    if multiprocessing.parent_process() is None:
+        return
+    _worker_hooks_installed = True
+    from multiprocessing import util
+
+    util.Finalize(None, flush, exitpriority=100)
+    import signal
+
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+
+        def terminated(signum: int, frame: Any) -> None:
+            global _terminate_after_flush
+            # Pool.terminate() and then the parent's exit each send SIGTERM: ignore the rest.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if _flushing:
+                # The interrupted code is the exit flush itself (it may hold the very locks
+                # a second flush would wait on): let it finish, then die as asked.
+                _terminate_after_flush = True
+                return
+            # Flush from another thread, joined with a timeout: whatever lock the interrupted
+            # code holds, this handler cannot deadlock on it, only time out.
+            helper = threading.Thread(target=flush, args=(TERMINATE_FLUSH,), daemon=True)
+            helper.start()
+            helper.join(TERMINATE_FLUSH + 0.5)
+            _die_by_sigterm()
+
+        signal.signal(signal.SIGTERM, terminated)

@@ -123,6 +123,10 @@ async def _ingest(request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(settings.max_body) from None
+    except ConnectionResetError:
+        # The worker went away mid-request (killed, say): nothing to store, nobody to answer,
+        # and nothing worth an error in the log.
+        raise ApiError(400, "the client disconnected before sending the whole body") from None
     try:
         events = decode_events(body, settings.max_batch)
     except SchemaError as error:

@@ -1,0 +1,60 @@
+"""Loaded by every Python that ``progressista run`` starts (this folder is on its PYTHONPATH).
+
+It patches tqdm before any user code runs, reports an uncaught exception of the run's main
+process to the runner, then hands over to the ``sitecustomize`` it shadows, if there is one. It
+must never break the program it runs in: any failure is one line on stderr.
+"""
+
+import os
+import sys
+
+
+def _patch() -> None:
+    try:
+        from progressista.patch import install
+    except ImportError as error:  # another Python, without progressista installed
+        sys.stderr.write(f"progressista: not patching tqdm in {sys.executable}: {error}\n")
+        return
+    install()
+    report = os.environ.get("PROGRESSISTA_RUN_REPORT")
+    if report and os.environ.get("PROGRESSISTA_RUN_PID") == str(os.getppid()):
+        _report_crash_to(report)
+
+
+def _report_crash_to(path: str) -> None:
+    previous = sys.excepthook
+
+    def excepthook(kind, error, tb):  # type: ignore[no-untyped-def]
+        try:
+            from progressista.client.bar import describe_exception
+
+            with open(path, "w", encoding="utf-8") as report:
+                report.write(describe_exception(error))
+        except Exception:
+            pass
+        previous(kind, error, tb)
+
+    sys.excepthook = excepthook
+
+
+def _chain() -> None:
+    """Run the sitecustomize this file hides (Debian's, a virtualenv's), as Python would have."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    ours = sys.modules.pop("sitecustomize", None)
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    try:
+        import sitecustomize  # type: ignore[import-not-found]  # noqa: F401 - the next one
+    except ImportError:
+        pass
+    finally:
+        sys.path[:] = saved
+        if ours is not None:
+            sys.modules["sitecustomize"] = ours
+
+
+try:
+    _patch()
+except Exception as error:  # pragma: no cover - never break the user's program
+    sys.stderr.write(f"progressista: could not patch tqdm: {error!r}\n")
+_chain()

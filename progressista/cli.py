@@ -1,0 +1,165 @@
+"""The ``progressista`` command: serve, run, demo, watch.
+
+Errors are one line on stderr and a non-zero exit: 2 for a command used wrongly, 1 when the
+server cannot be reached. ``run`` exits with its program's status, dying by the same signal when
+the program did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .settings import SettingError
+
+__all__ = ["main"]
+
+RUN_USAGE = """\
+usage: progressista run [--url URL] [--token TOKEN] [--job NAME] [--meta KEY=VALUE ...]
+                        (script.py | -m module | -- command) [args ...]
+
+Run a program with every tqdm bar in it remote: the script, its subprocesses and its
+multiprocessing workers, all patched before any of their code runs. Every bar carries the job
+name; the run itself shows as the job's parent task, completed on exit code 0 and failed
+otherwise. The exit code is passed through.
+
+options:
+  --url URL          the server (default: $PROGRESSISTA_URL or http://127.0.0.1:8000)
+  --token TOKEN      the server's write token (default: $PROGRESSISTA_TOKEN)
+  --job NAME         the job label (default: $PROGRESSISTA_JOB, or the program and the time)
+  --meta KEY=VALUE   a label for every bar; repeat for more
+  -m module          run a module, as python -m does
+  -- command ...     run any command; the Pythons it starts are patched
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "serve":
+            from .server.__main__ import main as serve
+
+            return serve(args[1:])
+        if args and args[0] == "run":
+            return _run(args[1:])
+        return _other(args)
+    except SettingError as error:
+        print(f"progressista: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _other(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="progressista",
+        description="Remote tqdm progress bars on one live web page.",
+    )
+    parser.add_argument("--version", action="version", version=f"progressista {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "serve", help="run the server (python -m progressista.server)", add_help=False
+    )
+    commands.add_parser(
+        "run", help="run a program with every tqdm bar in it remote", add_help=False
+    )
+    demo = commands.add_parser(
+        "demo",
+        help="send a few realistic bars, some failing, to a server",
+        description="Send a few realistic bars, some of them failing, to a server.",
+    )
+    demo.add_argument(
+        "--url", help="the server (default: $PROGRESSISTA_URL or http://127.0.0.1:8000)"
+    )
+    demo.add_argument(
+        "--seconds", type=float, default=20.0, help="about how long the demo runs (default: 20)"
+    )
+    watch = commands.add_parser(
+        "watch",
+        help="mirror the live bars in this terminal",
+        description="Mirror a server's live bars in this terminal (for SSH sessions).",
+    )
+    watch.add_argument(
+        "url", nargs="?", help="the server (default: $PROGRESSISTA_URL or http://127.0.0.1:8000)"
+    )
+    watch.add_argument("--token", help="the read token (default: $PROGRESSISTA_READ_TOKEN)")
+    options = parser.parse_args(args)
+    url = _server_url(options.url)
+    if options.command == "demo":
+        from .demo import demo as run_demo
+
+        return run_demo(url, options.seconds)
+    from .terminal import watch as run_watch
+
+    token = options.token or os.environ.get("PROGRESSISTA_READ_TOKEN") or None
+    return run_watch(url, token)
+
+
+def _server_url(given: str | None) -> str:
+    from .settings import ClientSettings
+
+    return ClientSettings.from_env(os.environ, url=given).url
+
+
+def _run(args: list[str]) -> int:
+    from .runner import Launch, parse_meta, run
+
+    options: dict[str, str] = {}
+    meta: list[str] = []
+    launch: Launch | None = None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-h", "--help"):
+            print(RUN_USAGE, end="")
+            return 0
+        if arg == "--":
+            if i + 1 >= len(args):
+                raise SettingError("run: give a command after --")
+            launch = Launch("command", args[i + 1], args[i + 2 :])
+            break
+        if arg == "-m":
+            if i + 1 >= len(args):
+                raise SettingError("run: give a module after -m")
+            launch = Launch("module", args[i + 1], args[i + 2 :])
+            break
+        name, sep, value = arg.partition("=")
+        if name in ("--url", "--token", "--job", "--meta"):
+            if not sep:
+                if i + 1 >= len(args):
+                    raise SettingError(f"run: {name} needs a value")
+                i += 1
+                value = args[i]
+            if name == "--meta":
+                meta.append(value)
+            else:
+                options[name[2:]] = value
+            i += 1
+            continue
+        if arg.startswith("-"):
+            raise SettingError(f"run: unknown option {arg!r} (see progressista run --help)")
+        launch = Launch("script", arg, args[i + 1 :])
+        break
+    if launch is None:
+        raise SettingError("run: what should I run? (see progressista run --help)")
+    status = run(
+        launch,
+        url=options.get("url"),
+        token=options.get("token"),
+        job=options.get("job"),
+        meta=parse_meta(meta),
+    )
+    if status < 0:  # the program died by a signal: so does the runner, for the shell's sake
+        sys.stdout.flush()
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+        return 128 - status
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

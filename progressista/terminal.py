@@ -1,0 +1,165 @@
+"""``progressista watch``: a terminal mirror of a server's live bars, for people on SSH.
+
+It follows ``/ws`` (snapshot, then patches) and redraws the whole list at most ten times a second
+with tqdm's own ``format_meter``, so a bar looks here as it does in the worker's console.
+Reconnects with backoff when the server goes away; Ctrl-C leaves the last frame on screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import time
+from typing import IO, Any
+
+import aiohttp
+from tqdm import tqdm
+
+__all__ = ["render", "watch"]
+
+_ORDER = {"active": 0, "stale": 1, "failed": 2, "completed": 3}
+_MARK = {"active": "▶", "stale": "…", "failed": "✗", "completed": "✓"}
+#: Seconds between redraws, at most.
+FRAME = 0.1
+
+
+def _line(task: dict[str, Any], width: int, now: float) -> str:
+    elapsed = task["elapsed"] if task["elapsed"] is not None else now - task["created_at"]
+    desc = task["desc"] or task["task_id"]
+    try:
+        meter = tqdm.format_meter(
+            n=task["n"],
+            total=task["total"],
+            elapsed=max(elapsed, 0.0),
+            ncols=width - 2,
+            prefix=desc,
+            unit=task["unit"],
+            unit_scale=task["unit_scale"],
+            unit_divisor=task["unit_divisor"],
+            rate=task["rate"],
+            postfix=task["postfix"] or None,
+        )
+    except (TypeError, ValueError, ZeroDivisionError):
+        meter = f"{desc}: {task['n']}/{task['total']}"
+    line = f"{_MARK.get(task['state'], '?')} {meter}"
+    if task["state"] == "failed" and task.get("error"):
+        line += f"\n    {str(task['error']).splitlines()[0][: width - 6]}"
+    return line
+
+
+def render(
+    tasks: dict[str, dict[str, Any]],
+    url: str,
+    status: str,
+    width: int,
+    height: int,
+    now: float | None = None,
+) -> str:
+    """One screenful: a header, then the bars, active first, as many as fit."""
+    now = time.time() if now is None else now
+    counts = {state: 0 for state in _ORDER}
+    for task in tasks.values():
+        counts[task["state"]] = counts.get(task["state"], 0) + 1
+    summary = ", ".join(f"{counts[state]} {state}" for state in _ORDER)
+    lines = [f"Progressista {url} [{status}] {summary}"[:width]]
+    ordered = sorted(tasks.values(), key=lambda t: (_ORDER.get(t["state"], 9), -t["created_at"]))
+    for task in ordered:
+        lines.extend(_line(task, width, now).split("\n"))
+        if len(lines) >= height - 1:
+            lines = [*lines[: height - 2], f"… and more ({len(tasks)} tasks in all)"]
+            break
+    return "\n".join(lines)
+
+
+class _Screen:
+    """Draws frames: in place on a terminal, one after another otherwise."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self.tty = out.isatty()
+
+    def draw(self, frame: str) -> None:
+        if self.tty:
+            self.out.write("\x1b[H\x1b[J" + frame + "\n")
+        else:
+            self.out.write(frame + "\n\n")
+        self.out.flush()
+
+
+async def _follow(url: str, token: str | None, out: IO[str]) -> int:
+    screen = _Screen(out)
+    tasks: dict[str, dict[str, Any]] = {}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    connected_once = False
+    backoff = 0.5
+    last_draw = 0.0
+
+    def draw(status: str) -> None:
+        nonlocal last_draw
+        size = shutil.get_terminal_size((100, 40))
+        screen.draw(render(tasks, url, status, size.columns, size.lines))
+        last_draw = time.monotonic()
+
+    async with aiohttp.ClientSession(headers=headers) as session:
+        while True:
+            try:
+                async with session.ws_connect(f"{url}/ws", heartbeat=30) as socket:
+                    connected_once, backoff = True, 0.5
+                    pending = False
+                    while True:
+                        # A change arrived too soon after the last frame: draw when due.
+                        due = last_draw + FRAME - time.monotonic()
+                        timeout = max(0.0, due) if pending else None
+                        try:
+                            message = await socket.receive(timeout=timeout)
+                        except asyncio.TimeoutError:
+                            draw("live")
+                            pending = False
+                            continue
+                        if message.type != aiohttp.WSMsgType.TEXT:
+                            break
+                        data = json.loads(message.data)
+                        if data["type"] == "snapshot":
+                            tasks = data["tasks"]
+                        else:
+                            tasks.update(data["tasks"])
+                            for task_id in data["removed"]:
+                                tasks.pop(task_id, None)
+                        if time.monotonic() - last_draw >= FRAME:
+                            draw("live")
+                            pending = False
+                        else:
+                            pending = True
+            except aiohttp.WSServerHandshakeError as error:
+                print(
+                    f"progressista: the server at {url} refused the live feed: "
+                    f"HTTP {error.status}"
+                    + (" (wrong or missing read token)" if error.status == 401 else ""),
+                    file=sys.stderr,
+                )
+                return 1
+            except (aiohttp.ClientError, OSError) as error:
+                if not connected_once:
+                    # aiohttp wraps the OSError; its errno says it best ("Connection refused").
+                    number = getattr(getattr(error, "os_error", None), "errno", None)
+                    reason = os.strerror(number) if number else str(error)
+                    print(
+                        f"progressista: cannot reach the server at {url} ({reason})",
+                        file=sys.stderr,
+                    )
+                    return 1
+            draw("reconnecting")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+def watch(url: str, token: str | None = None, out: IO[str] | None = None) -> int:
+    """Follow ``url``'s bars until Ctrl-C; 1 when the server cannot be reached at all."""
+    try:
+        return asyncio.run(_follow(url, token, out or sys.stdout))
+    except KeyboardInterrupt:
+        (out or sys.stdout).write("\n")
+        return 0

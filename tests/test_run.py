@@ -1,0 +1,171 @@
+"""``progressista run`` with real processes: unaware programs, pools, exit codes, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .server_process import ServerProcess, running_server
+
+pytestmark = pytest.mark.slow
+
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+PROGRESSISTA = [sys.executable, "-m", "progressista.cli"]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with running_server(["--log-level", "warning"]) as process:
+        yield process
+
+
+def run(server: ServerProcess, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+    return subprocess.run(
+        [*PROGRESSISTA, "run", "--url", server.url.rstrip("/"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        **kwargs,
+    )
+
+
+def tasks(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
+    with urllib.request.urlopen(f"{server.url}tasks?job={job}", timeout=10) as response:
+        found: dict[str, dict[str, Any]] = json.load(response)["tasks"]
+    return found
+
+
+def bars(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
+    """The job's bars by description, without the run's own task."""
+    return {t["desc"]: t for t in tasks(server, job).values() if t["meta"].get("role") != "run"}
+
+
+def test_a_plain_tqdm_script_shows_its_bars_under_its_job(server: ServerProcess) -> None:
+    result = run(server, "--job", "plain", "--meta", "team=data", str(PROGRAMS / "plain_tqdm.py"))
+    assert result.returncode == 0, result.stderr
+    assert "plain loop: 100%" in result.stderr  # the console output is tqdm's own
+    found = bars(server, "plain")
+    assert {desc: (t["state"], t["n"]) for desc, t in found.items()} == {
+        "plain loop": ("completed", 50),
+        "auto range": ("completed", 20),
+    }
+    for task in found.values():
+        assert (task["meta"]["parent"], task["meta"]["team"]) == ("plain", "data")
+    the_run = tasks(server, "plain")["plain"]
+    assert (the_run["state"], the_run["meta"]["role"]) == ("completed", "run")
+    assert the_run["desc"].startswith("run ") and "plain_tqdm.py" in the_run["desc"]
+
+
+def test_an_exit_code_fails_the_run_and_passes_through(server: ServerProcess) -> None:
+    result = run(server, "--job", "three", str(PROGRAMS / "plain_tqdm.py"), "3")
+    assert result.returncode == 3
+    the_run = tasks(server, "three")["three"]
+    assert (the_run["state"], the_run["error"]) == ("failed", "exit code 3")
+    assert {t["state"] for t in bars(server, "three").values()} == {"completed"}
+
+
+def test_an_uncaught_exception_fails_the_run_and_its_bar(server: ServerProcess) -> None:
+    result = run(server, "--job", "crash", str(PROGRAMS / "plain_tqdm.py"), "crash")
+    assert result.returncode == 1
+    assert result.stderr.rstrip().endswith("RuntimeError: disk full")
+    the_run = tasks(server, "crash")["crash"]
+    assert (the_run["state"], the_run["error"]) == (
+        "failed",
+        "RuntimeError: disk full (exit code 1)",
+    )
+    crashed = bars(server, "crash")["crashing loop"]
+    assert (crashed["state"], crashed["n"], crashed["error"]) == (
+        "failed",
+        4,
+        "RuntimeError: disk full",
+    )
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_every_multiprocessing_worker_is_patched(server: ServerProcess, method: str) -> None:
+    result = run(server, "--job", f"pool-{method}", str(PROGRAMS / "pool_tqdm.py"), method)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[0, 1, 2, 3]"
+    found = bars(server, f"pool-{method}")
+    assert {desc: (t["state"], t["n"]) for desc, t in found.items()} == {
+        f"worker {i}": ("completed", 30) for i in range(4)
+    }
+    assert {t["meta"]["parent"] for t in found.values()} == {f"pool-{method}"}
+
+
+def test_module_mode_and_python_subprocesses(server: ServerProcess) -> None:
+    result = run(
+        server, "--job", "module", "-m", "tests.programs.spawn_child", cwd=PROGRAMS.parent.parent
+    )
+    assert result.returncode == 0, result.stderr
+    assert set(bars(server, "module")) == {"parent", "plain loop", "auto range"}
+
+
+def test_any_command_that_starts_python_is_patched(server: ServerProcess) -> None:
+    result = run(
+        server,
+        "--job",
+        "shell",
+        "--",
+        "sh",
+        "-c",
+        f'"{sys.executable}" "{PROGRAMS / "plain_tqdm.py"}" 5',
+    )
+    assert result.returncode == 5
+    assert set(bars(server, "shell")) == {"plain loop", "auto range"}
+    assert tasks(server, "shell")["shell"]["error"] == "exit code 5"
+
+
+def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+    runner = subprocess.Popen(
+        [
+            *PROGRESSISTA,
+            "run",
+            "--url",
+            server.url.rstrip("/"),
+            "--job",
+            "ctrl-c",
+            str(PROGRAMS / "sleepy_tqdm.py"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    assert runner.stdout is not None
+    assert runner.stdout.readline().strip() == "ready"
+    os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C does: the whole group gets it
+    _, err = runner.communicate(timeout=30)
+    assert runner.returncode == -signal.SIGINT
+    assert "KeyboardInterrupt" in err
+    the_run = tasks(server, "ctrl-c")["ctrl-c"]
+    assert the_run["state"] == "failed"
+    assert the_run["error"].startswith("KeyboardInterrupt")
+    assert bars(server, "ctrl-c")["sleepy"]["state"] == "failed"
+
+
+def test_usage_errors_are_one_line(server: ServerProcess) -> None:
+    for args, message in [
+        ([], "progressista: run: what should I run? (see progressista run --help)\n"),
+        (["missing.py"], "progressista: cannot run 'missing.py': no such file\n"),
+        (["--meta", "novalue", "x.py"], "progressista: --meta takes key=value, not 'novalue'\n"),
+        (
+            ["--frobnicate"],
+            "progressista: run: unknown option '--frobnicate' (see progressista run --help)\n",
+        ),
+    ]:
+        result = run(server, *args)
+        assert (result.returncode, result.stderr) == (2, message), args
