@@ -1,114 +1,487 @@
-// Live task list: applies the /ws snapshot and patch messages to the server-rendered page.
-// Every task field is untrusted text: it only ever goes through textContent and attributes.
+// Progressista's dashboard: keeps the server-rendered page live from /ws.
+//
+// The first paint comes from the server. This script adopts its cards, then applies snapshot
+// and patch messages by updating only the cards that changed, batched once per animation frame.
+// Every task field is untrusted text: it reaches the page through textContent and attributes
+// only, never as markup. No build step, no dependency, works offline.
 "use strict";
 
 (function () {
   const STATES = ["active", "stale", "completed", "failed"];
-  const cards = new Map();
-  const status = document.getElementById("connection");
-  let retryDelay = 500;
+  const SI = ["", "k", "M", "G", "T", "P", "E", "Z"];
+  const FIELDS = ["title", "task_id", "progress", "amount", "percent", "rate", "elapsed", "eta",
+    "postfix", "labels", "error"];
 
-  function lists() {
-    const result = {};
-    for (const state of STATES) {
-      result[state] = document.querySelector(`section[data-state="${state}"] .tasks`);
+  // ---- Formatting: tqdm's, and the same as progressista/server/display.py ----------------
+
+  function sizeof(num, divisor) {  // tqdm.format_sizeof
+    for (const prefix of SI) {
+      if (Math.abs(num) < 999.5) {
+        if (Math.abs(num) < 99.95) {
+          return (Math.abs(num) < 9.995 ? num.toFixed(2) : num.toFixed(1)) + prefix;
+        }
+        return num.toFixed(0) + prefix;
+      }
+      num /= divisor;
     }
-    return result;
+    return num.toFixed(1) + "Y";
   }
+
+  function isScaled(task) {
+    return task.unit_scale === true || (typeof task.unit_scale === "number" && task.unit_scale !== 0);
+  }
+
+  function scaled(value, task) {
+    if (isScaled(task)) {
+      const factor = task.unit_scale === true ? 1 : task.unit_scale;
+      if (task.unit_scale === true || factor !== 1) return sizeof(value * factor, task.unit_divisor);
+    }
+    if (Number.isInteger(value)) return value.toLocaleString("en-US");
+    return value.toLocaleString("en-US", {minimumFractionDigits: 2, maximumFractionDigits: 2});
+  }
+
+  function withUnit(value, task) {
+    const text = scaled(value, task);
+    if (!isScaled(task)) return text + " " + task.unit;
+    const last = text.slice(-1);
+    if (/[A-Za-z]/.test(last)) return text.slice(0, -1) + " " + last + task.unit;
+    return text + " " + task.unit;
+  }
+
+  function amount(task) {
+    if (task.total === null) return withUnit(task.n, task);
+    if (isScaled(task)) return withUnit(task.n, task) + " / " + withUnit(task.total, task);
+    return scaled(task.n, task) + " / " + scaled(task.total, task) + " " + task.unit;
+  }
+
+  function rate(task) {
+    const value = task.rate;
+    if (value === null) return "";
+    if (value > 0 && value < 1) return (1 / value).toFixed(2) + " s/" + task.unit;
+    if (isScaled(task)) {
+      const text = scaled(value, task);
+      const last = text.slice(-1);
+      if (/[A-Za-z]/.test(last)) return text.slice(0, -1) + " " + last + task.unit + "/s";
+      return text + " " + task.unit + "/s";
+    }
+    return value.toFixed(2) + " " + task.unit + "/s";
+  }
+
+  function pad(number) {
+    return String(number).padStart(2, "0");
+  }
+
+  function interval(seconds) {  // tqdm.format_interval
+    if (seconds === null || seconds === undefined) return "";
+    const whole = Math.floor(Math.max(seconds, 0));
+    const minutes = Math.floor(whole / 60);
+    const hours = Math.floor(minutes / 60);
+    return hours ? `${hours}:${pad(minutes % 60)}:${pad(whole % 60)}`
+      : `${pad(minutes)}:${pad(whole % 60)}`;
+  }
+
+  function percent(task) {
+    return task.percent === null ? "" : task.percent.toFixed(0) + "%";
+  }
+
+  function view(task) {
+    const elapsed = task.elapsed !== null ? task.elapsed
+      : (task.closed_at || Date.now() / 1000) - task.created_at;
+    const labels = [];
+    const meta = task.meta || {};
+    if (meta.job !== undefined && meta.job !== null) labels.push("job=" + meta.job);
+    for (const [key, value] of Object.entries(meta)) {
+      if (key !== "job") labels.push(key + "=" + value);
+    }
+    return {
+      title: task.desc || task.task_id,
+      task_id: task.task_id,
+      amount: amount(task),
+      percent: percent(task),
+      rate: rate(task),
+      elapsed: interval(elapsed),
+      eta: task.state === "active" ? interval(task.eta) : "",
+      postfix: task.postfix || "",
+      error: task.error || "",
+      labels: labels,
+      job: meta.job === undefined || meta.job === null ? "" : String(meta.job),
+      total: task.total || 0,
+      n: task.total ? Math.min(task.n, task.total) : 0,
+    };
+  }
+
+  // ---- The board ---------------------------------------------------------------------
+
+  const board = document.getElementById("board");
+  const byState = document.getElementById("by-state");
+  const byJob = document.getElementById("by-job");
+  const empty = document.getElementById("empty");
+  const status = document.getElementById("connection");
+  const filterBox = document.getElementById("filter");
+  const groupBox = document.getElementById("group-by-job");
+  const cardTemplate = document.getElementById("card-template");
+  const jobTemplate = document.getElementById("job-template");
+
+  const stateLists = {};
+  const stateCounts = {};
+  for (const section of byState.querySelectorAll("section[data-state]")) {
+    stateLists[section.dataset.state] = section.querySelector(".tasks");
+    stateCounts[section.dataset.state] = section.querySelector(".count");
+  }
+
+  const tasks = new Map();     // id → latest task
+  const cards = new Map();     // id → {el, fields, shown, state, job}
+  const jobs = new Map();      // job → {el, list, fields, ids}
+  const dirty = new Set();     // ids to redraw in the next frame
+  let frameRequested = false;
+  let query = (filterBox.value || "").trim().toLowerCase();
+  let groupByJob = groupBox.checked;
+  const applyTimes = [];       // ms per frame of DOM work, read by the benchmark
+
+  function fieldsOf(el, shown) {
+    const fields = {};
+    for (const name of FIELDS) {
+      fields[name] = el.querySelector(`[data-field="${name}"]`);
+      // A server-rendered card already shows its text: read it once, so that the first
+      // snapshot rewrites only what changed since the page was rendered.
+      if (shown && name !== "progress" && name !== "labels") shown[name] = fields[name].textContent;
+    }
+    return fields;
+  }
+
+  function adopt() {
+    for (const el of byState.querySelectorAll("li.card")) {
+      cards.set(el.dataset.taskId, {
+        el: el, fields: null, shown: {}, state: el.dataset.state, job: el.dataset.job,
+      });
+    }
+  }
+
+  function newCard(id) {
+    const el = cardTemplate.content.firstElementChild.cloneNode(true);
+    el.dataset.taskId = id;
+    return {el: el, fields: fieldsOf(el, null), shown: {}, state: null, job: null};
+  }
+
+  function setText(card, name, text) {
+    if (card.shown[name] !== text) {
+      card.fields[name].textContent = text;
+      card.shown[name] = text;
+    }
+  }
+
+  function fill(card, task) {
+    if (!card.fields) card.fields = fieldsOf(card.el, card.shown);
+    const v = view(task);
+    for (const name of ["title", "task_id", "amount", "percent", "rate", "elapsed", "eta",
+      "postfix", "error"]) {
+      setText(card, name, v[name]);
+    }
+    const bar = card.fields.progress;
+    const hasTotal = Boolean(task.total);
+    if (bar.hidden === hasTotal) bar.hidden = !hasTotal;
+    if (hasTotal) {
+      if (card.shown.max !== v.total) { bar.max = v.total; card.shown.max = v.total; }
+      if (card.shown.value !== v.n) { bar.value = v.n; card.shown.value = v.n; }
+    }
+    if (card.shown.aria !== v.title) { bar.setAttribute("aria-label", v.title); card.shown.aria = v.title; }
+    const labels = v.labels.join("\u0000");
+    if (card.shown.labels !== labels) {
+      const list = card.fields.labels;
+      list.replaceChildren(...v.labels.map((text, i) => {
+        const item = document.createElement("li");
+        item.className = i === 0 && v.job ? "label job" : "label";
+        item.textContent = text;
+        return item;
+      }));
+      card.shown.labels = labels;
+    }
+    if (card.el.dataset.state !== task.state) card.el.dataset.state = task.state;
+    if (card.el.dataset.job !== v.job) card.el.dataset.job = v.job;
+  }
+
+  function matches(task) {
+    if (!query) return true;
+    if (task.task_id.toLowerCase().includes(query)) return true;
+    if ((task.desc || "").toLowerCase().includes(query)) return true;
+    for (const [key, value] of Object.entries(task.meta || {})) {
+      if ((key + "=" + value).toLowerCase().includes(query)) return true;
+    }
+    return false;
+  }
+
+  function jobGroup(name) {
+    let group = jobs.get(name);
+    if (!group) {
+      const el = jobTemplate.content.firstElementChild.cloneNode(true);
+      el.dataset.job = name;
+      group = {el: el, list: el.querySelector(".tasks"), ids: new Set(), fields: {
+        name: el.querySelector('[data-field="name"]'),
+        count: el.querySelector('[data-field="count"]'),
+        progress: el.querySelector('[data-field="progress"]'),
+        summary: el.querySelector('[data-field="summary"]'),
+      }};
+      group.fields.name.textContent = name || "(no job)";
+      group.fields.progress.setAttribute("aria-label", `${name || "(no job)"}: all tasks`);
+      jobs.set(name, group);
+      byJob.prepend(el);
+    }
+    return group;
+  }
+
+  function place(id, card, task) {
+    const job = card.el.dataset.job;
+    if (card.job !== job && jobs.has(card.job)) jobs.get(card.job).ids.delete(id);
+    let target;
+    if (groupByJob) {
+      const group = jobGroup(job);
+      group.ids.add(id);
+      target = group.list;
+    } else {
+      target = stateLists[task.state];
+    }
+    // Newest first, and a card that changes section goes to the top of its new one; a card
+    // already in place does not move, so the page does not reflow on every update.
+    if (card.el.parentElement !== target) target.prepend(card.el);
+    card.state = task.state;
+    card.job = job;
+  }
+
+  function remove(id) {
+    const card = cards.get(id);
+    if (card) {
+      card.el.remove();
+      if (jobs.has(card.job)) jobs.get(card.job).ids.delete(id);
+    }
+    cards.delete(id);
+    tasks.delete(id);
+  }
+
+  function summarizeJobs() {
+    for (const [name, group] of jobs) {
+      if (group.ids.size === 0) {
+        group.el.remove();
+        jobs.delete(name);
+        continue;
+      }
+      // Each task weighs the same: bytes and rows do not add up, fractions do. A completed task
+      // is whole; one without a total has no fraction and sits out. The job's ETA is its
+      // slowest active task's.
+      let fractions = 0, weighed = 0, done = 0, failed = 0, eta = 0, visible = 0;
+      for (const id of group.ids) {
+        const task = tasks.get(id);
+        if (!task) continue;
+        if (!cards.get(id).el.hidden) visible += 1;
+        if (task.state === "completed") { fractions += 1; weighed += 1; done += 1; }
+        else if (task.total) { fractions += Math.min(task.n / task.total, 1); weighed += 1; }
+        if (task.state === "failed") failed += 1;
+        if (task.state === "active" && task.eta) eta = Math.max(eta, task.eta);
+      }
+      group.fields.count.textContent = String(group.ids.size);
+      group.fields.progress.hidden = weighed === 0;
+      if (weighed) { group.fields.progress.max = weighed; group.fields.progress.value = fractions; }
+      let summary = `${done} of ${group.ids.size} done`;
+      if (failed) summary += `, ${failed} failed`;
+      if (weighed) summary += ` · ${(100 * fractions / weighed).toFixed(0)}%`;
+      if (eta) summary += ` · ETA ${interval(eta)}`;
+      group.fields.summary.textContent = summary;
+      group.el.hidden = visible === 0;
+    }
+  }
+
+  function recount() {
+    const counts = {active: 0, stale: 0, completed: 0, failed: 0};
+    for (const task of tasks.values()) counts[task.state] += 1;
+    for (const state of STATES) {
+      const text = String(counts[state]);
+      if (stateCounts[state].textContent !== text) stateCounts[state].textContent = text;
+    }
+    empty.hidden = tasks.size > 0;
+  }
+
+  function redraw() {
+    frameRequested = false;
+    const started = performance.now();
+    for (const id of dirty) {
+      const task = tasks.get(id);
+      if (!task) { remove(id); continue; }
+      let card = cards.get(id);
+      if (!card) { card = newCard(id); cards.set(id, card); }
+      fill(card, task);
+      const hidden = !matches(task);
+      if (card.el.hidden !== hidden) card.el.hidden = hidden;
+      place(id, card, task);
+    }
+    dirty.clear();
+    recount();
+    if (groupByJob) summarizeJobs();
+    applyTimes.push(performance.now() - started);
+    if (applyTimes.length > 1000) applyTimes.splice(0, 500);
+  }
+
+  function schedule() {
+    if (!frameRequested) {
+      frameRequested = true;
+      requestAnimationFrame(redraw);
+    }
+  }
+
+  function apply(message) {
+    if (message.type === "snapshot") {
+      for (const id of cards.keys()) {
+        if (!(id in message.tasks)) { tasks.delete(id); dirty.add(id); }
+      }
+      for (const id of Array.from(tasks.keys())) {
+        if (!(id in message.tasks)) { tasks.delete(id); dirty.add(id); }
+      }
+    }
+    for (const [id, task] of Object.entries(message.tasks)) {
+      tasks.set(id, task);
+      dirty.add(id);
+    }
+    for (const id of message.removed || []) {
+      tasks.delete(id);
+      dirty.add(id);
+    }
+    schedule();
+  }
+
+  // ---- Controls ----------------------------------------------------------------------
+
+  function rememberInUrl() {
+    const params = new URLSearchParams(location.search);
+    if (query) params.set("q", filterBox.value.trim()); else params.delete("q");
+    if (groupByJob) params.set("group", "job"); else params.delete("group");
+    const search = params.toString();
+    history.replaceState(null, "", search ? "?" + search : location.pathname);
+  }
+
+  function refilter() {
+    for (const [id, card] of cards) {
+      const task = tasks.get(id);
+      if (task) card.el.hidden = !matches(task);
+    }
+    if (groupByJob) summarizeJobs();
+  }
+
+  function regroup() {
+    board.dataset.group = groupByJob ? "job" : "state";
+    byState.hidden = groupByJob;
+    byJob.hidden = !groupByJob;
+    for (const [id, card] of cards) {
+      const task = tasks.get(id);
+      if (task) place(id, card, task);
+    }
+    if (groupByJob) summarizeJobs();
+  }
+
+  filterBox.form.addEventListener("submit", (event) => event.preventDefault());
+  filterBox.addEventListener("input", () => {
+    query = filterBox.value.trim().toLowerCase();
+    refilter();
+    rememberInUrl();
+  });
+  groupBox.addEventListener("change", () => {
+    groupByJob = groupBox.checked;
+    regroup();
+    rememberInUrl();
+  });
+
+  async function discard(url) {
+    try {
+      const response = await fetch(url, {method: "DELETE", credentials: "same-origin"});
+      if (!response.ok && response.status !== 404) setConnection("error", `could not discard (HTTP ${response.status})`);
+    } catch (error) {
+      setConnection("error", "could not discard: server unreachable");
+    }
+  }
+
+  board.addEventListener("click", (event) => {
+    const button = event.target.closest("button");
+    if (!button) return;
+    if (button.classList.contains("discard")) {
+      const card = button.closest("li.card");
+      const id = card.dataset.taskId;
+      tasks.delete(id);
+      dirty.add(id);
+      schedule();
+      discard("/tasks/" + encodeURIComponent(id));
+    } else if (button.dataset.clear) {
+      discard("/tasks?state=" + encodeURIComponent(button.dataset.clear));
+    }
+  });
+
+  // ---- Connection: WebSocket with backoff, polling /tasks when it cannot open ---------------
+
+  let socket = null;
+  let failures = 0;
+  let everOpened = false;
+  let pollTimer = null;
 
   function setConnection(state, text) {
     status.dataset.state = state;
     status.textContent = text;
   }
 
-  function element(tag, className) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    return node;
-  }
-
-  function newCard(taskId) {
-    const card = element("li", "task");
-    card.dataset.taskId = taskId;
-    const title = element("div", "title");
-    title.append(element("span", "desc"), " ", element("code", "id"));
-    card.append(title, element("progress"), element("div", "numbers"),
-      element("div", "postfix"), element("div", "error"));
-    return card;
-  }
-
-  function fill(card, task) {
-    card.querySelector(".desc").textContent = task.desc;
-    card.querySelector(".id").textContent = task.task_id;
-    const bar = card.querySelector("progress");
-    bar.max = task.total ? task.total : 1;
-    bar.value = task.total ? Math.min(task.n, task.total) : 0;
-    let numbers = String(task.n);
-    if (task.total !== null) numbers += " / " + task.total;
-    numbers += " " + task.unit;
-    if (task.percent !== null) numbers += " · " + task.percent.toFixed(1) + "%";
-    card.querySelector(".numbers").textContent = numbers;
-    card.querySelector(".postfix").textContent = task.postfix;
-    card.querySelector(".error").textContent = task.error || "";
-  }
-
-  function place(card, state, target) {
-    if (card.parentElement !== target[state]) target[state].prepend(card);
-  }
-
-  function upsert(taskId, task, target) {
-    let card = cards.get(taskId);
-    if (!card) {
-      card = newCard(taskId);
-      cards.set(taskId, card);
-    }
-    fill(card, task);
-    place(card, task.state, target);
-  }
-
-  function remove(taskId) {
-    const card = cards.get(taskId);
-    if (card) card.remove();
-    cards.delete(taskId);
-  }
-
-  function recount(target) {
-    for (const state of STATES) {
-      target[state].parentElement.querySelector(".count").textContent =
-        String(target[state].children.length);
-    }
-  }
-
-  function apply(message) {
-    const target = lists();
-    if (message.type === "snapshot") {
-      for (const taskId of Array.from(cards.keys())) {
-        if (!(taskId in message.tasks)) remove(taskId);
+  async function poll() {
+    try {
+      const response = await fetch("/tasks", {credentials: "same-origin", cache: "no-store"});
+      if (response.ok) {
+        apply({type: "snapshot", tasks: (await response.json()).tasks});
+        setConnection("polling", "polling (no live connection)");
       }
+    } catch (error) {
+      setConnection("offline", "server unreachable; retrying");
     }
-    for (const [taskId, task] of Object.entries(message.tasks)) upsert(taskId, task, target);
-    for (const taskId of message.removed || []) remove(taskId);
-    recount(target);
+    pollTimer = setTimeout(poll, 2000);
   }
 
-  function adoptServerCards() {
-    for (const card of document.querySelectorAll("li.task")) {
-      cards.set(card.dataset.taskId, card);
-    }
+  function startPolling() {
+    if (pollTimer === null) poll();
+  }
+
+  function stopPolling() {
+    if (pollTimer !== null) { clearTimeout(pollTimer); pollTimer = null; }
   }
 
   function connect() {
+    if (typeof WebSocket !== "function") { startPolling(); return; }
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const socket = new WebSocket(`${scheme}//${location.host}/ws`);
-    socket.onopen = () => { retryDelay = 500; setConnection("live", "live"); };
+    try {
+      socket = new WebSocket(`${scheme}//${location.host}/ws`);
+    } catch (error) {
+      startPolling();
+      return;
+    }
+    socket.onopen = () => {
+      failures = 0;
+      everOpened = true;
+      stopPolling();
+      setConnection("live", "live");
+    };
     socket.onmessage = (event) => apply(JSON.parse(event.data));
     socket.onclose = () => {
-      setConnection("offline", "reconnecting…");
-      setTimeout(connect, retryDelay);
-      retryDelay = Math.min(retryDelay * 2, 10000);
+      socket = null;
+      failures += 1;
+      // Backoff with jitter, so a restarted server is not met by every page at once.
+      const delay = Math.min(10000, 500 * 2 ** Math.min(failures - 1, 5)) * (0.5 + Math.random());
+      setConnection("offline", `reconnecting in ${Math.ceil(delay / 1000)} s…`);
+      if (!everOpened && failures >= 3) startPolling();
+      setTimeout(connect, delay);
     };
   }
 
-  adoptServerCards();
+  // Exposed for tests and the benchmark: read-only views and the message entry point.
+  window.progressista = {
+    apply: apply,
+    applyTimes: applyTimes,
+    format: {amount: amount, rate: rate, interval: interval, sizeof: sizeof},
+    taskCount: () => tasks.size,
+  };
+
+  adopt();
+  // The server paints state sections; a URL asking for jobs or a filter is honoured as soon as
+  // the first snapshot brings the tasks (every card is redrawn, placed and filtered then).
+  if (groupByJob) regroup();
   connect();
 })();

@@ -22,11 +22,26 @@ async def test_the_page_lists_tasks_by_state(client: Client) -> None:
     assert response.status == 200
     assert response.content_type == "text/html"
     page = await response.text()
-    assert '<li class="task" data-task-id="running">' in page
-    assert '<span class="desc">Crunching</span>' in page
-    assert "3 / 10 it · 30.0%" in page
-    failed = page[page.index('data-state="failed"') :]
+    active = page[page.index('data-state="active"') : page.index('data-state="stale"')]
+    assert '<li class="card" data-task-id="running" data-state="active" data-job="">' in active
+    assert '<span class="title" data-field="title">Crunching</span>' in active
+    assert '<span class="amount" data-field="amount">3 / 10 it</span>' in active
+    assert '<span class="percent" data-field="percent">30%</span>' in active
+    assert '<progress data-field="progress" max="10" value="3" aria-label="Crunching">' in active
+    failed = page[page.index('<section class="section" data-state="failed"') :]
     assert "KeyError: &#39;x&#39;" in failed
+    assert '<span class="count">1</span>' in failed
+
+
+async def test_the_page_keeps_the_view_asked_for_in_the_url(client: Client) -> None:
+    page = await (await client.get("/?q=etl&group=job")).text()
+    assert 'value="etl"' in page
+    assert 'id="group-by-job" name="group" value="job" type="checkbox" checked' in page
+
+
+async def test_an_empty_board_says_how_to_start(client: Client) -> None:
+    page = await (await client.get("/")).text()
+    assert '<p id="empty" class="empty">No tasks yet.' in page
 
 
 async def test_task_text_is_escaped_never_markup(client: Client) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ..schema import STATES, FieldError, SchemaError
 from ..settings import parse_duration
+from . import display
 from .auth import (
     COOKIE_NAME,
     bearer_matches,
@@ -269,13 +270,34 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def _grouped(tasks: Mapping[str, Task]) -> dict[str, list[Task]]:
-    groups: dict[str, list[Task]] = {state: [] for state in STATES}
+def _cards_by_state(tasks: Mapping[str, Task], now: float) -> dict[str, list[dict[str, Any]]]:
+    """The card views of every task, by state, newest first (as the script keeps them)."""
+    groups: dict[str, list[dict[str, Any]]] = {state: [] for state in STATES}
     for task in tasks.values():
-        groups[task["state"]].append(task)
+        groups[task["state"]].append(display.card(task, now))
     for group in groups.values():
-        group.sort(key=lambda task: task["created_at"], reverse=True)
+        group.sort(key=lambda view: view["created_at"], reverse=True)
     return groups
+
+
+#: An empty card: the <template> the script clones for tasks that appear later.
+_BLANK_CARD = {
+    "task_id": "",
+    "state": "active",
+    "title": "",
+    "amount": "",
+    "percent": "",
+    "rate": "",
+    "elapsed": "",
+    "eta": "",
+    "postfix": "",
+    "error": "",
+    "job": "",
+    "labels": [],
+    "has_total": False,
+    "total": 0,
+    "n": 0,
+}
 
 
 def _page(
@@ -293,8 +315,17 @@ async def index(request: web.Request) -> web.Response:
     """The dashboard, its first paint rendered here so it needs no round trip."""
     if not read_allowed(request, request.app[SETTINGS].read_token):
         return _page("login.html", request, {"failed": False}, status=401)
-    groups = _grouped(request.app[STORE].view)
-    return _page("index.html", request, {"groups": groups, "states": STATES})
+    tasks = request.app[STORE].view
+    context = {
+        "groups": _cards_by_state(tasks, request.app[CLOCK]()),
+        "states": STATES,
+        "total": len(tasks),
+        "blank": _BLANK_CARD,
+        "query": request.query.get("q", ""),
+        "group": "job" if request.query.get("group") == "job" else "state",
+        "url": f"{request.scheme}://{request.host}",
+    }
+    return _page("index.html", request, context)
 
 
 @routes.post("/login")

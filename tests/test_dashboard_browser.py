@@ -1,0 +1,356 @@
+"""The dashboard in a real browser (headless Chromium) against a real server process."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    expect,
+    sync_playwright,
+)
+
+from progressista.server import display
+
+from .browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path
+from .server_process import ServerProcess, running_server
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+XSS = "<img src=x onerror=window.__xss=1>"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = chromium_path()
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    # Quick lifecycle, so cards can be watched going stale and being removed.
+    with running_server(
+        [
+            "--stale-after",
+            "1",
+            "--retention",
+            "1.5",
+            "--cleanup-interval",
+            "0.1",
+            "--log-level",
+            "warning",
+        ]
+    ) as process:
+        yield process
+
+
+#: What each page logged as an error (console errors and uncaught exceptions).
+console_errors: dict[int, list[str]] = {}
+
+
+def open_page(browser: Browser, url: str) -> Page:
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors = console_errors.setdefault(id(page), [])
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    return page
+
+
+def post(server: ServerProcess, events: list[dict[str, Any]]) -> None:
+    request = urllib.request.Request(
+        f"{server.url}progress",
+        data=json.dumps(events).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 202
+
+
+def card(page: Page, task_id: str) -> Any:
+    return page.locator(f'li.card[data-task-id="{task_id}"]')
+
+
+def section(page: Page, state: str) -> Any:
+    return page.locator(f'#by-state section[data-state="{state}"]')
+
+
+def live(page: Page) -> None:
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=10_000)
+
+
+def test_cards_appear_move_between_sections_and_go(browser: Browser, server: ServerProcess) -> None:
+    page = open_page(browser, server.url)
+    live(page)
+    expect(page.locator("#empty")).to_be_visible()
+    post(
+        server,
+        [
+            {
+                "task_id": "job-a",
+                "desc": "Loading users",
+                "n": 40,
+                "total": 200,
+                "unit": "rows",
+                "meta": {"job": "etl"},
+            }
+        ],
+    )
+    loading = card(page, "job-a")
+    expect(section(page, "active").locator('li.card[data-task-id="job-a"]')).to_be_visible()
+    expect(loading.locator(".amount")).to_have_text("40 / 200 rows")
+    expect(loading.get_by_role("progressbar")).to_have_attribute("value", "40")
+    expect(section(page, "active").locator(".count")).to_have_text("1")
+    expect(page.locator("#empty")).to_be_hidden()
+    # Silence: the server's cleanup marks it stale (stale_after is 1 s here).
+    expect(section(page, "stale").locator('li.card[data-task-id="job-a"]')).to_be_visible()
+    post(server, [{"task_id": "job-a", "n": 200, "status": "close"}])
+    expect(section(page, "completed").locator('li.card[data-task-id="job-a"]')).to_be_visible()
+    expect(loading.locator(".amount")).to_have_text("200 / 200 rows")
+    # Retention is 1.5 s here: the card goes when the task does.
+    expect(loading).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
+    assert console_errors[id(page)] == []
+
+
+def test_a_discard_in_one_page_disappears_in_another(
+    browser: Browser, server: ServerProcess
+) -> None:
+    post(server, [{"task_id": "shared", "desc": "Shared"}, {"task_id": "kept", "desc": "Kept"}])
+    first, second = open_page(browser, server.url), open_page(browser, server.url)
+    live(first)
+    live(second)
+    expect(card(second, "shared")).to_be_visible()
+    card(first, "shared").get_by_role("button", name="Discard").click()
+    expect(card(first, "shared")).to_have_count(0)
+    expect(card(second, "shared")).to_have_count(0)
+    expect(card(second, "kept")).to_be_visible()
+
+
+def test_clear_completed_removes_only_completed(browser: Browser, server: ServerProcess) -> None:
+    page = open_page(browser, server.url)
+    live(page)
+    post(server, [{"task_id": "done", "status": "close"}, {"task_id": "busy", "n": 1}])
+    expect(card(page, "done")).to_be_visible()
+    page.get_by_role("button", name="Clear completed").click()
+    expect(card(page, "done")).to_have_count(0)
+    expect(card(page, "busy")).to_be_visible()
+
+
+@pytest.mark.parametrize("when", ["first paint", "live update"])
+def test_untrusted_text_is_shown_as_text_and_never_runs(
+    browser: Browser, server: ServerProcess, when: str
+) -> None:
+    hostile: list[dict[str, Any]] = [
+        {
+            "task_id": XSS,
+            "desc": XSS,
+            "unit": "<b>x</b>",
+            "postfix": XSS,
+            "n": 1,
+            "total": 3,
+            "meta": {"job": XSS, XSS: XSS},
+        },
+        {"task_id": "failing", "status": "error", "error": XSS},
+    ]
+    if when == "first paint":
+        post(server, hostile)
+    page = open_page(browser, server.url)
+    live(page)
+    if when == "live update":
+        post(server, hostile)
+    bad = card(page, XSS)
+    expect(bad.locator(".title")).to_have_text(XSS)
+    expect(bad.locator(".task-id")).to_have_text(XSS)
+    expect(bad.locator(".postfix")).to_have_text(XSS)
+    expect(bad.locator(".amount")).to_have_text("1 / 3 <b>x</b>")
+    labels = bad.locator(".label").all_inner_texts()
+    assert f"job={XSS}" in labels and f"{XSS}={XSS}" in labels
+    expect(card(page, "failing").locator(".error")).to_have_text(XSS)
+    assert page.locator("img").count() == 0
+    assert page.evaluate("window.__xss") is None
+    page.locator("#group-by-job").check()
+    expect(page.locator(f'#by-job section[data-job="{XSS}"] .job-name')).to_have_text(XSS)
+    assert page.evaluate("window.__xss") is None
+
+
+def test_the_page_forbids_inline_script(browser: Browser, server: ServerProcess) -> None:
+    page = open_page(browser, server.url)
+    live(page)
+    blocked = page.evaluate("""() => new Promise((resolve) => {
+        document.addEventListener("securitypolicyviolation", () => resolve(true));
+        const script = document.createElement("script");
+        script.textContent = "window.__inline = 1";
+        document.body.append(script);
+        setTimeout(() => resolve(false), 1000);
+    })""")
+    assert blocked is True
+    assert page.evaluate("window.__inline") is None
+
+
+def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
+    with running_server(["--log-level", "warning"]) as first:
+        post(first, [{"task_id": "before-restart", "desc": "Old"}])
+        page = open_page(browser, first.url)
+        live(page)
+        expect(card(page, "before-restart")).to_be_visible()
+        port = first.port
+    expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
+    expect(page.locator("#connection")).to_contain_text("reconnecting")
+    with running_server(["--port", str(port), "--log-level", "warning"]) as second:
+        post(second, [{"task_id": "after-restart", "desc": "New"}])
+        live(page)
+        expect(card(page, "after-restart")).to_be_visible(timeout=20_000)
+        # The new server's snapshot does not know the old task: the page forgets it too.
+        expect(card(page, "before-restart")).to_have_count(0)
+
+
+def test_without_websockets_it_falls_back_to_polling(
+    browser: Browser, server: ServerProcess
+) -> None:
+    context = browser.new_context()
+    context.add_init_script("window.WebSocket = undefined;")
+    page = context.new_page()
+    page.goto(server.url)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "polling")
+    post(server, [{"task_id": "polled", "desc": "Seen by polling", "n": 2, "total": 4}])
+    expect(card(page, "polled").locator(".percent")).to_have_text("50%", timeout=10_000)
+    context.close()
+
+
+def test_filter_and_job_grouping_survive_a_reload(browser: Browser, server: ServerProcess) -> None:
+    post(
+        server,
+        [
+            {"task_id": "etl-1", "desc": "Extract", "n": 1, "total": 4, "meta": {"job": "etl"}},
+            {
+                "task_id": "etl-2",
+                "desc": "Load",
+                "status": "close",
+                "n": 4,
+                "total": 4,
+                "meta": {"job": "etl"},
+            },
+            {
+                "task_id": "ml-1",
+                "desc": "Train",
+                "n": 3,
+                "total": 4,
+                "eta": 30,
+                "meta": {"job": "ml", "gpu": "a100"},
+            },
+        ],
+    )
+    page = open_page(browser, server.url)
+    live(page)
+    page.get_by_label("Filter tasks").fill("a100")
+    expect(card(page, "ml-1")).to_be_visible()
+    expect(card(page, "etl-1")).to_be_hidden()
+    page.get_by_label("Group by job").check()
+    expect(page).to_have_url(f"{server.url}?q=a100&group=job")
+    page.reload()
+    expect(page.get_by_label("Filter tasks")).to_have_value("a100")
+    expect(page.get_by_label("Group by job")).to_be_checked()
+    expect(page.locator('#by-job section[data-job="ml"]')).to_be_visible()
+    expect(page.locator('#by-job section[data-job="etl"]')).to_be_hidden()  # nothing matches
+    page.get_by_label("Filter tasks").fill("")
+    etl = page.locator('#by-job section[data-job="etl"]')
+    expect(etl).to_be_visible()
+    # Each task weighs the same: (1/4 + 1) / 2 = 62.5 %, and one of two is done.
+    expect(etl.locator(".job-summary")).to_have_text("1 of 2 done · 63%")
+    expect(etl.get_by_role("progressbar", name="etl: all tasks")).to_have_attribute("value", "1.25")
+    expect(page).to_have_url(f"{server.url}?group=job")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-by-job.png"), full_page=True)
+
+
+def test_task_ids_with_slashes_and_unicode_can_be_discarded(
+    browser: Browser, server: ServerProcess
+) -> None:
+    odd = "etl/2026-11-29/shard 7 ✓ 進捗"
+    post(server, [{"task_id": odd, "desc": "Odd id"}])
+    page = open_page(browser, server.url)
+    live(page)
+    card(page, odd).get_by_role("button", name="Discard").click()
+    expect(card(page, odd)).to_have_count(0)
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{server.url}tasks/{quote(odd, safe='')}", timeout=5)
+    assert missing.value.code == 404
+    missing.value.close()
+
+
+SAMPLES: list[dict[str, Any]] = [
+    {
+        "n": 1.3e9,
+        "total": 4.3e9,
+        "unit": "B",
+        "unit_scale": True,
+        "unit_divisor": 1024,
+        "rate": 12.3e6,
+    },
+    {
+        "n": 340,
+        "total": 1000,
+        "unit": "rows",
+        "unit_scale": False,
+        "unit_divisor": 1000,
+        "rate": 120.5,
+    },
+    {
+        "n": 1234,
+        "total": None,
+        "unit": "page",
+        "unit_scale": False,
+        "unit_divisor": 1000,
+        "rate": 0.4,
+    },
+    {"n": 5, "total": 10, "unit": "it", "unit_scale": True, "unit_divisor": 1000, "rate": 3.3},
+    {
+        "n": 0.5,
+        "total": 2.25,
+        "unit": "kg",
+        "unit_scale": False,
+        "unit_divisor": 1000,
+        "rate": None,
+    },
+    {"n": 7, "total": 9, "unit": "file", "unit_scale": 1024, "unit_divisor": 1024, "rate": 2048},
+    {
+        "n": 123456789,
+        "total": None,
+        "unit": "B",
+        "unit_scale": True,
+        "unit_divisor": 1000,
+        "rate": 0,
+    },
+]
+
+
+def test_the_page_formats_numbers_exactly_as_the_server(
+    browser: Browser, server: ServerProcess
+) -> None:
+    page = open_page(browser, server.url)
+    live(page)
+    for sample in SAMPLES:
+        js = page.evaluate(
+            "(t) => [progressista.format.amount(t), progressista.format.rate(t)]", sample
+        )
+        assert js == [display.amount(sample), display.rate(sample)], sample
+    for seconds in (0, 59.9, 83, 3599, 3723.5, 90061):
+        assert page.evaluate("(s) => progressista.format.interval(s)", seconds) == (
+            display.interval(seconds)
+        )
