@@ -40,9 +40,10 @@ fmt: $(STAMP) ## format and fix imports
 	$(BIN)/ruff check --fix --select I progressista tests
 	$(BIN)/ruff format progressista tests
 
-bench: $(STAMP) ## measure server and client against their targets (needs wrk)
+bench: $(STAMP) ## measure server, client and dashboard against their targets (needs wrk, chromium)
 	$(BIN)/python -m tests.bench.server
 	$(BIN)/python -m tests.bench.client
+	$(BIN)/python -m tests.bench.dashboard
 
 dist: $(STAMP) ## build the sdist and wheel into dist/
 	$(BIN)/python -m build --outdir dist .

@@ -9,8 +9,10 @@
 (function () {
   const STATES = ["active", "stale", "completed", "failed"];
   const SI = ["", "k", "M", "G", "T", "P", "E", "Z"];
-  const FIELDS = ["title", "task_id", "progress", "amount", "percent", "rate", "elapsed", "eta",
-    "postfix", "labels", "error"];
+  // Where each shown value lives in a card (templates/card.html), by its element's class.
+  const FIELDS = {title: ".title", task_id: ".task-id", progress: "progress", amount: ".amount",
+    percent: ".percent", rate: ".rate", elapsed: ".elapsed", eta: ".eta", postfix: ".postfix",
+    labels: ".labels", error: ".error"};
 
   // ---- Formatting: tqdm's, and the same as progressista/server/display.py ----------------
 
@@ -140,8 +142,8 @@
 
   function fieldsOf(el, shown) {
     const fields = {};
-    for (const name of FIELDS) {
-      fields[name] = el.querySelector(`[data-field="${name}"]`);
+    for (const [name, selector] of Object.entries(FIELDS)) {
+      fields[name] = el.querySelector(selector);
       // A server-rendered card already shows its text: read it once, so that the first
       // snapshot rewrites only what changed since the page was rendered.
       if (shown && name !== "progress" && name !== "labels") shown[name] = fields[name].textContent;

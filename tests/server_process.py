@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BANNER = "Progressista dashboard: "
 
@@ -25,6 +28,27 @@ class ServerProcess:
     @property
     def port(self) -> int:
         return int(self.url.rstrip("/").rsplit(":", 1)[1])
+
+    def post(self, events: list[dict[str, Any]]) -> Any:
+        """POST events to /progress, as a worker would, and return the decoded reply."""
+        return self.post_to(self.url, events)
+
+    @staticmethod
+    def post_to(url: str, events: list[dict[str, Any]]) -> Any:
+        """POST events to the server at ``url`` (ending in /) and return the decoded reply."""
+        request = urllib.request.Request(
+            f"{url}progress",
+            data=json.dumps(events).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def tasks(self, query: str = "") -> dict[str, dict[str, Any]]:
+        """GET /tasks (``query`` like ``"?job=etl"``): every task by id."""
+        with urllib.request.urlopen(f"{self.url}tasks{query}", timeout=30) as response:
+            found: dict[str, dict[str, Any]] = json.load(response)["tasks"]
+        return found
 
     def stop(self, timeout: float = 10.0) -> int:
         """Ctrl-C, as a person would, and the exit code; killed if it does not stop in time."""

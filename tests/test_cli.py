@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import select
@@ -10,9 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -44,16 +41,6 @@ def nobody() -> str:
         return f"http://127.0.0.1:{probe.getsockname()[1]}"
 
 
-def post(server: ServerProcess, events: list[dict[str, Any]]) -> None:
-    request = urllib.request.Request(
-        f"{server.url}progress",
-        data=json.dumps(events).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 202
-
-
 def test_version_and_help() -> None:
     assert cli("--version").stdout == f"progressista {__version__}\n"
     top = cli("--help").stdout
@@ -74,8 +61,7 @@ def test_a_bad_command_is_one_clear_line() -> None:
 def test_demo_sends_realistic_bars_some_failing(server: ServerProcess) -> None:
     result = cli("demo", "--url", server.url.rstrip("/"), "--seconds", "1")
     assert result.returncode == 0, result.stderr
-    with urllib.request.urlopen(f"{server.url}tasks", timeout=10) as response:
-        found = [t for t in json.load(response)["tasks"].values() if t["meta"].get("demo")]
+    found = [task for task in server.tasks().values() if task["meta"].get("demo")]
     states = {t["desc"]: t["state"] for t in found}
     assert states == {
         "Downloading dataset.tar": "completed",
@@ -117,8 +103,7 @@ def read_until(fd: int, wanted: list[str], timeout: float = 15.0) -> str:
 
 
 def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> None:
-    post(
-        server,
+    server.post(
         [{"task_id": "watched-1", "desc": "Copying files", "n": 30, "total": 120, "unit": "file"}],
     )
     main, child = pty.openpty()
@@ -136,8 +121,7 @@ def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> Non
     try:
         screen = read_until(main, ["[live]", "Copying files:  25%", "30/120"])
         assert "\x1b[H\x1b[J" in screen  # redrawn in place
-        post(
-            server,
+        server.post(
             [
                 {"task_id": "watched-1", "n": 120, "status": "close"},
                 {

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,9 +35,7 @@ def run_worker(code: str, url: str, **env: str) -> subprocess.CompletedProcess[s
 
 
 def task(server: ServerProcess, task_id: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{server.url}tasks", timeout=10) as response:
-        tasks: dict[str, dict[str, Any]] = json.load(response)["tasks"]
-    return tasks[task_id]
+    return server.tasks()[task_id]
 
 
 def test_the_final_state_is_delivered_at_exit(server: ServerProcess) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -72,16 +71,6 @@ def open_page(browser: Browser, url: str) -> Page:
     return page
 
 
-def post(server: ServerProcess, events: list[dict[str, Any]]) -> None:
-    request = urllib.request.Request(
-        f"{server.url}progress",
-        data=json.dumps(events).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        assert response.status == 202
-
-
 def card(page: Page, task_id: str) -> Any:
     return page.locator(f'li.card[data-task-id="{task_id}"]')
 
@@ -98,8 +87,7 @@ def test_cards_appear_move_between_sections_and_go(browser: Browser, server: Ser
     page = open_page(browser, server.url)
     live(page)
     expect(page.locator("#empty")).to_be_visible()
-    post(
-        server,
+    server.post(
         [
             {
                 "task_id": "job-a",
@@ -119,7 +107,7 @@ def test_cards_appear_move_between_sections_and_go(browser: Browser, server: Ser
     expect(page.locator("#empty")).to_be_hidden()
     # Silence: the server's cleanup marks it stale (stale_after is 1 s here).
     expect(section(page, "stale").locator('li.card[data-task-id="job-a"]')).to_be_visible()
-    post(server, [{"task_id": "job-a", "n": 200, "status": "close"}])
+    server.post([{"task_id": "job-a", "n": 200, "status": "close"}])
     expect(section(page, "completed").locator('li.card[data-task-id="job-a"]')).to_be_visible()
     expect(loading.locator(".amount")).to_have_text("200 / 200 rows")
     # Retention is 1.5 s here: the card goes when the task does.
@@ -131,7 +119,7 @@ def test_cards_appear_move_between_sections_and_go(browser: Browser, server: Ser
 def test_a_discard_in_one_page_disappears_in_another(
     browser: Browser, server: ServerProcess
 ) -> None:
-    post(server, [{"task_id": "shared", "desc": "Shared"}, {"task_id": "kept", "desc": "Kept"}])
+    server.post([{"task_id": "shared", "desc": "Shared"}, {"task_id": "kept", "desc": "Kept"}])
     first, second = open_page(browser, server.url), open_page(browser, server.url)
     live(first)
     live(second)
@@ -145,7 +133,7 @@ def test_a_discard_in_one_page_disappears_in_another(
 def test_clear_completed_removes_only_completed(browser: Browser, server: ServerProcess) -> None:
     page = open_page(browser, server.url)
     live(page)
-    post(server, [{"task_id": "done", "status": "close"}, {"task_id": "busy", "n": 1}])
+    server.post([{"task_id": "done", "status": "close"}, {"task_id": "busy", "n": 1}])
     expect(card(page, "done")).to_be_visible()
     page.get_by_role("button", name="Clear completed").click()
     expect(card(page, "done")).to_have_count(0)
@@ -169,11 +157,11 @@ def test_untrusted_text_is_shown_as_text_and_never_runs(
         {"task_id": "failing", "status": "error", "error": XSS},
     ]
     if when == "first paint":
-        post(server, hostile)
+        server.post(hostile)
     page = open_page(browser, server.url)
     live(page)
     if when == "live update":
-        post(server, hostile)
+        server.post(hostile)
     bad = card(page, XSS)
     expect(bad.locator(".title")).to_have_text(XSS)
     expect(bad.locator(".task-id")).to_have_text(XSS)
@@ -205,7 +193,7 @@ def test_the_page_forbids_inline_script(browser: Browser, server: ServerProcess)
 
 def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
     with running_server(["--log-level", "warning"]) as first:
-        post(first, [{"task_id": "before-restart", "desc": "Old"}])
+        first.post([{"task_id": "before-restart", "desc": "Old"}])
         page = open_page(browser, first.url)
         live(page)
         expect(card(page, "before-restart")).to_be_visible()
@@ -213,7 +201,7 @@ def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
     expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
     expect(page.locator("#connection")).to_contain_text("reconnecting")
     with running_server(["--port", str(port), "--log-level", "warning"]) as second:
-        post(second, [{"task_id": "after-restart", "desc": "New"}])
+        second.post([{"task_id": "after-restart", "desc": "New"}])
         live(page)
         expect(card(page, "after-restart")).to_be_visible(timeout=20_000)
         # The new server's snapshot does not know the old task: the page forgets it too.
@@ -228,14 +216,13 @@ def test_without_websockets_it_falls_back_to_polling(
     page = context.new_page()
     page.goto(server.url)
     expect(page.locator("#connection")).to_have_attribute("data-state", "polling")
-    post(server, [{"task_id": "polled", "desc": "Seen by polling", "n": 2, "total": 4}])
+    server.post([{"task_id": "polled", "desc": "Seen by polling", "n": 2, "total": 4}])
     expect(card(page, "polled").locator(".percent")).to_have_text("50%", timeout=10_000)
     context.close()
 
 
 def test_filter_and_job_grouping_survive_a_reload(browser: Browser, server: ServerProcess) -> None:
-    post(
-        server,
+    server.post(
         [
             {"task_id": "etl-1", "desc": "Extract", "n": 1, "total": 4, "meta": {"job": "etl"}},
             {
@@ -283,7 +270,7 @@ def test_task_ids_with_slashes_and_unicode_can_be_discarded(
     browser: Browser, server: ServerProcess
 ) -> None:
     odd = "etl/2026-11-29/shard 7 ✓ 進捗"
-    post(server, [{"task_id": odd, "desc": "Odd id"}])
+    server.post([{"task_id": odd, "desc": "Odd id"}])
     page = open_page(browser, server.url)
     live(page)
     card(page, odd).get_by_role("button", name="Discard").click()
@@ -354,3 +341,91 @@ def test_the_page_formats_numbers_exactly_as_the_server(
         assert page.evaluate("(s) => progressista.format.interval(s)", seconds) == (
             display.interval(seconds)
         )
+
+
+REALISTIC: list[dict[str, Any]] = [
+    {
+        "task_id": "etl/download",
+        "desc": "Downloading dataset.tar",
+        "n": 1.3e9,
+        "total": 4.3e9,
+        "unit": "B",
+        "unit_scale": True,
+        "unit_divisor": 1024,
+        "rate": 12.3e6,
+        "elapsed": 105,
+        "meta": {"job": "nightly-etl", "host": "worker-7"},
+    },
+    {
+        "task_id": "etl/load-users",
+        "desc": "Loading users",
+        "n": 3400,
+        "total": 10000,
+        "unit": "rows",
+        "rate": 120.5,
+        "elapsed": 28,
+        "postfix": "batch=17",
+        "meta": {"job": "nightly-etl", "host": "worker-7"},
+    },
+    {
+        "task_id": "train/resnet50",
+        "desc": "Training",
+        "n": 2,
+        "total": 10,
+        "unit": "epoch",
+        "rate": 0.01,
+        "elapsed": 240,
+        "postfix": "loss=0.231, acc=0.91",
+        "meta": {"job": "train-resnet", "host": "gpu-2"},
+    },
+    {
+        "task_id": "crawl/example.org",
+        "desc": "Crawling example.org",
+        "n": 1234,
+        "unit": "page",
+        "rate": 45.2,
+        "elapsed": 30,
+        "meta": {"job": "crawler", "host": "worker-3"},
+    },
+    {
+        "task_id": "etl/export",
+        "desc": "Exporting to warehouse",
+        "status": "close",
+        "n": 1000,
+        "total": 1000,
+        "unit": "rows",
+        "elapsed": 12,
+        "meta": {"job": "nightly-etl"},
+    },
+    {
+        "task_id": "thumbs/resize",
+        "desc": "Resizing images",
+        "status": "error",
+        "n": 312,
+        "total": 500,
+        "unit": "img",
+        "elapsed": 7,
+        "error": "OSError: cannot identify image file 'img_0312.jpg'",
+        "meta": {"job": "thumbnails", "host": "worker-1"},
+    },
+]
+
+
+def test_a_realistic_board_reads_like_tqdm(browser: Browser, server: ServerProcess) -> None:
+    server.post(REALISTIC)
+    page = open_page(browser, server.url)
+    live(page)
+    download = card(page, "etl/download")
+    expect(download.locator(".amount")).to_have_text("1.21 GB / 4.00 GB")
+    expect(download.locator(".rate")).to_have_text("11.7 MB/s")
+    expect(download.locator(".elapsed")).to_have_text("01:45")
+    expect(card(page, "train/resnet50").locator(".rate")).to_have_text("100.00 s/epoch")
+    crawl = card(page, "crawl/example.org")
+    expect(crawl.locator(".amount")).to_have_text("1,234 page")
+    expect(crawl.get_by_role("progressbar")).to_be_hidden()  # no total: a count, not a bar
+    expect(card(page, "thumbs/resize").locator(".error")).to_contain_text("img_0312.jpg")
+    for state, count in [("active", "4"), ("stale", "0"), ("completed", "1"), ("failed", "1")]:
+        expect(section(page, state).locator(".count")).to_have_text(count)
+    assert console_errors[id(page)] == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)

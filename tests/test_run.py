@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,9 +39,7 @@ def run(server: ServerProcess, *args: str, **kwargs: Any) -> subprocess.Complete
 
 
 def tasks(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
-    with urllib.request.urlopen(f"{server.url}tasks?job={job}", timeout=10) as response:
-        found: dict[str, dict[str, Any]] = json.load(response)["tasks"]
-    return found
+    return server.tasks(f"?job={job}")
 
 
 def bars(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.request
@@ -29,8 +30,12 @@ def test_an_installed_wheel_serves_its_page_and_static_files(tmp_path: Path) -> 
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {
         "progressista/templates/index.html",
+        "progressista/templates/card.html",
         "progressista/static/dashboard.js",
         "progressista/static/dashboard.css",
+        "progressista/static/favicon.svg",
+        "progressista/bootstrap/sitecustomize.py",
+        "progressista/py.typed",
     } <= names
 
     venv = tmp_path / "venv"
@@ -63,3 +68,27 @@ def test_an_installed_wheel_serves_its_page_and_static_files(tmp_path: Path) -> 
         with urllib.request.urlopen(server.url + "static/dashboard.css", timeout=10) as response:
             assert response.status == 200
             assert b"--bg" in response.read()
+        # The console script, and `run` finding its bootstrap inside the installed package.
+        script = tmp_path / "bars.py"
+        script.write_text(
+            "from tqdm import tqdm\nfor _ in tqdm(range(3), desc='wheel'):\n    pass\n"
+        )
+        result = subprocess.run(
+            [
+                str(venv / "bin" / "progressista"),
+                "run",
+                "--url",
+                server.url.rstrip("/"),
+                "--job",
+                "from-wheel",
+                str(script),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        with urllib.request.urlopen(server.url + "tasks?job=from-wheel", timeout=10) as response:
+            found = json.load(response)["tasks"]
+        assert {task["desc"] for task in found.values()} >= {"wheel"}

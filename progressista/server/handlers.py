@@ -300,18 +300,50 @@ _BLANK_CARD = {
 }
 
 
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def _page(
     template: str, request: web.Request, context: dict[str, Any], status: int = 200
 ) -> web.Response:
     response = aiohttp_jinja2.render_template(template, request, context, status=status)
-    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers.update(_PAGE_HEADERS)
+    return response
+
+
+#: Bytes of rendered page sent at a time: the browser starts parsing while the server is still
+#: rendering, and ingest and viewers get the event loop between chunks.
+PAGE_CHUNK = 64 * 1024
+
+
+async def _streamed_page(
+    template: str, request: web.Request, context: dict[str, Any]
+) -> web.StreamResponse:
+    """Render ``template`` as it is sent: 5,000 cards take a quarter of a second to render."""
+    response = web.StreamResponse(headers=_PAGE_HEADERS)
+    response.content_type = "text/html"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    pending: list[str] = []
+    size = 0
+    for piece in aiohttp_jinja2.get_env(request.app).get_template(template).generate(context):
+        pending.append(piece)
+        size += len(piece)
+        if size >= PAGE_CHUNK:
+            await response.write("".join(pending).encode())
+            pending.clear()
+            size = 0
+    await response.write("".join(pending).encode())
+    await response.write_eof()
     return response
 
 
 @routes.get("/")
-async def index(request: web.Request) -> web.Response:
+async def index(request: web.Request) -> web.StreamResponse:
     """The dashboard, its first paint rendered here so it needs no round trip."""
     if not read_allowed(request, request.app[SETTINGS].read_token):
         return _page("login.html", request, {"failed": False}, status=401)
@@ -325,7 +357,7 @@ async def index(request: web.Request) -> web.Response:
         "group": "job" if request.query.get("group") == "job" else "state",
         "url": f"{request.scheme}://{request.host}",
     }
-    return _page("index.html", request, context)
+    return await _streamed_page("index.html", request, context)
 
 
 @routes.post("/login")
