@@ -155,7 +155,10 @@ def _run(args: list[str]) -> int:
     )
     if status < 0:  # the program died by a signal: so does the runner, for the shell's sake
         sys.stdout.flush()
-        signal.signal(-status, signal.SIG_DFL)
+        try:
+            signal.signal(-status, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass  # SIGKILL and SIGSTOP cannot be handled, and need not be reset
         os.kill(os.getpid(), -status)
         return 128 - status
     return status

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import tqdm as tqdm_package
 import tqdm.asyncio
@@ -27,6 +27,8 @@ __all__ = ["install", "installed", "patched", "uninstall"]
 
 #: (module, attribute) → the original object, while the patch is installed.
 _originals: dict[tuple[str, str], Any] = {}
+#: id(original) → (replacement, original), for every object the patch swapped.
+_replacements: dict[int, tuple[Any, Any]] = {}
 _defaults: dict[str, Any] = {}
 
 _TARGETS = [
@@ -46,30 +48,31 @@ _TARGETS = [
 
 
 class _KeywordDefaults:
-    """First in a patched class's bases: fills in the patch's defaults for missing keywords."""
+    """First in a patched class's bases: fills in the patch's current defaults.
 
-    _progressista_defaults: ClassVar[dict[str, Any]] = {}
+    They are read when a bar is built, so installing again with other defaults changes no
+    class: ``isinstance`` checks against a patched class keep holding.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        for key, value in self._progressista_defaults.items():
+        for key, value in _defaults.items():
             kwargs.setdefault(key, value)
         super().__init__(*args, **kwargs)
 
 
-def _remote_class(original: type, defaults: dict[str, Any]) -> type:
-    """A subclass of ``original`` that is also remote, with ``defaults`` for its keywords."""
-    if issubclass(original, tqdm.asyncio.tqdm_asyncio):
-        from .client.aio import AsyncRemoteTqdm
+def _remote_class(original: type) -> type:
+    """A subclass of ``original`` that also streams, with the patch's defaults.
 
-        remote: type = AsyncRemoteTqdm
-    else:
-        remote = RemoteTqdm
-    bases = (remote,) if original in remote.__mro__ else (remote, original)
+    Always the threaded RemoteTqdm, asyncio bars included: code that did not ask for
+    AsyncRemoteTqdm may drive a bar synchronously on a busy event loop (a notebook cell does),
+    where a sender on that loop could not run; and no process under ``progressista run`` should
+    pay for importing aiohttp at start-up.
+    """
+    bases = (RemoteTqdm,) if original is tqdm.std.tqdm else (RemoteTqdm, original)
     return type(
         original.__name__,
         (_KeywordDefaults, *bases),
         {
-            "_progressista_defaults": dict(defaults),
             "__module__": original.__module__,
             "__qualname__": original.__qualname__,
             "__doc__": original.__doc__,
@@ -98,47 +101,58 @@ def install(**defaults: Any) -> None:
     ``push_every``…) for bars that do not give them. Idempotent: installing again only changes
     the defaults; :func:`uninstall` restores the originals either way.
     """
-    if installed():
-        uninstall()
     _defaults.clear()
     _defaults.update(defaults)
-    replacements: dict[int, Any] = {}  # id(original) → its replacement, shared by every alias
+    if installed():
+        return
     for module, name in _TARGETS:
         original = getattr(module, name)
-        if id(original) not in replacements:
-            if isinstance(original, type):
-                replacements[id(original)] = _remote_class(original, defaults)
         _originals[(module.__name__, name)] = original
+        if isinstance(original, type) and id(original) not in _replacements:
+            _replacements[id(original)] = (_remote_class(original), original)
     for module, name in _TARGETS:
         original = _originals[(module.__name__, name)]
         if isinstance(original, type):
-            setattr(module, name, replacements[id(original)])
+            setattr(module, name, _replacements[id(original)][0])
     # trange functions build the patched class of their own module.
     for module, name in _TARGETS:
         original = _originals[(module.__name__, name)]
         if not isinstance(original, type):
-            bar_class = module.tqdm
-            replacement = _range_function(bar_class, name)
-            replacements[id(original)] = replacement
+            replacement = _range_function(getattr(module, "tqdm"), name)  # noqa: B009
+            _replacements[id(original)] = (replacement, original)
             setattr(module, name, replacement)
-    # Modules of tqdm's that already took a reference (tqdm.contrib.*): swap theirs too.
+    _sweep_tqdm_modules(lambda value: _replacements.get(id(value), (None,))[0])
+
+
+def _sweep_tqdm_modules(swap: Callable[[Any], Any]) -> None:
+    """Apply ``swap`` to every attribute of tqdm's loaded modules (tqdm.contrib.* included).
+
+    They hold references taken at their import: before the patch (install replaces them) or
+    during it (uninstall restores them).
+    """
     for module_name, module in list(sys.modules.items()):
-        if not module_name.startswith("tqdm.") or module is None:
+        if module is None or not (module_name == "tqdm" or module_name.startswith("tqdm.")):
             continue
         for name, value in list(vars(module).items()):
-            key = (module_name, name)
-            if key not in _originals and id(value) in replacements and not name.startswith("__"):
-                _originals[key] = value
-                setattr(module, name, replacements[id(value)])
+            if name.startswith("__"):
+                continue
+            replacement = swap(value)
+            if replacement is not None and replacement is not value:
+                setattr(module, name, replacement)
 
 
 def uninstall() -> None:
-    """Put back every tqdm class and function the patch replaced."""
+    """Put back every tqdm class and function the patch replaced, wherever tqdm holds one."""
+    if not installed():
+        return
     for (module_name, name), original in _originals.items():
         module = sys.modules.get(module_name)
         if module is not None:
             setattr(module, name, original)
+    originals = {id(replacement): original for replacement, original in _replacements.values()}
+    _sweep_tqdm_modules(lambda value: originals.get(id(value)))
     _originals.clear()
+    _replacements.clear()
     _defaults.clear()
 
 

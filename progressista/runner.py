@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from .client.bar import RemoteTqdm
+from .client.bar import RemoteTqdm, check_task_id
 from .client.sender import flush
 from .settings import ClientSettings, SettingError, env_name
 
@@ -87,6 +87,10 @@ def run(
         environ, url=url, token=token, meta={**base.meta, **(meta or {})}
     )
     job = job or settings.job or default_job(launch)
+    try:
+        check_task_id(job)  # the job names the run's own task
+    except ValueError as error:
+        raise SettingError(f"--job {job!r}: {error}") from None
     if launch.kind == "script" and not Path(launch.target).is_file():
         raise SettingError(f"cannot run {launch.target!r}: no such file")
     argv = launch.argv()
@@ -97,7 +101,7 @@ def run(
         total=None,
         desc=f"run {command}"[:1000],
         unit="s",
-        task_id=job[:200],
+        task_id=job,
         job=job,
         url=settings.url,
         token=settings.token,
@@ -130,15 +134,24 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
     """Wait for the child; pass on termination requests, leave Ctrl-C to the terminal.
 
     Ctrl-C reaches the whole foreground process group, the child included, so the runner only
-    has to survive it and report what the child did. SIGTERM and SIGHUP are sent to the runner
-    alone, so they are forwarded.
+    has to survive it and report what the child did. A SIGINT that cannot have come from the
+    terminal (the runner is not in its foreground group, or has none) was meant for the runner
+    alone and is forwarded, as SIGTERM and SIGHUP always are.
     """
 
     def forward(signum: int, frame: FrameType | None) -> None:
         child.send_signal(signum)
 
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        try:
+            from_terminal = os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+        except (OSError, ValueError):
+            from_terminal = False
+        if not from_terminal:
+            child.send_signal(signum)
+
     previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGINT: signal.signal(signal.SIGINT, interrupted),
         signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
         signal.SIGHUP: signal.signal(signal.SIGHUP, forward),
     }

@@ -122,6 +122,12 @@ class ServerSettings:
     allowed_origins: tuple[str, ...] = _setting(
         (), "extra origins allowed to open /ws (comma-separated)", parse_list
     )
+    allowed_hosts: tuple[str, ...] = _setting(
+        (),
+        "host names the server answers to (comma-separated); by default only loopback names "
+        "when bound to loopback, any otherwise",
+        parse_list,
+    )
     log_level: str = _setting(
         "info", "logging level", str.lower, choices=("debug", "info", "warning", "error")
     )

@@ -301,10 +301,16 @@
     empty.hidden = tasks.size > 0;
   }
 
+  // A frame draws at most this many cards; a huge snapshot is spread over a few frames.
+  const CARDS_PER_FRAME = 2000;
+
   function redraw() {
     frameRequested = false;
     const started = performance.now();
+    let drawn = 0;
     for (const id of dirty) {
+      if (drawn++ === CARDS_PER_FRAME) break;
+      dirty.delete(id);
       const task = tasks.get(id);
       if (!task) { remove(id); continue; }
       let card = cards.get(id);
@@ -314,7 +320,9 @@
       if (card.el.hidden !== hidden) card.el.hidden = hidden;
       place(id, card, task);
     }
-    dirty.clear();
+    if (dirty.size) schedule();
+    const unpainted = document.getElementById("unpainted");
+    if (unpainted && !dirty.size) unpainted.remove();
     recount();
     if (groupByJob) summarizeJobs();
     applyTimes.push(performance.now() - started);
@@ -330,11 +338,12 @@
 
   function apply(message) {
     if (message.type === "snapshot") {
+      // Object.hasOwn, not `in`: a task may well be called "constructor" or "toString".
       for (const id of cards.keys()) {
-        if (!(id in message.tasks)) { tasks.delete(id); dirty.add(id); }
+        if (!Object.hasOwn(message.tasks, id)) { tasks.delete(id); dirty.add(id); }
       }
       for (const id of Array.from(tasks.keys())) {
-        if (!(id in message.tasks)) { tasks.delete(id); dirty.add(id); }
+        if (!Object.hasOwn(message.tasks, id)) { tasks.delete(id); dirty.add(id); }
       }
     }
     for (const [id, task] of Object.entries(message.tasks)) {
@@ -418,6 +427,7 @@
   let socket = null;
   let failures = 0;
   let everOpened = false;
+  let polling = false;
   let pollTimer = null;
 
   function setConnection(state, text) {
@@ -426,50 +436,82 @@
   }
 
   async function poll() {
+    pollTimer = null;
     try {
       const response = await fetch("/tasks", {credentials: "same-origin", cache: "no-store"});
-      if (response.ok) {
-        apply({type: "snapshot", tasks: (await response.json()).tasks});
+      const body = response.ok ? await response.json() : null;
+      // The socket may have opened while this was in flight: its snapshot is newer, keep it.
+      if (!polling) return;
+      if (body) {
+        apply({type: "snapshot", tasks: body.tasks});
         setConnection("polling", "polling (no live connection)");
       }
     } catch (error) {
+      if (!polling) return;
       setConnection("offline", "server unreachable; retrying");
     }
-    pollTimer = setTimeout(poll, 2000);
+    if (polling) pollTimer = setTimeout(poll, 2000);
   }
 
   function startPolling() {
-    if (pollTimer === null) poll();
+    if (polling) return;
+    polling = true;
+    poll();
   }
 
   function stopPolling() {
+    polling = false;
     if (pollTimer !== null) { clearTimeout(pollTimer); pollTimer = null; }
+  }
+
+  // A socket that neither opens nor closes (blocked by a policy or a proxy, which Chromium
+  // reports to nobody) counts as failed after this long.
+  const OPEN_TIMEOUT = 5000;
+
+  function failed(attempt) {
+    if (attempt.done) return;
+    attempt.done = true;
+    socket = null;
+    failures += 1;
+    // Backoff with jitter, so a restarted server is not met by every page at once.
+    const delay = Math.min(10000, 500 * 2 ** Math.min(failures - 1, 5)) * (0.5 + Math.random());
+    setConnection(polling ? "polling" : "offline",
+      polling ? "polling (no live connection)" : `reconnecting in ${Math.ceil(delay / 1000)} s…`);
+    if (!everOpened && failures >= 3) startPolling();
+    setTimeout(connect, delay);
   }
 
   function connect() {
     if (typeof WebSocket !== "function") { startPolling(); return; }
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const attempt = {done: false};
+    let opened = false;
     try {
       socket = new WebSocket(`${scheme}//${location.host}/ws`);
     } catch (error) {
-      startPolling();
+      failed(attempt);
       return;
     }
-    socket.onopen = () => {
+    const current = socket;
+    const watchdog = setTimeout(() => {
+      if (!opened) {
+        current.onclose = null;
+        try { current.close(); } catch (error) { /* already gone */ }
+        failed(attempt);
+      }
+    }, OPEN_TIMEOUT);
+    current.onopen = () => {
+      opened = true;
+      clearTimeout(watchdog);
       failures = 0;
       everOpened = true;
       stopPolling();
       setConnection("live", "live");
     };
-    socket.onmessage = (event) => apply(JSON.parse(event.data));
-    socket.onclose = () => {
-      socket = null;
-      failures += 1;
-      // Backoff with jitter, so a restarted server is not met by every page at once.
-      const delay = Math.min(10000, 500 * 2 ** Math.min(failures - 1, 5)) * (0.5 + Math.random());
-      setConnection("offline", `reconnecting in ${Math.ceil(delay / 1000)} s…`);
-      if (!everOpened && failures >= 3) startPolling();
-      setTimeout(connect, delay);
+    current.onmessage = (event) => apply(JSON.parse(event.data));
+    current.onclose = () => {
+      clearTimeout(watchdog);
+      failed(attempt);
     };
   }
 
@@ -479,6 +521,7 @@
     applyTimes: applyTimes,
     format: {amount: amount, rate: rate, interval: interval, sizeof: sizeof},
     taskCount: () => tasks.size,
+    polling: () => polling,
   };
 
   adopt();

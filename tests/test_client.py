@@ -27,7 +27,7 @@ FAST = 0.05  # push_every for tests: the policy is the same, only quicker
 @pytest.fixture(autouse=True)
 def fresh_senders() -> None:
     """Every test starts without senders; the previous test's are stopped."""
-    flush(timeout=1.0)
+    flush(timeout=1.0, close_bars=True)
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ async def test_disabled_and_local_bars_send_nothing(server: TestServer) -> None:
         off.update(3)
     with bar(server, total=3, remote=False) as local:
         local.update(3)
-    assert off.remote_task_id is not None and off._remote_outbox is None
+    assert off.remote_task_id is None and off._remote_outbox is None
     assert local.remote_task_id is None
     assert await flush_off_loop()
     assert tasks(server) == {}
@@ -314,3 +314,48 @@ async def test_an_unknown_host_is_retried_quietly() -> None:
     progress.update(1)
     progress.close()
     assert outbox.pending == 1  # kept for when the name resolves
+
+
+async def test_flush_mid_program_delivers_and_keeps_bars_open(server: TestServer) -> None:
+    progress = bar(server, total=10, task_id="mid")
+    progress.update(3)
+    progress.refresh()
+    assert await flush_off_loop()
+    assert has(server, "mid", state="active", n=3)()
+    progress.update(7)
+    progress.close()
+    await eventually(has(server, "mid", state="completed", n=10))
+
+
+async def test_an_exception_caught_after_the_loop_still_fails_a_with_bar(
+    server: TestServer,
+) -> None:
+    def work() -> None:
+        with bar(server, range(10), task_id="with-loop") as progress:
+            for i in progress:
+                if i == 2:
+                    raise KeyError("row 2")
+
+    with pytest.raises(KeyError):
+        work()
+    await eventually(has(server, "with-loop", state="failed", error="KeyError: 'row 2'"))
+
+
+async def test_the_sender_survives_an_unexpected_error(server: TestServer) -> None:
+    first = bar(server, total=1, task_id="before")
+    outbox = first._remote_outbox
+    assert outbox is not None
+    real_delay = outbox.delay
+    calls = {"n": 0}
+
+    def broken_once() -> float | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        return real_delay()
+
+    outbox.delay = broken_once  # type: ignore[method-assign]
+    first.update(1)
+    first.close()
+    await eventually(has(server, "before", state="completed"))
+    assert calls["n"] > 1

@@ -139,3 +139,33 @@ async def test_outside_a_loop_the_bar_uses_the_thread_sender() -> None:
         for s in __import__("progressista.client.sender", fromlist=["_senders"])._senders.values()
     )
     progress.close()
+
+
+async def test_a_bar_opened_as_the_sender_winds_down_still_streams(server: TestServer) -> None:
+    async with bar(server, total=1, task_id="first") as progress:
+        progress.update(1)
+    second = bar(server, total=100, task_id="second", mininterval=0)
+    for _ in range(30):
+        second.update(1)
+        await asyncio.sleep(0.01)
+    await eventually(lambda: tasks(server).get("second", {}).get("n", 0) >= 20)
+    second.close()
+
+
+async def test_closed_loops_are_forgotten() -> None:
+    import threading
+
+    from progressista.client.aio import _loop_senders
+
+    def many_loops() -> None:
+        for _ in range(30):
+
+            async def one() -> None:
+                AsyncRemoteTqdm(total=1, url="http://127.0.0.1:9", file=io.StringIO()).close()
+
+            asyncio.run(one())
+
+    worker = threading.Thread(target=many_loops)
+    worker.start()
+    await asyncio.get_running_loop().run_in_executor(None, worker.join)
+    assert len(_loop_senders) <= 2

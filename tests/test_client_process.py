@@ -234,3 +234,59 @@ def test_a_forked_child_sends_its_own_bars(server: ServerProcess) -> None:
     assert result.returncode == 0, result.stderr
     assert (task(server, "child")["state"], task(server, "child")["n"]) == ("completed", 2)
     assert task(server, "parent")["state"] == "completed"
+
+
+def test_an_exception_unwinding_slowly_still_fails_the_loops_bar(server: ServerProcess) -> None:
+    result = run_worker(
+        """
+        import io, time
+        from progressista.client import RemoteTqdm
+        try:
+            for i in RemoteTqdm(range(10), file=io.StringIO(), task_id="slow-unwind"):
+                if i == 3:
+                    raise ValueError("late")
+        finally:
+            time.sleep(1)  # cleanup on the way out, longer than a push interval
+        """,
+        server.url,
+    )
+    assert result.returncode == 1
+    assert task(server, "slow-unwind")["state"] == "failed"
+
+
+def test_an_exception_in_an_async_for_body_fails_the_bar(server: ServerProcess) -> None:
+    result = run_worker(
+        """
+        import asyncio, io
+        from progressista.client import AsyncRemoteTqdm
+        async def main():
+            async for i in AsyncRemoteTqdm(range(10), file=io.StringIO(), task_id="async-crash"):
+                await asyncio.sleep(0)
+                if i == 4:
+                    raise RuntimeError("fetch failed")
+        asyncio.run(main())
+        """,
+        server.url,
+    )
+    assert result.returncode == 1
+    crashed = task(server, "async-crash")
+    assert (crashed["state"], crashed["error"]) == ("failed", "RuntimeError: fetch failed")
+
+
+def test_a_loop_closed_without_cancelling_still_delivers(server: ServerProcess) -> None:
+    result = run_worker(
+        """
+        import asyncio, io
+        from progressista.client import AsyncRemoteTqdm
+        async def main():
+            bar = AsyncRemoteTqdm(total=3, file=io.StringIO(), task_id="ruc")
+            bar.update(3)
+            bar.close()
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(main())
+        loop.close()
+        """,
+        server.url,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (task(server, "ruc")["state"], task(server, "ruc")["n"]) == ("completed", 3)

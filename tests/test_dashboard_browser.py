@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -193,10 +194,17 @@ def test_the_page_forbids_inline_script(browser: Browser, server: ServerProcess)
 
 def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
     with running_server(["--log-level", "warning"]) as first:
-        first.post([{"task_id": "before-restart", "desc": "Old"}])
+        first.post(
+            [
+                {"task_id": "before-restart", "desc": "Old"},
+                {"task_id": "constructor"},
+                {"task_id": "toString"},
+            ]
+        )
         page = open_page(browser, first.url)
         live(page)
         expect(card(page, "before-restart")).to_be_visible()
+        expect(card(page, "constructor")).to_be_visible()
         port = first.port
     expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
     expect(page.locator("#connection")).to_contain_text("reconnecting")
@@ -206,6 +214,10 @@ def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
         expect(card(page, "after-restart")).to_be_visible(timeout=20_000)
         # The new server's snapshot does not know the old task: the page forgets it too.
         expect(card(page, "before-restart")).to_have_count(0)
+        # Even ids that are names of every JavaScript object's properties.
+        expect(card(page, "constructor")).to_have_count(0)
+        expect(card(page, "toString")).to_have_count(0)
+        expect(section(page, "active").locator(".count")).to_have_text("1")
 
 
 def test_without_websockets_it_falls_back_to_polling(
@@ -429,3 +441,33 @@ def test_a_realistic_board_reads_like_tqdm(browser: Browser, server: ServerProce
     assert console_errors[id(page)] == []
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def test_polling_stops_once_the_socket_opens(browser: Browser, server: ServerProcess) -> None:
+    context = browser.new_context()
+    # The first three sockets fail (a path that refuses the upgrade), so the page starts
+    # polling; the fourth connects.
+    context.add_init_script("""(() => {
+        const Real = window.WebSocket;
+        let made = 0;
+        window.WebSocket = function (url) {
+            made += 1;
+            return new Real(made <= 3 ? url.replace(/\\/ws$/, "/not-a-socket") : url);
+        };
+    })();""")
+    page = context.new_page()
+    polls: list[float] = []
+    page.on(
+        "request",
+        lambda request: polls.append(time.monotonic()) if request.url.endswith("/tasks") else None,
+    )
+    page.goto(server.url)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "polling", timeout=15_000)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=30_000)
+    # Live: polling has stopped, and a poll that was in flight did not restart it.
+    page.wait_for_function("() => !progressista.polling()", timeout=3000)
+    settled = time.monotonic()
+    page.wait_for_timeout(1000)
+    assert [moment for moment in polls if moment > settled] == []
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    context.close()

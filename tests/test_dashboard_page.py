@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from progressista.server.auth import COOKIE_NAME
 from progressista.server.handlers import CONTENT_SECURITY_POLICY
 
-from .conftest import Client, MakeClient, event, post
+from .conftest import Client, FakeClock, MakeClient, event, post
 
 XSS = "<img src=x onerror=window.__xss=1>"
 
@@ -101,3 +103,47 @@ async def test_a_read_token_puts_the_page_behind_a_login_form(make_client: MakeC
 async def test_login_without_a_read_token_just_goes_to_the_page(client: Client) -> None:
     response = await client.post("/login", data={"token": "x"}, allow_redirects=False)
     assert (response.status, response.headers["Location"]) == (303, "/")
+
+
+async def test_a_huge_board_paints_the_newest_and_says_how_many_follow(
+    client: Client, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from progressista.server import handlers
+
+    monkeypatch.setattr(handlers, "FIRST_PAINT_CARDS", 3)
+    for i in range(5):
+        await post(client, event(f"t{i}"))
+        clock.advance(1)
+    page = await (await client.get("/")).text()
+    painted = sorted(
+        (page.index(f'data-task-id="t{i}"'), f"t{i}")
+        for i in range(5)
+        if f'data-task-id="t{i}"' in page
+    )
+    assert [task_id for _, task_id in painted] == ["t4", "t3", "t2"]  # the newest, newest first
+    assert '<span class="count">5</span>' in page  # counts are of every task
+    assert "2 more tasks are on their way" in page
+
+
+async def test_rendering_a_big_page_lets_other_work_run(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from progressista.server import handlers
+
+    await post(client, [event(f"t{i}", desc="x" * 200) for i in range(300)])
+    monkeypatch.setattr(handlers, "PAGE_CHUNK", 4096)
+    yields = 0
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        nonlocal yields
+        yields += 1
+        await real_sleep(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    response = await client.get("/")
+    assert response.status == 200
+    assert len(await response.read()) > 40 * 4096
+    assert yields >= 40  # once per chunk: ingest and viewers get the loop in between

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
 from progressista.server.context import INGEST_STATS, STORE
 
 from .conftest import Client, FakeClock, MakeClient, event, post
@@ -299,3 +301,40 @@ async def test_outcomes_are_counted(client: Client) -> None:
         1,
         {400: 1},
     )
+
+
+async def test_derived_values_that_overflow_are_unknown_not_infinite(client: Client) -> None:
+    assert (await post(client, event("big", n=0, total=1e308, rate=1e-300)))[0] == 202
+    assert (await post(client, event("huge", n=1e308, total=1e-300)))[0] == 202
+    tasks = client.app[STORE].view
+    assert (tasks["big"]["eta"], tasks["huge"]["percent"]) == (None, None)
+    response = await client.get("/")
+    assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"task_id": 1} garbage', b'[{"task_id": 1}, ', b"[" * 100_000 + b"]" * 100_000],
+)
+async def test_bodies_that_break_late_are_400_not_500(client: Client, body: bytes) -> None:
+    response = await client.post(
+        "/progress", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 400, await response.text()
+    assert (await response.json())["error"]
+
+
+async def test_undecodable_token_bytes_are_401_not_500(make_client: MakeClient) -> None:
+    import asyncio
+
+    client = await make_client(write_token="w", read_token="r")
+    for request in (
+        b"POST /progress HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        b"GET /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: progressista_session=\xff\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(request)
+        status = await reader.readline()
+        writer.close()
+        assert status.startswith(b"HTTP/1.1 401"), status

@@ -54,7 +54,10 @@ def test_install_replaces_every_entry_point_and_uninstall_restores_them() -> Non
     assert all(getattr(m, n) is not o for (m, n), o in zip(NAMES, originals, strict=True))
     assert issubclass(tqdm.tqdm, RemoteTqdm) and issubclass(tqdm.tqdm, tqdm.std.tqdm)
     assert tqdm.tqdm is tqdm.std.tqdm and tqdm.auto.tqdm is tqdm.asyncio.tqdm
-    assert issubclass(tqdm.asyncio.tqdm, AsyncRemoteTqdm)
+    # Threaded, not AsyncRemoteTqdm: patched code did not ask for a sender on its event loop.
+    assert issubclass(tqdm.asyncio.tqdm, RemoteTqdm)
+    assert issubclass(tqdm.asyncio.tqdm, originals[NAMES.index((tqdm.asyncio, "tqdm_asyncio"))])
+    assert not issubclass(tqdm.asyncio.tqdm, AsyncRemoteTqdm)
     # tqdm.contrib.concurrent took its reference before the patch; it is swapped too.
     assert getattr(tqdm.contrib.concurrent, "tqdm_auto") is tqdm.auto.tqdm  # noqa: B009
     assert tqdm.tqdm.__name__ == "tqdm"
@@ -88,7 +91,7 @@ def test_bars_made_by_every_entry_point_are_remote_with_the_defaults() -> None:
         assert isinstance(bar, RemoteTqdm)
         assert (labels(bar)["job"], labels(bar)["team"]) == ("nightly", "data")
         bar.close()
-    assert isinstance(bars[-1], AsyncRemoteTqdm)
+    assert hasattr(bars[-1], "__anext__")  # still tqdm's asyncio bar
 
 
 def test_a_keyword_given_by_the_caller_wins_over_the_default() -> None:
@@ -119,3 +122,36 @@ def test_patched_restores_the_previous_state() -> None:
         assert labels(bar)["job"] == "outer"
         bar.close()
     assert not patch.installed()
+
+
+def test_modules_imported_while_patched_are_restored_too() -> None:
+    import importlib
+    import sys
+
+    sys.modules.pop("tqdm.contrib.logging", None)
+    patch.install(url=NOWHERE)
+    logging_module = importlib.import_module("tqdm.contrib.logging")
+    assert issubclass(logging_module.std_tqdm, RemoteTqdm)
+    patch.uninstall()
+    assert logging_module.std_tqdm is tqdm.std.tqdm
+
+
+def test_reinstalling_keeps_the_classes_so_isinstance_holds() -> None:
+    patch.install(url=NOWHERE, job="a")
+    patched_class = tqdm.tqdm
+    bar = tqdm.tqdm(total=1, file=io.StringIO())
+    with patch.patched(url=NOWHERE, job="b"):
+        assert tqdm.tqdm is patched_class
+        assert isinstance(bar, tqdm.tqdm)
+    bar.close()
+
+
+def test_importing_the_patch_does_not_import_aiohttp() -> None:
+    import subprocess
+    import sys
+
+    code = "import progressista.patch as p, sys; p.install(); print('aiohttp' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PROGRESSISTA = [sys.executable, "-m", "progressista.cli"]
+PROGRESSISTA_PROGRAMS_SLEEPY = PROGRAMS / "sleepy_tqdm.py"
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +166,70 @@ def test_usage_errors_are_one_line(server: ServerProcess) -> None:
     ]:
         result = run(server, *args)
         assert (result.returncode, result.stderr) == (2, message), args
+
+
+def test_death_by_sigkill_passes_through(server: ServerProcess, tmp_path: Path) -> None:
+    script = tmp_path / "oom.py"
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    result = run(server, "--job", "killed", str(script))
+    assert result.returncode == -signal.SIGKILL
+    assert "Traceback" not in result.stderr
+    assert tasks(server, "killed")["killed"]["error"] == "killed by SIGKILL"
+
+
+def test_sigint_sent_to_the_runner_alone_reaches_the_program(server: ServerProcess) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+    runner = subprocess.Popen(
+        [
+            *PROGRESSISTA,
+            "run",
+            "--url",
+            server.url.rstrip("/"),
+            "--job",
+            "int-runner",
+            str(PROGRESSISTA_PROGRAMS_SLEEPY),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,  # no terminal: a SIGINT here was meant for the runner
+    )
+    assert runner.stdout is not None
+    assert runner.stdout.readline().strip() == "ready"
+    runner.send_signal(signal.SIGINT)  # the runner only, not its process group
+    runner.communicate(timeout=30)
+    assert runner.returncode == -signal.SIGINT
+
+
+def test_a_bad_job_name_is_one_line(server: ServerProcess) -> None:
+    result = run(server, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("progressista: --job '..': task_id '..' must be printable")
+
+
+def test_a_failing_sitecustomize_it_shadows_is_reported(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import no_such_module_here\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+    env["PYTHONPATH"] = str(tmp_path)
+    result = subprocess.run(
+        [
+            *PROGRESSISTA,
+            "run",
+            "--url",
+            server.url.rstrip("/"),
+            "--job",
+            "chained",
+            str(PROGRAMS / "plain_tqdm.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0
+    assert "Error in sitecustomize" in result.stderr
+    assert "No module named 'no_such_module_here'" in result.stderr

@@ -33,6 +33,7 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         "PROGRESSISTA_WRITE_TOKEN": "w",
         "PROGRESSISTA_READ_TOKEN": "r",
         "PROGRESSISTA_ALLOWED_ORIGINS": "https://a.example, https://b.example",
+        "PROGRESSISTA_ALLOWED_HOSTS": "dash.example",
         "PROGRESSISTA_LOG_LEVEL": "WARNING",
         "PROGRESSISTA_ACCESS_LOG": "all",
     }
@@ -55,6 +56,7 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         write_token="w",
         read_token="r",
         allowed_origins=("https://a.example", "https://b.example"),
+        allowed_hosts=("dash.example",),
         log_level="warning",
         access_log="all",
     )

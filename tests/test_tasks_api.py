@@ -169,3 +169,26 @@ async def test_metrics_count_events_tasks_and_viewers(client: Client) -> None:
         'progressista_tasks{state="completed"} 0.0',
         "progressista_viewers 1.0",
     } <= lines, text
+
+
+async def test_a_rebound_host_name_is_refused(make_client: MakeClient) -> None:
+    client = await make_client()
+    for host, allowed in [
+        ("evil.example:8000", False),
+        (f"127.0.0.1:{client.port}", True),
+        ("localhost", True),
+        ("[::1]:8000", True),
+    ]:
+        response = await client.get("/tasks", headers={"Host": host})
+        assert (response.status == 200) == allowed, host
+        if not allowed:
+            assert await response.json() == {
+                "error": "this server does not answer to the host name 'evil.example:8000'; "
+                "add it with --allowed-hosts",
+                "details": [],
+            }
+    listed = await make_client(allowed_hosts=("dash.example",))
+    assert (await listed.get("/tasks", headers={"Host": "dash.example"})).status == 200
+    assert (await listed.get("/tasks", headers={"Host": "evil.example"})).status == 403
+    exposed = await make_client(host="0.0.0.0")
+    assert (await exposed.get("/tasks", headers={"Host": "anything.example"})).status == 200

@@ -179,7 +179,7 @@ async def _stalled_viewer(client: Client) -> tuple[asyncio.StreamReader, asyncio
     await asyncio.get_running_loop().sock_connect(raw, (client.host, client.port))
     reader, writer = await asyncio.open_connection(sock=raw, limit=1024)
     writer.write(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     head = await reader.readuntil(b"\r\n\r\n")
@@ -218,3 +218,53 @@ async def test_a_stalled_viewer_neither_slows_others_nor_grows_memory(
         await post(client, event("t1", n=99))
         assert (await receive(healthy))["tasks"]["t1"]["n"] == 99
     stalled.close()
+
+
+class _FakeSocket:
+    """Just enough of a WebSocketResponse for Hub.serve: records frames, never sends any."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.closed = asyncio.Event()
+
+    async def send_frame(self, message: bytes, opcode: WSMsgType) -> None:
+        self.frames.append(message)
+
+    def __aiter__(self) -> _FakeSocket:
+        return self
+
+    async def __anext__(self) -> None:
+        await self.closed.wait()
+        raise StopAsyncIteration
+
+
+class _FakeRequest:
+    transport = None
+
+
+async def test_a_viewer_joining_while_a_patch_is_due_still_gets_its_snapshot() -> None:
+    from progressista.server.hub import Hub
+
+    tasks: dict[str, Any] = {"old": {"task_id": "old"}}
+    hub = Hub(tasks, interval=0, viewer_timeout=10)
+    watcher = _FakeSocket()
+    watching = asyncio.create_task(hub.serve(watcher, _FakeRequest()))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    # The new viewer registers, then a change's flush runs before the viewer's writer can: the
+    # order of the loop's queue when a viewer connects in the same turn as an ingest.
+    joiner = _FakeSocket()
+    joining = asyncio.create_task(hub.serve(joiner, _FakeRequest()))  # type: ignore[arg-type]
+    tasks["new"] = {"task_id": "new"}
+    hub.publish(["new"])
+    for _ in range(100):
+        if joiner.frames:
+            break
+        await asyncio.sleep(0.01)
+    first = msgspec.json.decode(joiner.frames[0])
+    assert first == {
+        "type": "snapshot",
+        "tasks": {"old": {"task_id": "old"}, "new": {"task_id": "new"}},
+    }
+    for fake in (watcher, joiner):
+        fake.closed.set()
+    await asyncio.gather(watching, joining)

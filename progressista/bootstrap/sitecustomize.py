@@ -37,6 +37,13 @@ def _report_crash_to(path: str) -> None:
     sys.excepthook = excepthook
 
 
+def _report_chained(error: BaseException) -> None:
+    sys.stderr.write(
+        f"Error in sitecustomize; set PYTHONVERBOSE for traceback:\n"
+        f"{type(error).__name__}: {error}\n"
+    )
+
+
 def _chain() -> None:
     """Run the sitecustomize this file hides (Debian's, a virtualenv's), as Python would have."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -45,8 +52,11 @@ def _chain() -> None:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     try:
         import sitecustomize  # type: ignore[import-not-found]  # noqa: F401 - the next one
-    except ImportError:
-        pass
+    except ImportError as error:
+        if error.name != "sitecustomize":  # it exists and failed: say so, as site.py would
+            _report_chained(error)
+    except Exception as error:
+        _report_chained(error)
     finally:
         sys.path[:] = saved
         if ours is not None:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
-import weakref
+import time
 from typing import Any
 
 import aiohttp
@@ -22,7 +22,7 @@ from tqdm.asyncio import tqdm_asyncio
 from ..settings import ClientSettings
 from .bar import RemoteTqdm
 from .outbox import Outbox, Source
-from .sender import REQUEST_TIMEOUT, build_events, encode, sender_for, settle
+from .sender import REQUEST_TIMEOUT, build_events, encode, install_hooks, sender_for, settle
 
 __all__ = ["AsyncRemoteTqdm", "LoopSender"]
 
@@ -38,7 +38,7 @@ class LoopSender:
         self.outbox = Outbox(
             push_every=settings.push_every,
             keepalive=settings.keepalive,
-            clock=loop.time,
+            clock=time.monotonic,  # the default loop's clock, without holding the loop
             random=random.Random().random,  # never the caller's global sequence
             on_ready=self._ready,
         )
@@ -48,6 +48,7 @@ class LoopSender:
             self._headers["Authorization"] = f"Bearer {settings.token}"
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._in_flight: dict[str, Source] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._drained = asyncio.Event()
 
@@ -69,14 +70,21 @@ class LoopSender:
             self._task.add_done_callback(self._after_run)
 
     def _after_run(self, task: asyncio.Task[None]) -> None:
-        """A task cancelled before its first step never ran its flush: hand the work over.
+        """The task ended: start again if work arrived meanwhile, or hand the work over.
 
-        That happens when ``asyncio.run``'s main coroutine returns without awaiting after its
-        last bar changed. The process's sender thread then delivers, within ``flush_timeout``
-        at exit; the loop is shutting down, so no thread competes with it.
+        A bar may open while the task is closing its session after going idle; it must not be
+        left with nobody to send for it. A task cancelled before its first step (``asyncio.run``
+        whose main coroutine returned without awaiting after its last bar changed) never ran its
+        shutdown flush: the process's sender thread delivers instead, at exit at the latest.
         """
-        if task.cancelled() and not self.outbox.idle:
+        if self._task is task:
+            self._task = None
+        if self.outbox.idle:
+            return
+        if task.cancelled() or self.loop.is_closed():
             self.outbox.hand_over(sender_for(self.settings).outbox)
+        else:
+            self._start()
 
     async def _run(self) -> None:
         try:
@@ -96,7 +104,19 @@ class LoopSender:
                 if self.outbox.pending == 0:
                     self._drained.set()
         except asyncio.CancelledError:
-            # The loop is shutting down: deliver what we can, within the flush bound.
+            # The loop is shutting down. Bars still open go to the process's sender thread: if
+            # the program is dying of an exception, the crash handler (which runs after the loop
+            # is gone) can still mark them failed, and otherwise the exit flush closes them.
+            # Closed bars' final states go out now, within the flush bound.
+            # Tentative closes too (a bar garbage-collected as an exception unwound through its
+            # `async for`): the crash handler has not had its say yet.
+            thread_outbox = sender_for(self.settings).outbox
+            for key, bar in self.outbox.open_bars():
+                self.outbox.forget(key)
+                bar._remote_outbox = thread_outbox
+                thread_outbox.opened(key, bar)
+            for key, final in self.outbox.take_tentative().items():
+                thread_outbox.adopt(key, final)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._flush_all(), self.settings.flush_timeout)
             raise
@@ -105,8 +125,7 @@ class LoopSender:
             await self._close_session()
 
     async def _flush_all(self) -> None:
-        self.outbox.close_open_bars(lambda bar: bar.remote_final_event())  # type: ignore[attr-defined]
-        while self.outbox.pending and await self._send(self.outbox.take()):
+        while self.outbox.pending and await self._send(self.outbox.take(everything=True)):
             pass
 
     async def _send(self, batch: dict[str, Source]) -> bool:
@@ -118,6 +137,7 @@ class LoopSender:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT), headers=self._headers
             )
+        self._in_flight = batch  # if the loop stops mid-request, this is what to send again
         try:
             async with self._session.post(self._url, data=encode(events)) as response:
                 reply = await response.read()
@@ -129,6 +149,8 @@ class LoopSender:
         except BaseException:  # cancelled mid-request (the loop is shutting down): keep it
             self.outbox.requeue(batch)
             raise
+        finally:
+            self._in_flight = None
         return settle(self.outbox, self.settings.url, batch, status, reply_after, reply)
 
     async def _close_session(self) -> None:
@@ -147,12 +169,29 @@ class LoopSender:
         return self.outbox.pending == 0
 
 
-_loop_senders: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[str, str | None], LoopSender]
-] = weakref.WeakKeyDictionary()
+#: Senders by loop. A plain dict, pruned of closed loops whenever a sender is looked up (and at
+#: exit): a sender's task and events refer to its loop, so weak keys would never let go.
+_loop_senders: dict[asyncio.AbstractEventLoop, dict[tuple[str, str | None], LoopSender]] = {}
+
+
+def release_closed_loops() -> None:
+    """Forget the senders of closed loops, handing any work they left to the sender thread.
+
+    A loop closed without cancelling its tasks (``run_until_complete`` then ``close()``) leaves
+    its sender's pending state behind; this is where it still gets delivered.
+    """
+    for loop in [loop for loop in list(_loop_senders) if loop.is_closed()]:
+        for sender in _loop_senders.pop(loop, {}).values():
+            if sender._in_flight:  # its POST never finished: the loop stopped under it
+                sender.outbox.requeue(sender._in_flight)
+                sender._in_flight = None
+            if not sender.outbox.idle:
+                sender.outbox.hand_over(sender_for(sender.settings).outbox)
 
 
 def loop_sender_for(loop: asyncio.AbstractEventLoop, settings: ClientSettings) -> LoopSender:
+    install_hooks()  # the exit flush and crash handling serve asyncio bars too
+    release_closed_loops()
     senders = _loop_senders.setdefault(loop, {})
     key = (settings.url, settings.token)
     sender = senders.get(key)

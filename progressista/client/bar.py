@@ -198,6 +198,8 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     _remote_started = False
     _remote_from_gc = False
     _remote_exit_error: BaseException | str | None = None
+    #: A tentative close not yet settled (see Outbox.settle_tentative).
+    _remote_final: FinalEvent | None = None
 
     def __init__(
         self,
@@ -212,7 +214,7 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         **kwargs: Any,
     ) -> None:
         outbox = None
-        if remote:
+        if remote and kwargs.get("disable") is not True:  # a disabled bar is not remote either
             settings = ClientSettings.from_env(
                 os.environ, url=url, token=token, push_every=push_every, job=job
             )
@@ -317,6 +319,8 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             thread=self.remote_thread,
             origin=origin,
         )
+        if final.tentative:
+            self._remote_final = final
         outbox.closed(self.remote_task_id, final, urgent=not final.tentative)  # type: ignore[arg-type]
 
     def fail(self, error: BaseException | str) -> None:
@@ -325,8 +329,16 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         self.close()
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        if isinstance(exc_value, BaseException) and not isinstance(exc_value, GeneratorExit):
+        failed = isinstance(exc_value, BaseException) and not isinstance(exc_value, GeneratorExit)
+        if failed:
             self._remote_exit_error = exc_value
+        final, outbox = self._remote_final, self._remote_outbox
+        if final is not None and outbox is not None and self.remote_task_id is not None:
+            # A loop over this bar inside the block was abandoned first (a tentative close): the
+            # block's end says how. An exception leaving it fails the bar; none completes it now.
+            error = describe_exception(exc_value) if failed else None
+            outbox.settle_tentative(self.remote_task_id, final, error)
+            self._remote_final = None
         super().__exit__(exc_type, exc_value, traceback)
 
     def __del__(self) -> None:

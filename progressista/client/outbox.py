@@ -40,7 +40,7 @@ class FinalEvent:
     unrelated crash is not a failure. ``thread`` is the id of the thread the bar ran in.
     """
 
-    __slots__ = ("event", "origin", "tentative", "thread")
+    __slots__ = ("created", "event", "origin", "tentative", "thread")
 
     def __init__(
         self,
@@ -54,6 +54,8 @@ class FinalEvent:
         self.tentative = tentative
         self.thread = thread
         self.origin = origin
+        #: When the outbox received it (its clock); a tentative close waits TENTATIVE_HOLD.
+        self.created = 0.0
 
     def remote_event(self) -> Event:
         return self.event
@@ -80,6 +82,10 @@ class WeakSource:
 
 #: Sends closer together than this are merged, even when bars close one after another.
 MIN_GAP = 0.05
+
+#: Seconds a tentative close waits before it is sent as completed: time for an exception that
+#: is still unwinding (through ``finally`` blocks, ``with`` exits) to reach the crash handler.
+TENTATIVE_HOLD = 2.0
 
 
 class Outbox:
@@ -113,8 +119,11 @@ class Outbox:
         self._lock = threading.RLock()
         self._pending: dict[str, Source] = {}
         #: Open bars, weakly: an abandoned bar must stay collectable so tqdm's __del__ closes it.
-        self._open: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        #: A plain dict of references under the lock, not a WeakValueDictionary: bars open and
+        #: close from any thread (and from GC) while the sender walks this for keepalives.
+        self._open: dict[str, weakref.ref[Any]] = {}
         self._urgent = False
+        self._everything_once = False
         self._failures = 0
         now = clock()
         self._next_send = now
@@ -126,11 +135,16 @@ class Outbox:
         #: Batches delivered and events accepted, for tests and benchmarks.
         self.batches_sent = 0
 
+    def renew_lock(self) -> None:
+        """In a forked child: a fresh lock, since the parent's may have been held at the fork."""
+        self._lock = threading.RLock()
+
     # Called by bars -------------------------------------------------------------------------
 
     def opened(self, key: str, bar: Source) -> None:
         """Track an open bar for keepalives."""
-        self._open[key] = bar
+        with self._lock:
+            self._open[key] = weakref.ref(bar)
         self._on_ready()  # a sleeping sender must learn when the next keepalive is due
 
     def put(self, key: str, source: Source, *, urgent: bool = False) -> None:
@@ -149,8 +163,23 @@ class Outbox:
 
     def closed(self, key: str, final: FinalEvent, *, urgent: bool) -> None:
         """Queue a bar's final state and stop keeping it alive."""
-        self._open.pop(key, None)
+        with self._lock:
+            self._open.pop(key, None)
+        final.created = self._clock()
         self.put(key, final, urgent=urgent)
+
+    def settle_tentative(self, key: str, final: FinalEvent, error: str | None) -> bool:
+        """Decide a tentative close still waiting here: failed with ``error``, or completed.
+
+        False when it already went out (too late to change).
+        """
+        with self._lock:
+            if self._pending.get(key) is not final:
+                return False
+            event = final.event if error is None else dict(final.event, status="error", error=error)
+            self._pending[key] = FinalEvent(event, thread=final.thread)
+        self.put(key, self._pending[key], urgent=True)
+        return True
 
     # Called by the crash handler --------------------------------------------------------------
 
@@ -179,27 +208,66 @@ class Outbox:
                     event = dict(source.event, status="error", error=error)
                     self._pending[key] = FinalEvent(event, thread=thread)
                     marked += 1
-        for key, bar in list(self._open.items()):
+        for key, bar in self.open_bars():
             if getattr(bar, "remote_thread", None) == thread:
                 event = dict(make_event(bar), status="error", error=error)
-                self._open.pop(key, None)
+                with self._lock:
+                    self._open.pop(key, None)
                 self.put(key, FinalEvent(event, thread=thread), urgent=True)
                 marked += 1
         return marked
 
+    def open_bars(self) -> list[tuple[str, Any]]:
+        """The bars still open and alive, copied under the lock; dead references are pruned."""
+        with self._lock:
+            entries = list(self._open.items())
+        alive = []
+        for key, ref in entries:
+            bar = ref()
+            if bar is None:
+                with self._lock:
+                    if self._open.get(key) is ref:
+                        del self._open[key]
+            else:
+                alive.append((key, bar))
+        return alive
+
+    def take_tentative(self) -> dict[str, FinalEvent]:
+        """Remove and return the tentative closes waiting here."""
+        with self._lock:
+            tentative = {
+                key: source
+                for key, source in self._pending.items()
+                if isinstance(source, FinalEvent) and source.tentative
+            }
+            for key in tentative:
+                del self._pending[key]
+        return tentative
+
+    def adopt(self, key: str, source: Source) -> None:
+        """Take over a pending state from another outbox, its age included."""
+        self.put(key, source, urgent=not (isinstance(source, FinalEvent) and source.tentative))
+
+    def forget(self, key: str) -> None:
+        """Stop tracking an open bar (it moved to another outbox)."""
+        with self._lock:
+            self._open.pop(key, None)
+
     def close_open_bars(self, make_event: Callable[[Source], Event]) -> None:
         """At exit: queue every bar still open with status ``close``, as tqdm would close it."""
-        for key, bar in list(self._open.items()):
+        for key, bar in self.open_bars():
             event = dict(make_event(bar), status="close")
-            self._open.pop(key, None)
+            with self._lock:
+                self._open.pop(key, None)
             self.put(key, FinalEvent(event), urgent=True)
 
     def hand_over(self, other: Outbox) -> None:
         """Move every pending state and open bar to ``other``, whose transport lives on."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        for key, bar in list(self._open.items()):
-            self._open.pop(key, None)
+        for key, bar in self.open_bars():
+            with self._lock:
+                self._open.pop(key, None)
             bar._remote_outbox = other
             other.opened(key, bar)
         for key, source in pending.items():
@@ -210,11 +278,9 @@ class Outbox:
     def delay(self) -> float | None:
         """Seconds until the next send should start; None when there is nothing to send."""
         now = self._clock()
+        if not self.pending:
+            return None if not self.open_bars() else max(0.0, self._next_keepalive - now)
         with self._lock:
-            if not self._pending:
-                if not self._open:
-                    return None
-                return max(0.0, self._next_keepalive - now)
             if self._urgent and self._failures == 0:
                 return max(0.0, self._last_send + MIN_GAP - now)
             return max(0.0, self._next_send - now)
@@ -222,8 +288,7 @@ class Outbox:
     @property
     def idle(self) -> bool:
         """Nothing pending and no open bar: an event-loop sender may stop until the next bar."""
-        with self._lock:
-            return not self._pending and not self._open
+        return not self.pending and not self.open_bars()
 
     @property
     def pending(self) -> int:
@@ -231,27 +296,49 @@ class Outbox:
             return len(self._pending)
 
     def hurry(self) -> None:
-        """Send what is pending as soon as the transport can (someone awaits delivery)."""
+        """Send everything pending as soon as the transport can (someone awaits delivery).
+
+        Tentative closes go too: whoever asks has decided the program is not unwinding.
+        """
         with self._lock:
             self._urgent = bool(self._pending)
+            self._everything_once = True
         if self._failures == 0:
             self._next_send = self._clock()
 
-    def take(self) -> dict[str, Source]:
-        """The next batch (at most ``max_batch`` bars), removed from the pending set."""
+    def take(self, everything: bool = False) -> dict[str, Source]:
+        """The next batch (at most ``max_batch`` bars), removed from the pending set.
+
+        Tentative closes younger than TENTATIVE_HOLD stay behind unless ``everything``.
+        """
         now = self._clock()
         if now >= self._next_keepalive:
             self._next_keepalive = now + self.keepalive
-            for key, bar in list(self._open.items()):
+            for key, bar in self.open_bars():
                 with self._lock:
                     self._pending.setdefault(key, WeakSource(bar))
         with self._lock:
             pending = self._pending
+            everything = everything or self._everything_once
+            self._everything_once = False
+            held: dict[str, Source] = {}
+            if not everything:
+                young = now - TENTATIVE_HOLD
+                held = {
+                    key: source
+                    for key, source in pending.items()
+                    if isinstance(source, FinalEvent)
+                    and source.tentative
+                    and source.created > young
+                }
+                if held:
+                    pending = {key: s for key, s in pending.items() if key not in held}
             if len(pending) <= self.max_batch:
-                batch, self._pending = pending, {}
+                batch, self._pending = pending, held
             else:
                 keys = list(pending)[: self.max_batch]
                 batch = {key: pending.pop(key) for key in keys}
+                self._pending = {**pending, **held}
             self._urgent = self._urgent and bool(self._pending)
             self._last_send = now
             self._next_send = now + self.push_every

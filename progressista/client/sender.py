@@ -121,29 +121,43 @@ class ThreadSender:
             self._headers["Authorization"] = f"Bearer {settings.token}"
         self._connection: Any = None
         self._stopping = False
+        #: A batch is being sent right now (flush() waits for it).
+        self._busy = False
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progressista-sender", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            while True:
-                delay = self.outbox.delay()
-                if self._stopping:
-                    # Exit flush: no waiting for the schedule, and one failure ends it.
-                    if self.outbox.pending == 0 or not self._send(self.outbox.take()):
-                        return
-                    continue
-                if delay is None or delay > 0:
-                    self._wake.wait(delay)
-                    self._wake.clear()
-                    continue
-                self._send(self.outbox.take())
-        except Exception:  # pragma: no cover - a bug here must not take the worker down
-            log.exception("the progressista sender stopped")
+            while not self._step():
+                pass
         finally:
             self._close_connection()
             self._finished.set()
+
+    def _step(self) -> bool:
+        """One turn of the sender's loop; True when the thread should end."""
+        try:
+            delay = self.outbox.delay()
+            if self._stopping:
+                # Exit flush: no waiting for the schedule, and one failure ends it.
+                return self.outbox.pending == 0 or not self._send(self.outbox.take(everything=True))
+            if delay is None or delay > 0:
+                self._wake.wait(delay)
+                self._wake.clear()
+                return False
+            self._busy = True
+            try:
+                self._send(self.outbox.take())
+            finally:
+                self._busy = False
+            return False
+        except Exception:
+            # A bug here must neither take the worker down nor silence every bar for the rest
+            # of the process: log it, pause, carry on.
+            log.exception("progressista's sender hit an unexpected error; continuing")
+            time.sleep(min(1.0, self.settings.push_every))
+            return self._stopping
 
     def _send(self, batch: dict[str, Source]) -> bool:
         """POST one batch and tell the outbox how it went; False when it must be retried."""
@@ -219,19 +233,43 @@ def sender_for(settings: ClientSettings) -> ThreadSender:
         with _senders_lock:
             sender = _senders.get(key)
             if sender is None:
-                _install_hooks()
+                install_hooks()
                 _install_worker_hooks()
                 sender = _senders[key] = ThreadSender(settings)
     return sender
 
 
-def flush(timeout: float | None = None) -> bool:
+def flush(timeout: float | None = None, *, close_bars: bool = False) -> bool:
     """Deliver everything pending now, within ``timeout`` seconds (default: ``flush_timeout``).
 
-    Runs at interpreter exit; call it yourself before ``os._exit``. Returns False if some state
-    could not be delivered in time.
+    Bars stay open and keep streaming. With ``close_bars=True`` this is what runs at interpreter
+    exit: every open bar is closed, and the senders stop; call it so before ``os._exit``.
+    Returns False if some state could not be delivered in time.
     """
+    if close_bars:
+        return _finish(timeout)
+    senders = list(_senders.values())
+    if not senders:
+        return True
+    if timeout is None:
+        timeout = max(sender.settings.flush_timeout for sender in senders)
+    deadline = time.monotonic() + timeout
+    for sender in senders:
+        sender.outbox.hurry()
+        sender._wake.set()
+    while time.monotonic() < deadline:
+        if all(sender.outbox.pending == 0 and not sender._busy for sender in senders):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def _finish(timeout: float | None = None) -> bool:
+    """The exit flush: close every open bar, deliver, and stop the senders."""
     global _flushing
+    aio = sys.modules.get("progressista.client.aio")
+    if aio is not None:  # loops closed without cancelling their senders left work behind
+        aio.release_closed_loops()
     if threading.current_thread() is not threading.main_thread():
         return _flush(timeout)
     _flushing = True
@@ -287,7 +325,7 @@ def _fail_bars(thread: int | None, error: BaseException) -> None:
         sender.outbox.fail(thread, text, path, lambda bar: bar.remote_final_event())  # type: ignore[attr-defined]
 
 
-def _install_hooks() -> None:
+def install_hooks() -> None:
     """Once per process: crash hooks, the exit flush, and a fresh start in forked children."""
     global _hooks_installed
     if _hooks_installed:
@@ -312,13 +350,22 @@ def _install_hooks() -> None:
 
     sys.excepthook = excepthook
     threading.excepthook = thread_excepthook
-    atexit.register(flush)
+    atexit.register(_finish)
     os.register_at_fork(after_in_child=_forget_parent_senders)
 
 
 def _forget_parent_senders() -> None:
     # The parent's threads do not exist here, and its pending state is the parent's to send.
+    # A lock the parent's sender thread held at the fork would stay held for ever in the child:
+    # inherited outboxes and bars get fresh ones, so using an inherited bar cannot deadlock.
     global _worker_hooks_installed
+    for sender in [*_senders.values(), *_stopping]:
+        sender.outbox.renew_lock()
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        if hasattr(bar, "_remote_lock"):
+            bar._remote_lock = threading.Lock()
     _senders.clear()
     _stopping.clear()
     _worker_hooks_installed = False
@@ -350,7 +397,7 @@ def _install_worker_hooks() -> None:
     _worker_hooks_installed = True
     from multiprocessing import util
 
-    util.Finalize(None, flush, exitpriority=100)
+    util.Finalize(None, _finish, exitpriority=100)
     import signal
 
     if threading.current_thread() is threading.main_thread() and (
@@ -368,7 +415,7 @@ def _install_worker_hooks() -> None:
                 return
             # Flush from another thread, joined with a timeout: whatever lock the interrupted
             # code holds, this handler cannot deadlock on it, only time out.
-            helper = threading.Thread(target=flush, args=(TERMINATE_FLUSH,), daemon=True)
+            helper = threading.Thread(target=_finish, args=(TERMINATE_FLUSH,), daemon=True)
             helper.start()
             helper.join(TERMINATE_FLUSH + 0.5)
             _die_by_sigterm()

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..settings import ServerSettings
 from .asset import asset_dir
+from .auth import host_allowed
 from .cleanup import cleanup_loop
 from .context import CLEANUP_TASK, CLOCK, HUB, INGEST_STATS, LIFETIMES, SETTINGS, STORE
 from .handlers import ApiError, error_response, routes
@@ -24,6 +25,19 @@ from .task import Lifetimes
 __all__ = ["create_app"]
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def host_guard(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Refuse requests sent to a host name this server does not answer to (DNS rebinding)."""
+    settings = request.app[SETTINGS]
+    if not host_allowed(request, settings.host, settings.allowed_hosts):
+        raise ApiError(
+            403,
+            f"this server does not answer to the host name {request.host!r}; "
+            "add it with --allowed-hosts",
+        )
+    return await handler(request)
 
 
 @web.middleware
@@ -55,7 +69,7 @@ def create_app(
     in memory and time is real.
     """
     settings = settings or ServerSettings()
-    app = web.Application(client_max_size=settings.max_body, middlewares=[json_errors])
+    app = web.Application(client_max_size=settings.max_body, middlewares=[json_errors, host_guard])
     app[SETTINGS] = settings
     app[CLOCK] = clock
     app[STORE] = store if store is not None else MemoryStore(settings.max_tasks)

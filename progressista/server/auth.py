@@ -18,6 +18,7 @@ __all__ = [
     "COOKIE_NAME",
     "bearer_matches",
     "cookie_value",
+    "host_allowed",
     "origin_allowed",
     "read_allowed",
     "token_matches",
@@ -27,8 +28,12 @@ COOKIE_NAME = "progressista_session"
 
 
 def token_matches(supplied: str, expected: str) -> bool:
-    """Constant-time comparison, so timing does not reveal how much of a guess was right."""
-    return hmac.compare_digest(supplied.encode(), expected.encode())
+    """Constant-time comparison, so timing does not reveal how much of a guess was right.
+
+    Headers arrive with undecodable bytes as surrogates: they are compared as the bytes they
+    were, never raised about.
+    """
+    return hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), expected.encode())
 
 
 def cookie_value(read_token: str) -> str:
@@ -67,3 +72,25 @@ def origin_allowed(request: web.BaseRequest, allowed: Collection[str]) -> bool:
     if origin in allowed:
         return True
     return urlsplit(origin).netloc.lower() == request.host.lower()
+
+
+LOOPBACK_NAMES = frozenset(("localhost", "127.0.0.1", "::1"))
+
+
+def host_allowed(request: web.BaseRequest, bound_to: str, allowed: Collection[str]) -> bool:
+    """Whether the ``Host`` the request was sent to is one this server answers to.
+
+    Against DNS rebinding: a page on evil.example whose name is made to resolve to 127.0.0.1
+    is, to the browser, the same origin as this server, so it could read every task and
+    discard them. Its requests still say ``Host: evil.example``. A server bound to loopback
+    therefore answers to loopback names only; listed names (``allowed_hosts``) are accepted
+    wherever it is bound; a server bound elsewhere with no list answers to any name.
+    """
+    name = request.host.lower()
+    if name.startswith("["):  # [::1]:8000
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.rsplit(":", 1)[0]
+    if name in LOOPBACK_NAMES or name in allowed:
+        return True
+    return not allowed and bound_to not in LOOPBACK_NAMES

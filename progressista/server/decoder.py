@@ -92,6 +92,8 @@ def decode_events(body: bytes, max_batch: int) -> list[Event]:
         _explain(body, max_batch, str(error))
     except msgspec.DecodeError as error:
         raise SchemaError(f"the body is not valid JSON: {error}", []) from None
+    except RecursionError:
+        raise SchemaError("the body is nested too deeply to be events", []) from None
     events: list[Event] = [decoded] if type(decoded) is dict else decoded
     if len(events) > max_batch:
         parse_events(events, max_batch)  # raises the too-large error
@@ -107,6 +109,10 @@ def _explain(body: bytes, max_batch: int, reason: str) -> NoReturn:
         payload = _untyped_decoder.decode(body)
     except msgspec.ValidationError:  # a number beyond any float, such as 1e400
         raise SchemaError(f"the body is invalid: {reason}", []) from None
+    except msgspec.DecodeError as error:  # the typed decoder stopped before the syntax error
+        raise SchemaError(f"the body is not valid JSON: {error}", []) from None
+    except RecursionError:
+        raise SchemaError("the body is nested too deeply to be events", []) from None
     parse_events(payload, max_batch)
     # The two validators disagree; refuse anyway and say what the decoder said.
     raise SchemaError("the body is invalid", [FieldError(None, "", reason)])

@@ -6,6 +6,7 @@ live updates, and a browser test holds the two to identical output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,7 +66,7 @@ def rate(task: Mapping[str, Any]) -> str:
 
 def interval(seconds: float | None) -> str:
     """``01:23``, or ``1:02:03`` past an hour: tqdm's format_interval."""
-    if seconds is None:
+    if seconds is None or not math.isfinite(seconds):
         return ""
     return str(tqdm.format_interval(max(seconds, 0)))
 

@@ -6,6 +6,7 @@ status DESIGN §1 names; nothing a client sends produces a 5xx.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -270,14 +271,24 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def _cards_by_state(tasks: Mapping[str, Task], now: float) -> dict[str, list[dict[str, Any]]]:
-    """The card views of every task, by state, newest first (as the script keeps them)."""
-    groups: dict[str, list[dict[str, Any]]] = {state: [] for state in STATES}
+#: Cards the server paints at most; the script adds any others from the first snapshot, so a
+#: board of 50,000 tasks does not make a 50 MB page.
+FIRST_PAINT_CARDS = 5000
+
+
+def _first_paint(tasks: Mapping[str, Task]) -> tuple[dict[str, list[Task]], dict[str, int], int]:
+    """The tasks the server paints, by state and newest first; every state's count; the rest."""
+    by_state: dict[str, list[Task]] = {state: [] for state in STATES}
     for task in tasks.values():
-        groups[task["state"]].append(display.card(task, now))
-    for group in groups.values():
-        group.sort(key=lambda view: view["created_at"], reverse=True)
-    return groups
+        by_state[task["state"]].append(task)
+    counts = {state: len(group) for state, group in by_state.items()}
+    room = FIRST_PAINT_CARDS
+    for state in STATES:
+        group = by_state[state]
+        group.sort(key=lambda task: task["created_at"], reverse=True)
+        del group[room:]
+        room -= len(group)
+    return by_state, counts, len(tasks) - sum(len(group) for group in by_state.values())
 
 
 #: An empty card: the <template> the script clones for tasks that appear later.
@@ -337,6 +348,7 @@ async def _streamed_page(
             await response.write("".join(pending).encode())
             pending.clear()
             size = 0
+            await asyncio.sleep(0)  # write() only yields when the socket is full: yield anyway
     await response.write("".join(pending).encode())
     await response.write_eof()
     return response
@@ -348,8 +360,13 @@ async def index(request: web.Request) -> web.StreamResponse:
     if not read_allowed(request, request.app[SETTINGS].read_token):
         return _page("login.html", request, {"failed": False}, status=401)
     tasks = request.app[STORE].view
+    painted, counts, unpainted = _first_paint(tasks)
+    now = request.app[CLOCK]()
     context = {
-        "groups": _cards_by_state(tasks, request.app[CLOCK]()),
+        "groups": painted,
+        "counts": counts,
+        "unpainted": unpainted,
+        "view": lambda task: display.card(task, now),  # built as the page streams
         "states": STATES,
         "total": len(tasks),
         "blank": _BLANK_CARD,

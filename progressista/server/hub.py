@@ -47,7 +47,16 @@ def _patch(tasks: Mapping[str, Task], ids: Iterable[str]) -> bytes:
 class _Viewer:
     """One connected viewer and what it still has to be sent."""
 
-    __slots__ = ("backlog", "queued", "queued_ids", "sending_since", "socket", "transport", "wake")
+    __slots__ = (
+        "backlog",
+        "needs_snapshot",
+        "queued",
+        "queued_ids",
+        "sending_since",
+        "socket",
+        "transport",
+        "wake",
+    )
 
     def __init__(self, socket: web.WebSocketResponse, transport: asyncio.Transport | None):
         self.socket = socket
@@ -60,9 +69,19 @@ class _Viewer:
         self.backlog: set[str] | None = None
         #: Loop time when the send in progress started; None when idle.
         self.sending_since: float | None = None
+        #: A snapshot is owed (a new viewer, or one that asked to resync). It is built when it
+        #: is sent, so it covers every change until then and no patch has to be kept for it.
+        self.needs_snapshot = False
+
+    def want_snapshot(self) -> None:
+        self.needs_snapshot = True
+        self.queued, self.queued_ids, self.backlog = None, frozenset(), None
+        self.wake.set()
 
     def offer(self, message: bytes, ids: frozenset[str]) -> None:
         """Queue a shared message, or fold it into the backlog when one is already waiting."""
+        if self.needs_snapshot:
+            return  # the snapshot still to come will hold this change
         if self.backlog is not None:
             self.backlog |= ids
         elif self.queued is None:
@@ -138,16 +157,13 @@ class Hub:
             return
         transport = request.transport
         viewer = _Viewer(socket, transport if isinstance(transport, asyncio.Transport) else None)
-        # Registering and taking the snapshot without an await in between means no change can
-        # fall between the snapshot and the first patch.
-        viewer.offer(self.snapshot(), frozenset())
+        viewer.want_snapshot()
         self._viewers.add(viewer)
         writer = asyncio.create_task(self._write(viewer))
         try:
             async for message in socket:
                 if message.type == WSMsgType.TEXT and message.data == "resync":
-                    viewer.backlog = None
-                    viewer.offer(self.snapshot(), frozenset())
+                    viewer.want_snapshot()
         finally:
             self._viewers.discard(viewer)
             writer.cancel()
@@ -160,7 +176,14 @@ class Hub:
         while True:
             await viewer.wake.wait()
             viewer.wake.clear()
-            message = viewer.queued
+            message: bytes | None
+            if viewer.needs_snapshot:
+                # Built and the flag cleared with no await between: every change before this
+                # instant is in it, every change after it arrives as a patch.
+                viewer.needs_snapshot = False
+                message = self.snapshot()
+            else:
+                message = viewer.queued
             viewer.queued, viewer.queued_ids = None, frozenset()
             if message is None:
                 if viewer.backlog is None:
@@ -179,7 +202,7 @@ class Hub:
                 viewer.sending_since = None
             self.messages_sent += 1
             self.bytes_sent += len(message)
-            if viewer.queued is not None or viewer.backlog is not None:
+            if viewer.queued is not None or viewer.backlog is not None or viewer.needs_snapshot:
                 viewer.wake.set()
 
     def _catch_up(self, ids: set[str]) -> bytes:

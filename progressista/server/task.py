@@ -8,6 +8,7 @@ Redis stores cannot disagree about merging, ``seq`` ordering or new runs.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..schema import Event
@@ -109,15 +110,21 @@ def _derive(
                     if rate is None
                     else (RATE_SMOOTHING * sample + (1 - RATE_SMOOTHING) * rate)
                 )
-    task["rate"] = rate
+    task["rate"] = _finite(rate)
 
     total = task["total"]
     if total:
-        task["percent"] = 100.0 * n / total
-        task["eta"] = max(total - n, 0) / rate if rate and state == "active" else None
+        task["percent"] = _finite(100.0 * n / total)
+        rate = task["rate"]
+        task["eta"] = _finite(max(total - n, 0) / rate) if rate and state == "active" else None
     else:
         task["percent"] = None
         task["eta"] = None
+
+
+def _finite(value: float | None) -> float | None:
+    """Derived numbers of valid inputs can still overflow (1e308 / 1e-300): then unknown."""
+    return value if value is None or math.isfinite(value) else None
 
 
 class Lifetimes:
