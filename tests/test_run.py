@@ -18,7 +18,6 @@ pytestmark = pytest.mark.slow
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PROGRESSISTA = [sys.executable, "-m", "progressista.cli"]
-PROGRESSISTA_PROGRAMS_SLEEPY = PROGRAMS / "sleepy_tqdm.py"
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +123,8 @@ def test_any_command_that_starts_python_is_patched(server: ServerProcess) -> Non
     assert tasks(server, "shell")["shell"]["error"] == "exit code 5"
 
 
-def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess) -> None:
+def start_sleepy(server: ServerProcess, job: str) -> subprocess.Popen[str]:
+    """``progressista run`` of a slow loop in a session of its own, once the loop is going."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
     runner = subprocess.Popen(
         [
@@ -133,17 +133,23 @@ def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess
             "--url",
             server.url.rstrip("/"),
             "--job",
-            "ctrl-c",
+            job,
             str(PROGRAMS / "sleepy_tqdm.py"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
         text=True,
         env=env,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
+        start_new_session=True,  # its own process group, as a terminal's job has
     )
     assert runner.stdout is not None
     assert runner.stdout.readline().strip() == "ready"
+    return runner
+
+
+def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess) -> None:
+    runner = start_sleepy(server, "ctrl-c")
     os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C does: the whole group gets it
     _, err = runner.communicate(timeout=30)
     assert runner.returncode == -signal.SIGINT
@@ -152,20 +158,6 @@ def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess
     assert the_run["state"] == "failed"
     assert the_run["error"].startswith("KeyboardInterrupt")
     assert bars(server, "ctrl-c")["sleepy"]["state"] == "failed"
-
-
-def test_usage_errors_are_one_line(server: ServerProcess) -> None:
-    for args, message in [
-        ([], "progressista: run: what should I run? (see progressista run --help)\n"),
-        (["missing.py"], "progressista: cannot run 'missing.py': no such file\n"),
-        (["--meta", "novalue", "x.py"], "progressista: --meta takes key=value, not 'novalue'\n"),
-        (
-            ["--frobnicate"],
-            "progressista: run: unknown option '--frobnicate' (see progressista run --help)\n",
-        ),
-    ]:
-        result = run(server, *args)
-        assert (result.returncode, result.stderr) == (2, message), args
 
 
 def test_death_by_sigkill_passes_through(server: ServerProcess, tmp_path: Path) -> None:
@@ -178,26 +170,7 @@ def test_death_by_sigkill_passes_through(server: ServerProcess, tmp_path: Path) 
 
 
 def test_sigint_sent_to_the_runner_alone_reaches_the_program(server: ServerProcess) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
-    runner = subprocess.Popen(
-        [
-            *PROGRESSISTA,
-            "run",
-            "--url",
-            server.url.rstrip("/"),
-            "--job",
-            "int-runner",
-            str(PROGRESSISTA_PROGRAMS_SLEEPY),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        start_new_session=True,  # no terminal: a SIGINT here was meant for the runner
-    )
-    assert runner.stdout is not None
-    assert runner.stdout.readline().strip() == "ready"
+    runner = start_sleepy(server, "int-runner")  # no terminal: SIGINT was meant for the runner
     runner.send_signal(signal.SIGINT)  # the runner only, not its process group
     runner.communicate(timeout=30)
     assert runner.returncode == -signal.SIGINT
