@@ -160,6 +160,20 @@ def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess
     assert bars(server, "ctrl-c")["sleepy"]["state"] == "failed"
 
 
+def test_usage_errors_are_one_line(server: ServerProcess) -> None:
+    for args, message in [
+        ([], "progressista: run: what should I run? (see progressista run --help)\n"),
+        (["missing.py"], "progressista: cannot run 'missing.py': no such file\n"),
+        (["--meta", "novalue", "x.py"], "progressista: --meta takes key=value, not 'novalue'\n"),
+        (
+            ["--frobnicate"],
+            "progressista: run: unknown option '--frobnicate' (see progressista run --help)\n",
+        ),
+    ]:
+        result = run(server, *args)
+        assert (result.returncode, result.stderr) == (2, message), args
+
+
 def test_death_by_sigkill_passes_through(server: ServerProcess, tmp_path: Path) -> None:
     script = tmp_path / "oom.py"
     script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
