@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import signal
 import subprocess
 import sys
+import termios
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,9 +127,18 @@ def test_any_command_that_starts_python_is_patched(server: ServerProcess) -> Non
     assert tasks(server, "shell")["shell"]["error"] == "exit code 5"
 
 
-def start_sleepy(server: ServerProcess, job: str) -> subprocess.Popen[str]:
-    """``progressista run`` of a slow loop in a session of its own, once the loop is going."""
+def start_sleepy(server: ServerProcess, job: str, *, terminal: bool) -> subprocess.Popen[str]:
+    """``progressista run`` of a slow loop in a session of its own, once the loop is going.
+
+    With ``terminal``, the session gets a pseudo-terminal as its controlling terminal and the
+    run is its foreground job, as when a person types the command; without, it has none.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+    main, tty = pty.openpty() if terminal else (None, None)
+
+    def take_terminal() -> None:  # in the child, after setsid(): fd 0 is the pty
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
     runner = subprocess.Popen(
         [
             *PROGRESSISTA,
@@ -138,18 +151,23 @@ def start_sleepy(server: ServerProcess, job: str) -> subprocess.Popen[str]:
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
         text=True,
         env=env,
-        start_new_session=True,  # its own process group, as a terminal's job has
+        stdin=tty if terminal else subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=take_terminal if terminal else None,
     )
+    if tty is not None:
+        os.close(tty)
+    if main is not None:  # closing the terminal would hang up the session: close it after the run
+        weakref.finalize(runner, os.close, main)
     assert runner.stdout is not None
     assert runner.stdout.readline().strip() == "ready"
     return runner
 
 
 def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess) -> None:
-    runner = start_sleepy(server, "ctrl-c")
+    runner = start_sleepy(server, "ctrl-c", terminal=True)
     os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C does: the whole group gets it
     _, err = runner.communicate(timeout=30)
     assert runner.returncode == -signal.SIGINT
@@ -184,7 +202,7 @@ def test_death_by_sigkill_passes_through(server: ServerProcess, tmp_path: Path) 
 
 
 def test_sigint_sent_to_the_runner_alone_reaches_the_program(server: ServerProcess) -> None:
-    runner = start_sleepy(server, "int-runner")  # no terminal: SIGINT was meant for the runner
+    runner = start_sleepy(server, "int-runner", terminal=False)  # SIGINT meant for the runner
     runner.send_signal(signal.SIGINT)  # the runner only, not its process group
     runner.communicate(timeout=30)
     assert runner.returncode == -signal.SIGINT
