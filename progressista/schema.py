@@ -187,10 +187,6 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
     "error": _text_check(MAX_ERROR_CHARS),
 }
 
-#: The fields an event may carry; others are dropped so that a newer client can talk to an older
-#: server without every batch being refused.
-EVENT_FIELDS = tuple(_CHECKS)
-
 
 def _validate(raw: Any, index: int | None, errors: list[FieldError]) -> Event:
     if type(raw) is not dict:

@@ -147,3 +147,11 @@ async def test_rendering_a_big_page_lets_other_work_run(
     assert response.status == 200
     assert len(await response.read()) > 40 * 4096
     assert yields >= 40  # once per chunk: ingest and viewers get the loop in between
+
+
+def test_the_blank_card_has_every_key_a_card_has() -> None:
+    from progressista.server import display
+    from progressista.server.task import new_task
+
+    task = new_task({"task_id": "t", "status": "update"}, 1.0)
+    assert set(display.BLANK_CARD) == set(display.card(task, 2.0))

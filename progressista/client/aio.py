@@ -22,7 +22,15 @@ from tqdm.asyncio import tqdm_asyncio
 from ..settings import ClientSettings
 from .bar import RemoteTqdm
 from .outbox import Outbox, Source
-from .sender import REQUEST_TIMEOUT, build_events, encode, install_hooks, sender_for, settle
+from .sender import (
+    REQUEST_TIMEOUT,
+    build_events,
+    encode,
+    install_hooks,
+    request_headers,
+    sender_for,
+    settle,
+)
 
 __all__ = ["AsyncRemoteTqdm", "LoopSender"]
 
@@ -43,9 +51,7 @@ class LoopSender:
             on_ready=self._ready,
         )
         self._url = settings.url + "/progress"
-        self._headers = {"Content-Type": "application/json", "User-Agent": "progressista"}
-        if settings.token:
-            self._headers["Authorization"] = f"Bearer {settings.token}"
+        self._headers = request_headers(settings)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, Source] | None = None
@@ -111,10 +117,7 @@ class LoopSender:
             # Tentative closes too (a bar garbage-collected as an exception unwound through its
             # `async for`): the crash handler has not had its say yet.
             thread_outbox = sender_for(self.settings).outbox
-            for key, bar in self.outbox.open_bars():
-                self.outbox.forget(key)
-                bar._remote_outbox = thread_outbox
-                thread_outbox.opened(key, bar)
+            self.outbox.move_open_bars(thread_outbox)
             for key, final in self.outbox.take_tentative().items():
                 thread_outbox.adopt(key, final)
             with contextlib.suppress(Exception, asyncio.CancelledError):

@@ -92,16 +92,12 @@ def build_meta(settings: ClientSettings, extra: Mapping[str, Any] | None) -> dic
 
 def _count(value: Any) -> int | float:
     """A finite number ≥ 0 for the wire, whatever tqdm holds (it allows negative updates)."""
-    if type(value) is int:
-        return min(max(value, 0), MAX_SEQ)
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return 0
-    return number if math.isfinite(number) and number >= 0 else 0
+    number = _count_or_none(value)
+    return 0 if number is None else number
 
 
 def _count_or_none(value: Any) -> int | float | None:
+    """Like _count, with None for what is not a finite number ≥ 0."""
     if value is None:
         return None
     if type(value) is int:

@@ -132,8 +132,6 @@ class Outbox:
         self._warned: set[int] = set()
         #: Bars dropped because more than max_bars were pending at once.
         self.dropped = 0
-        #: Batches delivered and events accepted, for tests and benchmarks.
-        self.batches_sent = 0
 
     def renew_lock(self) -> None:
         """In a forked child: a fresh lock, since the parent's may have been held at the fork."""
@@ -163,8 +161,7 @@ class Outbox:
 
     def closed(self, key: str, final: FinalEvent, *, urgent: bool) -> None:
         """Queue a bar's final state and stop keeping it alive."""
-        with self._lock:
-            self._open.pop(key, None)
+        self.forget(key)
         final.created = self._clock()
         self.put(key, final, urgent=urgent)
 
@@ -173,12 +170,11 @@ class Outbox:
 
         False when it already went out (too late to change).
         """
-        with self._lock:
+        with self._lock:  # re-entrant: the check and the put are one step for the sender
             if self._pending.get(key) is not final:
                 return False
             event = final.event if error is None else dict(final.event, status="error", error=error)
-            self._pending[key] = FinalEvent(event, thread=final.thread)
-        self.put(key, self._pending[key], urgent=True)
+            self.put(key, FinalEvent(event, thread=final.thread), urgent=True)
         return True
 
     # Called by the crash handler --------------------------------------------------------------
@@ -211,8 +207,7 @@ class Outbox:
         for key, bar in self.open_bars():
             if getattr(bar, "remote_thread", None) == thread:
                 event = dict(make_event(bar), status="error", error=error)
-                with self._lock:
-                    self._open.pop(key, None)
+                self.forget(key)
                 self.put(key, FinalEvent(event, thread=thread), urgent=True)
                 marked += 1
         return marked
@@ -231,6 +226,22 @@ class Outbox:
             else:
                 alive.append((key, bar))
         return alive
+
+    def _has_open(self) -> bool:
+        """Whether any open bar is alive: stops at the first, where open_bars() copies all.
+
+        The sender asks on every wake; with thousands of open bars a copy each time would be
+        work on the path that decides whether there is work.
+        """
+        with self._lock:
+            entries = list(self._open.items())
+        for key, ref in entries:
+            if ref() is not None:
+                return True
+            with self._lock:
+                if self._open.get(key) is ref:
+                    del self._open[key]
+        return False
 
     def take_tentative(self) -> dict[str, FinalEvent]:
         """Remove and return the tentative closes waiting here."""
@@ -257,19 +268,21 @@ class Outbox:
         """At exit: queue every bar still open with status ``close``, as tqdm would close it."""
         for key, bar in self.open_bars():
             event = dict(make_event(bar), status="close")
-            with self._lock:
-                self._open.pop(key, None)
+            self.forget(key)
             self.put(key, FinalEvent(event), urgent=True)
+
+    def move_open_bars(self, other: Outbox) -> None:
+        """Give every open bar to ``other``: its updates and its close go there from now on."""
+        for key, bar in self.open_bars():
+            self.forget(key)
+            bar._remote_outbox = other
+            other.opened(key, bar)
 
     def hand_over(self, other: Outbox) -> None:
         """Move every pending state and open bar to ``other``, whose transport lives on."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        for key, bar in self.open_bars():
-            with self._lock:
-                self._open.pop(key, None)
-            bar._remote_outbox = other
-            other.opened(key, bar)
+        self.move_open_bars(other)
         for key, source in pending.items():
             other.put(key, source, urgent=True)
 
@@ -279,7 +292,7 @@ class Outbox:
         """Seconds until the next send should start; None when there is nothing to send."""
         now = self._clock()
         if not self.pending:
-            return None if not self.open_bars() else max(0.0, self._next_keepalive - now)
+            return max(0.0, self._next_keepalive - now) if self._has_open() else None
         with self._lock:
             if self._urgent and self._failures == 0:
                 return max(0.0, self._last_send + MIN_GAP - now)
@@ -288,7 +301,7 @@ class Outbox:
     @property
     def idle(self) -> bool:
         """Nothing pending and no open bar: an event-loop sender may stop until the next bar."""
-        return not self.pending and not self.open_bars()
+        return not self.pending and not self._has_open()
 
     @property
     def pending(self) -> int:
@@ -347,7 +360,6 @@ class Outbox:
     def delivered(self) -> None:
         """The last batch reached the server."""
         self._failures = 0
-        self.batches_sent += 1
 
     def retry(self, batch: dict[str, Source], retry_after: float | None = None) -> float:
         """The server could not be reached or was overloaded: keep the batch, back off.
@@ -355,6 +367,10 @@ class Outbox:
         A bar that changed meanwhile keeps its newer state. Returns the backoff in seconds.
         """
         self.requeue(batch)
+        return self._back_off(retry_after)
+
+    def _back_off(self, retry_after: float | None = None) -> float:
+        """Count a failure and push the next send back: capped, doubling, with jitter."""
         self._failures += 1
         backoff: float = min(self.backoff_cap, self.push_every * 2 ** (self._failures - 1))
         backoff *= 0.5 + self._random()  # jitter, so that workers do not retry in step
@@ -380,9 +396,7 @@ class Outbox:
 
         Returns True the first time this status is seen, when the caller should warn.
         """
-        self._failures += 1
-        backoff = min(self.backoff_cap, self.push_every * 2 ** (self._failures - 1))
-        self._next_send = self._clock() + backoff * (0.5 + self._random())
+        self._back_off()
         if status in self._warned:
             return False
         self._warned.add(status)

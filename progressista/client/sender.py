@@ -37,6 +37,14 @@ class ProgressistaWarning(UserWarning):
     """The server refused progress updates (a wrong token, say); issued once per cause."""
 
 
+def request_headers(settings: ClientSettings) -> dict[str, str]:
+    """What every POST /progress carries, from either transport."""
+    headers = {"Content-Type": "application/json", "User-Agent": "progressista"}
+    if settings.token:
+        headers["Authorization"] = f"Bearer {settings.token}"
+    return headers
+
+
 def encode(events: list[Event]) -> bytes:
     return json.dumps(events, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -116,9 +124,7 @@ class ThreadSender:
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port
         self._path = parts.path.rstrip("/") + "/progress"
-        self._headers = {"Content-Type": "application/json", "User-Agent": "progressista"}
-        if settings.token:
-            self._headers["Authorization"] = f"Bearer {settings.token}"
+        self._headers = request_headers(settings)
         self._connection: Any = None
         self._stopping = False
         #: A batch is being sent right now (flush() waits for it).

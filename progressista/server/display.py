@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .task import Task
 
-__all__ = ["amount", "card", "interval", "rate"]
+__all__ = ["BLANK_CARD", "amount", "card", "interval", "rate"]
 
 
 def _scaled(value: float, task: Mapping[str, Any]) -> str:
@@ -100,3 +100,25 @@ def card(task: Task, now: float) -> dict[str, Any]:
         "n": min(task["n"], task["total"]) if task["total"] else 0,
         "created_at": task["created_at"],
     }
+
+
+#: An empty card, with every key card() gives: the <template> the script clones for tasks that
+#: appear after the first paint.
+BLANK_CARD: dict[str, Any] = {
+    "task_id": "",
+    "state": "active",
+    "title": "",
+    "amount": "",
+    "percent": "",
+    "rate": "",
+    "elapsed": "",
+    "eta": "",
+    "postfix": "",
+    "error": "",
+    "job": "",
+    "labels": [],
+    "has_total": False,
+    "total": 0,
+    "n": 0,
+    "created_at": 0.0,
+}

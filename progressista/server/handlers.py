@@ -291,26 +291,6 @@ def _first_paint(tasks: Mapping[str, Task]) -> tuple[dict[str, list[Task]], dict
     return by_state, counts, len(tasks) - sum(len(group) for group in by_state.values())
 
 
-#: An empty card: the <template> the script clones for tasks that appear later.
-_BLANK_CARD = {
-    "task_id": "",
-    "state": "active",
-    "title": "",
-    "amount": "",
-    "percent": "",
-    "rate": "",
-    "elapsed": "",
-    "eta": "",
-    "postfix": "",
-    "error": "",
-    "job": "",
-    "labels": [],
-    "has_total": False,
-    "total": 0,
-    "n": 0,
-}
-
-
 _PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -369,7 +349,7 @@ async def index(request: web.Request) -> web.StreamResponse:
         "view": lambda task: display.card(task, now),  # built as the page streams
         "states": STATES,
         "total": len(tasks),
-        "blank": _BLANK_CARD,
+        "blank": display.BLANK_CARD,
         "query": request.query.get("q", ""),
         "group": "job" if request.query.get("group") == "job" else "state",
         "url": f"{request.scheme}://{request.host}",

@@ -157,19 +157,11 @@ def bare_server() -> Iterator[ServerProcess]:
         process.wait(10)
 
 
-def post_json(url: str, body: Any) -> Any:
-    request = urllib.request.Request(
-        url + "progress",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)
-
-
 def fill(url: str, count: int, prefix: str = "stored") -> None:
     for start in range(0, count, 1000):
-        post_json(url, [event(f"{prefix}/{i}", 1) for i in range(start, min(count, start + 1000))])
+        ServerProcess.post_to(
+            url, [event(f"{prefix}/{i}", 1) for i in range(start, min(count, start + 1000))]
+        )
 
 
 @dataclass
