@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test tqdm-suite lint fmt bench dist clean
+.PHONY: help setup run test test-fast tqdm-suite lint fmt bench dist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ run: $(STAMP) ## start the server (in-memory store) on $(HOST):$(PORT)
 test: $(STAMP) ## run the whole test suite, tqdm's own tests with RemoteTqdm included
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory tqdm-suite
+
+test-fast: $(STAMP) ## the quick loop: every test but the slow ones (real processes, wheel, browser)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 tqdm-suite: $(STAMP) ## tqdm's own tests with RemoteTqdm in tqdm's place, server up and down
 	$(BIN)/python -m tests.tqdm_suite

@@ -8,7 +8,7 @@ refuse a body, the schema's Python validator runs to name every bad field. A pro
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, NoReturn, TypedDict
+from typing import Annotated, Literal, NoReturn, TypedDict, cast
 
 import msgspec
 from typing_extensions import Required
@@ -94,7 +94,8 @@ def decode_events(body: bytes, max_batch: int) -> list[Event]:
         raise SchemaError(f"the body is not valid JSON: {error}", []) from None
     except RecursionError:
         raise SchemaError("the body is nested too deeply to be events", []) from None
-    events: list[Event] = [decoded] if type(decoded) is dict else decoded
+    # _TypedEvent is Event with its constraints spelled out for msgspec.
+    events = cast(list[Event], [decoded] if type(decoded) is dict else decoded)
     if len(events) > max_batch:
         parse_events(events, max_batch)  # raises the too-large error
     for event in events:
