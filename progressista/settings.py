@@ -108,6 +108,9 @@ class ServerSettings:
         10.0, "a viewer that cannot take a message for this long is disconnected", parse_duration
     )
     heartbeat: float = _setting(30.0, "WebSocket ping interval", parse_duration)
+    max_viewers: int = _setting(
+        10_000, "most WebSocket viewers at once; more are refused with 503", int
+    )
     max_body: int = _setting(1024**2, "largest accepted POST /progress body", parse_size)
     max_batch: int = _setting(1000, "most events in one POST /progress", int)
     max_tasks: int = _setting(
@@ -149,6 +152,7 @@ class ServerSettings:
             "max_body",
             "max_batch",
             "max_tasks",
+            "max_viewers",
         )
         for name in positive:
             value = getattr(self, name)

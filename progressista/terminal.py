@@ -1,8 +1,9 @@
 """``progressista watch``: a terminal mirror of a server's live bars, for people on SSH.
 
-It follows ``/ws`` (snapshot, then patches) and redraws the whole list at most ten times a second
-with tqdm's own ``format_meter``, so a bar looks here as it does in the worker's console.
-Reconnects with backoff when the server goes away; Ctrl-C leaves the last frame on screen.
+It follows a window of ``/ws`` sized to the terminal (the newest bars of each state and the
+counts of all, never the whole board) and redraws at most ten times a second with tqdm's own
+``format_meter``, so a bar looks here as it does in the worker's console. Reconnects with
+backoff when the server goes away; Ctrl-C leaves the last frame on screen.
 """
 
 from __future__ import annotations
@@ -57,21 +58,46 @@ def render(
     width: int,
     height: int,
     now: float | None = None,
+    counts: dict[str, int] | None = None,
 ) -> str:
-    """One screenful: a header, then the bars, active first, as many as fit."""
+    """One screenful: a header with the counts, then the bars, active first, as many as fit."""
     now = time.time() if now is None else now
-    counts = {state: 0 for state in _ORDER}
-    for task in tasks.values():
-        counts[task["state"]] = counts.get(task["state"], 0) + 1
-    summary = ", ".join(f"{counts[state]} {state}" for state in _ORDER)
+    if counts is None:
+        counts = {state: 0 for state in _ORDER}
+        for task in tasks.values():
+            counts[task["state"]] = counts.get(task["state"], 0) + 1
+    summary = ", ".join(f"{counts.get(state, 0)} {state}" for state in _ORDER)
     lines = [f"Progressista {url} [{status}] {summary}"[:width]]
     ordered = sorted(tasks.values(), key=lambda t: (_ORDER.get(t["state"], 9), -t["created_at"]))
+    total = sum(counts.values())
     for task in ordered:
         lines.extend(_line(task, width, now).split("\n"))
         if len(lines) >= height - 1:
-            lines = [*lines[: height - 2], f"… and more ({len(tasks)} tasks in all)"]
+            lines = [*lines[: height - 2], f"… and more ({total} tasks in all)"]
             break
     return "\n".join(lines)
+
+
+class _Window:
+    """What the server shows this terminal: the tasks of its window and the counts of all."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, dict[str, Any]] = {}
+        self.counts: dict[str, int] | None = None
+
+    def apply(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "view":
+            self.tasks = dict(message["tasks"])
+        elif kind == "patch":
+            for task_id in message["removed"]:
+                self.tasks.pop(task_id, None)
+            for task_id, fields in message["tasks"].items():
+                self.tasks[task_id] = {**self.tasks.get(task_id, {}), **fields}
+        else:
+            return
+        if "counts" in message:
+            self.counts = {state: all_ for state, (_, all_) in message["counts"].items()}
 
 
 class _Screen:
@@ -91,7 +117,7 @@ class _Screen:
 
 async def _follow(url: str, token: str | None, out: IO[str]) -> int:
     screen = _Screen(out)
-    tasks: dict[str, dict[str, Any]] = {}
+    board = _Window()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     connected_once = False
     backoff = 0.5
@@ -100,13 +126,15 @@ async def _follow(url: str, token: str | None, out: IO[str]) -> int:
     def draw(status: str) -> None:
         nonlocal last_draw
         size = shutil.get_terminal_size((100, 40))
-        screen.draw(render(tasks, url, status, size.columns, size.lines))
+        screen.draw(render(board.tasks, url, status, size.columns, size.lines, counts=board.counts))
         last_draw = time.monotonic()
 
     async with aiohttp.ClientSession(headers=headers) as session:
         while True:
+            # Enough of each state to fill the screen, whichever states the bars are in.
+            rows = max(1, shutil.get_terminal_size((100, 40)).lines)
             try:
-                async with session.ws_connect(f"{url}/ws", heartbeat=30) as socket:
+                async with session.ws_connect(f"{url}/ws?limit={rows}", heartbeat=30) as socket:
                     connected_once, backoff = True, 0.5
                     pending = False
                     while True:
@@ -121,13 +149,7 @@ async def _follow(url: str, token: str | None, out: IO[str]) -> int:
                             continue
                         if message.type != aiohttp.WSMsgType.TEXT:
                             break
-                        data = json.loads(message.data)
-                        if data["type"] == "snapshot":
-                            tasks = data["tasks"]
-                        else:
-                            tasks.update(data["tasks"])
-                            for task_id in data["removed"]:
-                                tasks.pop(task_id, None)
+                        board.apply(json.loads(message.data))
                         if time.monotonic() - last_draw >= FRAME:
                             draw("live")
                             pending = False

@@ -1,7 +1,8 @@
 // Progressista's dashboard: keeps the server-rendered page live from /ws.
 //
-// The first paint comes from the server. This script adopts its cards, then applies snapshot
-// and patch messages by updating only the cards that changed, batched once per animation frame.
+// The first paint comes from the server. This script adopts its cards, then follows its window
+// of the board over /ws (view and patch messages), updating only the cards that changed,
+// batched once per animation frame.
 // Every task field is untrusted text: it reaches the page through textContent and attributes
 // only, never as markup. No build step, no dependency, works offline.
 "use strict";
@@ -113,6 +114,11 @@
   }
 
   // ---- The board ---------------------------------------------------------------------
+  //
+  // The server keeps the board; this page holds only its window: per state, the newest tasks
+  // matching the filter (at most `limit` of them) and the counts for everything. Messages:
+  // "view" replaces the window, "patch" merges changed fields, drops `removed` ids, and may
+  // carry the new order of a section and the counts.
 
   const board = document.getElementById("board");
   const byState = document.getElementById("by-state");
@@ -126,17 +132,25 @@
 
   const stateLists = {};
   const stateCounts = {};
+  const moreButtons = {};
   for (const section of byState.querySelectorAll("section[data-state]")) {
-    stateLists[section.dataset.state] = section.querySelector(".tasks");
-    stateCounts[section.dataset.state] = section.querySelector(".count");
+    const state = section.dataset.state;
+    stateLists[state] = section.querySelector(".tasks");
+    stateCounts[state] = section.querySelector(".count");
+    moreButtons[state] = section.querySelector(".more");
   }
 
-  const tasks = new Map();     // id → latest task
-  const cards = new Map();     // id → {el, fields, shown, state, job}
+  const STEP = Number(board.dataset.step) || 50;
+  let limit = Number(board.dataset.limit) || STEP;
+  const tasks = new Map();     // id → latest task, for the tasks in the window
+  const cards = new Map();     // id → {el, fields, shown, job}
   const jobs = new Map();      // job → {el, list, fields, ids}
+  let sections = {active: [], stale: [], completed: [], failed: []};  // ids, newest first
+  let counts = null;           // state → [matching, total]
   const dirty = new Set();     // ids to redraw in the next frame
+  let placeDue = false;        // sections or grouping changed: put cards in order
   let frameRequested = false;
-  let query = (filterBox.value || "").trim().toLowerCase();
+  let query = (filterBox.value || "").trim();
   let groupByJob = groupBox.checked;
   const applyTimes = [];       // ms per frame of DOM work, read by the benchmark
 
@@ -145,24 +159,27 @@
     for (const [name, selector] of Object.entries(FIELDS)) {
       fields[name] = el.querySelector(selector);
       // A server-rendered card already shows its text: read it once, so that the first
-      // snapshot rewrites only what changed since the page was rendered.
+      // view rewrites only what changed since the page was rendered.
       if (shown && name !== "progress" && name !== "labels") shown[name] = fields[name].textContent;
     }
     return fields;
   }
 
   function adopt() {
-    for (const el of byState.querySelectorAll("li.card")) {
-      cards.set(el.dataset.taskId, {
-        el: el, fields: null, shown: {}, state: el.dataset.state, job: el.dataset.job,
-      });
+    for (const state of STATES) {
+      sections[state] = [];
+      for (const el of stateLists[state].querySelectorAll("li.card")) {
+        const id = el.dataset.taskId;
+        sections[state].push(id);
+        cards.set(id, {el: el, fields: null, shown: {}, job: el.dataset.job});
+      }
     }
   }
 
   function newCard(id) {
     const el = cardTemplate.content.firstElementChild.cloneNode(true);
     el.dataset.taskId = id;
-    return {el: el, fields: fieldsOf(el, null), shown: {}, state: null, job: null};
+    return {el: el, fields: fieldsOf(el, null), shown: {}, job: null};
   }
 
   function setText(card, name, text) {
@@ -199,17 +216,7 @@
       card.shown.labels = labels;
     }
     if (card.el.dataset.state !== task.state) card.el.dataset.state = task.state;
-    if (card.el.dataset.job !== v.job) card.el.dataset.job = v.job;
-  }
-
-  function matches(task) {
-    if (!query) return true;
-    if (task.task_id.toLowerCase().includes(query)) return true;
-    if ((task.desc || "").toLowerCase().includes(query)) return true;
-    for (const [key, value] of Object.entries(task.meta || {})) {
-      if ((key + "=" + value).toLowerCase().includes(query)) return true;
-    }
-    return false;
+    if (card.el.dataset.job !== v.job) { card.el.dataset.job = v.job; placeDue = true; }
   }
 
   function jobGroup(name) {
@@ -217,7 +224,7 @@
     if (!group) {
       const el = jobTemplate.content.firstElementChild.cloneNode(true);
       el.dataset.job = name;
-      group = {el: el, list: el.querySelector(".tasks"), ids: new Set(), fields: {
+      group = {el: el, list: el.querySelector(".tasks"), ids: [], fields: {
         name: el.querySelector('[data-field="name"]'),
         count: el.querySelector('[data-field="count"]'),
         progress: el.querySelector('[data-field="progress"]'),
@@ -231,100 +238,103 @@
     return group;
   }
 
-  function place(id, card, task) {
-    const job = card.el.dataset.job;
-    if (card.job !== job && jobs.has(card.job)) jobs.get(card.job).ids.delete(id);
-    let target;
-    if (groupByJob) {
-      const group = jobGroup(job);
-      group.ids.add(id);
-      target = group.list;
-    } else {
-      target = stateLists[task.state];
+  function order(list, ids) {
+    // Put the cards of `ids` into `list` in that order, moving only those out of place.
+    let at = list.firstElementChild;
+    for (const id of ids) {
+      const card = cards.get(id);
+      if (!card) continue;
+      if (card.el === at) { at = at.nextElementSibling; continue; }
+      list.insertBefore(card.el, at);
     }
-    // Newest first, and a card that changes section goes to the top of its new one; a card
-    // already in place does not move, so the page does not reflow on every update.
-    if (card.el.parentElement !== target) target.prepend(card.el);
-    card.state = task.state;
-    card.job = job;
+    while (at) {  // what is left is no longer in this list
+      const next = at.nextElementSibling;
+      const id = at.dataset.taskId;
+      if (!ids.includes(id)) at.remove();
+      at = next;
+    }
   }
 
-  function remove(id) {
-    const card = cards.get(id);
-    if (card) {
-      card.el.remove();
-      if (jobs.has(card.job)) jobs.get(card.job).ids.delete(id);
+  function place() {
+    placeDue = false;
+    if (!groupByJob) {
+      for (const state of STATES) order(stateLists[state], sections[state]);
+      return;
     }
-    cards.delete(id);
-    tasks.delete(id);
+    for (const group of jobs.values()) group.ids = [];
+    for (const state of STATES) {
+      for (const id of sections[state]) {
+        const card = cards.get(id);
+        if (card) jobGroup(card.el.dataset.job).ids.push(id);
+      }
+    }
+    for (const [name, group] of jobs) {
+      if (group.ids.length === 0) { group.el.remove(); jobs.delete(name); continue; }
+      order(group.list, group.ids);
+    }
+    summarizeJobs();
   }
 
   function summarizeJobs() {
-    for (const [name, group] of jobs) {
-      if (group.ids.size === 0) {
-        group.el.remove();
-        jobs.delete(name);
-        continue;
-      }
+    for (const group of jobs.values()) {
       // Each task weighs the same: bytes and rows do not add up, fractions do. A completed task
       // is whole; one without a total has no fraction and sits out. The job's ETA is its
-      // slowest active task's.
-      let fractions = 0, weighed = 0, done = 0, failed = 0, eta = 0, visible = 0;
+      // slowest active task's. Of the tasks shown: the board's window, not every task.
+      let fractions = 0, weighed = 0, done = 0, failed = 0, eta = 0;
       for (const id of group.ids) {
         const task = tasks.get(id);
         if (!task) continue;
-        if (!cards.get(id).el.hidden) visible += 1;
         if (task.state === "completed") { fractions += 1; weighed += 1; done += 1; }
         else if (task.total) { fractions += Math.min(task.n / task.total, 1); weighed += 1; }
         if (task.state === "failed") failed += 1;
         if (task.state === "active" && task.eta) eta = Math.max(eta, task.eta);
       }
-      group.fields.count.textContent = String(group.ids.size);
+      group.fields.count.textContent = String(group.ids.length);
       group.fields.progress.hidden = weighed === 0;
       if (weighed) { group.fields.progress.max = weighed; group.fields.progress.value = fractions; }
-      let summary = `${done} of ${group.ids.size} done`;
+      let summary = `${done} of ${group.ids.length} done`;
       if (failed) summary += `, ${failed} failed`;
       if (weighed) summary += ` · ${(100 * fractions / weighed).toFixed(0)}%`;
       if (eta) summary += ` · ETA ${interval(eta)}`;
       group.fields.summary.textContent = summary;
-      group.el.hidden = visible === 0;
     }
   }
 
   function recount() {
-    const counts = {active: 0, stale: 0, completed: 0, failed: 0};
-    for (const task of tasks.values()) counts[task.state] += 1;
+    if (!counts) return;
+    let total = 0;
     for (const state of STATES) {
-      const text = String(counts[state]);
+      const [matching, all] = counts[state];
+      total += all;
+      const text = matching === all ? String(all) : `${matching} of ${all}`;
       if (stateCounts[state].textContent !== text) stateCounts[state].textContent = text;
+      const hidden = matching - sections[state].length;
+      const button = moreButtons[state];
+      if (button.hidden !== (hidden <= 0)) button.hidden = hidden <= 0;
+      if (hidden > 0) button.textContent = `Show more (${hidden} not shown)`;
     }
-    empty.hidden = tasks.size > 0;
+    empty.hidden = total > 0;
   }
-
-  // A frame draws at most this many cards; a huge snapshot is spread over a few frames.
-  const CARDS_PER_FRAME = 2000;
 
   function redraw() {
     frameRequested = false;
     const started = performance.now();
-    let drawn = 0;
     for (const id of dirty) {
-      if (drawn++ === CARDS_PER_FRAME) break;
-      dirty.delete(id);
       const task = tasks.get(id);
-      if (!task) { remove(id); continue; }
+      if (!task) {
+        const card = cards.get(id);
+        if (card) card.el.remove();
+        cards.delete(id);
+        continue;
+      }
       let card = cards.get(id);
-      if (!card) { card = newCard(id); cards.set(id, card); }
+      if (!card) { card = newCard(id); cards.set(id, card); placeDue = true; }
       fill(card, task);
-      const hidden = !matches(task);
-      if (card.el.hidden !== hidden) card.el.hidden = hidden;
-      place(id, card, task);
     }
-    if (dirty.size) schedule();
-    const unpainted = document.getElementById("unpainted");
-    if (unpainted && !dirty.size) unpainted.remove();
+    dirty.clear();
+    if (placeDue) place();
+    else if (groupByJob) summarizeJobs();
     recount();
-    if (groupByJob) summarizeJobs();
     applyTimes.push(performance.now() - started);
     if (applyTimes.length > 1000) applyTimes.splice(0, 500);
   }
@@ -337,23 +347,30 @@
   }
 
   function apply(message) {
-    if (message.type === "snapshot") {
-      // Object.hasOwn, not `in`: a task may well be called "constructor" or "toString".
-      for (const id of cards.keys()) {
-        if (!Object.hasOwn(message.tasks, id)) { tasks.delete(id); dirty.add(id); }
-      }
-      for (const id of Array.from(tasks.keys())) {
-        if (!Object.hasOwn(message.tasks, id)) { tasks.delete(id); dirty.add(id); }
-      }
+    if (message.type === "status") {
+      storeProblem = message.store === "ok" ? null : message.reason;
+      showConnection();
+      return;
     }
-    for (const [id, task] of Object.entries(message.tasks)) {
-      tasks.set(id, task);
-      dirty.add(id);
+    if (message.type === "view") {
+      for (const id of cards.keys()) if (!Object.hasOwn(message.tasks, id)) dirty.add(id);
+      tasks.clear();
+      sections = message.sections;
+      counts = message.counts;
+      placeDue = true;
     }
     for (const id of message.removed || []) {
       tasks.delete(id);
       dirty.add(id);
     }
+    // Object.hasOwn and Map, not `in` on plain objects: a task may be called "constructor".
+    for (const [id, fields] of Object.entries(message.tasks || {})) {
+      const known = tasks.get(id);
+      tasks.set(id, known ? Object.assign(known, fields) : fields);
+      dirty.add(id);
+    }
+    if (message.sections) { Object.assign(sections, message.sections); placeDue = true; }
+    if (message.counts) counts = message.counts;
     schedule();
   }
 
@@ -361,36 +378,42 @@
 
   function rememberInUrl() {
     const params = new URLSearchParams(location.search);
-    if (query) params.set("q", filterBox.value.trim()); else params.delete("q");
+    if (query) params.set("q", query); else params.delete("q");
     if (groupByJob) params.set("group", "job"); else params.delete("group");
+    if (limit !== STEP) params.set("limit", String(limit)); else params.delete("limit");
     const search = params.toString();
     history.replaceState(null, "", search ? "?" + search : location.pathname);
   }
 
-  function refilter() {
-    for (const [id, card] of cards) {
-      const task = tasks.get(id);
-      if (task) card.el.hidden = !matches(task);
+  function subscribe() {
+    rememberInUrl();
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({type: "subscribe", q: query, limit: limit}));
+    } else if (polling) {
+      poll();
     }
-    if (groupByJob) summarizeJobs();
   }
 
   function regroup() {
     board.dataset.group = groupByJob ? "job" : "state";
     byState.hidden = groupByJob;
     byJob.hidden = !groupByJob;
-    for (const [id, card] of cards) {
-      const task = tasks.get(id);
-      if (task) place(id, card, task);
-    }
-    if (groupByJob) summarizeJobs();
+    placeDue = true;
+    schedule();
   }
 
+  let filterTimer = null;
   filterBox.form.addEventListener("submit", (event) => event.preventDefault());
   filterBox.addEventListener("input", () => {
-    query = filterBox.value.trim().toLowerCase();
-    refilter();
-    rememberInUrl();
+    // Ask the server once typing pauses, not once per key.
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => {
+      const next = filterBox.value.trim();
+      if (next === query) return;
+      query = next;
+      limit = STEP;
+      subscribe();
+    }, 200);
   });
   groupBox.addEventListener("change", () => {
     groupByJob = groupBox.checked;
@@ -414,11 +437,15 @@
       const card = button.closest("li.card");
       const id = card.dataset.taskId;
       tasks.delete(id);
+      for (const state of STATES) sections[state] = sections[state].filter((s) => s !== id);
       dirty.add(id);
       schedule();
       discard("/tasks/" + encodeURIComponent(id));
     } else if (button.dataset.clear) {
       discard("/tasks?state=" + encodeURIComponent(button.dataset.clear));
+    } else if (button.dataset.more) {
+      limit += STEP;
+      subscribe();
     }
   });
 
@@ -429,21 +456,38 @@
   let everOpened = false;
   let polling = false;
   let pollTimer = null;
+  let storeProblem = null;
+  let connection = {state: "connecting", text: "connecting…"};
 
   function setConnection(state, text) {
-    status.dataset.state = state;
-    status.textContent = text;
+    connection = {state: state, text: text};
+    showConnection();
+  }
+
+  function showConnection() {
+    // A live page whose server cannot reach its store says so: it shows the last known state.
+    const degraded = storeProblem && (connection.state === "live" || connection.state === "polling");
+    status.dataset.state = degraded ? "degraded" : connection.state;
+    status.textContent = degraded ? `${connection.text}; not receiving progress: ${storeProblem}`
+      : connection.text;
+  }
+
+  function windowQuery() {
+    const params = new URLSearchParams({limit: String(limit)});
+    if (query) params.set("q", query);
+    return params.toString();
   }
 
   async function poll() {
+    clearTimeout(pollTimer);
     pollTimer = null;
     try {
-      const response = await fetch("/tasks", {credentials: "same-origin", cache: "no-store"});
+      const response = await fetch("/view?" + windowQuery(), {credentials: "same-origin", cache: "no-store"});
       const body = response.ok ? await response.json() : null;
-      // The socket may have opened while this was in flight: its snapshot is newer, keep it.
+      // The socket may have opened while this was in flight: its view is newer, keep it.
       if (!polling) return;
       if (body) {
-        apply({type: "snapshot", tasks: body.tasks});
+        apply(body);
         setConnection("polling", "polling (no live connection)");
       }
     } catch (error) {
@@ -487,7 +531,7 @@
     const attempt = {done: false};
     let opened = false;
     try {
-      socket = new WebSocket(`${scheme}//${location.host}/ws`);
+      socket = new WebSocket(`${scheme}//${location.host}/ws?${windowQuery()}`);
     } catch (error) {
       failed(attempt);
       return;
@@ -525,8 +569,8 @@
   };
 
   adopt();
-  // The server paints state sections; a URL asking for jobs or a filter is honoured as soon as
-  // the first snapshot brings the tasks (every card is redrawn, placed and filtered then).
+  // The server paints state sections; a URL asking for jobs is honoured once the first view
+  // brings the tasks (every card is redrawn and placed then).
   if (groupByJob) regroup();
   connect();
 })();

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from progressista.server import ServerSettings, create_app
+from progressista.server.keys import STORE
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -38,12 +40,20 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def make_client(aiohttp_client: AiohttpClient, clock: FakeClock) -> MakeClient:
+def hub_clock() -> FakeClock:
+    """The hub's monotonic clock (how long a viewer has been stuck), moved by the test."""
+    return FakeClock(1000.0)
+
+
+@pytest.fixture
+def make_client(
+    aiohttp_client: AiohttpClient, clock: FakeClock, hub_clock: FakeClock
+) -> MakeClient:
     """Build the real application with these settings and connect a test client to it."""
 
     async def make(**settings: Any) -> Client:
         settings.setdefault("cleanup_interval", NEVER)
-        app = create_app(ServerSettings(**settings), clock=clock)
+        app = create_app(ServerSettings(**settings), clock=clock, hub_clock=hub_clock)
         return await aiohttp_client(app)
 
     return make
@@ -52,6 +62,12 @@ def make_client(aiohttp_client: AiohttpClient, clock: FakeClock) -> MakeClient:
 @pytest.fixture
 async def client(make_client: MakeClient) -> Client:
     return await make_client()
+
+
+def stored(app: web.Application) -> dict[str, dict[str, Any]]:
+    """Every task the app's store holds, as the JSON objects the API gives."""
+    tasks: dict[str, dict[str, Any]] = msgspec.to_builtins(app[STORE].table.tasks)
+    return tasks
 
 
 async def post(client: Client, body: Any, **headers: str) -> tuple[int, Any]:

@@ -16,10 +16,10 @@ from pytest_aiohttp import AiohttpServer
 from progressista.client import ProgressistaWarning, RemoteTqdm, flush, trange
 from progressista.client.sender import sender_for
 from progressista.server import ServerSettings, create_app
-from progressista.server.context import INGEST_STATS, STORE
+from progressista.server.keys import INGEST_STATS
 from progressista.settings import ClientSettings
 
-from .conftest import NEVER, eventually, free_port
+from .conftest import NEVER, eventually, free_port, stored
 
 FAST = 0.05  # push_every for tests: the policy is the same, only quicker
 
@@ -51,7 +51,7 @@ def bar(server: TestServer | str, *args: Any, **kwargs: Any) -> RemoteTqdm:
 
 
 def tasks(server: TestServer) -> dict[str, Any]:
-    return dict(server.app[STORE].view)
+    return stored(server.app)
 
 
 def has(server: TestServer, task_id: str, **fields: Any) -> Callable[[], bool]:

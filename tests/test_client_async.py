@@ -14,9 +14,9 @@ from pytest_aiohttp import AiohttpServer
 from progressista.client import AsyncRemoteTqdm
 from progressista.client.aio import _loop_senders
 from progressista.server import ServerSettings, create_app
-from progressista.server.context import INGEST_STATS, STORE
+from progressista.server.keys import INGEST_STATS
 
-from .conftest import NEVER, eventually, free_port
+from .conftest import NEVER, eventually, free_port, stored
 
 FAST = 0.05
 
@@ -33,7 +33,7 @@ def bar(server: TestServer | str, *args: Any, **kwargs: Any) -> AsyncRemoteTqdm:
 
 
 def tasks(server: TestServer) -> dict[str, Any]:
-    return dict(server.app[STORE].view)
+    return stored(server.app)
 
 
 async def test_async_with_delivers_the_final_state_before_returning(server: TestServer) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -18,6 +19,7 @@ from playwright.sync_api import (
 )
 
 from progressista.server import display
+from progressista.server.task import Task
 
 from .browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path
 from .server_process import ServerProcess, running_server
@@ -348,7 +350,8 @@ def test_the_page_formats_numbers_exactly_as_the_server(
         js = page.evaluate(
             "(t) => [progressista.format.amount(t), progressista.format.rate(t)]", sample
         )
-        assert js == [display.amount(sample), display.rate(sample)], sample
+        task = msgspec.convert({"task_id": "sample", **sample}, Task)
+        assert js == [display.amount(task), display.rate(task)], sample
     for seconds in (0, 59.9, 83, 3599, 3723.5, 90061):
         assert page.evaluate("(s) => progressista.format.interval(s)", seconds) == (
             display.interval(seconds)
@@ -452,14 +455,14 @@ def test_polling_stops_once_the_socket_opens(browser: Browser, server: ServerPro
         let made = 0;
         window.WebSocket = function (url) {
             made += 1;
-            return new Real(made <= 3 ? url.replace(/\\/ws$/, "/not-a-socket") : url);
+            return new Real(made <= 3 ? url.replace(/\\/ws\\?/, "/not-a-socket?") : url);
         };
     })();""")
     page = context.new_page()
     polls: list[float] = []
     page.on(
         "request",
-        lambda request: polls.append(time.monotonic()) if request.url.endswith("/tasks") else None,
+        lambda request: polls.append(time.monotonic()) if "/view?" in request.url else None,
     )
     page.goto(server.url)
     expect(page.locator("#connection")).to_have_attribute("data-state", "polling", timeout=15_000)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from progressista.server.auth import COOKIE_NAME
-from progressista.server.handlers import CONTENT_SECURITY_POLICY
+from progressista.server.pages import CONTENT_SECURITY_POLICY
 
 from .conftest import Client, FakeClock, MakeClient, event, post
 
@@ -105,16 +105,13 @@ async def test_login_without_a_read_token_just_goes_to_the_page(client: Client) 
     assert (response.status, response.headers["Location"]) == (303, "/")
 
 
-async def test_a_huge_board_paints_the_newest_and_says_how_many_follow(
-    client: Client, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+async def test_a_big_board_paints_the_newest_of_each_state_and_offers_more(
+    client: Client, clock: FakeClock
 ) -> None:
-    from progressista.server import handlers
-
-    monkeypatch.setattr(handlers, "FIRST_PAINT_CARDS", 3)
     for i in range(5):
         await post(client, event(f"t{i}"))
         clock.advance(1)
-    page = await (await client.get("/")).text()
+    page = await (await client.get("/?limit=3")).text()
     painted = sorted(
         (page.index(f'data-task-id="t{i}"'), f"t{i}")
         for i in range(5)
@@ -122,7 +119,15 @@ async def test_a_huge_board_paints_the_newest_and_says_how_many_follow(
     )
     assert [task_id for _, task_id in painted] == ["t4", "t3", "t2"]  # the newest, newest first
     assert '<span class="count">5</span>' in page  # counts are of every task
-    assert "2 more tasks are on their way" in page
+    assert 'data-more="active">Show more (2 not shown)</button>' in page
+
+
+async def test_a_filtered_page_counts_what_matches_out_of_all(client: Client) -> None:
+    await post(client, [event("a", meta={"job": "teamA"}), event("b", meta={"job": "teamAB"})])
+    page = await (await client.get("/?q=job%3DteamA")).text()
+    assert 'data-task-id="a"' in page
+    assert 'data-task-id="b"' not in page
+    assert '<span class="count">1 of 2</span>' in page
 
 
 async def test_rendering_a_big_page_lets_other_work_run(
@@ -130,10 +135,10 @@ async def test_rendering_a_big_page_lets_other_work_run(
 ) -> None:
     import asyncio
 
-    from progressista.server import handlers
+    from progressista.server import pages
 
     await post(client, [event(f"t{i}", desc="x" * 200) for i in range(300)])
-    monkeypatch.setattr(handlers, "PAGE_CHUNK", 4096)
+    monkeypatch.setattr(pages, "PAGE_CHUNK", 4096)
     yields = 0
     real_sleep = asyncio.sleep
 
@@ -143,7 +148,7 @@ async def test_rendering_a_big_page_lets_other_work_run(
         await real_sleep(delay)
 
     monkeypatch.setattr(asyncio, "sleep", counting_sleep)
-    response = await client.get("/")
+    response = await client.get("/?limit=300")
     assert response.status == 200
     assert len(await response.read()) > 40 * 4096
     assert yields >= 40  # once per chunk: ingest and viewers get the loop in between
@@ -151,7 +156,8 @@ async def test_rendering_a_big_page_lets_other_work_run(
 
 def test_the_blank_card_has_every_key_a_card_has() -> None:
     from progressista.server import display
+    from progressista.server.event import Event
     from progressista.server.task import new_task
 
-    task = new_task({"task_id": "t", "status": "update"}, 1.0)
+    task = new_task(Event(task_id="t"), 1.0)
     assert set(display.BLANK_CARD) == set(display.card(task, 2.0))

@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 
-from progressista.server.context import INGEST_STATS, STORE
+from progressista.server.keys import INGEST_STATS
 
 from .conftest import Client, FakeClock, MakeClient, event, post
+from .conftest import stored as stored_in
 
 
 def stored(client: Client) -> dict[str, Any]:
-    return dict(client.app[STORE].view)
+    return stored_in(client.app)
 
 
 async def test_one_event_creates_a_task_with_server_fields(
@@ -44,6 +45,7 @@ async def test_one_event_creates_a_task_with_server_fields(
             "created_at": clock.now,
             "updated_at": clock.now,
             "closed_at": None,
+            "rev": 1,
         }
     }
 
@@ -274,7 +276,8 @@ async def test_when_full_completed_tasks_are_evicted_first_then_new_tasks_get_42
     assert response.status == 429
     assert response.headers["Retry-After"] == "10"
     assert await response.json() == {
-        "error": "the server holds its maximum of 3 tasks; retry later or raise max_tasks",
+        "error": "the server holds its maximum of 3 tasks and none is finished; "
+        "retry later, or raise --max-tasks",
         "details": [],
     }
     assert stored(client)["running"]["n"] == 0  # all or nothing
@@ -306,7 +309,7 @@ async def test_outcomes_are_counted(client: Client) -> None:
 async def test_derived_values_that_overflow_are_unknown_not_infinite(client: Client) -> None:
     assert (await post(client, event("big", n=0, total=1e308, rate=1e-300)))[0] == 202
     assert (await post(client, event("huge", n=1e308, total=1e-300)))[0] == 202
-    tasks = client.app[STORE].view
+    tasks = stored(client)
     assert (tasks["big"]["eta"], tasks["huge"]["percent"]) == (None, None)
     response = await client.get("/")
     assert response.status == 200

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from progressista.server.cleanup import run_cleanup
-from progressista.server.context import CLEANUP_TASK, HUB, LIFETIMES, STORE
+from progressista.server.keys import CLEANUP_TASK, LIFETIMES, STORE
 from progressista.server.store import Expired
 from progressista.server.task import Lifetimes
 
-from .conftest import Client, FakeClock, MakeClient, event, post
+from .conftest import Client, FakeClock, MakeClient, event, eventually, post, stored
 
 
 async def cleanup(client: Client, clock: FakeClock, advance: float) -> tuple[list[str], list[str]]:
     clock.advance(advance)
     app = client.app
-    expired = await run_cleanup(app[STORE], app[HUB], app[LIFETIMES], clock())
+    expired = await run_cleanup(app[STORE], app[LIFETIMES], clock())
     return sorted(expired.stale), sorted(expired.removed)
 
 
 def states(client: Client) -> dict[str, str]:
-    return {task_id: task["state"] for task_id, task in client.app[STORE].view.items()}
+    return {task_id: task["state"] for task_id, task in stored(client.app).items()}
 
 
 async def test_active_goes_stale_comes_back_and_is_finally_abandoned(
@@ -31,7 +29,7 @@ async def test_active_goes_stale_comes_back_and_is_finally_abandoned(
     assert await cleanup(client, clock, 30) == ([], [])  # not yet: strictly after stale_after
     assert await cleanup(client, clock, 1) == (["job"], [])
     assert states(client) == {"job": "stale"}
-    assert client.app[STORE].view["job"]["eta"] is None
+    assert stored(client.app)["job"]["eta"] is None
     await post(client, event("job", n=2))
     assert states(client) == {"job": "active"}
     assert await cleanup(client, clock, 31) == (["job"], [])
@@ -106,19 +104,16 @@ async def test_a_failing_pass_does_not_end_the_loop(
     real_expire = store.expire
     failures = 0
 
-    async def flaky_expire(now: float, lifetimes: Lifetimes) -> Expired:
+    async def flaky_expire(now: float, lifetimes: Lifetimes, limit: int) -> Expired:
         nonlocal failures
         if failures < 2:
             failures += 1
             raise ConnectionError("store away")
-        return await real_expire(now, lifetimes)
+        return await real_expire(now, lifetimes, limit)
 
-    store.expire = flaky_expire  # type: ignore[method-assign]
+    store.expire = flaky_expire  # type: ignore[method-assign]  # a store that fails twice
     await post(client, event("a"))
     clock.advance(6)
-    for _ in range(200):
-        if states(client) == {"a": "stale"}:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: states(client) == {"a": "stale"})
     assert failures == 2
     assert states(client) == {"a": "stale"}

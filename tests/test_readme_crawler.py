@@ -11,9 +11,8 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from progressista.server import ServerSettings, create_app
-from progressista.server.context import STORE
 
-from .conftest import NEVER
+from .conftest import NEVER, stored
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -42,7 +41,7 @@ async def test_the_crawler_example_reports_its_progress(
     fetched = await example["crawl"](urls)
 
     assert fetched == sum(range(120))
-    task = progressista.app[STORE].view["crawler"]
+    task = stored(progressista.app)["crawler"]
     assert (task["state"], task["n"], task["total"], task["desc"], task["unit"]) == (
         "completed",
         120,

@@ -7,9 +7,7 @@ from urllib.parse import quote
 import pytest
 from yarl import URL
 
-from progressista.server.context import STORE
-
-from .conftest import Client, FakeClock, MakeClient, event, post
+from .conftest import Client, FakeClock, MakeClient, event, post, stored
 
 ODD_IDS = ["a/b/c", "with space", "ünïcødé ✓ 進捗", "50%", "q?x=1#frag", "a/../b", "./x", "+plus"]
 
@@ -55,6 +53,40 @@ async def test_filter_by_state_and_job(client: Client) -> None:
     assert await ids("?job=nobody") == []
 
 
+async def test_the_listing_pages_with_limit_and_after_in_the_order_tasks_came(
+    client: Client,
+) -> None:
+    await post(
+        client, [event(f"t{i}", status="close" if i % 3 == 0 else "update") for i in range(10)]
+    )
+
+    async def page(query: str) -> tuple[list[str], str | None]:
+        response = await client.get("/tasks" + query)
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        assert set(body) == {"tasks", "next"}
+        return list(body["tasks"]), body["next"]
+
+    assert await page("") == ([f"t{i}" for i in range(10)], None)
+    assert await page("?limit=4") == (["t0", "t1", "t2", "t3"], "t3")
+    assert await page("?limit=4&after=t3") == (["t4", "t5", "t6", "t7"], "t7")
+    assert await page("?limit=4&after=t7") == (["t8", "t9"], None)
+    assert await page("?state=completed&limit=2") == (["t0", "t3"], "t3")
+    assert await page("?state=completed&limit=2&after=t3") == (["t6", "t9"], "t9")
+    assert await page("?state=completed&limit=2&after=t9") == ([], None)
+    # A cursor that is gone (the task was discarded) starts over rather than skipping tasks.
+    assert (await client.delete("/tasks/t3")).status == 204
+    assert await page("?limit=2&after=t3") == (["t0", "t1"], "t1")
+    for bad in ("?limit=0", "?limit=x", "?limit=-3"):
+        response = await client.get("/tasks" + bad)
+        assert response.status == 400
+        assert (await response.json())["details"][0] == {
+            "index": None,
+            "field": "limit",
+            "message": "must be a whole number ≥ 1",
+        }
+
+
 async def test_unknown_state_filter_is_400(client: Client) -> None:
     response = await client.get("/tasks?state=running")
     assert response.status == 400
@@ -78,7 +110,7 @@ async def test_any_id_can_be_fetched_and_deleted(client: Client, task_id: str) -
     assert (await response.json())["task_id"] == task_id
     response = await client.session.delete(task_url(client, task_id))
     assert response.status == 204
-    assert client.app[STORE].view == {}
+    assert stored(client.app) == {}
     response = await client.session.get(task_url(client, task_id))
     assert response.status == 404
     assert await response.json() == {"error": f"no task with id {task_id!r}", "details": []}
@@ -99,7 +131,7 @@ async def test_bulk_delete_refuses_to_wipe_everything(client: Client) -> None:
         "(e.g. DELETE /tasks?state=completed,failed)",
         "details": [],
     }
-    assert list(client.app[STORE].view) == ["a"]
+    assert list(stored(client.app)) == ["a"]
 
 
 async def test_bulk_delete_by_state_and_age(client: Client, clock: FakeClock) -> None:
@@ -108,12 +140,12 @@ async def test_bulk_delete_by_state_and_age(client: Client, clock: FakeClock) ->
     await post(client, [event("new-done", status="close"), event("new-running")])
     response = await client.delete("/tasks?state=completed&older_than=60")
     assert (response.status, await response.json()) == (200, {"deleted": 1})
-    assert sorted(client.app[STORE].view) == ["new-done", "new-running", "old-running"]
+    assert sorted(stored(client.app)) == ["new-done", "new-running", "old-running"]
     response = await client.delete("/tasks?older_than=1m")
     assert (response.status, await response.json()) == (200, {"deleted": 1})
     response = await client.delete("/tasks?state=active,completed")
     assert (response.status, await response.json()) == (200, {"deleted": 2})
-    assert client.app[STORE].view == {}
+    assert stored(client.app) == {}
 
 
 async def test_bulk_delete_with_a_bad_duration_is_400(client: Client) -> None:
@@ -147,10 +179,12 @@ async def test_read_token_guards_the_task_api(make_client: MakeClient) -> None:
     assert list((await response.json())["tasks"]) == ["a"]
 
 
-async def test_healthz_is_open(make_client: MakeClient) -> None:
+async def test_health_and_readiness_are_open_to_probes(make_client: MakeClient) -> None:
     client = await make_client(read_token="r34d")
     response = await client.get("/healthz")
     assert (response.status, await response.json()) == (200, {"status": "ok", "store": "ok"})
+    response = await client.get("/readyz")
+    assert (response.status, await response.json()) == (200, {"status": "ready", "store": "ok"})
 
 
 async def test_metrics_count_events_tasks_and_viewers(client: Client) -> None:

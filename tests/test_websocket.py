@@ -1,41 +1,63 @@
-"""GET /ws: snapshot, coalesced patches, removals, slow viewers, origins and shutdown."""
+"""GET /ws: snapshots in pieces, partial patches, windows, slow viewers, origins and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from typing import Any
 
 import aiohttp
 import msgspec
 from aiohttp import WSMsgType
 
+from progressista.server import feed
 from progressista.server.cleanup import run_cleanup
-from progressista.server.context import HUB, LIFETIMES, STORE
+from progressista.server.hub import HIGH_WATER
+from progressista.server.keys import HUB, LIFETIMES, STORE
 
-from .conftest import Client, FakeClock, MakeClient, event, post
+from .conftest import Client, FakeClock, MakeClient, event, eventually, post, stored
+from .feed_model import Board, without_unshown
 
 
-async def receive(socket: aiohttp.ClientWebSocketResponse, timeout: float = 2.0) -> Any:
-    message = await socket.receive(timeout=timeout)
+async def receive(viewer: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> Any:
+    message = await viewer.receive(timeout=timeout)
     assert message.type == WSMsgType.TEXT, message
     return msgspec.json.decode(message.data)
 
 
-async def test_a_viewer_gets_a_snapshot_then_patches(client: Client) -> None:
-    await post(client, [event("a", n=1), event("b", status="close")])
+async def follow_until(
+    viewer: aiohttp.ClientWebSocketResponse, board: Board, done: Any, timeout: float = 10.0
+) -> None:
+    """Apply messages to ``board`` until ``done(board)`` holds."""
+    while not done(board):
+        board.apply(await receive(viewer, timeout))
+
+
+async def test_a_viewer_gets_a_snapshot_then_patches_of_what_changed(
+    client: Client, clock: FakeClock
+) -> None:
+    await post(client, [event("a", n=1, total=10), event("b", status="close")])
     async with client.ws_connect("/ws") as viewer:
         snapshot = await receive(viewer)
-        assert snapshot == {"type": "snapshot", "tasks": dict(client.app[STORE].view)}
+        assert snapshot == {"type": "snapshot", "tasks": stored(client.app), "more": False}
+        clock.advance(2)
         await post(client, event("a", n=2))
-        patch = await receive(viewer)
-        assert patch == {
+        # Only what the event changed, and what the server derives from it.
+        assert await receive(viewer) == {
             "type": "patch",
-            "tasks": {"a": client.app[STORE].view["a"]},
+            "tasks": {
+                "a": {"n": 2, "percent": 20.0, "rate": 0.5, "eta": 16.0, "updated_at": clock.now}
+            },
             "removed": [],
         }
-        assert patch["tasks"]["a"]["n"] == 2
+
+
+async def test_a_new_task_arrives_whole(client: Client) -> None:
+    async with client.ws_connect("/ws") as viewer:
+        await receive(viewer)
+        await post(client, event("new", n=3, desc="Loading"))
+        patch = await receive(viewer)
+        assert patch["tasks"] == {"new": stored(client.app)["new"]}
 
 
 async def test_an_idle_viewer_hears_at_once_and_a_burst_is_merged(
@@ -45,8 +67,8 @@ async def test_an_idle_viewer_hears_at_once_and_a_burst_is_merged(
     async with client.ws_connect("/ws") as viewer:
         await receive(viewer)
         await post(client, event("first"))
-        # Well before the 1 s interval: the first change after a quiet spell is not held back.
-        first = await receive(viewer, timeout=0.6)
+        # The first change after a quiet spell is not held back for the interval.
+        first = await receive(viewer, timeout=0.9)
         assert list(first["tasks"]) == ["first"]
         await post(client, event("second", n=1))
         await post(client, event("third"))
@@ -54,16 +76,6 @@ async def test_an_idle_viewer_hears_at_once_and_a_burst_is_merged(
         merged = await receive(viewer)
         assert sorted(merged["tasks"]) == ["second", "third"]
         assert merged["tasks"]["second"]["n"] == 2
-
-
-async def test_a_patch_carries_only_what_changed(client: Client) -> None:
-    await post(client, [event(f"task-{i}", n=i) for i in range(500)])
-    async with client.ws_connect("/ws") as viewer:
-        assert len((await receive(viewer))["tasks"]) == 500
-        await post(client, event("task-7", n=70))
-        patch = await receive(viewer)
-        assert list(patch["tasks"]) == ["task-7"]
-        assert patch["removed"] == []
 
 
 async def test_deletions_are_patches_with_removed_ids(client: Client) -> None:
@@ -86,14 +98,16 @@ async def test_every_cleanup_transition_reaches_viewers(
 
     async def cleanup_after(seconds: float) -> None:
         clock.advance(seconds)
-        await run_cleanup(app[STORE], app[HUB], app[LIFETIMES], clock())
+        await run_cleanup(app[STORE], app[LIFETIMES], clock())
 
     async with client.ws_connect("/ws") as viewer:
         await receive(viewer)
         await cleanup_after(11)
-        patch = await receive(viewer)
-        assert patch["tasks"]["quiet"]["state"] == "stale"
-        assert patch["removed"] == []
+        assert await receive(viewer) == {
+            "type": "patch",
+            "tasks": {"quiet": {"state": "stale"}},
+            "removed": [],
+        }
         await post(client, event("quiet", n=1))
         assert (await receive(viewer))["tasks"]["quiet"]["state"] == "active"
         await cleanup_after(40)  # done closed 51 s ago, quiet silent for 40 s
@@ -104,12 +118,51 @@ async def test_every_cleanup_transition_reaches_viewers(
         assert await receive(viewer) == {"type": "patch", "tasks": {}, "removed": ["quiet"]}
 
 
-async def test_resync_request_sends_a_fresh_snapshot(client: Client) -> None:
+async def test_a_big_board_arrives_in_pieces_and_the_viewer_ends_with_every_task(
+    client: Client,
+) -> None:
+    count = feed.TASKS_PER_MESSAGE * 2 + 7
+    for start in range(0, count, 1000):
+        await post(client, [event(f"t{i}", n=i) for i in range(start, min(start + 1000, count))])
+    async with client.ws_connect("/ws") as viewer:
+        pieces: list[dict[str, Any]] = []
+        board = Board()
+        while not pieces or pieces[-1]["more"]:
+            pieces.append(await receive(viewer))
+            board.apply(pieces[-1])
+        assert [len(piece["tasks"]) for piece in pieces] == [2000, 2000, 7]
+        assert board.tasks == stored(client.app)
+
+
+async def test_changes_while_a_snapshot_goes_out_are_not_lost(client: Client) -> None:
+    count = feed.TASKS_PER_MESSAGE * 3
+    for start in range(0, count, 1000):
+        await post(client, [event(f"t{i}", n=0) for i in range(start, start + 1000)])
+    async with client.ws_connect("/ws") as viewer:
+        board = Board()
+        board.apply(await receive(viewer))  # the first piece: the rest is still to come
+        # Change tasks already sent, tasks not sent yet, remove one of each, add a new one.
+        await post(client, [event("t0", n=5), event(f"t{count - 1}", n=5), event("late")])
+        await client.delete("/tasks/t1")
+        await client.delete(f"/tasks/t{count - 2}")
+        expected = without_unshown(stored(client.app))
+        await follow_until(viewer, board, lambda b: b.shown() == expected)
+
+
+async def test_resync_sends_a_fresh_snapshot_and_a_storm_of_them_is_merged(
+    client: Client,
+) -> None:
     await post(client, event("a"))
     async with client.ws_connect("/ws") as viewer:
         await receive(viewer)
         await viewer.send_str("resync")
         assert (await receive(viewer))["type"] == "snapshot"
+        for _ in range(50):
+            await viewer.send_str('{"type": "resync"}')
+        await post(client, event("marker"))
+        # The storm costs no snapshot now (the hub clock has not moved): the next message is
+        # the change, not fifty snapshots ahead of it.
+        assert list((await receive(viewer))["tasks"]) == ["marker"]
 
 
 async def test_viewers_are_forgotten_when_they_leave(client: Client) -> None:
@@ -117,11 +170,19 @@ async def test_viewers_are_forgotten_when_they_leave(client: Client) -> None:
     async with client.ws_connect("/ws") as viewer:
         await receive(viewer)
         assert hub.viewer_count == 1
-    for _ in range(100):
-        if hub.viewer_count == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert hub.viewer_count == 0
+    await eventually(lambda: hub.viewer_count == 0)
+
+
+async def test_past_max_viewers_the_socket_is_refused_with_503(make_client: MakeClient) -> None:
+    client = await make_client(max_viewers=1)
+    async with client.ws_connect("/ws") as viewer:
+        await receive(viewer)
+        response = await client.get("/ws")
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "10"
+        assert (await response.json())["error"] == (
+            "the server has its maximum of 1 viewers; retry later or raise --max-viewers"
+        )
 
 
 async def test_foreign_origins_are_refused(make_client: MakeClient) -> None:
@@ -147,7 +208,7 @@ async def test_foreign_origins_are_refused(make_client: MakeClient) -> None:
             assert response.status == 403
             assert (await response.json())["error"] == (
                 "origin 'https://evil.example' may not open this WebSocket; "
-                "add it to allowed_origins"
+                "add it with --allowed-origins"
             )
         response.close()
 
@@ -171,100 +232,153 @@ async def test_shutdown_closes_viewers_with_1001(client: Client) -> None:
     await asyncio.wait_for(closing, 5)
 
 
-async def _stalled_viewer(client: Client) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A WebSocket client that completes the handshake and then never reads again."""
+async def _stalled_viewer(client: Client, path: str = "/ws") -> socket.socket:
+    """A WebSocket client that completes the handshake and then reads nothing more."""
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     raw.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(raw, (client.host, client.port))
-    reader, writer = await asyncio.open_connection(sock=raw, limit=1024)
-    writer.write(
-        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(raw, (client.host, client.port))
+    await loop.sock_sendall(
+        raw,
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode(),
     )
-    head = await reader.readuntil(b"\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(raw, 1)
     assert head.startswith(b"HTTP/1.1 101"), head
-    return reader, writer
+    return raw
 
 
-async def test_a_stalled_viewer_neither_slows_others_nor_grows_memory(
-    make_client: MakeClient,
+async def test_a_stalled_viewer_neither_slows_others_nor_holds_memory_and_is_dropped(
+    make_client: MakeClient, hub_clock: FakeClock
 ) -> None:
-    client = await make_client(viewer_timeout=0.3)
+    client = await make_client(viewer_timeout=10)
     hub = client.app[HUB]
-    tasks = 300
-    fat = "x" * 900  # about 300 KB per message
-    _, stalled = await _stalled_viewer(client)
+    fat = "x" * 900  # a new description each round: about 300 KB of patch per round
+    stalled = await _stalled_viewer(client)
     async with client.ws_connect("/ws", max_msg_size=0) as healthy:
-        await receive(healthy)
-        biggest = 0
+        board = Board()
+        board.apply(await receive(healthy))
         for round_ in range(1, 41):
-            started = time.perf_counter()
-            await post(client, [event(f"t{i}", n=round_, desc=fat) for i in range(tasks)])
-            assert time.perf_counter() - started < 1.0
-            patch = await receive(healthy)
-            assert {task["n"] for task in patch["tasks"].values()} == {round_}
-            biggest = max(biggest, len(msgspec.json.encode(patch)))
-        # 40 rounds of ~300 KB went to the stalled viewer: without its backlog the server would
-        # hold ~12 MB for it. It holds at most aiohttp's 256 KiB writer limit plus a message or
-        # two in the socket buffer, and a set of ids.
-        ((buffered, waiting),) = [b for b in hub.backlogs() if b[0] > 0]
-        assert buffered <= 256 * 1024 + 2 * biggest
-        assert waiting <= tasks
-        # Stuck for longer than viewer_timeout: dropped, and its buffer with it.
-        await asyncio.sleep(0.4)
+            await post(
+                client, [event(f"t{i}", n=round_, desc=f"{round_}{fat}") for i in range(300)]
+            )
+            await follow_until(
+                healthy, board, lambda b, r=round_: {t["n"] for t in b.tasks.values()} == {r}
+            )
+        # 40 rounds of ~300 KB went its way: the server holds for it only what its socket
+        # buffer held when it fell behind (one message past HIGH_WATER at most), and no list
+        # of what it missed.
+        buffered, behind = hub.backlogs()
+        assert behind == 1
+        assert buffered <= HIGH_WATER + 2 * 300 * 1000
+        # Stuck for longer than viewer_timeout (the hub's clock, moved by the test): dropped.
+        hub_clock.advance(11)
         assert hub.drop_stalled() == 1
         assert hub.viewer_count == 1
         await post(client, event("t1", n=99))
-        assert (await receive(healthy))["tasks"]["t1"]["n"] == 99
+        await follow_until(healthy, board, lambda b: b.tasks["t1"]["n"] == 99)
     stalled.close()
 
 
-class _FakeSocket:
-    """Just enough of a WebSocketResponse for Hub.serve: records frames, never sends any."""
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.closed = asyncio.Event()
-
-    async def send_frame(self, message: bytes, opcode: WSMsgType) -> None:
-        self.frames.append(message)
-
-    def __aiter__(self) -> _FakeSocket:
-        return self
-
-    async def __anext__(self) -> None:
-        await self.closed.wait()
-        raise StopAsyncIteration
-
-
-class _FakeRequest:
-    transport = None
-
-
-async def test_a_viewer_joining_while_a_patch_is_due_still_gets_its_snapshot() -> None:
-    from progressista.server.hub import Hub
-
-    tasks: dict[str, Any] = {"old": {"task_id": "old"}}
-    hub = Hub(tasks, interval=0, viewer_timeout=10)
-    watcher = _FakeSocket()
-    watching = asyncio.create_task(hub.serve(watcher, _FakeRequest()))  # type: ignore[arg-type]
-    await asyncio.sleep(0.01)
-    # The new viewer registers, then a change's flush runs before the viewer's writer can: the
-    # order of the loop's queue when a viewer connects in the same turn as an ingest.
-    joiner = _FakeSocket()
-    joining = asyncio.create_task(hub.serve(joiner, _FakeRequest()))  # type: ignore[arg-type]
-    tasks["new"] = {"task_id": "new"}
-    hub.publish(["new"])
-    for _ in range(100):
-        if joiner.frames:
-            break
+async def test_a_slow_viewer_that_reads_again_catches_up_with_every_change(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client()
+    hub = client.app[HUB]
+    fat = "x" * 900
+    stalled = await _stalled_viewer(client)
+    loop = asyncio.get_running_loop()
+    round_ = 0
+    while hub.backlogs()[1] == 0:  # until the kernel's buffers are full and it falls behind
+        round_ += 1
+        assert round_ < 500, "the stalled viewer never fell behind"
+        await post(client, [event(f"t{i}", n=round_, desc=f"{round_}{fat}") for i in range(300)])
         await asyncio.sleep(0.01)
-    first = msgspec.json.decode(joiner.frames[0])
-    assert first == {
-        "type": "snapshot",
-        "tasks": {"old": {"task_id": "old"}, "new": {"task_id": "new"}},
-    }
-    for fake in (watcher, joiner):
-        fake.closed.set()
-    await asyncio.gather(watching, joining)
+    for step in range(1, 15):
+        await post(client, [event(f"t{i}", n=round_ + step) for i in range(0, 300, step)])
+    await client.delete("/tasks/t7")
+    expected = without_unshown(stored(client.app))
+    # Now it reads: whatever it missed comes as whole tasks, and it ends equal to the server.
+    board = Board()
+    received = bytearray()
+    while board.shown() != expected:
+        received += await asyncio.wait_for(loop.sock_recv(stalled, 1 << 16), 10)
+        for payload in _text_frames(received):
+            board.apply(msgspec.json.decode(payload))
+    stalled.close()
+
+
+def _text_frames(buffer: bytearray) -> list[bytes]:
+    """Take the complete server frames off the front of ``buffer``; the text payloads."""
+    payloads = []
+    while len(buffer) >= 2:
+        length, offset = buffer[1] & 0x7F, 2
+        if length == 126:
+            length, offset = int.from_bytes(buffer[2:4], "big"), 4
+        elif length == 127:
+            length, offset = int.from_bytes(buffer[2:10], "big"), 10
+        if len(buffer) < offset + length:
+            break
+        if buffer[0] & 0x0F == 0x1:
+            payloads.append(bytes(buffer[offset : offset + length]))
+        del buffer[: offset + length]
+    return payloads
+
+
+async def test_a_window_shows_the_newest_of_each_state_with_counts(client: Client) -> None:
+    await post(client, [event(f"run-{i}", meta={"job": "teamA"}) for i in range(5)])
+    await post(
+        client, [event(f"done-{i}", status="close", meta={"job": "teamAB"}) for i in range(3)]
+    )
+    async with client.ws_connect("/ws?limit=2&q=job%3DteamA") as viewer:
+        view = await receive(viewer)
+        assert view["type"] == "view"
+        assert view["sections"] == {
+            "active": ["run-4", "run-3"],
+            "stale": [],
+            "completed": [],
+            "failed": [],
+        }
+        # job=teamA is the label, exactly: teamAB's tasks count in the totals only.
+        assert view["counts"] == {
+            "active": [5, 5],
+            "stale": [0, 0],
+            "completed": [0, 3],
+            "failed": [0, 0],
+        }
+        assert sorted(view["tasks"]) == ["run-3", "run-4"]
+        board = Board()
+        board.apply(view)
+        # A task entering the window pushes the oldest shown out; counts follow.
+        await post(client, event("run-5", meta={"job": "teamA"}))
+        await follow_until(viewer, board, lambda b: b.sections["active"] == ["run-5", "run-4"])
+        assert sorted(board.tasks) == ["run-4", "run-5"]
+        assert board.counts["active"] == [6, 6]
+        # One leaving the state brings back the next newest.
+        await post(client, event("run-5", status="error", error="boom"))
+        await follow_until(viewer, board, lambda b: b.sections["failed"] == ["run-5"])
+        assert board.sections["active"] == ["run-4", "run-3"]
+        assert board.counts["failed"] == [1, 1]
+        # Changes to tasks outside the filter move only the totals.
+        await post(client, event("other"))
+        await follow_until(viewer, board, lambda b: b.counts["active"] == [5, 6])
+        assert "other" not in board.tasks
+
+
+async def test_a_viewer_can_change_its_filter_and_window(client: Client) -> None:
+    await post(client, [event("a", meta={"job": "x"}), event("b", meta={"job": "y"})])
+    async with client.ws_connect("/ws?limit=10") as viewer:
+        assert sorted((await receive(viewer))["tasks"]) == ["a", "b"]
+        await viewer.send_json({"type": "subscribe", "q": "job=y", "limit": 10})
+        view = await receive(viewer)
+        assert (view["type"], sorted(view["tasks"])) == ("view", ["b"])
+
+
+async def test_a_bad_window_is_400(client: Client) -> None:
+    response = await client.get("/ws?limit=5000")
+    assert response.status == 400
+    assert (await response.json())["details"][0]["field"] == "limit"

@@ -14,11 +14,15 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from .errors import ApiError, Handler
+from .keys import SETTINGS
+
 __all__ = [
     "COOKIE_NAME",
     "bearer_matches",
     "cookie_value",
     "host_allowed",
+    "host_guard",
     "origin_allowed",
     "read_allowed",
     "token_matches",
@@ -94,3 +98,16 @@ def host_allowed(request: web.BaseRequest, bound_to: str, allowed: Collection[st
     if name in LOOPBACK_NAMES or name in allowed:
         return True
     return not allowed and bound_to not in LOOPBACK_NAMES
+
+
+@web.middleware
+async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests sent to a host name this server does not answer to (DNS rebinding)."""
+    settings = request.app[SETTINGS]
+    if not host_allowed(request, settings.host, settings.allowed_hosts):
+        raise ApiError(
+            403,
+            f"this server does not answer to the host name {request.host!r}; "
+            "add it with --allowed-hosts",
+        )
+    return await handler(request)

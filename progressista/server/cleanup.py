@@ -1,8 +1,11 @@
-"""The cleanup loop: moves silent tasks to stale, removes expired ones, drops stalled viewers.
+"""The cleanup loop: moves silent tasks to stale and removes expired ones, in bounded steps.
 
 It runs as one background task started from the application's ``cleanup_ctx`` and is cancelled
-when the application shuts down. :func:`run_cleanup` is a single pass, so tests can drive the
-lifecycle with an injected clock instead of waiting.
+when the application shuts down. Each pass applies what is due in steps of at most
+:data:`CLEANUP_STEP` transitions, yielding to the event loop between steps, so that a hundred
+thousand tasks going stale at once neither hold the loop nor make one giant patch: viewers get
+them over a few flushes. :func:`run_cleanup` is one whole pass, so tests drive the lifecycle with
+an injected clock instead of waiting.
 """
 
 from __future__ import annotations
@@ -11,26 +14,31 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from .hub import Hub
 from .store import Expired, TaskStore
 from .task import Lifetimes
 
-__all__ = ["cleanup_loop", "run_cleanup"]
+__all__ = ["CLEANUP_STEP", "cleanup_loop", "run_cleanup"]
 
 log = logging.getLogger(__name__)
 
+#: Most transitions applied between two yields to the event loop.
+CLEANUP_STEP = 2000
 
-async def run_cleanup(store: TaskStore, hub: Hub, lifetimes: Lifetimes, now: float) -> Expired:
-    """One pass: apply every lifecycle transition due at ``now`` and tell the viewers."""
-    expired = await store.expire(now, lifetimes)
-    if expired.stale or expired.removed:
-        hub.publish(expired.stale + expired.removed)
-    return expired
+
+async def run_cleanup(store: TaskStore, lifetimes: Lifetimes, now: float) -> Expired:
+    """One pass: apply every lifecycle transition due at ``now``, step by step."""
+    total = Expired()
+    while True:
+        step = await store.expire(now, lifetimes, CLEANUP_STEP)
+        total.stale += step.stale
+        total.removed += step.removed
+        if not step.more:
+            return total
+        await asyncio.sleep(0)
 
 
 async def cleanup_loop(
     store: TaskStore,
-    hub: Hub,
     lifetimes: Lifetimes,
     clock: Callable[[], float],
     interval: float,
@@ -39,8 +47,7 @@ async def cleanup_loop(
     while True:
         await asyncio.sleep(interval)
         try:
-            await run_cleanup(store, hub, lifetimes, clock())
-            hub.drop_stalled()
+            await run_cleanup(store, lifetimes, clock())
         except Exception:
             # A failing pass (say, Redis briefly away) must not end cleanup for good.
             log.exception("cleanup pass failed; retrying in %s s", interval)

@@ -7,7 +7,6 @@ live updates, and a browser test holds the two to identical output.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
 from tqdm import tqdm
@@ -17,21 +16,21 @@ from .task import Task
 __all__ = ["BLANK_CARD", "amount", "card", "interval", "rate"]
 
 
-def _scaled(value: float, task: Mapping[str, Any]) -> str:
+def _scaled(value: float, task: Task) -> str:
     """A number as tqdm prints it: SI-scaled with ``unit_scale``, plain otherwise."""
-    scale = task["unit_scale"]
+    scale = task.unit_scale
     if scale is True or (scale and scale != 1):
         factor = 1 if scale is True else scale
-        return str(tqdm.format_sizeof(value * factor, divisor=task["unit_divisor"]))
+        return str(tqdm.format_sizeof(value * factor, divisor=task.unit_divisor))
     if float(value).is_integer():
         return f"{int(value):,}"
     return f"{value:,.2f}"
 
 
-def amount(task: Mapping[str, Any]) -> str:
+def amount(task: Task) -> str:
     """``1.21 GB / 4.00 GB``, ``340 / 1,000 rows``, or ``1,234 pages`` without a total."""
-    unit = task["unit"]
-    scaled = task["unit_scale"] is True or bool(task["unit_scale"])
+    unit = task.unit
+    scaled = task.unit_scale is True or bool(task.unit_scale)
     glue = "" if scaled else " "
 
     def with_unit(value: float) -> str:
@@ -40,22 +39,22 @@ def amount(task: Mapping[str, Any]) -> str:
             return f"{text[:-1]} {text[-1]}{unit}" if text[-1:].isalpha() else f"{text} {unit}"
         return f"{text}{glue}{unit}"
 
-    if task["total"] is None:
-        return with_unit(task["n"])
+    if task.total is None:
+        return with_unit(task.n)
     if scaled:
-        return f"{with_unit(task['n'])} / {with_unit(task['total'])}"
-    return f"{_scaled(task['n'], task)} / {_scaled(task['total'], task)} {unit}"
+        return f"{with_unit(task.n)} / {with_unit(task.total)}"
+    return f"{_scaled(task.n, task)} / {_scaled(task.total, task)} {unit}"
 
 
-def rate(task: Mapping[str, Any]) -> str:
+def rate(task: Task) -> str:
     """``12.3 MB/s``, ``4.20 it/s``, or ``2.50 s/it`` when slower than one a second."""
-    value = task["rate"]
+    value = task.rate
     if value is None:
         return ""
-    unit = task["unit"]
+    unit = task.unit
     if 0 < value < 1:
         return f"{1 / value:.2f} s/{unit}"
-    scaled = task["unit_scale"] is True or bool(task["unit_scale"])
+    scaled = task.unit_scale is True or bool(task.unit_scale)
     if scaled:
         text = _scaled(value, task)
         if text[-1:].isalpha():
@@ -71,34 +70,34 @@ def interval(seconds: float | None) -> str:
     return str(tqdm.format_interval(max(seconds, 0)))
 
 
-def percent(task: Mapping[str, Any]) -> str:
-    value = task["percent"]
+def percent(task: Task) -> str:
+    value = task.percent
     return "" if value is None else f"{value:.0f}%"
 
 
 def card(task: Task, now: float) -> dict[str, Any]:
     """Everything the card template shows for one task, as text."""
-    elapsed = task["elapsed"]
+    elapsed = task.elapsed
     if elapsed is None:
-        elapsed = (task["closed_at"] or now) - task["created_at"]
-    meta = task["meta"]
+        elapsed = (task.closed_at or now) - task.created_at
+    meta = task.meta
     return {
-        "task_id": task["task_id"],
-        "state": task["state"],
-        "title": task["desc"] or task["task_id"],
+        "task_id": task.task_id,
+        "state": task.state,
+        "title": task.desc or task.task_id,
         "amount": amount(task),
         "percent": percent(task),
         "rate": rate(task),
         "elapsed": interval(elapsed),
-        "eta": interval(task["eta"]) if task["state"] == "active" else "",
-        "postfix": task["postfix"],
-        "error": task["error"] or "",
+        "eta": interval(task.eta) if task.state == "active" else "",
+        "postfix": task.postfix,
+        "error": task.error or "",
         "job": "" if meta.get("job") is None else str(meta["job"]),
         "labels": [f"{key}={value}" for key, value in meta.items() if key not in ("job",)],
-        "has_total": bool(task["total"]),
-        "total": task["total"] or 0,
-        "n": min(task["n"], task["total"]) if task["total"] else 0,
-        "created_at": task["created_at"],
+        "has_total": bool(task.total),
+        "total": task.total or 0,
+        "n": min(task.n, task.total) if task.total else 0,
+        "created_at": task.created_at,
     }
 
 

@@ -1,15 +1,23 @@
-"""The hub: tells every WebSocket viewer what changed, coalesced, without letting one slow down.
+"""The hub: tells every WebSocket viewer what changed, without letting one slow down the rest.
 
-Stores report changed task ids with :meth:`Hub.publish`. The first change after a quiet spell goes
-out on the next loop iteration; changes arriving within ``interval`` after a message are merged
-into the following one. Each message is serialised once and the same bytes go to every viewer
-that keeps up, so its cost does not grow with the number of viewers or of stored tasks.
+The table records which fields of which tasks changed; after each burst (at most one flush per
+``interval``) the hub turns those changes into messages, frames each once, and writes the same
+bytes straight to the transport of every viewer that is keeping up. So a change costs one
+encoding however many viewers watch, and a thousand viewers cost a thousand writes, not a
+thousand tasks waking up.
 
-A viewer whose socket cannot take a message keeps one message queued; anything after that is
-merged into a per-viewer set of ids (bounded by the number of tasks) and sent as one catch-up
-patch, or as a snapshot when that is smaller, once the socket drains. A viewer stuck for longer
-than ``viewer_timeout`` is disconnected so that it cannot hold memory; it reconnects and resyncs
-from a fresh snapshot.
+A viewer that is not keeping up (more than :data:`HIGH_WATER` bytes waiting in its socket) is
+skipped, and holds nothing on the server but the revision it has seen. When its socket drains,
+it catches up on what changed since (whole tasks, from the table's change order), or, if that
+is more than half the board or older than the removals the table remembers, from a fresh
+snapshot. A viewer that takes nothing for ``viewer_timeout`` is disconnected.
+
+Two kinds of viewer:
+
+- a *feed* viewer (``GET /ws``) gets every task: a snapshot in pieces, then patches;
+- a *windowed* viewer (``GET /ws?limit=100&q=job%3Detl``, or a ``subscribe`` message) gets the
+  counts per state and the newest ``limit`` tasks of each state matching its filter, as a
+  ``view`` and then patches (see :mod:`progressista.server.view`).
 """
 
 from __future__ import annotations
@@ -17,210 +25,368 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .task import Task
+from . import feed
+from .table import Changes, TaskTable
+from .view import MAX_WINDOW, Query, Window
 
-__all__ = ["Hub"]
+__all__ = ["HIGH_WATER", "Hub", "Subscription"]
 
 log = logging.getLogger(__name__)
 
-_encode = msgspec.json.encode
+#: Bytes waiting in a viewer's socket beyond which it is behind: skipped until it drains.
+HIGH_WATER = 256 * 1024
+#: A viewer that is behind catches up once no more than this is waiting.
+LOW_WATER = 64 * 1024
+#: Seconds between checks on the viewers that are behind.
+BEHIND_CHECK = 0.05
+#: A viewer may ask for a fresh snapshot (or a new window) at most this often; more is merged.
+RESYNC_INTERVAL = 1.0
+#: Below this many changes a catch-up patch always beats a snapshot.
+CATCH_UP_MIN = 2000
+#: Seconds of encoding after which a long piece of work lets the loop breathe.
+SLICE = 0.005
+#: Seconds a window nobody watches is kept (a page's first paint, then its viewer subscribes).
+WINDOW_IDLE = 60.0
 
 
-def _patch(tasks: Mapping[str, Task], ids: Iterable[str]) -> bytes:
-    """A patch message: the current state of each id, and the ids that no longer exist."""
-    changed: dict[str, Task] = {}
-    removed: list[str] = []
-    for task_id in ids:
-        task = tasks.get(task_id)
-        if task is None:
-            removed.append(task_id)
-        else:
-            changed[task_id] = task
-    return _encode({"type": "patch", "tasks": changed, "removed": removed})
+class Subscription(msgspec.Struct, forbid_unknown_fields=False):
+    """What a windowed viewer asks for: ``{"type": "subscribe", "q": ..., "limit": ...}``."""
+
+    type: str
+    q: str = ""
+    limit: int = 100
 
 
 class _Viewer:
-    """One connected viewer and what it still has to be sent."""
+    """One connected viewer and where it stands."""
 
     __slots__ = (
-        "backlog",
-        "needs_snapshot",
-        "queued",
-        "queued_ids",
-        "sending_since",
+        "behind_since",
+        "drained",
+        "last_resync",
+        "owes",
+        "resync_due",
         "socket",
+        "subscription",
+        "synced",
         "transport",
         "wake",
+        "window",
     )
 
-    def __init__(self, socket: web.WebSocketResponse, transport: asyncio.Transport | None):
+    def __init__(
+        self,
+        socket: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+        subscription: tuple[str, int] | None,
+    ) -> None:
         self.socket = socket
         self.transport = transport
+        #: (filter, limit) for a windowed viewer; None for the whole feed.
+        self.subscription = subscription
+        self.window: Window | None = None
+        #: Feed viewers: the revision up to which it holds everything; None: it needs a snapshot.
+        self.synced: int | None = None
+        #: It needs a snapshot, a catch-up or a fresh view before shared messages suit it.
+        self.owes = True
         self.wake = asyncio.Event()
-        #: A shared message waiting to go out, and the ids it covers.
-        self.queued: bytes | None = None
-        self.queued_ids: frozenset[str] = frozenset()
-        #: Ids changed since the last message this viewer could take; None while it keeps up.
-        self.backlog: set[str] | None = None
-        #: Loop time when the send in progress started; None when idle.
-        self.sending_since: float | None = None
-        #: A snapshot is owed (a new viewer, or one that asked to resync). It is built when it
-        #: is sent, so it covers every change until then and no patch has to be kept for it.
-        self.needs_snapshot = False
-
-    def want_snapshot(self) -> None:
-        self.needs_snapshot = True
-        self.queued, self.queued_ids, self.backlog = None, frozenset(), None
         self.wake.set()
+        self.drained = asyncio.Event()
+        #: Clock time when it fell behind; None while it keeps up.
+        self.behind_since: float | None = None
+        self.last_resync = float("-inf")
+        self.resync_due = False
 
-    def offer(self, message: bytes, ids: frozenset[str]) -> None:
-        """Queue a shared message, or fold it into the backlog when one is already waiting."""
-        if self.needs_snapshot:
-            return  # the snapshot still to come will hold this change
-        if self.backlog is not None:
-            self.backlog |= ids
-        elif self.queued is None:
-            self.queued, self.queued_ids = message, ids
-            self.wake.set()
-        else:
-            self.backlog = set(self.queued_ids)
-            self.backlog |= ids
-            self.queued, self.queued_ids = None, frozenset()
+    def buffered(self) -> int:
+        transport = self.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def alive(self) -> bool:
+        transport = self.transport
+        return transport is not None and not transport.is_closing() and not self.socket.closed
 
 
 class Hub:
     """Owns the viewers; knows WebSockets, not HTTP or storage."""
 
     def __init__(
-        self, tasks: Mapping[str, Task], *, interval: float, viewer_timeout: float
+        self,
+        table: TaskTable,
+        *,
+        interval: float,
+        viewer_timeout: float,
+        max_viewers: int = 10_000,
+        max_snapshots: int = 4,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._tasks = tasks
+        self.table = table
         self._interval = interval
         self._viewer_timeout = viewer_timeout
+        self.max_viewers = max_viewers
+        self._clock = clock
         self._viewers: set[_Viewer] = set()
-        self._pending: set[str] = set()
+        self._windows: dict[tuple[str, int], Window] = {}
+        self._behind: set[_Viewer] = set()
+        self._snapshot_slots = asyncio.Semaphore(max_snapshots)
+        self._flushed_rev = table.rev
         self._flush_handle: asyncio.Handle | None = None
+        self._flushing = False
+        self._again = False
         self._last_flush = float("-inf")
-        self._version = 0
-        self._snapshot: tuple[int, bytes] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._problem: str | None = None
         self._closing = False
         # Plain counters, read by /metrics; cheaper than touching metric objects per message.
         self.messages_sent = 0
         self.bytes_sent = 0
         self.viewers_dropped = 0
+        table.watch(self._changed)
+
+    # Viewers ---------------------------------------------------------------------------------
 
     @property
     def viewer_count(self) -> int:
         return len(self._viewers)
 
-    def publish(self, task_ids: Iterable[str]) -> None:
-        """Note that these tasks changed or disappeared; viewers hear of it shortly."""
-        self._version += 1
-        if not self._viewers:
-            return
-        self._pending.update(task_ids)
-        if self._flush_handle is None and self._pending:
-            loop = asyncio.get_running_loop()
-            delay = self._last_flush + self._interval - loop.time()
-            if delay > 0:
-                self._flush_handle = loop.call_later(delay, self._flush)
-            else:
-                self._flush_handle = loop.call_soon(self._flush)
+    @property
+    def full(self) -> bool:
+        """No room for another viewer (``max_viewers``)."""
+        return len(self._viewers) >= self.max_viewers
 
-    def snapshot(self) -> bytes:
-        """The snapshot message, serialised at most once per version of the tasks."""
-        if self._snapshot is None or self._snapshot[0] != self._version:
-            message = _encode({"type": "snapshot", "tasks": self._tasks})
-            self._snapshot = (self._version, message)
-        return self._snapshot[1]
+    async def serve(
+        self,
+        socket: web.WebSocketResponse,
+        request: web.BaseRequest,
+        subscription: tuple[str, int] | None = None,
+    ) -> None:
+        """Feed one prepared WebSocket until it closes.
 
-    def _flush(self) -> None:
-        self._flush_handle = None
-        self._last_flush = asyncio.get_running_loop().time()
-        ids = frozenset(self._pending)
-        self._pending.clear()
-        if not ids or not self._viewers:
-            return
-        message = _patch(self._tasks, ids)
-        for viewer in self._viewers:
-            viewer.offer(message, ids)
-
-    async def serve(self, socket: web.WebSocketResponse, request: web.BaseRequest) -> None:
-        """Feed one prepared WebSocket until it closes: a snapshot, then patches."""
+        ``subscription`` (filter, limit) makes it a windowed viewer from the start.
+        """
         if self._closing:
             await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
             return
         transport = request.transport
-        viewer = _Viewer(socket, transport if isinstance(transport, asyncio.Transport) else None)
-        viewer.want_snapshot()
+        viewer = _Viewer(
+            socket,
+            transport if isinstance(transport, asyncio.Transport) else None,
+            subscription,
+        )
         self._viewers.add(viewer)
-        writer = asyncio.create_task(self._write(viewer))
+        if self._problem is not None:
+            self._write(viewer, feed.frame(feed.status(self._problem)))
+        writer = asyncio.create_task(self._serve_owed(viewer))
         try:
             async for message in socket:
-                if message.type == WSMsgType.TEXT and message.data == "resync":
-                    viewer.want_snapshot()
+                if message.type == WSMsgType.TEXT:
+                    self._on_message(viewer, message.data)
         finally:
-            self._viewers.discard(viewer)
+            self._forget(viewer)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
-    async def _write(self, viewer: _Viewer) -> None:
-        socket = viewer.socket
-        loop = asyncio.get_running_loop()
-        while True:
-            await viewer.wake.wait()
-            viewer.wake.clear()
-            message: bytes | None
-            if viewer.needs_snapshot:
-                # Built and the flag cleared with no await between: every change before this
-                # instant is in it, every change after it arrives as a patch.
-                viewer.needs_snapshot = False
-                message = self.snapshot()
-            else:
-                message = viewer.queued
-            viewer.queued, viewer.queued_ids = None, frozenset()
-            if message is None:
-                if viewer.backlog is None:
-                    continue
-                message = self._catch_up(viewer.backlog)
-                viewer.backlog = None
-            # send_frame returns at once unless the socket's buffer is full; drop_stalled()
-            # aborts a send that stays blocked, which ends up here as a ConnectionError.
-            viewer.sending_since = loop.time()
-            try:
-                await socket.send_frame(message, WSMsgType.TEXT)
-            except ConnectionError:
-                self._abort(viewer)
-                return
-            finally:
-                viewer.sending_since = None
-            self.messages_sent += 1
-            self.bytes_sent += len(message)
-            if viewer.queued is not None or viewer.backlog is not None or viewer.needs_snapshot:
-                viewer.wake.set()
+    def _on_message(self, viewer: _Viewer, text: str) -> None:
+        """A viewer asked for something: a fresh snapshot, or another window."""
+        if text == "resync":
+            self._resync(viewer)
+            return
+        try:
+            request = msgspec.json.decode(text, type=Subscription)
+        except msgspec.DecodeError:
+            log.debug("ignoring a viewer message that is not a request: %.80r", text)
+            return
+        if request.type == "resync":
+            self._resync(viewer)
+        elif request.type == "subscribe":
+            limit = min(max(request.limit, 0), MAX_WINDOW)
+            viewer.subscription = (Query(request.q).text, limit)
+            self._resync(viewer)
 
-    def _catch_up(self, ids: set[str]) -> bytes:
-        """One message for a viewer that fell behind: a patch, or the snapshot if smaller."""
-        if len(ids) * 2 > len(self._tasks):
-            return self.snapshot()
-        return _patch(self._tasks, ids)
+    def _resync(self, viewer: _Viewer) -> None:
+        """Start the viewer afresh, at most once per RESYNC_INTERVAL; more requests merge."""
+        wait = viewer.last_resync + RESYNC_INTERVAL - self._clock()
+        if wait > 0:
+            if not viewer.resync_due:
+                viewer.resync_due = True
+                asyncio.get_running_loop().call_later(wait, self._resync_now, viewer)
+            return
+        self._resync_now(viewer)
+
+    def _resync_now(self, viewer: _Viewer) -> None:
+        viewer.resync_due = False
+        viewer.last_resync = self._clock()
+        self._leave_window(viewer)
+        viewer.synced = None
+        viewer.owes = True
+        viewer.wake.set()
+
+    def _forget(self, viewer: _Viewer) -> None:
+        self._viewers.discard(viewer)
+        self._behind.discard(viewer)
+        self._leave_window(viewer)
+
+    def _leave_window(self, viewer: _Viewer) -> None:
+        window, viewer.window = viewer.window, None
+        if window is not None:
+            window.last_used = self._clock()
+
+    def _drop_idle_windows(self) -> None:
+        """Forget windows nobody has watched for WINDOW_IDLE: each costs work at every flush."""
+        watched = {viewer.window for viewer in self._viewers}
+        idle = self._clock() - WINDOW_IDLE
+        for key, window in list(self._windows.items()):
+            if window not in watched and window.last_used < idle:
+                del self._windows[key]
+
+    async def _serve_owed(self, viewer: _Viewer) -> None:
+        """The viewer's own work: snapshots, catch-ups and fresh views, paced by its socket."""
+        try:
+            while True:
+                await viewer.wake.wait()
+                viewer.wake.clear()
+                while viewer.owes:
+                    if not await self._until_drained(viewer):
+                        return
+                    if viewer.subscription is not None:
+                        await self._send_view(viewer)
+                    elif viewer.synced is None:
+                        await self._send_snapshot(viewer)
+                    else:
+                        await self._catch_up(viewer)
+        except ConnectionError:
+            self._abort(viewer)
+
+    async def _send_view(self, viewer: _Viewer) -> None:
+        """A windowed viewer's whole view; its window is shared, and built on first use."""
+        assert viewer.subscription is not None
+        if viewer.window is None:
+            viewer.window = self._window(*viewer.subscription)
+        window = viewer.window
+        await window.ready.wait()
+        if viewer.window is not window or not viewer.owes:
+            return  # it asked for something else meanwhile
+        viewer.owes = False
+        self._write(viewer, feed.frame(feed.view(self.table, window.shown, window.counts)))
+
+    async def window(self, text: str, limit: int) -> Window:
+        """The window for this filter and size, once it holds every matching task (the page's
+        first paint shares it with the viewers that then subscribe to the same)."""
+        window = self._window(text, limit)
+        await window.ready.wait()
+        return window
+
+    def _window(self, text: str, limit: int) -> Window:
+        window = self._windows.get((text, limit))
+        if window is None:
+            window = Window(self.table, Query(text), limit)
+            self._windows[window.key] = window
+            self._spawn(self._build(window))
+        window.last_used = self._clock()
+        return window
+
+    async def _build(self, window: Window) -> None:
+        """Fill a filtered window by one scan of the board, in slices; changes meanwhile reach
+        it through the flushes, which follow every window as soon as it exists."""
+        if not window.query.everything:
+            for state, section in self.table.sections.items():
+                ids = list(section)
+                for start in range(0, len(ids), 10_000):
+                    window.scan(state, ids[start : start + 10_000])
+                    await asyncio.sleep(0)
+        window.shown = window.newest()
+        window.counts = window.current_counts()
+        window.ready.set()
+
+    async def _send_snapshot(self, viewer: _Viewer) -> None:
+        """Every task, in pieces, each written when the viewer's socket has room."""
+        async with self._snapshot_slots:
+            table = self.table
+            base = table.rev
+            ids = list(table.tasks)
+            size = feed.TASKS_PER_MESSAGE
+            for start in range(0, max(len(ids), 1), size):
+                if not await self._until_drained(viewer):
+                    return
+                tasks = {
+                    task_id: task
+                    for task_id in ids[start : start + size]
+                    if (task := table.tasks.get(task_id)) is not None
+                }
+                self._write(viewer, feed.frame(feed.snapshot(tasks, start + size < len(ids))))
+                await asyncio.sleep(0)
+        viewer.synced = base  # then catch up on what changed while the pieces went out
+
+    async def _catch_up(self, viewer: _Viewer) -> None:
+        """Whole tasks for what changed since the viewer's revision, or a fresh snapshot."""
+        assert viewer.synced is not None
+        table = self.table
+        start = table.rev
+        found = table.changed_since(viewer.synced, max(CATCH_UP_MIN, len(table) // 2))
+        if found is None:
+            viewer.synced = None
+            return
+        changed, removed = found
+        paused = False
+        began = time.perf_counter()
+        for message in feed.whole(table, reversed(changed), removed):
+            if viewer.buffered() > HIGH_WATER:
+                paused = True
+                if not await self._until_drained(viewer):
+                    return
+            elif time.perf_counter() - began > SLICE:
+                paused = True
+                await asyncio.sleep(0)
+                began = time.perf_counter()
+            self._write(viewer, feed.frame(message))
+        if paused:
+            viewer.synced = start  # changes during the pauses: another round
+        else:
+            viewer.synced = table.rev
+            viewer.owes = False
+
+    async def _until_drained(self, viewer: _Viewer) -> bool:
+        """Wait until the viewer's socket has room; False when the viewer is gone."""
+        while viewer.buffered() > LOW_WATER:
+            if not viewer.alive():
+                return False
+            self._fell_behind(viewer)
+            viewer.drained.clear()
+            await viewer.drained.wait()
+        return viewer.alive()
+
+    def _fell_behind(self, viewer: _Viewer) -> None:
+        if viewer.behind_since is None:
+            viewer.behind_since = self._clock()
+        if not self._behind:
+            self._spawn(self._watch_behind())
+        self._behind.add(viewer)
+
+    async def _watch_behind(self) -> None:
+        """While viewers are behind: wake those that drained, drop those stuck too long."""
+        while self._behind:
+            await asyncio.sleep(BEHIND_CHECK)
+            self.drop_stalled()
+            for viewer in list(self._behind):
+                if viewer.buffered() <= LOW_WATER or not viewer.alive():
+                    self._behind.discard(viewer)
+                    viewer.behind_since = None
+                    viewer.drained.set()
 
     def drop_stalled(self) -> int:
-        """Disconnect viewers whose current send has been blocked for ``viewer_timeout``.
-
-        Called periodically by the server; returns how many were dropped.
-        """
-        deadline = asyncio.get_running_loop().time() - self._viewer_timeout
+        """Disconnect viewers that have taken no data for ``viewer_timeout``; how many."""
+        deadline = self._clock() - self._viewer_timeout
         stalled = [
             viewer
-            for viewer in self._viewers
-            if viewer.sending_since is not None and viewer.sending_since < deadline
+            for viewer in self._behind
+            if viewer.behind_since is not None and viewer.behind_since < deadline
         ]
         for viewer in stalled:
             log.warning("disconnecting a viewer that took no data for %.0f s", self._viewer_timeout)
@@ -229,9 +395,123 @@ class Hub:
         return len(stalled)
 
     def _abort(self, viewer: _Viewer) -> None:
-        self._viewers.discard(viewer)
+        self._forget(viewer)
+        viewer.drained.set()
         if viewer.transport is not None:
             viewer.transport.abort()
+
+    def _write(self, viewer: _Viewer, data: bytes) -> bool:
+        if not viewer.alive():
+            return False
+        assert viewer.transport is not None
+        viewer.transport.write(data)
+        self.messages_sent += 1
+        self.bytes_sent += len(data)
+        return True
+
+    def _deliver(self, viewers: Iterable[_Viewer], data: bytes) -> list[_Viewer]:
+        """Write a shared frame to each viewer with room; those without fall behind."""
+        took = []
+        for viewer in viewers:
+            if viewer.owes:
+                continue
+            if viewer.buffered() > HIGH_WATER:
+                viewer.owes = True
+                self._fell_behind(viewer)
+                viewer.wake.set()
+            elif self._write(viewer, data):
+                took.append(viewer)
+        return took
+
+    # Changes ---------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """The table committed changes: flush within ``interval`` (at once after a quiet spell)."""
+        if self._flushing:
+            self._again = True
+            return
+        if self._flush_handle is not None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._last_flush + self._interval - loop.time()
+        self._flush_handle = (
+            loop.call_later(delay, self._start_flush)
+            if delay > 0
+            else loop.call_soon(self._start_flush)
+        )
+
+    def _start_flush(self) -> None:
+        self._flush_handle = None
+        self._flushing = True
+        self._spawn(self._flush())
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                self._last_flush = loop.time()
+                base, rev = self._flushed_rev, self.table.rev
+                changes = self.table.take_changes()
+                if changes and (self._viewers or self._windows):
+                    await self._send_changes(changes, base)
+                self._flushed_rev = rev
+                if not self._again or self._closing:
+                    return
+                self._again = False
+                await asyncio.sleep(max(0.0, self._last_flush + self._interval - loop.time()))
+        finally:
+            self._flushing = False
+
+    async def _send_changes(self, changes: Changes, base: int) -> None:
+        rev = self.table.rev
+        readers = [
+            viewer
+            for viewer in self._viewers
+            if viewer.subscription is None
+            and not viewer.owes
+            and viewer.synced is not None
+            and viewer.synced >= base
+        ]
+        others = [v for v in self._viewers if v.subscription is None and v not in readers]
+        for viewer in others:
+            if not viewer.owes:  # it missed this patch: catch up from its revision
+                viewer.owes = True
+                viewer.wake.set()
+        if readers:
+            for message in feed.patches(self.table, changes):
+                readers = self._deliver(readers, feed.frame(message))
+                await asyncio.sleep(0)
+            for viewer in readers:
+                viewer.synced = max(viewer.synced or 0, rev)
+        self._drop_idle_windows()
+        for window in list(self._windows.values()):
+            window.follow(changes)
+            if not window.ready.is_set():
+                continue  # its viewers wait for the build, which reads the table as it is
+            shown, counts = window.newest(), window.current_counts()
+            patch = feed.view_patch(self.table, window.shown, shown, window.counts, counts, changes)
+            window.shown, window.counts = shown, counts
+            if patch is not None:
+                viewers = [v for v in self._viewers if v.window is window]
+                self._deliver(viewers, feed.frame(patch))
+
+    # Store health ----------------------------------------------------------------------------
+
+    def set_problem(self, problem: str | None) -> None:
+        """Tell every viewer whether the store can take progress (None: it can again)."""
+        if problem == self._problem:
+            return
+        self._problem = problem
+        data = feed.frame(feed.status(problem))
+        for viewer in list(self._viewers):
+            self._write(viewer, data)
+
+    # Life cycle ------------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """Say goodbye to every viewer with 1001 (going away); new ones are turned away."""
@@ -239,6 +519,9 @@ class Hub:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         viewers = list(self._viewers)
         await asyncio.gather(*(self._close_one(viewer) for viewer in viewers))
 
@@ -251,15 +534,10 @@ class Hub:
         except (asyncio.TimeoutError, ConnectionError):
             self._abort(viewer)
 
-    def backlogs(self) -> list[tuple[int, int]]:
-        """Per viewer: bytes waiting in its socket buffer, and ids waiting in its backlog.
+    def backlogs(self) -> tuple[int, int]:
+        """Bytes waiting in viewers' sockets, and how many viewers are behind (for /metrics)."""
+        return sum(viewer.buffered() for viewer in self._viewers), len(self._behind)
 
-        What a slow viewer costs the server; exported by /metrics.
-        """
-        return [
-            (
-                viewer.transport.get_write_buffer_size() if viewer.transport else 0,
-                len(viewer.backlog) if viewer.backlog is not None else 0,
-            )
-            for viewer in self._viewers
-        ]
+    @property
+    def window_count(self) -> int:
+        return len(self._windows)

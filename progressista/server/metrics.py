@@ -7,7 +7,7 @@ so ingest never pays for a metrics library call. The registry belongs to one app
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from ..schema import STATES
 from .hub import Hub
-from .task import Task
+from .table import TaskTable
 
 __all__ = ["IngestStats", "exposition"]
 
@@ -32,10 +32,10 @@ class IngestStats:
 
 
 class _ServerCollector(Collector):
-    def __init__(self, stats: IngestStats, hub: Hub, tasks: Mapping[str, Task]) -> None:
+    def __init__(self, stats: IngestStats, hub: Hub, table: TaskTable) -> None:
         self._stats = stats
         self._hub = hub
-        self._tasks = tasks
+        self._table = table
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -58,10 +58,10 @@ class _ServerCollector(Collector):
         for status, count in sorted(stats.rejected.items()):
             rejected.add_metric([str(status)], count)
         yield rejected
-        by_state = Counter(task["state"] for task in list(self._tasks.values()))
+        by_state = self._table.counts()  # kept per state: no walk over the tasks
         tasks = GaugeMetricFamily("progressista_tasks", "Tasks stored, by state", labels=["state"])
         for state in STATES:
-            tasks.add_metric([state], by_state.get(state, 0))
+            tasks.add_metric([state], by_state[state])
         yield tasks
         hub = self._hub
         yield GaugeMetricFamily(
@@ -73,16 +73,21 @@ class _ServerCollector(Collector):
         yield CounterMetricFamily(
             "progressista_ws_sent_bytes", "WebSocket payload bytes sent", value=hub.bytes_sent
         )
-        backlogs = hub.backlogs()
+        buffered, behind = hub.backlogs()
         yield GaugeMetricFamily(
             "progressista_ws_buffered_bytes",
             "Bytes waiting in viewers' socket buffers",
-            value=sum(buffered for buffered, _ in backlogs),
+            value=buffered,
         )
         yield GaugeMetricFamily(
-            "progressista_ws_backlog_tasks",
-            "Task ids waiting in the backlogs of viewers that fell behind",
-            value=sum(waiting for _, waiting in backlogs),
+            "progressista_viewers_behind",
+            "Viewers skipped until their socket drains (they catch up then)",
+            value=behind,
+        )
+        yield GaugeMetricFamily(
+            "progressista_windows",
+            "Distinct filtered or windowed views being kept for viewers",
+            value=hub.window_count,
         )
         yield CounterMetricFamily(
             "progressista_viewers_dropped",
@@ -91,8 +96,8 @@ class _ServerCollector(Collector):
         )
 
 
-def exposition(stats: IngestStats, hub: Hub, tasks: Mapping[str, Task]) -> bytes:
+def exposition(stats: IngestStats, hub: Hub, table: TaskTable) -> bytes:
     """The Prometheus text format of everything above."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(stats, hub, tasks))
+    registry.register(_ServerCollector(stats, hub, table))
     return generate_latest(registry)

@@ -1,21 +1,27 @@
-"""Where tasks live: the store protocol every backend implements, and the in-memory store.
+"""Where tasks live: what every store must provide, and the in-memory store.
 
-The memory store is the reference implementation: the Redis store is tested against the same
-suite. Stores apply events through :func:`progressista.server.task.apply_event`, report which task
-ids changed or disappeared, and leave telling viewers to the hub.
+A store owns a :class:`~progressista.server.table.TaskTable`: every read (the hub, ``/tasks``,
+the page, ``/metrics``) goes to that table in memory, without awaiting. The memory store's table is
+the only copy; the Redis store's is a replica fed by Redis's change stream, so every server's
+table converges on the same tasks. Writes go through the store's async methods, which commit to
+the table (at once, or when the change comes back from the stream) and publish, so the hub hears
+of every change whoever made it.
+
+The memory store is the reference implementation: the Redis store passes the same contract suite
+(``tests/test_store_contract.py``).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..schema import Event
-from .task import CLOSED_STATES, Lifetimes, Task, apply_event
+from .event import Event
+from .table import TaskTable
+from .task import Lifetimes, Task, apply_event, went_stale
 
-__all__ = ["ApplyResult", "Expired", "MemoryStore", "StoreFull", "TaskStore"]
+__all__ = ["ApplyResult", "Expired", "MemoryStore", "StoreFull", "StoreUnavailable", "TaskStore"]
 
 
 class StoreFull(Exception):
@@ -23,9 +29,14 @@ class StoreFull(Exception):
 
     def __init__(self, max_tasks: int) -> None:
         super().__init__(
-            f"the server holds its maximum of {max_tasks} tasks; retry later or raise max_tasks"
+            f"the server holds its maximum of {max_tasks} tasks and none is finished; "
+            "retry later, or raise --max-tasks"
         )
         self.max_tasks = max_tasks
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes right now (Redis unreachable); nothing was stored."""
 
 
 @dataclass
@@ -35,141 +46,141 @@ class ApplyResult:
     accepted: int = 0
     #: Events older (by ``seq``) than the stored state.
     ignored: int = 0
-    #: Ids whose task changed, in the order they were applied (repeats possible).
-    changed: list[str] = field(default_factory=list)
     #: Completed or failed tasks evicted to make room for new ones.
-    evicted: list[str] = field(default_factory=list)
+    evicted: int = 0
 
 
 @dataclass
 class Expired:
-    """The outcome of one cleanup pass."""
+    """The outcome of one bounded cleanup step: which tasks went stale, which were removed."""
 
     stale: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    #: The step stopped at its limit: more may be due.
+    more: bool = False
 
 
 class TaskStore(Protocol):
-    """What the server needs from a place that keeps tasks."""
+    """What the server needs from a place that keeps tasks.
+
+    ``table`` is what readers read; it may lag a write by the time a change takes to come back
+    from Redis, never by more. Writes are all-or-nothing, raise :class:`StoreFull` when there is
+    no room and :class:`StoreUnavailable` when the store cannot be reached.
+    """
 
     @property
-    def view(self) -> Mapping[str, Task]:
-        """The current tasks, readable without awaiting; what the hub sends to viewers."""
+    def table(self) -> TaskTable: ...
+
+    async def start(self) -> None:
+        """Connect and load the tasks; called once from the application's startup."""
 
     async def apply(self, events: list[Event], now: float) -> ApplyResult:
-        """Apply validated events all-or-nothing; raise :class:`StoreFull` when out of room."""
+        """Apply validated events, in order, all or nothing."""
 
-    async def get(self, task_id: str) -> Task | None: ...
+    async def delete(self, task_ids: Collection[str]) -> list[str]:
+        """Remove these tasks; return the ids that existed."""
 
-    async def select(self, states: Collection[str] | None, job: str | None) -> dict[str, Task]:
-        """Tasks in any of ``states`` whose ``meta.job`` is ``job``; None matches anything."""
+    async def expire(self, now: float, lifetimes: Lifetimes, limit: int) -> Expired:
+        """Apply at most ``limit`` lifecycle transitions due at ``now`` (one bounded step)."""
 
-    async def delete(self, task_id: str) -> bool:
-        """Remove one task; False when there was none."""
-
-    async def delete_where(
-        self, states: Collection[str] | None, older_than: float | None, now: float
-    ) -> list[str]:
-        """Remove tasks matching every given filter (at least one); return their ids."""
-
-    async def expire(self, now: float, lifetimes: Lifetimes) -> Expired:
-        """Apply the lifecycle rules due at ``now``."""
+    def problem(self) -> str | None:
+        """Why the store cannot take writes now (for ``/readyz``), or None when it can."""
 
     async def close(self) -> None: ...
 
 
-class MemoryStore:
-    """Tasks in a dict: the default, and the reference for every other store."""
+def stage(
+    table: TaskTable, events: list[Event], now: float
+) -> tuple[dict[str, tuple[Task, int]], int]:
+    """Merge a batch against ``table`` without committing: the new tasks with their change
+    masks, and how many events were ignored as older than what is stored.
 
-    def __init__(self, max_tasks: int) -> None:
+    Several events for one task merge in order into one result, as if applied one by one.
+    """
+    staged: dict[str, tuple[Task, int]] = {}
+    ignored = 0
+    for event in events:
+        task_id = event.task_id
+        earlier = staged.get(task_id)
+        result = apply_event(earlier[0] if earlier else table.get(task_id), event, now)
+        if result is None:
+            ignored += 1
+            continue
+        if earlier is not None:
+            result = (result[0], result[1] | earlier[1])
+        staged[task_id] = result
+    return staged, ignored
+
+
+def room_for(table: TaskTable, new_ids: int, max_tasks: int, keep: Collection[str]) -> list[str]:
+    """The longest-closed tasks to evict so ``new_ids`` more fit, or :class:`StoreFull`."""
+    excess = len(table) + new_ids - max_tasks
+    if excess <= 0:
+        return []
+    evict = table.longest_closed(excess, keep)
+    if len(evict) < excess:
+        raise StoreFull(max_tasks)
+    return evict
+
+
+class MemoryStore:
+    """Tasks in this process's memory: the default, and the reference for every other store."""
+
+    def __init__(self, max_tasks: int, *, track_age: bool = False) -> None:
         self.max_tasks = max_tasks
-        self._tasks: dict[str, Task] = {}
+        self._table = TaskTable(track_age=track_age)
 
     @property
-    def view(self) -> Mapping[str, Task]:
-        return self._tasks
+    def table(self) -> TaskTable:
+        return self._table
+
+    async def start(self) -> None:
+        pass
+
+    def problem(self) -> str | None:
+        return None
 
     async def apply(self, events: list[Event], now: float) -> ApplyResult:
-        tasks = self._tasks
-        result = ApplyResult()
-        if len(tasks) + len(events) > self.max_tasks:
-            result.evicted = self._make_room(events)
-        changed = result.changed
-        for event in events:
-            task_id = event["task_id"]
-            stored = tasks.get(task_id)
-            task = apply_event(stored, event, now)
-            if task is None:
-                result.ignored += 1
-                continue
-            if task is not stored:
-                tasks[task_id] = task
-            changed.append(task_id)
-        result.accepted = len(changed)
-        return result
-
-    def _make_room(self, events: list[Event]) -> list[str]:
-        """Evict the longest-closed tasks so the new ids in ``events`` fit, or raise."""
-        tasks = self._tasks
-        incoming = {event["task_id"] for event in events}
-        new = sum(1 for task_id in incoming if task_id not in tasks)
-        excess = len(tasks) + new - self.max_tasks
-        if excess <= 0:
-            return []
-        closed = [
-            (task["closed_at"], task_id)
-            for task_id, task in tasks.items()
-            if task["state"] in CLOSED_STATES and task_id not in incoming
-        ]
-        if len(closed) < excess:
-            raise StoreFull(self.max_tasks)
-        evicted = [task_id for _, task_id in heapq.nsmallest(excess, closed)]
+        table = self._table
+        staged, ignored = stage(table, events, now)
+        evicted: list[str] = []
+        if len(table) + len(staged) > self.max_tasks:  # cheap guard before counting new ids
+            new_ids = sum(1 for task_id in staged if task_id not in table.tasks)
+            evicted = room_for(table, new_ids, self.max_tasks, staged)
+        rev = table.rev
         for task_id in evicted:
-            del tasks[task_id]
-        return evicted
+            rev += 1
+            table.remove(task_id, rev)
+        for task, changed in staged.values():
+            rev += 1
+            task.rev = rev
+            table.commit(task, changed)
+        table.publish()
+        return ApplyResult(accepted=len(events) - ignored, ignored=ignored, evicted=len(evicted))
 
-    async def get(self, task_id: str) -> Task | None:
-        return self._tasks.get(task_id)
+    async def delete(self, task_ids: Collection[str]) -> list[str]:
+        table = self._table
+        deleted = [task_id for task_id in task_ids if table.remove(task_id, table.rev + 1)]
+        if deleted:
+            table.publish()
+        return deleted
 
-    async def select(self, states: Collection[str] | None, job: str | None) -> dict[str, Task]:
-        return {
-            task_id: task
-            for task_id, task in self._tasks.items()
-            if (states is None or task["state"] in states)
-            and (job is None or task["meta"].get("job") == job)
-        }
-
-    async def delete(self, task_id: str) -> bool:
-        return self._tasks.pop(task_id, None) is not None
-
-    async def delete_where(
-        self, states: Collection[str] | None, older_than: float | None, now: float
-    ) -> list[str]:
-        if states is None and older_than is None:
-            raise ValueError("delete_where needs at least one filter")
-        doomed = [
-            task_id
-            for task_id, task in self._tasks.items()
-            if (states is None or task["state"] in states)
-            and (older_than is None or now - task["updated_at"] > older_than)
-        ]
-        for task_id in doomed:
-            del self._tasks[task_id]
-        return doomed
-
-    async def expire(self, now: float, lifetimes: Lifetimes) -> Expired:
-        expired = Expired()
-        for task_id, task in self._tasks.items():
-            verdict = lifetimes.expiry(task, now)
+    async def expire(self, now: float, lifetimes: Lifetimes, limit: int) -> Expired:
+        table = self._table
+        due = table.due(now, lifetimes, limit)
+        expired = Expired(more=len(due) >= limit)
+        for task_id, verdict in due.items():
             if verdict == "stale":
-                task["state"] = "stale"
-                task["eta"] = None
+                stale, changed = went_stale(table.tasks[task_id])
+                stale.rev = table.rev + 1
+                table.commit(stale, changed)
                 expired.stale.append(task_id)
-            elif verdict == "remove":
+            else:
+                table.remove(task_id, table.rev + 1)
                 expired.removed.append(task_id)
-        for task_id in expired.removed:
-            del self._tasks[task_id]
+        if due:
+            table.publish()
         return expired
 
     async def close(self) -> None:
-        self._tasks.clear()
+        pass

@@ -1,84 +1,156 @@
-"""What a task is, and what one event does to it.
+"""What a task is, what one event does to it, and when it expires.
 
 A task is the merged latest event plus fields only the server knows: its lifecycle ``state``, the
-server-clock times ``created_at``/``updated_at``/``closed_at``, and the derived ``percent``,
-``rate`` and ``eta``. Every store applies events through :func:`apply_event`, so the memory and
-Redis stores cannot disagree about merging, ``seq`` ordering or new runs.
+server-clock times ``created_at``/``updated_at``/``closed_at``, the derived ``percent``, ``rate``
+and ``eta``, and ``rev``, the revision that orders every change (across servers, with Redis).
+Every store applies events through :func:`apply_event`, so the memory and Redis stores cannot
+disagree about merging, ``seq`` ordering or new runs.
+
+Tasks are msgspec Structs with ``gc=False``: a million of them cost the garbage collector nothing
+(a full collection over a million dict-based tasks took 667 ms; over Structs, 2 ms), and they
+encode to JSON in C. They hold no containers but ``meta``, whose values are scalars, so they
+cannot be part of a reference cycle, which is what ``gc=False`` requires.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Final
 
-from ..schema import Event
+import msgspec
+from msgspec import UNSET
 
-__all__ = ["CLOSED_STATES", "RATE_SMOOTHING", "Task", "apply_event", "new_task"]
+from .event import Event, Label
 
-#: A task as stored and as sent to viewers: a JSON object, hence ``Any``.
-Task = dict[str, Any]
+__all__ = [
+    "ALL_FIELDS",
+    "CLOSED_STATES",
+    "FIELD_BIT",
+    "RATE_SMOOTHING",
+    "TASK_FIELDS",
+    "Lifetimes",
+    "Task",
+    "apply_event",
+    "new_task",
+    "went_stale",
+]
 
-CLOSED_STATES = frozenset(("completed", "failed"))
+CLOSED_STATES: Final = frozenset(("completed", "failed"))
 
 #: Weight of the newest sample in the server-side rate average; tqdm's own default.
 RATE_SMOOTHING = 0.3
 
-_STATE_OF_STATUS = {"start": "active", "update": "active", "close": "completed", "error": "failed"}
-
-# Every task has every field, in this order, so viewers never need a default.
-_BLANK_TASK: Task = {
-    "task_id": "",
-    "state": "active",
-    "status": "start",
-    "desc": "",
-    "n": 0,
-    "total": None,
-    "percent": None,
-    "unit": "it",
-    "unit_scale": False,
-    "unit_divisor": 1000,
-    "rate": None,
-    "eta": None,
-    "elapsed": None,
-    "postfix": "",
-    "meta": {},
-    "error": None,
-    "seq": None,
-    "timestamp": None,
-    "created_at": 0.0,
-    "updated_at": 0.0,
-    "closed_at": None,
+_STATE_OF_STATUS: Final = {
+    "start": "active",
+    "update": "active",
+    "close": "completed",
+    "error": "failed",
 }
+
+
+class Task(msgspec.Struct, gc=False):
+    """One bar as the server keeps it and every reader sees it (``GET /tasks``, ``/ws``).
+
+    Every field is always present, in this order, so readers never need a default.
+    """
+
+    task_id: str
+    state: str = "active"
+    status: str = "start"
+    desc: str = ""
+    n: int | float = 0
+    total: int | float | None = None
+    percent: float | None = None
+    unit: str = "it"
+    unit_scale: bool | int | float = False
+    unit_divisor: int | float = 1000
+    rate: float | int | None = None
+    eta: float | None = None
+    elapsed: int | float | None = None
+    postfix: str = ""
+    meta: dict[str, Label] = msgspec.field(default_factory=dict)
+    error: str | None = None
+    seq: int | None = None
+    timestamp: int | float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    closed_at: float | None = None
+    #: Orders every change to every task: a store assigns it, higher is newer.
+    rev: int = 0
+
+
+#: Every field of a task, in wire order.
+TASK_FIELDS: tuple[str, ...] = Task.__struct_fields__
+#: One bit per field, for the masks that say which fields a change touched.
+FIELD_BIT: Final = {name: 1 << index for index, name in enumerate(TASK_FIELDS)}
+ALL_FIELDS: Final = (1 << len(TASK_FIELDS)) - 1
+
+#: A shallow copy in C: msgspec Structs define ``__copy__``, which their type stubs omit.
+_copy: Callable[[Task], Task] = Task.__copy__  # type: ignore[attr-defined]
+
+
+def _merge_function() -> Callable[[Task, Event], int]:
+    """Straight-line code that copies an event's given fields into a task, returning which changed.
+
+    Generated once: a loop over field names with getattr/setattr costs three times as much, and
+    this runs for every event. ``unit_scale`` compares types too, because ``True == 1`` but tqdm
+    scales ``True`` and not ``1``.
+    """
+    lines = ["def merge(task, event):", "    changed = 0"]
+    for name in Event.__struct_fields__:
+        if name in ("task_id", "status"):
+            continue
+        different = f"value != task.{name}"
+        if name == "unit_scale":
+            different = f"(value != task.{name} or type(value) is not type(task.{name}))"
+        lines += [
+            f"    value = event.{name}",
+            f"    if value is not UNSET and {different}:",
+            f"        task.{name} = value",
+            f"        changed |= {FIELD_BIT[name]}",
+        ]
+    lines.append("    return changed")
+    namespace: dict[str, object] = {"UNSET": UNSET}
+    exec("\n".join(lines), namespace)  # our own field names: nothing from outside reaches it
+    merge: Callable[[Task, Event], int] = namespace["merge"]  # type: ignore[assignment]  # built just above
+    return merge
+
+
+_merge = _merge_function()
+
+_STATE, _STATUS = FIELD_BIT["state"], FIELD_BIT["status"]
+_UPDATED, _CLOSED, _ERROR = FIELD_BIT["updated_at"], FIELD_BIT["closed_at"], FIELD_BIT["error"]
+_RATE, _PERCENT, _ETA = FIELD_BIT["rate"], FIELD_BIT["percent"], FIELD_BIT["eta"]
 
 
 def new_task(event: Event, now: float) -> Task:
     """A fresh task (a first event, or the first event of a new run after a close)."""
-    task = _BLANK_TASK.copy()
-    task["meta"] = {}  # never share the blank's dict between tasks
-    task.update(event)
-    task["created_at"] = now
+    task = Task(task_id=event.task_id, created_at=now)
+    _merge(task, event)
     _derive(task, event, now, None, None, None)
     return task
 
 
-def apply_event(task: Task | None, event: Event, now: float) -> Task | None:
-    """Merge ``event`` into ``task`` (in place when it exists) and return the result.
+def apply_event(task: Task | None, event: Event, now: float) -> tuple[Task, int] | None:
+    """The task after ``event``, as a new object, and the mask of the fields that changed.
 
-    Returns None when the event is older than what is stored (its ``seq`` is not above the stored
-    one): a retried or reordered event then changes nothing. An event for a completed or failed
-    task starts a new run with a fresh ``created_at``.
+    ``task`` itself is never modified: a store that must check with Redis before committing can
+    throw the result away. Returns None when the event is older than what is stored (its
+    ``seq`` is not above the stored one): a retried or reordered event then changes nothing. An
+    event for a completed or failed task starts a new run with a fresh ``created_at``.
     """
     if task is None:
-        return new_task(event, now)
-    seq = event.get("seq")
-    if seq is not None and task["seq"] is not None and seq <= task["seq"]:
+        return new_task(event, now), ALL_FIELDS
+    seq = event.seq
+    if seq is not UNSET and task.seq is not None and seq <= task.seq:
         return None
-    if task["state"] in CLOSED_STATES:
-        return new_task(event, now)
-    previous_n, previous_time, previous_rate = task["n"], task["updated_at"], task["rate"]
-    task.update(event)
-    _derive(task, event, now, previous_n, previous_time, previous_rate)
-    return task
+    if task.state in CLOSED_STATES:
+        return new_task(event, now), ALL_FIELDS
+    updated = _copy(task)
+    changed = _merge(updated, event)
+    changed |= _derive(updated, event, now, task.n, task.updated_at, task.rate)
+    return updated, changed
 
 
 def _derive(
@@ -88,18 +160,28 @@ def _derive(
     previous_n: float | None,
     previous_time: float | None,
     previous_rate: float | None,
-) -> None:
-    state = _STATE_OF_STATUS[task["status"]]
-    task["state"] = state
-    task["updated_at"] = now
+) -> int:
+    """Set the server's fields after a merge; returns the mask of those that changed."""
+    changed = _UPDATED
+    status = event.status
+    if status != task.status:
+        task.status = status
+        changed |= _STATUS
+    state = _STATE_OF_STATUS[status]
+    if state != task.state:
+        task.state = state
+        changed |= _STATE
+    task.updated_at = now
     if state in CLOSED_STATES:
-        task["closed_at"] = now
-    if state != "failed":
-        task["error"] = None
+        task.closed_at = now
+        changed |= _CLOSED
+    elif state != "failed" and task.error is not None:
+        task.error = None
+        changed |= _ERROR
 
-    n = task["n"]
-    rate = event.get("rate")
-    if rate is None:
+    n = task.n
+    rate = event.rate
+    if rate is UNSET or rate is None:
         # The client did not know a rate: smooth one from the server's own clock.
         rate = previous_rate
         if previous_n is not None and previous_time is not None and now > previous_time:
@@ -110,16 +192,25 @@ def _derive(
                     if rate is None
                     else (RATE_SMOOTHING * sample + (1 - RATE_SMOOTHING) * rate)
                 )
-    task["rate"] = _finite(rate)
+    rate = _finite(rate)
+    if rate != task.rate:
+        task.rate = rate
+        changed |= _RATE
 
-    total = task["total"]
+    total = task.total
+    percent: float | None = None
+    eta: float | None = None
     if total:
-        task["percent"] = _finite(100.0 * n / total)
-        rate = task["rate"]
-        task["eta"] = _finite(max(total - n, 0) / rate) if rate and state == "active" else None
-    else:
-        task["percent"] = None
-        task["eta"] = None
+        percent = _finite(100.0 * n / total)
+        if rate and state == "active":
+            eta = _finite(max(total - n, 0) / rate)
+    if percent != task.percent:
+        task.percent = percent
+        changed |= _PERCENT
+    if eta != task.eta:
+        task.eta = eta
+        changed |= _ETA
+    return changed
 
 
 def _finite(value: float | None) -> float | None:
@@ -127,8 +218,21 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+def went_stale(task: Task) -> tuple[Task, int]:
+    """``task`` marked stale by cleanup, and the mask of what changed: no ETA any more, since
+    nothing says it still moves."""
+    stale = _copy(task)
+    stale.state = "stale"
+    stale.eta = None
+    return stale, _STATE | (_ETA if task.eta is not None else 0)
+
+
 class Lifetimes:
-    """How long tasks live in each state (DESIGN §2); durations in seconds, None = no limit."""
+    """How long tasks live in each state (DESIGN §2); durations in seconds, None = no limit.
+
+    Each method gives the instant a task is due for one transition. The stores keep tasks in
+    indexes ordered by those instants, so cleanup visits only what is due.
+    """
 
     __slots__ = ("abandon_after", "max_age", "retention", "stale_after")
 
@@ -140,16 +244,29 @@ class Lifetimes:
         self.retention = retention
         self.max_age = max_age
 
-    def expiry(self, task: Task, now: float) -> str | None:
+    def stale_at(self, task: Task) -> float:
+        """When an active task with no news turns stale."""
+        return task.updated_at + self.stale_after
+
+    def abandoned_at(self, task: Task) -> float:
+        """When a silent task (active or stale) is removed."""
+        return task.updated_at + self.stale_after + self.abandon_after
+
+    def expires_at(self, task: Task) -> float:
+        """When a task is removed whatever happens: retention after closing, or ``max_age``."""
+        ends = math.inf
+        if task.closed_at is not None and task.state in CLOSED_STATES:
+            ends = task.closed_at + self.retention
+        else:
+            ends = self.abandoned_at(task)
+        if self.max_age is not None:
+            ends = min(ends, task.created_at + self.max_age)
+        return ends
+
+    def verdict(self, task: Task, now: float) -> str | None:
         """``"stale"`` or ``"remove"`` when ``task`` is due for that transition at ``now``."""
-        if self.max_age is not None and now - task["created_at"] > self.max_age:
+        if now > self.expires_at(task):
             return "remove"
-        state = task["state"]
-        if state in CLOSED_STATES:
-            return "remove" if now - task["closed_at"] > self.retention else None
-        silence = now - task["updated_at"]
-        if silence > self.stale_after + self.abandon_after:
-            return "remove"
-        if state == "active" and silence > self.stale_after:
+        if task.state == "active" and now > self.stale_at(task):
             return "stale"
         return None

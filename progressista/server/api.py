@@ -1,0 +1,350 @@
+"""The JSON API and the live feed: parse the request, call the store or hub, map errors to HTTP.
+
+Every error a client can cause is a JSON body ``{"error": sentence, "details": [...]}`` with the
+status DESIGN §1 names; nothing a client sends produces a 5xx. Reads come from the store's table
+in memory; long answers (every task of a big board) are written in slices that yield to the
+event loop and wait for the client to take them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from itertools import islice
+
+import msgspec
+from aiohttp import web
+
+from ..schema import STATES, FieldError, SchemaError
+from ..settings import parse_duration
+from . import feed
+from .auth import bearer_matches, origin_allowed, read_allowed
+from .errors import ApiError, json_response
+from .event import decode_events
+from .feed import TASKS_PER_MESSAGE
+from .keys import CLOCK, HUB, INGEST_STATS, SETTINGS, STORE
+from .metrics import exposition
+from .store import StoreFull, StoreUnavailable
+from .table import TaskTable
+from .task import Task
+from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
+
+__all__ = ["FULL_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "routes"]
+
+#: Seconds a client is asked to wait when the server has no room for new tasks.
+FULL_RETRY_AFTER = 10
+#: Seconds a client is asked to wait while the store cannot be reached.
+UNAVAILABLE_RETRY_AFTER = 5
+#: Tasks deleted between two yields to the event loop.
+DELETE_SLICE = 5000
+
+routes = web.RouteTableDef()
+
+
+def unauthorized(what: str) -> ApiError:
+    return ApiError(
+        401,
+        f"missing or wrong token: send 'Authorization: Bearer <{what} token>'",
+        headers={"WWW-Authenticate": 'Bearer realm="progressista"'},
+    )
+
+
+def require_read(request: web.Request) -> None:
+    if not read_allowed(request, request.app[SETTINGS].read_token):
+        raise unauthorized("read")
+
+
+@routes.post("/progress")
+async def ingest(request: web.Request) -> web.Response:
+    """Store a batch of events (DESIGN §1); the hub hears of it from the store."""
+    stats = request.app[INGEST_STATS]
+    stats.requests += 1
+    try:
+        return await _ingest(request)
+    except ApiError as error:
+        stats.rejected[error.status] += 1
+        raise
+
+
+async def _ingest(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    if settings.write_token is not None and not bearer_matches(request, settings.write_token):
+        raise unauthorized("write")
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise ApiError(
+            415, f"send events as JSON with 'Content-Type: application/json', not {content_type!r}"
+        )
+    length = request.content_length
+    if length is not None and length > settings.max_body:
+        raise _too_large(settings.max_body)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(settings.max_body) from None
+    except ConnectionResetError:
+        # The worker went away mid-request (killed, say): nothing to store, nobody to answer,
+        # and nothing worth an error in the log.
+        raise ApiError(400, "the client disconnected before sending the whole body") from None
+    try:
+        events = decode_events(body, settings.max_batch)
+    except SchemaError as error:
+        raise ApiError(413 if error.too_large else 400, error.summary, error.details) from None
+    try:
+        result = await app[STORE].apply(events, app[CLOCK]())
+    except StoreFull as error:
+        raise ApiError(429, str(error), headers={"Retry-After": str(FULL_RETRY_AFTER)}) from None
+    except StoreUnavailable as error:
+        raise ApiError(
+            503, str(error), headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
+        ) from None
+    stats = app[INGEST_STATS]
+    stats.events_accepted += result.accepted
+    stats.events_ignored += result.ignored
+    return json_response({"accepted": result.accepted, "ignored": result.ignored}, 202)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the body is larger than the server's limit of {limit} bytes")
+
+
+def _states_filter(request: web.Request) -> frozenset[str] | None:
+    """The ``state`` query (repeated or comma-separated), or None when absent."""
+    values = [
+        part.strip()
+        for value in request.query.getall("state", [])
+        for part in value.split(",")
+        if part.strip()
+    ]
+    if not values:
+        return None
+    unknown = sorted(set(values) - set(STATES))
+    if unknown:
+        raise bad_query("state", f"unknown state {unknown[0]!r}; use {', '.join(STATES)}")
+    return frozenset(values)
+
+
+def bad_query(field: str, message: str) -> ApiError:
+    return ApiError(400, f"bad query parameter {field!r}", [FieldError(None, field, message)])
+
+
+def _positive_int(request: web.Request, name: str) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise bad_query(name, "must be a whole number ≥ 1")
+    return value
+
+
+def _selected(
+    table: TaskTable, ids: Iterable[str], states: frozenset[str] | None, job: str | None
+) -> dict[str, Task]:
+    tasks = table.tasks
+    chosen = {}
+    for task_id in ids:
+        task = tasks.get(task_id)
+        if (
+            task is not None
+            and (states is None or task.state in states)
+            and (job is None or task.meta.get("job") == job)
+        ):
+            chosen[task_id] = task
+    return chosen
+
+
+@routes.get("/tasks")
+async def list_tasks(request: web.Request) -> web.StreamResponse:
+    """``{"tasks": {id: task}, "next": id or null}``: filtered by ``state`` and ``job``, at most
+    ``limit`` of them after the task ``after``, in the order tasks were first stored.
+
+    ``next`` is the ``after`` that continues the listing, null once it is complete. The body is
+    written in slices, so a million tasks neither hold the event loop nor sit in memory twice.
+    """
+    require_read(request)
+    states = _states_filter(request)
+    job = request.query.get("job")
+    limit = _positive_int(request, "limit")
+    table = request.app[STORE].table
+    # A copy of the ids, taken at once: the table changes while the slices go out.
+    ids = list(table.ids_after(request.query.get("after")))
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    await response.write(b'{"tasks":{')
+    sent = 0
+    last: str | None = None
+    more = False
+    for start in range(0, len(ids), TASKS_PER_MESSAGE):
+        chunk = _selected(table, ids[start : start + TASKS_PER_MESSAGE], states, job)
+        if limit is not None and sent + len(chunk) >= limit:
+            chunk = dict(islice(chunk.items(), limit - sent))
+            more = True
+        if chunk:
+            encoded = msgspec.json.encode(chunk)[1:-1]
+            await response.write((b"," if sent else b"") + encoded)
+            sent += len(chunk)
+            last = next(reversed(chunk))
+        if more:
+            break
+        await asyncio.sleep(0)
+    # Cut at the limit: more may follow (the next page says, possibly empty, with next null).
+    tail = {"next": last if more else None}
+    await response.write(b"}," + msgspec.json.encode(tail)[1:])
+    await response.write_eof()
+    return response
+
+
+@routes.delete("/tasks")
+async def delete_tasks(request: web.Request) -> web.Response:
+    """Discard every task matching all given filters; refuses to run without one."""
+    require_read(request)
+    states = _states_filter(request)
+    older_than: float | None = None
+    if "older_than" in request.query:
+        try:
+            older_than = parse_duration(request.query["older_than"])
+        except ValueError as error:
+            raise bad_query("older_than", str(error)) from None
+    if states is None and older_than is None:
+        raise ApiError(
+            400,
+            "refusing to delete every task: give state= and/or older_than= "
+            "(e.g. DELETE /tasks?state=completed,failed)",
+        )
+    app = request.app
+    store = app[STORE]
+    table = store.table
+    now = app[CLOCK]()
+    candidates = (
+        [task_id for state in states for task_id in table.sections[state]]
+        if states is not None
+        else list(table.tasks)
+    )
+    doomed = [
+        task_id
+        for task_id in candidates
+        if older_than is None
+        or ((task := table.tasks.get(task_id)) is not None and now - task.updated_at > older_than)
+    ]
+    deleted = 0
+    for start in range(0, len(doomed), DELETE_SLICE):
+        deleted += len(await store.delete(doomed[start : start + DELETE_SLICE]))
+        await asyncio.sleep(0)
+    return json_response({"deleted": deleted})
+
+
+@routes.get("/tasks/{task_id:.+}")
+async def get_task(request: web.Request) -> web.Response:
+    require_read(request)
+    task_id = request.match_info["task_id"]
+    task = request.app[STORE].table.get(task_id)
+    if task is None:
+        raise ApiError(404, f"no task with id {task_id!r}")
+    return json_response(task)
+
+
+@routes.delete("/tasks/{task_id:.+}")
+async def delete_task(request: web.Request) -> web.Response:
+    require_read(request)
+    task_id = request.match_info["task_id"]
+    if not await request.app[STORE].delete([task_id]):
+        raise ApiError(404, f"no task with id {task_id!r}")
+    return web.Response(status=204)
+
+
+def _subscription(request: web.Request) -> tuple[str, int] | None:
+    """``?limit=N&q=filter`` makes a windowed viewer; without ``limit``, the whole feed."""
+    if "limit" not in request.query:
+        return None
+    try:
+        limit = int(request.query["limit"])
+    except ValueError:
+        limit = -1
+    if not 0 <= limit <= MAX_WINDOW:
+        raise bad_query("limit", f"must be a whole number from 0 to {MAX_WINDOW}")
+    return (Query(request.query.get("q", "")).text, limit)
+
+
+@routes.get("/ws")
+async def websocket(request: web.Request) -> web.StreamResponse:
+    """The live feed (DESIGN §4): the whole board, or a window of it."""
+    app = request.app
+    settings = app[SETTINGS]
+    require_read(request)
+    if not origin_allowed(request, settings.allowed_origins):
+        raise ApiError(
+            403,
+            f"origin {request.headers.get('Origin')!r} may not open this WebSocket; "
+            "add it with --allowed-origins",
+        )
+    subscription = _subscription(request)
+    hub = app[HUB]
+    if hub.full:
+        raise ApiError(
+            503,
+            f"the server has its maximum of {hub.max_viewers} viewers; retry later "
+            "or raise --max-viewers",
+            headers={"Retry-After": "10"},
+        )
+    socket = web.WebSocketResponse(
+        heartbeat=settings.heartbeat, compress=False, max_msg_size=64 * 1024
+    )
+    await socket.prepare(request)
+    await hub.serve(socket, request, subscription)
+    return socket
+
+
+@routes.get("/view")
+async def window_view(request: web.Request) -> web.Response:
+    """What a windowed viewer of ``/ws`` would be sent first, for pages that cannot open it:
+    ``?limit=N&q=filter``; the page polls this instead."""
+    require_read(request)
+    subscription = _subscription(request) or (
+        Query(request.query.get("q", "")).text,
+        DEFAULT_WINDOW,
+    )
+    window = await request.app[HUB].window(*subscription)
+    body = feed.view(request.app[STORE].table, window.shown, window.counts)
+    return web.Response(body=body, content_type="application/json")
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process and its event loop answer (open to probes that carry no token).
+
+    A store outage does not fail it, so that a Redis hiccup does not take every server out of
+    rotation at once; ``/readyz`` tells that.
+    """
+    problem = request.app[STORE].problem()
+    return json_response({"status": "ok", "store": "ok" if problem is None else "unavailable"})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: 200 when the store takes writes, 503 with the reason when it cannot."""
+    problem = request.app[STORE].problem()
+    if problem is None:
+        return json_response({"status": "ready", "store": "ok"})
+    return json_response(
+        {"status": "unavailable", "store": "unavailable", "reason": problem},
+        503,
+        headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)},
+    )
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    require_read(request)
+    app = request.app
+    body = exposition(app[INGEST_STATS], app[HUB], app[STORE].table)
+    return web.Response(
+        body=body,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )

@@ -1,0 +1,157 @@
+"""What viewers are sent over ``/ws``: each message's JSON, and its WebSocket frame.
+
+Messages are built once and framed once; the same bytes go to every viewer they suit. Large
+messages are split so that none holds the event loop or a viewer's buffer for long: a snapshot
+or a patch of many tasks is several messages of at most :data:`TASKS_PER_MESSAGE` tasks.
+
+A patch names each changed task with only the fields that changed (``updated_at``, ``n``, ``rate``
+and the like: about 100 bytes where the whole task is 450); a task the viewer cannot know yet
+(new, or just entering its window) comes whole. ``seq``, ``timestamp`` and ``rev`` are left out
+of those partial tasks: they change with every event and no viewer shows them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+from .table import REMOVED, TaskTable
+from .task import ALL_FIELDS, FIELD_BIT, TASK_FIELDS, Task
+
+__all__ = ["TASKS_PER_MESSAGE", "frame", "patches", "snapshot", "status"]
+
+#: Most tasks in one message (about 1 MB of full tasks, far less of changes).
+TASKS_PER_MESSAGE = 2000
+
+_encode = msgspec.json.encode
+
+#: Fields a partial task may carry, by bit.
+_SHOWN_BITS: tuple[tuple[int, str], ...] = tuple(
+    (FIELD_BIT[name], name) for name in TASK_FIELDS if name not in ("seq", "timestamp", "rev")
+)
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked WebSocket text frame (RFC 6455 §5.2), as a server sends it.
+
+    Built once per message and written as is to every viewer's transport: aiohttp would frame
+    (and copy) the message again for each of a thousand viewers.
+    """
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", 0x81, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+def partial(task: Task, changed: int) -> Task | dict[str, Any]:
+    """``task`` whole when ``changed`` says everything changed, else only its changed fields."""
+    if changed == ALL_FIELDS:
+        return task
+    return {name: getattr(task, name) for bit, name in _SHOWN_BITS if changed & bit}
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def snapshot(tasks: Mapping[str, Task], more: bool) -> bytes:
+    """One piece of a snapshot: ``more`` is true on every piece but the last."""
+    return _encode({"type": "snapshot", "tasks": tasks, "more": more})
+
+
+def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[bytes]:
+    """The patch messages for these changes (id → mask of changed fields, or REMOVED)."""
+    items = list(changes.items())
+    for chunk in _chunks(items, TASKS_PER_MESSAGE):
+        tasks: dict[str, Task | dict[str, Any]] = {}
+        removed: list[str] = []
+        for task_id, changed in chunk:
+            task = table.tasks.get(task_id)
+            if task is None:
+                removed.append(task_id)
+            elif changed != REMOVED:
+                tasks[task_id] = partial(task, changed)
+            else:  # removed, then a new task with the id: the viewer needs all of it
+                tasks[task_id] = task
+        yield _encode({"type": "patch", "tasks": tasks, "removed": removed})
+
+
+def whole(table: TaskTable, changed: Iterable[str], removed: Iterable[str]) -> Iterator[bytes]:
+    """Patch messages carrying whole tasks: for a viewer catching up from an older revision."""
+    return patches(table, {**dict.fromkeys(removed, REMOVED), **dict.fromkeys(changed, ALL_FIELDS)})
+
+
+def status(problem: str | None) -> bytes:
+    """Whether the server can take progress right now (its store is reachable)."""
+    if problem is None:
+        return _encode({"type": "status", "store": "ok"})
+    return _encode({"type": "status", "store": "unavailable", "reason": problem})
+
+
+def view(
+    table: TaskTable,
+    shown: Mapping[str, list[str]],
+    counts: Mapping[str, int],
+) -> bytes:
+    """A windowed viewer's whole view: what it shows per state, those tasks, and the counts."""
+    tasks = {task_id: table.tasks[task_id] for ids in shown.values() for task_id in ids}
+    return _encode(
+        {
+            "type": "view",
+            "tasks": tasks,
+            "sections": shown,
+            "counts": _counts(table, counts),
+        }
+    )
+
+
+def view_patch(
+    table: TaskTable,
+    before: Mapping[str, list[str]],
+    after: Mapping[str, list[str]],
+    counts_before: Mapping[str, int],
+    counts_after: Mapping[str, int],
+    changes: Mapping[str, int],
+) -> bytes | None:
+    """What changed in a window since its viewers were last told; None when nothing did."""
+    was_shown = {task_id for ids in before.values() for task_id in ids}
+    now_shown = {task_id for ids in after.values() for task_id in ids}
+    tasks: dict[str, Task | dict[str, Any]] = {}
+    for task_id in now_shown:
+        task = table.tasks[task_id]
+        if task_id not in was_shown:
+            tasks[task_id] = task
+        else:
+            changed = changes.get(task_id)
+            if changed is not None:
+                tasks[task_id] = partial(task, changed if changed != REMOVED else ALL_FIELDS)
+    removed = [task_id for task_id in was_shown if task_id not in now_shown]
+    sections = {state: ids for state, ids in after.items() if ids != before.get(state)}
+    message: dict[str, Any] = {"type": "patch", "tasks": tasks, "removed": removed}
+    if sections:
+        message["sections"] = sections
+    if counts_after != counts_before or changes_touch_totals(changes):
+        message["counts"] = _counts(table, counts_after)
+    if not tasks and not removed and len(message) == 3:
+        return None
+    return _encode(message)
+
+
+def changes_touch_totals(changes: Mapping[str, int]) -> bool:
+    """Whether the table's own counts may have moved (a state or the set of tasks changed)."""
+    state = FIELD_BIT["state"]
+    return any(changed == REMOVED or changed & state for changed in changes.values())
+
+
+def _counts(table: TaskTable, matching: Mapping[str, int]) -> dict[str, list[int]]:
+    """Per state: ``[tasks matching the viewer's filter, tasks in all]``."""
+    totals = table.counts()
+    return {state: [matching[state], totals[state]] for state in totals}

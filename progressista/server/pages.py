@@ -1,0 +1,135 @@
+"""The dashboard's pages: the board (first paint rendered here, then live over ``/ws``) and the
+login form that trades the read token for a session cookie.
+
+The board shows, per state, the newest tasks matching the URL's filter (``?q=``) and the true
+counts for everything; the script asks the server for more when the person scrolls past them.
+So a page over a million tasks costs what it shows, not what is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from ..schema import STATES
+from . import display
+from .auth import COOKIE_NAME, cookie_value, read_allowed, token_matches
+from .keys import CLOCK, HUB, SETTINGS, STORE
+from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
+
+__all__ = ["CONTENT_SECURITY_POLICY", "routes"]
+
+#: No inline script or style, nothing from other origins: a task field that slipped into the
+#: page as markup still could not run.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+
+#: Bytes of rendered page sent at a time: the browser starts parsing while the server is still
+#: rendering, and ingest and viewers get the event loop between chunks.
+PAGE_CHUNK = 64 * 1024
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+routes = web.RouteTableDef()
+
+
+def _page(
+    template: str, request: web.Request, context: dict[str, Any], status: int = 200
+) -> web.Response:
+    response = aiohttp_jinja2.render_template(template, request, context, status=status)
+    response.headers.update(_PAGE_HEADERS)
+    return response
+
+
+async def _streamed_page(
+    template: str, request: web.Request, context: dict[str, Any]
+) -> web.StreamResponse:
+    """Render ``template`` as it is sent, yielding to the loop between chunks."""
+    response = web.StreamResponse(headers=_PAGE_HEADERS)
+    response.content_type = "text/html"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    pending: list[str] = []
+    size = 0
+    for piece in aiohttp_jinja2.get_env(request.app).get_template(template).generate(context):
+        pending.append(piece)
+        size += len(piece)
+        if size >= PAGE_CHUNK:
+            await response.write("".join(pending).encode())
+            pending.clear()
+            size = 0
+            await asyncio.sleep(0)  # write() only yields when the socket is full: yield anyway
+    await response.write("".join(pending).encode())
+    await response.write_eof()
+    return response
+
+
+def _window_size(request: web.Request) -> int:
+    try:
+        return min(max(int(request.query.get("limit", DEFAULT_WINDOW)), 1), MAX_WINDOW)
+    except ValueError:
+        return DEFAULT_WINDOW
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.StreamResponse:
+    """The board, its first paint rendered here so it needs no round trip."""
+    app = request.app
+    if not read_allowed(request, app[SETTINGS].read_token):
+        return _page("login.html", request, {"failed": False}, status=401)
+    query = Query(request.query.get("q", ""))
+    limit = _window_size(request)
+    window = await app[HUB].window(query.text, limit)
+    table = app[STORE].table
+    totals = table.counts()
+    now = app[CLOCK]()
+    shown = {
+        state: [task for task_id in window.shown[state] if (task := table.get(task_id))]
+        for state in STATES
+    }
+    context = {
+        "groups": shown,
+        "counts": {state: [window.counts[state], totals[state]] for state in STATES},
+        "view": lambda task: display.card(task, now),  # built as the page streams
+        "states": STATES,
+        "total": len(table),
+        "blank": display.BLANK_CARD,
+        "query": query.text,
+        "group": "job" if request.query.get("group") == "job" else "state",
+        "limit": limit,
+        "step": DEFAULT_WINDOW,
+        "url": f"{request.scheme}://{request.host}",
+    }
+    return await _streamed_page("index.html", request, context)
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.Response:
+    """Trade the read token typed into the login form for a session cookie."""
+    read_token = request.app[SETTINGS].read_token
+    if read_token is None:
+        raise web.HTTPSeeOther("/")
+    form = await request.post()
+    supplied = form.get("token")
+    if not (isinstance(supplied, str) and token_matches(supplied.strip(), read_token)):
+        return _page("login.html", request, {"failed": True}, status=401)
+    response = web.HTTPSeeOther("/")
+    response.set_cookie(
+        COOKIE_NAME,
+        cookie_value(read_token),
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+        path="/",
+    )
+    raise response

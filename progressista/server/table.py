@@ -1,0 +1,262 @@
+"""The tasks in memory, with the indexes that keep every cost proportional to what changes.
+
+Every store keeps one :class:`TaskTable`: the memory store as its only copy, the Redis store as the
+replica it feeds from Redis's change stream. Everything that reads tasks (the hub, ``/tasks``, the
+page, ``/metrics``) reads the table, without awaiting.
+
+Each index is an ``OrderedDict`` used as a queue: moving a key to the end costs about 60 ns and
+walking from the front stops at the first key that is not due. So:
+
+- cleanup visits only the tasks that are due (active tasks by last update, stale ones in the order
+  they went stale, closed ones in the order they closed, and by creation when ``max_age`` is on);
+- evicting for room takes the longest-closed tasks off the front of the closed sections;
+- a section's newest tasks (what the page shows) are the end of that section;
+- a viewer that fell behind learns what changed since its revision by walking the change order
+  back from its end, and which tasks went by the removals remembered since.
+
+Indexes cost about 300 bytes a task (see the README's sizing figures), the price of never
+scanning a million tasks on the event loop.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Final
+
+from ..schema import STATES
+from .task import Lifetimes, Task
+
+__all__ = ["REMOVED", "Changes", "TaskTable"]
+
+#: The mask recorded for a task that was removed.
+REMOVED: Final = 0
+
+#: Task ids with the mask of the fields that changed since the hub last looked; REMOVED for ids
+#: that went away.
+Changes = dict[str, int]
+
+_Queue = OrderedDict[str, None]
+
+
+class TaskTable:
+    """Tasks by id (in the order they were first stored) and the indexes over them."""
+
+    def __init__(self, *, track_age: bool = False, removals_kept: int = 100_000) -> None:
+        #: Every task, in the order each id was first stored.
+        self.tasks: dict[str, Task] = {}
+        #: The highest revision applied: the table's version.
+        self.rev = 0
+        #: Per state, its tasks in the order they entered it, oldest first.
+        self.sections: dict[str, _Queue] = {state: OrderedDict() for state in STATES}
+        self._active_by_update: _Queue = OrderedDict()
+        self._by_change: _Queue = OrderedDict()
+        #: Only kept when tasks have a maximum age (``max_age``).
+        self._by_created: _Queue | None = OrderedDict() if track_age else None
+        #: Recently removed ids and the revision that removed them, oldest first.
+        self._removed: OrderedDict[str, int] = OrderedDict()
+        self._removals_kept = removals_kept
+        #: Removals at or below this revision may have been forgotten.
+        self._removed_horizon = 0
+        #: What changed since the hub last took it; None while nobody is watching.
+        self._changes: Changes | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    # Reading ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def get(self, task_id: str) -> Task | None:
+        return self.tasks.get(task_id)
+
+    def counts(self) -> dict[str, int]:
+        """Tasks per state."""
+        return {state: len(section) for state, section in self.sections.items()}
+
+    def newest(self, state: str, limit: int) -> list[str]:
+        """The ``limit`` ids that entered ``state`` last, newest first."""
+        return list(islice(reversed(self.sections[state]), limit))
+
+    def ids_after(self, after: str | None) -> Iterator[str]:
+        """Ids in the order they were first stored, from just after ``after`` (all if None).
+
+        Finding ``after`` walks the table in C (a few milliseconds at a million tasks), so a
+        client can page through the tasks with a plain id as its cursor. An id no longer stored
+        starts from the beginning: paging then repeats tasks but never skips one.
+        """
+        start = 0
+        if after is not None:
+            try:
+                start = operator.indexOf(self.tasks, after) + 1
+            except ValueError:
+                start = 0
+        return islice(iter(self.tasks), start, None)
+
+    def due(self, now: float, lifetimes: Lifetimes, limit: int) -> dict[str, str]:
+        """Up to ``limit`` tasks due for a transition at ``now``: id → ``"stale"``/``"remove"``.
+
+        Visits only due tasks plus one per index: each index is ordered by its deadline.
+        """
+        due: dict[str, str] = {}
+        tasks = self.tasks
+        for task_id in self._active_by_update:
+            task = tasks[task_id]
+            if now <= lifetimes.stale_at(task):
+                break
+            due[task_id] = "remove" if now > lifetimes.expires_at(task) else "stale"
+            if len(due) >= limit:
+                return due
+        queues: list[tuple[_Queue, Callable[[Task], float]]] = [
+            (self.sections["stale"], lifetimes.abandoned_at),
+            (self.sections["completed"], lifetimes.expires_at),
+            (self.sections["failed"], lifetimes.expires_at),
+        ]
+        if self._by_created is not None and lifetimes.max_age is not None:
+            age = lifetimes.max_age
+            queues.append((self._by_created, lambda task: task.created_at + age))
+        for queue, deadline in queues:
+            for task_id in queue:
+                if now <= deadline(tasks[task_id]):
+                    break
+                due[task_id] = "remove"
+                if len(due) >= limit:
+                    return due
+        return due
+
+    def longest_closed(self, count: int, keep: Iterable[str] = ()) -> list[str]:
+        """The ``count`` tasks closed longest ago (completed or failed), except those in ``keep``.
+
+        Fewer when there are not that many. Costs what it returns plus what it skips.
+        """
+        keep = set(keep)
+        tasks = self.tasks
+
+        def closed_at(task_id: str | None) -> float:
+            return float("inf") if task_id is None else tasks[task_id].closed_at or 0.0
+
+        completed = iter(self.sections["completed"])
+        failed = iter(self.sections["failed"])
+        next_completed, next_failed = next(completed, None), next(failed, None)
+        chosen: list[str] = []
+        while len(chosen) < count and (next_completed is not None or next_failed is not None):
+            if closed_at(next_completed) <= closed_at(next_failed):
+                task_id, next_completed = next_completed, next(completed, None)
+            else:
+                task_id, next_failed = next_failed, next(failed, None)
+            if task_id is not None and task_id not in keep:
+                chosen.append(task_id)
+        return chosen
+
+    def changed_since(self, rev: int, limit: int) -> tuple[list[str], list[str]] | None:
+        """Ids changed after revision ``rev`` and ids removed after it, newest first.
+
+        None when that cannot be told in ``limit`` ids or fewer, or when removals that old have
+        been forgotten: the caller then starts over from a snapshot.
+        """
+        if rev < self._removed_horizon:
+            return None
+        changed: list[str] = []
+        tasks = self.tasks
+        for task_id in reversed(self._by_change):
+            if tasks[task_id].rev <= rev:
+                break
+            if len(changed) >= limit:
+                return None
+            changed.append(task_id)
+        removed: list[str] = []
+        for task_id, removed_at in reversed(self._removed.items()):
+            if removed_at <= rev:
+                break
+            if len(changed) + len(removed) >= limit:
+                return None
+            removed.append(task_id)
+        return changed, removed
+
+    # Watching --------------------------------------------------------------------------------
+
+    def watch(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every published change, and start recording changes."""
+        self._listeners.append(listener)
+        if self._changes is None:
+            self._changes = {}
+
+    def take_changes(self) -> Changes:
+        """What changed since the last call (ids with their masks), and start afresh."""
+        changes = self._changes
+        if changes is None:
+            return {}
+        self._changes = {}
+        return changes
+
+    def publish(self) -> None:
+        """Tell the listeners that changes were committed (once per batch, not per task)."""
+        for listener in self._listeners:
+            listener()
+
+    # Writing ---------------------------------------------------------------------------------
+
+    def commit(self, task: Task, changed: int) -> None:
+        """Store ``task`` (new, or replacing the stored one with that id); ``changed`` is the
+        mask of its fields that differ. Its ``rev`` must be above the table's."""
+        task_id = task.task_id
+        old = self.tasks.get(task_id)
+        self.tasks[task_id] = task
+        self.rev = task.rev
+        state = task.state
+        if old is None:
+            self.sections[state][task_id] = None
+            self._removed.pop(task_id, None)
+        elif old.state != state:
+            del self.sections[old.state][task_id]
+            self.sections[state][task_id] = None
+        if state == "active":
+            active = self._active_by_update
+            if task_id in active:
+                active.move_to_end(task_id)
+            else:
+                active[task_id] = None
+        elif old is not None and old.state == "active":
+            del self._active_by_update[task_id]
+        by_change = self._by_change
+        if old is None:
+            by_change[task_id] = None
+        else:
+            by_change.move_to_end(task_id)
+        created = self._by_created
+        if created is not None and (old is None or old.created_at != task.created_at):
+            created.pop(task_id, None)
+            created[task_id] = None
+        changes = self._changes
+        if changes is not None:
+            changes[task_id] = changes.get(task_id, 0) | changed
+
+    def remove(self, task_id: str, rev: int) -> bool:
+        """Forget a task; ``rev`` is the revision of its removal. False when there was none."""
+        task = self.tasks.pop(task_id, None)
+        if task is None:
+            return False
+        self.rev = rev
+        del self.sections[task.state][task_id]
+        if task.state == "active":
+            del self._active_by_update[task_id]
+        del self._by_change[task_id]
+        if self._by_created is not None:
+            self._by_created.pop(task_id, None)
+        removed = self._removed
+        removed[task_id] = rev
+        if len(removed) > self._removals_kept:
+            _, self._removed_horizon = removed.popitem(last=False)
+        changes = self._changes
+        if changes is not None:
+            changes[task_id] = REMOVED
+        return True
+
+    def clear(self) -> None:
+        """Forget every task (a replica reloading from scratch); viewers must resync."""
+        for task_id in list(self.tasks):
+            self.remove(task_id, self.rev)
+        self._removed.clear()
+        self._removed_horizon = self.rev + 1

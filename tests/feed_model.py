@@ -1,0 +1,68 @@
+"""A viewer's copy of the board, kept from ``/ws`` messages exactly as the protocol says.
+
+The reference for what the dashboard's script and ``progressista watch`` do with each message;
+the tests and the benchmark's viewers use it to check that a viewer ends up with the server's
+tasks, whatever was merged, split or skipped on the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Fields a partial task leaves out (they change with every event and no viewer shows them).
+UNSHOWN = ("seq", "timestamp", "rev")
+
+
+@dataclass
+class Board:
+    """What one viewer holds: every task (feed) or its window (windowed), and the counts."""
+
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sections: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=lambda: {"store": "ok"})
+    #: Ids seen in the snapshot being received, until its last piece.
+    _incoming: set[str] | None = None
+
+    def apply(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "snapshot":
+            if self._incoming is None:
+                self._incoming = set()
+            self._incoming.update(message["tasks"])
+            self.tasks.update(message["tasks"])
+            if not message["more"]:
+                for task_id in [t for t in self.tasks if t not in self._incoming]:
+                    del self.tasks[task_id]
+                self._incoming = None
+        elif kind == "view":
+            self.tasks = dict(message["tasks"])
+            self.sections = message["sections"]
+            self.counts = message["counts"]
+        elif kind == "patch":
+            for task_id in message["removed"]:
+                self.tasks.pop(task_id, None)
+            for task_id, fields in message["tasks"].items():
+                self.tasks[task_id] = {**self.tasks.get(task_id, {}), **fields}
+            self.sections.update(message.get("sections", {}))
+            if "counts" in message:
+                self.counts = message["counts"]
+        elif kind == "status":
+            self.status = message
+        else:
+            raise AssertionError(f"unknown message type {kind!r}")
+
+    def shown(self) -> dict[str, dict[str, Any]]:
+        """The tasks without the fields partial updates leave out, for comparing."""
+        return {
+            task_id: {k: v for k, v in task.items() if k not in UNSHOWN}
+            for task_id, task in self.tasks.items()
+        }
+
+
+def without_unshown(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        task_id: {k: v for k, v in task.items() if k not in UNSHOWN}
+        for task_id, task in tasks.items()
+    }
