@@ -131,6 +131,23 @@ class ServerSettings:
         "when bound to loopback, any otherwise",
         parse_list,
     )
+    store: str = _setting(
+        "memory",
+        "where tasks live: memory, or a Redis URL (redis://host:6379/0, rediss://, unix://) "
+        "so they survive restarts and several servers share them",
+        str,
+    )
+    redis_password: str | None = _setting(
+        None, "the Redis password, if not in the --store URL", str, secret=True
+    )
+    redis_prefix: str = _setting(
+        "progressista", "prefix of every Redis key (a hash tag: one Redis Cluster slot)", str
+    )
+    redis_stream_length: int = _setting(
+        10_000,
+        "Redis change-stream entries kept: a server that falls further behind reloads",
+        int,
+    )
     log_level: str = _setting(
         "info", "logging level", str.lower, choices=("debug", "info", "warning", "error")
     )
@@ -153,6 +170,7 @@ class ServerSettings:
             "max_batch",
             "max_tasks",
             "max_viewers",
+            "redis_stream_length",
         )
         for name in positive:
             value = getattr(self, name)
@@ -164,6 +182,14 @@ class ServerSettings:
             )
         if self.max_age is not None and not self.max_age > 0:
             raise SettingError(f"max_age must be positive or None, not {self.max_age!r}")
+        if self.store != "memory" and not self.store.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise SettingError(
+                f"store must be 'memory' or a Redis URL (redis://host:6379/0), not {self.store!r}"
+            )
+        if not self.redis_prefix or any(c in self.redis_prefix for c in "{}"):
+            raise SettingError("redis_prefix must be non-empty and without braces")
         if not 0 <= self.port <= 65535:
             raise SettingError(f"port must be between 0 and 65535, not {self.port}")
         for name in ("log_level", "access_log"):
@@ -183,13 +209,28 @@ class ServerSettings:
         return cls(**values)
 
     def describe(self) -> dict[str, Any]:
-        """The settings as a loggable dict: secrets show only whether they are set."""
-        return {
+        """The settings as a loggable dict: secrets show only whether they are set, and the
+        store URL without its password."""
+        described = {
             f.name: ("<set>" if getattr(self, f.name) else None)
             if f.metadata["secret"]
             else getattr(self, f.name)
             for f in dataclasses.fields(self)
         }
+        described["store"] = redact_url(self.store)
+        return described
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and messages)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, ""))
 
 
 def env_name(setting: str) -> str:

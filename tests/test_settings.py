@@ -35,6 +35,10 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         "PROGRESSISTA_READ_TOKEN": "r",
         "PROGRESSISTA_ALLOWED_ORIGINS": "https://a.example, https://b.example",
         "PROGRESSISTA_ALLOWED_HOSTS": "dash.example",
+        "PROGRESSISTA_STORE": "redis://:pw@redis.internal:6379/2",
+        "PROGRESSISTA_REDIS_PASSWORD": "other",
+        "PROGRESSISTA_REDIS_PREFIX": "team-a",
+        "PROGRESSISTA_REDIS_STREAM_LENGTH": "500",
         "PROGRESSISTA_LOG_LEVEL": "WARNING",
         "PROGRESSISTA_ACCESS_LOG": "all",
     }
@@ -59,9 +63,16 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         read_token="r",
         allowed_origins=("https://a.example", "https://b.example"),
         allowed_hosts=("dash.example",),
+        store="redis://:pw@redis.internal:6379/2",
+        redis_password="other",
+        redis_prefix="team-a",
+        redis_stream_length=500,
         log_level="warning",
         access_log="all",
     )
+    described = settings.describe()
+    assert described["store"] == "redis://:***@redis.internal:6379/2"
+    assert described["redis_password"] == "<set>"
 
 
 def test_a_flag_wins_over_its_variable() -> None:

@@ -16,6 +16,7 @@ from aiohttp.web_log import AccessLogger
 from ..settings import ServerSettings, SettingError, parse_args
 from .accesslog import QuietAccessLogger
 from .app import create_app
+from .redis_store import MissingRedis
 
 log = logging.getLogger("progressista.server")
 
@@ -75,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
+    except MissingRedis as error:
+        print(f"progressista: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(
             f"progressista: cannot listen on {settings.host}:{settings.port}: {error.strerror}",

@@ -49,7 +49,7 @@ def create_app(
         retention=settings.retention,
         max_age=settings.max_age,
     )
-    app[STORE] = store if store is not None else _store(settings)
+    app[STORE] = store if store is not None else _store(settings, app[LIFETIMES])
     app[HUB] = Hub(
         app[STORE].table,
         interval=settings.broadcast_interval,
@@ -57,6 +57,7 @@ def create_app(
         max_viewers=settings.max_viewers,
         clock=hub_clock,
     )
+    app[STORE].on_problem(app[HUB].set_problem)
     app[INGEST_STATS] = IngestStats()
 
     aiohttp_jinja2.setup(
@@ -70,8 +71,19 @@ def create_app(
     return app
 
 
-def _store(settings: ServerSettings) -> TaskStore:
-    return MemoryStore(settings.max_tasks, track_age=settings.max_age is not None)
+def _store(settings: ServerSettings, lifetimes: Lifetimes) -> TaskStore:
+    if settings.store == "memory":
+        return MemoryStore(settings.max_tasks, track_age=settings.max_age is not None)
+    from .redis_store import RedisStore  # only when asked for: redis-py is an extra
+
+    return RedisStore(
+        settings.store,
+        lifetimes=lifetimes,
+        max_tasks=settings.max_tasks,
+        prefix=settings.redis_prefix,
+        stream_length=settings.redis_stream_length,
+        password=settings.redis_password,
+    )
 
 
 async def _store_and_cleanup(app: web.Application) -> AsyncIterator[None]:

@@ -136,6 +136,7 @@ class Hub:
         self._behind: set[_Viewer] = set()
         self._snapshot_slots = asyncio.Semaphore(max_snapshots)
         self._flushed_rev = table.rev
+        self._generation = table.generation
         self._flush_handle: asyncio.Handle | None = None
         self._flushing = False
         self._again = False
@@ -450,6 +451,8 @@ class Hub:
         try:
             while True:
                 self._last_flush = loop.time()
+                if self.table.generation != self._generation:
+                    self._start_over()
                 base, rev = self._flushed_rev, self.table.rev
                 changes = self.table.take_changes()
                 if changes and (self._viewers or self._windows):
@@ -461,6 +464,18 @@ class Hub:
                 await asyncio.sleep(max(0.0, self._last_flush + self._interval - loop.time()))
         finally:
             self._flushing = False
+
+    def _start_over(self) -> None:
+        """The table replaced every task (its revisions started over): so does every viewer."""
+        self._generation = self.table.generation
+        self._flushed_rev = self.table.rev
+        self.table.take_changes()
+        self._windows.clear()
+        for viewer in self._viewers:
+            viewer.window = None
+            viewer.synced = None
+            viewer.owes = True
+            viewer.wake.set()
 
     async def _send_changes(self, changes: Changes, base: int) -> None:
         rev = self.table.rev

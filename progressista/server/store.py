@@ -13,7 +13,7 @@ The memory store is the reference implementation: the Redis store passes the sam
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -86,14 +86,17 @@ class TaskStore(Protocol):
     def problem(self) -> str | None:
         """Why the store cannot take writes now (for ``/readyz``), or None when it can."""
 
+    def on_problem(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener`` whenever :meth:`problem` changes (viewers are told)."""
+
     async def close(self) -> None: ...
 
 
 def stage(
-    table: TaskTable, events: list[Event], now: float
+    lookup: Callable[[str], Task | None], events: list[Event], now: float
 ) -> tuple[dict[str, tuple[Task, int]], int]:
-    """Merge a batch against ``table`` without committing: the new tasks with their change
-    masks, and how many events were ignored as older than what is stored.
+    """Merge a batch against the tasks ``lookup`` finds, without committing: the new tasks with
+    their change masks, and how many events were ignored as older than what is stored.
 
     Several events for one task merge in order into one result, as if applied one by one.
     """
@@ -102,7 +105,7 @@ def stage(
     for event in events:
         task_id = event.task_id
         earlier = staged.get(task_id)
-        result = apply_event(earlier[0] if earlier else table.get(task_id), event, now)
+        result = apply_event(earlier[0] if earlier else lookup(task_id), event, now)
         if result is None:
             ignored += 1
             continue
@@ -140,9 +143,12 @@ class MemoryStore:
     def problem(self) -> str | None:
         return None
 
+    def on_problem(self, listener: Callable[[str | None], None]) -> None:
+        pass  # memory never becomes unreachable
+
     async def apply(self, events: list[Event], now: float) -> ApplyResult:
         table = self._table
-        staged, ignored = stage(table, events, now)
+        staged, ignored = stage(table.tasks.get, events, now)
         evicted: list[str] = []
         if len(table) + len(staged) > self.max_tasks:  # cheap guard before counting new ids
             new_ids = sum(1 for task_id in staged if task_id not in table.tasks)

@@ -63,6 +63,9 @@ class TaskTable:
         #: What changed since the hub last took it; None while nobody is watching.
         self._changes: Changes | None = None
         self._listeners: list[Callable[[], None]] = []
+        #: Bumped when every task was replaced at once (:meth:`replace_all`): whoever kept
+        #: revisions of this table must start over.
+        self.generation = 0
 
     # Reading ---------------------------------------------------------------------------------
 
@@ -204,7 +207,8 @@ class TaskTable:
         task_id = task.task_id
         old = self.tasks.get(task_id)
         self.tasks[task_id] = task
-        self.rev = task.rev
+        if task.rev > self.rev:
+            self.rev = task.rev
         state = task.state
         if old is None:
             self.sections[state][task_id] = None
@@ -238,7 +242,8 @@ class TaskTable:
         task = self.tasks.pop(task_id, None)
         if task is None:
             return False
-        self.rev = rev
+        if rev > self.rev:
+            self.rev = rev
         del self.sections[task.state][task_id]
         if task.state == "active":
             del self._active_by_update[task_id]
@@ -254,9 +259,24 @@ class TaskTable:
             changes[task_id] = REMOVED
         return True
 
-    def clear(self) -> None:
-        """Forget every task (a replica reloading from scratch); viewers must resync."""
-        for task_id in list(self.tasks):
-            self.remove(task_id, self.rev)
+    def forget_removals(self) -> None:
+        """Removals up to now may have been missed (a replica that reloaded): a viewer older
+        than this must start over from a snapshot."""
         self._removed.clear()
         self._removed_horizon = self.rev + 1
+
+    def replace_all(self, tasks: Iterable[Task], rev: int) -> None:
+        """Hold exactly ``tasks`` from now on, at revision ``rev`` (a replica whose Redis lost
+        its data: revisions started over). Viewers start over too (``generation``)."""
+        fresh = TaskTable(track_age=self._by_created is not None, removals_kept=self._removals_kept)
+        for task in sorted(tasks, key=lambda task: task.rev):
+            fresh.commit(task, 0)
+        for name in ("tasks", "sections", "_active_by_update", "_by_change", "_by_created"):
+            setattr(self, name, getattr(fresh, name))
+        self._removed.clear()
+        self.rev = rev
+        self._removed_horizon = rev + 1
+        if self._changes is not None:
+            self._changes = {}
+        self.generation += 1
+        self.publish()

@@ -1,0 +1,633 @@
+"""The Redis store: progress that survives restarts, and several servers serving one live view.
+
+Redis is the source of truth; every server keeps a replica of the tasks in its own
+:class:`~progressista.server.table.TaskTable`, fed by a Redis Stream of changes, so readers (the
+hub, ``/tasks``, the page, ``/metrics``) keep reading memory and every server's viewers see every
+server's changes.
+
+**Writes.** A server merges a batch against its replica (the same :func:`stage` as the memory
+store: one set of merge rules), then one Lua script checks that every task it merged from is still
+at the revision it read, and only then stores them all, takes their revisions from one counter
+and appends the batch to the stream, in one atomic step. Two servers writing one task therefore
+never store an older state over a newer one: the second finds the revision moved, gets the
+current state back, merges again and retries. Checking revisions rather than merging in Lua keeps
+the merge rules in Python, written once.
+
+**Replicas.** Each server reads the stream from where its snapshot began and applies every entry
+in order, its own writes included, so all replicas pass through the same states. Revisions are
+consecutive across entries: a server that finds a hole (it fell behind a trimmed stream: a long
+outage, a paused process) reloads instead of missing changes. A Redis that lost its data (a fresh
+epoch key) makes every server replace its replica and its viewers start over.
+
+**Cleanup** is decided by one server at a time, the holder of a lock with an expiry that it
+renews; another takes over within the lock's lifetime when it dies. Its transitions go through
+the same checked script and the same stream.
+
+**Keys.** Every key shares one prefix with a hash tag, ``{progressista}:``, so every script
+touches one slot: the store runs on Redis Cluster and Valkey as on a single Redis. All names and
+lifetimes are in :class:`RedisKeys`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from ..settings import redact_url as redacted
+from .event import Event
+from .store import ApplyResult, Expired, StoreUnavailable, room_for, stage
+from .table import TaskTable
+from .task import ALL_FIELDS, Lifetimes, Task, went_stale
+
+__all__ = ["MissingRedis", "RedisKeys", "RedisStore"]
+
+log = logging.getLogger(__name__)
+
+#: How long the cleanup lock lasts without renewal (ms): a dead holder's successor takes over
+#: within this. Renewed every third of it.
+CLEANUP_LOCK_MS = 5000
+#: A task key outlives the moment cleanup would remove it by this much (ms), so that Redis
+#: drops it by itself when no server runs cleanup, and never before cleanup would.
+TTL_MARGIN_MS = 3_600_000
+#: Most changes in one script call (Lua's stack bounds how many values one call can unpack).
+CHANGES_PER_CALL = 1000
+#: Attempts at a write whose tasks other servers keep changing under it.
+WRITE_ATTEMPTS = 8
+#: Seconds a write waits for its own change to come back from the stream (read-your-writes).
+ECHO_TIMEOUT = 2.0
+#: Seconds between reconnection attempts, at most.
+MAX_BACKOFF = 5.0
+#: Entries read from the stream at a time.
+READ_COUNT = 500
+#: How long one read of the stream waits for news (ms); also how soon close() is heard.
+READ_BLOCK_MS = 500
+#: Seconds start-up waits for Redis before serving without it (503 until it answers).
+STARTUP_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Every key the store uses and what it holds; all share ``prefix``'s hash tag."""
+
+    prefix: str
+
+    @property
+    def tag(self) -> str:
+        return "{" + self.prefix + "}"
+
+    def task(self, task_id: str) -> str:
+        """A hash: ``rev`` (its revision) and ``data`` (the task, msgpack). Expires
+        TTL_MARGIN_MS after cleanup would have removed it."""
+        return f"{self.tag}:task:{task_id}"
+
+    @property
+    def task_pattern(self) -> str:
+        """What SCAN matches to find every task key (the prefix escaped for glob)."""
+        escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.tag)
+        return f"{escaped}:task:*"
+
+    @property
+    def revision(self) -> str:
+        """An integer: the last revision given; every change takes the next."""
+        return f"{self.tag}:rev"
+
+    @property
+    def changes(self) -> str:
+        """A stream of changes, trimmed to about ``redis_stream_length`` entries. Each entry:
+        ``r`` = the revision of its first change, then one field per task, ``t<id>``, holding
+        ``<mask>:<task>`` (the fields that changed, then the task) or nothing (removed)."""
+        return f"{self.tag}:changes"
+
+    @property
+    def epoch(self) -> str:
+        """A random token set once: a different one means Redis lost its data."""
+        return f"{self.tag}:epoch"
+
+    @property
+    def cleanup_lock(self) -> str:
+        """The id of the server running cleanup; expires CLEANUP_LOCK_MS after its renewal."""
+        return f"{self.tag}:cleanup-lock"
+
+
+# KEYS: revision counter, stream, then one task key per change.
+# ARGV: stream length, then per change: id, expected revision ('0': absent), mask, data ('' to
+# remove), ttl in ms. All or nothing: any revision that moved returns {0, index, rev, data, ...}.
+_APPLY = """
+local count = #KEYS - 2
+local conflicts = {}
+for i = 1, count do
+  local at = 2 + (i - 1) * 5
+  local current = redis.call('HGET', KEYS[i + 2], 'rev') or '0'
+  if current ~= ARGV[at + 1] then
+    conflicts[#conflicts + 1] = i
+    conflicts[#conflicts + 1] = current
+    conflicts[#conflicts + 1] = redis.call('HGET', KEYS[i + 2], 'data') or ''
+  end
+end
+if #conflicts > 0 then
+  return {0, conflicts}
+end
+local base = redis.call('INCRBY', KEYS[1], count) - count + 1
+local entry = {'r', base}
+for i = 1, count do
+  local at = 2 + (i - 1) * 5
+  local data = ARGV[at + 3]
+  if data == '' then
+    redis.call('DEL', KEYS[i + 2])
+    entry[#entry + 1] = 't' .. ARGV[at]
+    entry[#entry + 1] = ''
+  else
+    redis.call('HSET', KEYS[i + 2], 'rev', base + i - 1, 'data', data)
+    redis.call('PEXPIRE', KEYS[i + 2], ARGV[at + 4])
+    entry[#entry + 1] = 't' .. ARGV[at]
+    entry[#entry + 1] = ARGV[at + 2] .. ':' .. data
+  end
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(entry))
+return {1, base}
+"""
+
+# KEYS: epoch, revision counter, stream. ARGV: a fresh epoch (kept only if none is set).
+# Returns the epoch, the last revision and the last stream id, read together.
+_BOOT = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+local id = '0-0'
+if #last > 0 then
+  id = last[1][1]
+end
+return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0', id}
+"""
+
+# KEYS: the lock. ARGV: our id, its lifetime in ms. 1 while we hold it.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_encode = msgspec.msgpack.encode
+_decode_task = msgspec.msgpack.Decoder(Task).decode
+
+
+class MissingRedis(RuntimeError):
+    """redis-py is not installed; the message says how to install it."""
+
+
+def _import_redis() -> tuple[Any, tuple[type[BaseException], ...]]:
+    """redis-py's asyncio client, and the errors that mean "Redis is unreachable"."""
+    try:
+        import redis.asyncio
+        import redis.exceptions
+    except ImportError:
+        raise MissingRedis(
+            "the Redis store needs redis-py: pip install 'progressista[redis]'"
+        ) from None
+    unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+    return redis.asyncio, unreachable
+
+
+class _Reload(Exception):
+    """The replica missed changes: load it again from Redis."""
+
+
+class RedisStore:
+    """Tasks in Redis, replicated into this server's memory (see the module's docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        lifetimes: Lifetimes,
+        max_tasks: int,
+        prefix: str = "progressista",
+        stream_length: int = 10_000,
+        password: str | None = None,
+    ) -> None:
+        self._redis_module, self._unreachable = _import_redis()
+        self.url = url
+        self.keys = RedisKeys(prefix)
+        self._lifetimes = lifetimes
+        self.max_tasks = max_tasks
+        self._stream_length = stream_length
+        self._password = password
+        self._table = TaskTable(track_age=lifetimes.max_age is not None)
+        self._redis: Any = None
+        self._scripts: dict[str, Any] = {}
+        #: The revision of the last stream entry applied, and its id.
+        self._stream_rev = 0
+        self._last_id = b"0-0"
+        self._epoch: bytes | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._problem: str | None = None
+        self._problem_listeners: list[Callable[[str | None], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server_id = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(4)}"
+        self._holds_lock = False
+        self._loaded = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    # The protocol --------------------------------------------------------------------------
+
+    @property
+    def table(self) -> TaskTable:
+        return self._table
+
+    def problem(self) -> str | None:
+        return self._problem
+
+    def on_problem(self, listener: Callable[[str | None], None]) -> None:
+        self._problem_listeners.append(listener)
+
+    @property
+    def holds_cleanup_lock(self) -> bool:
+        return self._holds_lock
+
+    async def start(self) -> None:
+        """Connect and load the tasks (waiting a little for Redis), then follow the stream.
+
+        A Redis that does not answer does not stop the server from starting: it serves (with
+        ``/readyz`` and writes saying 503) and keeps trying in the background.
+        """
+        self._redis = self._redis_module.from_url(
+            self.url,
+            password=self._password,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+        )
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in (("apply", _APPLY), ("boot", _BOOT), ("renew", _RENEW))
+        }
+        self._set_problem(f"loading the tasks from Redis at {redacted(self.url)}")
+        self._tasks = [asyncio.create_task(self._run(), name="progressista-redis")]
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._loaded.wait()), STARTUP_WAIT)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self._load()
+                break
+            except self._errors() as error:
+                self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        else:
+            return
+        self._set_problem(None)
+        self._loaded.set()
+        self._tasks.append(asyncio.create_task(self._keep_lock(), name="progressista-redis-lock"))
+        await self._follow()
+
+    async def close(self) -> None:
+        # The background tasks stop by themselves within a read's block time: cancelling a
+        # blocked XREAD can leave redis-py waiting for a reply that never comes.
+        self._stopping.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=READ_BLOCK_MS / 1000 + 2)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1)
+        if self._holds_lock and self._redis is not None:
+            with contextlib.suppress(*self._errors()):
+                # Hand cleanup over at once rather than after the lock expires.
+                if await self._redis.get(self.keys.cleanup_lock) == self._server_id.encode():
+                    await self._redis.delete(self.keys.cleanup_lock)
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def apply(self, events: list[Event], now: float) -> ApplyResult:
+        table = self._table
+        fresher: dict[str, Task | None] = {}
+
+        def lookup(task_id: str) -> Task | None:
+            return fresher[task_id] if task_id in fresher else table.tasks.get(task_id)
+
+        for _ in range(WRITE_ATTEMPTS):
+            staged, ignored = stage(lookup, events, now)
+            evicted: list[str] = []
+            if len(table) + len(staged) > self.max_tasks:
+                new_ids = sum(1 for task_id in staged if lookup(task_id) is None)
+                evicted = room_for(table, new_ids, self.max_tasks, staged)
+            changes: list[tuple[str, int, int, Task | None]] = [
+                (task_id, self._rev_of(lookup(task_id)), 0, None) for task_id in evicted
+            ]
+            changes += [
+                (task_id, self._rev_of(lookup(task_id)), mask, task)
+                for task_id, (task, mask) in staged.items()
+            ]
+            conflicts = await self._write(changes, now)
+            if not conflicts:
+                return ApplyResult(
+                    accepted=len(events) - ignored, ignored=ignored, evicted=len(evicted)
+                )
+            fresher.update(conflicts)
+        raise StoreUnavailable("other servers kept changing these tasks; retry")
+
+    async def delete(self, task_ids: Collection[str]) -> list[str]:
+        """Remove these tasks whatever their state (a person discarding them)."""
+        table = self._table
+        fresher: dict[str, Task | None] = {}
+        wanted = [task_id for task_id in task_ids if task_id in table.tasks]
+        for _ in range(WRITE_ATTEMPTS):
+            present = [
+                (task_id, task)
+                for task_id in wanted
+                if (task := fresher[task_id] if task_id in fresher else table.get(task_id))
+            ]
+            conflicts = await self._write(
+                [(task_id, task.rev, 0, None) for task_id, task in present], 0.0
+            )
+            if not conflicts:
+                return [task_id for task_id, _ in present]
+            fresher.update(conflicts)
+        raise StoreUnavailable("other servers kept changing these tasks; retry")
+
+    async def expire(self, now: float, lifetimes: Lifetimes, limit: int) -> Expired:
+        """Apply what is due, if this server holds the cleanup lock (else nothing)."""
+        if not self._holds_lock:
+            return Expired()
+        table = self._table
+        due = table.due(now, lifetimes, limit)
+        changes: list[tuple[str, int, int, Task | None]] = []
+        for task_id, verdict in due.items():
+            task = table.tasks[task_id]
+            if verdict == "stale":
+                stale, mask = went_stale(task)
+                changes.append((task_id, task.rev, mask, stale))
+            else:
+                changes.append((task_id, task.rev, 0, None))
+        # A task that changed meanwhile (an event on another server) is no longer due: drop
+        # it and apply the rest; the next pass looks again.
+        for _ in range(WRITE_ATTEMPTS):
+            conflicts = await self._write(changes, now)
+            if not conflicts:
+                break
+            changes = [change for change in changes if change[0] not in conflicts]
+        return Expired(
+            stale=[task_id for task_id, _, _, task in changes if task is not None],
+            removed=[task_id for task_id, _, _, task in changes if task is None],
+            more=len(due) >= limit,
+        )
+
+    # Writing -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _rev_of(task: Task | None) -> int:
+        return 0 if task is None else task.rev
+
+    def _ttl_ms(self, task: Task, now: float) -> int:
+        remaining = self._lifetimes.expires_at(task) - now
+        return max(1, int(remaining * 1000)) + TTL_MARGIN_MS
+
+    async def _write(
+        self, changes: list[tuple[str, int, int, Task | None]], now: float
+    ) -> dict[str, Task | None]:
+        """Store ``changes`` (id, revision it was read at, mask, task or None to remove) if no
+        revision moved; else the current state of each task that moved, for a retry.
+
+        Waits until the change came back through the stream, so that this server's reads see
+        its own writes.
+        """
+        if not changes:
+            return {}
+        if not self._loaded.is_set():
+            raise StoreUnavailable(
+                "the server has not loaded its tasks from Redis yet; retry shortly"
+            )
+        keys = self.keys
+        last = 0
+        for start in range(0, len(changes), CHANGES_PER_CALL):
+            chunk = changes[start : start + CHANGES_PER_CALL]
+            arguments: list[Any] = [self._stream_length]
+            for task_id, expected, mask, task in chunk:
+                data = b"" if task is None else _encode(task)
+                ttl = 0 if task is None else self._ttl_ms(task, now)
+                arguments += [task_id, expected, mask, data, ttl]
+            try:
+                reply = await self._scripts["apply"](
+                    keys=[keys.revision, keys.changes, *(keys.task(c[0]) for c in chunk)],
+                    args=arguments,
+                )
+            except self._errors() as error:
+                self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
+                raise StoreUnavailable(
+                    "the server cannot reach its Redis store right now; retry shortly"
+                ) from None
+            if reply[0] == 0:
+                found = reply[1]
+                conflicts: dict[str, Task | None] = {}
+                for at in range(0, len(found), 3):
+                    task_id = chunk[int(found[at]) - 1][0]
+                    rev, data = int(found[at + 1]), found[at + 2]
+                    conflicts[task_id] = self._task_from(data, rev) if data else None
+                return conflicts
+            last = int(reply[1]) + len(chunk) - 1
+        await self._echo(last)
+        return {}
+
+    async def _echo(self, rev: int) -> None:
+        """Wait (a little) until the stream reader has applied revision ``rev``."""
+        if self._stream_rev >= rev:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((rev, waiter))
+        with contextlib.suppress(asyncio.TimeoutError):
+            # The write is in Redis either way; only this server's view may lag.
+            await asyncio.wait_for(asyncio.shield(waiter), ECHO_TIMEOUT)
+
+    def _wake_waiters(self) -> None:
+        reached = self._stream_rev
+        keep = []
+        for rev, waiter in self._waiters:
+            if rev <= reached:
+                if not waiter.done():
+                    waiter.set_result(None)
+            elif not waiter.done():
+                keep.append((rev, waiter))
+        self._waiters = keep
+
+    # The replica -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _task_from(data: bytes, rev: int) -> Task:
+        task = _decode_task(data)
+        task.rev = rev
+        return task
+
+    async def _load(self) -> None:
+        """Load every task, then note where the stream stands, so that nothing falls between."""
+        keys = self.keys
+        epoch, counter, last_id = await self._scripts["boot"](
+            keys=[keys.epoch, keys.revision, keys.changes], args=[secrets.token_hex(8)]
+        )
+        tasks = await self._all_tasks()
+        lost = self._epoch is not None and epoch != self._epoch
+        if lost:
+            log.warning(
+                "Redis at %s lost its data (a new epoch): reloading every task", redacted(self.url)
+            )
+        self._epoch = epoch
+        if lost or not self._table.tasks:
+            self._table.replace_all(tasks, int(counter))
+        else:
+            self._reconcile(tasks, int(counter))
+        self._stream_rev = int(counter)
+        self._last_id = last_id
+        self._wake_waiters()
+
+    async def _all_tasks(self) -> list[Task]:
+        redis = self._redis
+        tasks: list[Task] = []
+        keys: list[bytes] = []
+        async for key in redis.scan_iter(match=self.keys.task_pattern, count=1000):
+            keys.append(key)
+            if len(keys) >= 1000:
+                tasks += await self._read_tasks(keys)
+                keys = []
+        tasks += await self._read_tasks(keys)
+        return tasks
+
+    async def _read_tasks(self, keys: list[bytes]) -> list[Task]:
+        if not keys:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, "rev", "data")
+            replies = await pipe.execute()
+        return [self._task_from(data, int(rev)) for rev, data in replies if rev and data]
+
+    def _reconcile(self, tasks: Iterable[Task], counter: int) -> None:
+        """Bring the replica to exactly ``tasks`` after missing changes, as changes of its own,
+        so viewers following it get patches; those behind start over (forget_removals)."""
+        table = self._table
+        loaded = {task.task_id: task for task in tasks}
+        for task_id in [task_id for task_id in table.tasks if task_id not in loaded]:
+            table.remove(task_id, counter)
+        for task in sorted(loaded.values(), key=lambda task: task.rev):
+            current = table.tasks.get(task.task_id)
+            if current is None or current.rev != task.rev:
+                table.commit(task, ALL_FIELDS)
+        table.forget_removals()
+        table.publish()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when the store is closing."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _follow(self) -> None:
+        """Apply the stream's entries as they come; reconnect and reload as needed."""
+        backoff = 0.1
+        while not self._stopping.is_set():
+            try:
+                reply = await self._redis.xread(
+                    {self.keys.changes: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+                if self._problem is not None:
+                    await self._recovered()
+                backoff = 0.1
+                for _stream, entries in reply or ():
+                    self._apply_entries(entries)
+            except _Reload:
+                log.warning("this server fell behind Redis's change stream; reloading the tasks")
+                await self._guarded(self._load)
+            except self._errors() as error:
+                self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _guarded(self, step: Callable[[], Any]) -> None:
+        try:
+            await step()
+        except self._errors() as error:
+            self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
+
+    async def _recovered(self) -> None:
+        """Redis answers again: reload if it lost its data meanwhile, then carry on."""
+        epoch = await self._redis.get(self.keys.epoch)
+        if epoch != self._epoch:
+            await self._load()
+        self._set_problem(None)
+
+    def _apply_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        table = self._table
+        for entry_id, fields in entries:
+            items = iter(fields.items())
+            _, first = next(items)
+            base = int(first)
+            if base <= self._stream_rev:
+                self._last_id = entry_id
+                continue  # already loaded with the snapshot
+            if base != self._stream_rev + 1:
+                raise _Reload
+            rev = base - 1
+            for field, value in items:
+                rev += 1
+                task_id = field[1:].decode()
+                current = table.tasks.get(task_id)
+                if current is not None and current.rev >= rev:
+                    continue
+                if not value:
+                    table.remove(task_id, rev)
+                else:
+                    mask, _, data = value.partition(b":")
+                    table.commit(self._task_from(data, rev), int(mask) if current else ALL_FIELDS)
+            self._stream_rev = rev
+            self._last_id = entry_id
+        if entries:
+            table.publish()
+            self._wake_waiters()
+
+    # Cleanup lock ----------------------------------------------------------------------------
+
+    async def _keep_lock(self) -> None:
+        """Take the cleanup lock when it is free, renew it while held."""
+        key = self.keys.cleanup_lock
+        while not self._stopping.is_set():
+            try:
+                if self._holds_lock:
+                    renewed = await self._scripts["renew"](
+                        keys=[key], args=[self._server_id, CLEANUP_LOCK_MS]
+                    )
+                    if not renewed:
+                        log.warning("lost the cleanup lock; another server runs cleanup now")
+                    self._holds_lock = bool(renewed)
+                else:
+                    self._holds_lock = bool(
+                        await self._redis.set(key, self._server_id, nx=True, px=CLEANUP_LOCK_MS)
+                    )
+                    if self._holds_lock:
+                        log.info("this server runs cleanup now (it holds the cleanup lock)")
+            except self._errors():
+                self._holds_lock = False  # cannot renew, so it may expire: stop deciding
+            await self._pause(CLEANUP_LOCK_MS / 3000)
+
+    # Health ----------------------------------------------------------------------------------
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return self._unreachable
+
+    def _set_problem(self, problem: str | None) -> None:
+        if problem == self._problem:
+            return
+        if problem is None:
+            log.info("Redis at %s answers again", redacted(self.url))
+        else:
+            log.error("%s", problem)
+        self._problem = problem
+        for listener in self._problem_listeners:
+            listener(problem)

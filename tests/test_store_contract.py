@@ -1,0 +1,232 @@
+"""What every store must do, run against each: the memory store (the reference) and Redis.
+
+The tests call the store directly: apply (order, seq, all or nothing), reads from its table,
+delete, cleanup transitions, eviction at ``max_tasks``, and the change masks viewers are told.
+A Redis store here talks to a real redis-server on a free port, under a key prefix of its own.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from progressista.server.event import Event
+from progressista.server.store import MemoryStore, StoreFull, TaskStore
+from progressista.server.table import REMOVED
+from progressista.server.task import ALL_FIELDS, FIELD_BIT, Lifetimes
+
+from .conftest import eventually
+from .redis_server import RedisProcess, running_redis
+
+LIFETIMES = Lifetimes(stale_after=10, abandon_after=100, retention=50, max_age=None)
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def redis_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    with running_redis(tmp_path_factory.mktemp("redis")) as redis:
+        yield redis
+
+
+async def make_store(kind: str, redis: RedisProcess | None, max_tasks: int = 100) -> TaskStore:
+    if kind == "memory":
+        return MemoryStore(max_tasks)
+    from progressista.server.redis_store import RedisStore
+
+    assert redis is not None
+    store = RedisStore(
+        redis.url, lifetimes=LIFETIMES, max_tasks=max_tasks, prefix=f"test-{secrets.token_hex(4)}"
+    )
+    await store.start()
+    assert store.problem() is None
+    return store
+
+
+@pytest.fixture(params=["memory", "redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def redis(kind: str, request: pytest.FixtureRequest) -> RedisProcess | None:
+    if kind != "redis":
+        return None
+    process: RedisProcess = request.getfixturevalue("redis_process")
+    return process
+
+
+@pytest.fixture
+async def store(kind: str, redis: RedisProcess | None) -> AsyncIterator[TaskStore]:
+    store = await make_store(kind, redis)
+    store.table.watch(lambda: None)  # record changes, as the hub does
+    yield store
+    await store.close()
+
+
+def events(*raw: dict[str, Any]) -> list[Event]:
+    return [msgspec.convert(event, Event) for event in raw]
+
+
+def states(store: TaskStore) -> dict[str, str]:
+    return {task_id: task.state for task_id, task in store.table.tasks.items()}
+
+
+async def test_a_batch_is_applied_in_order_and_counted(store: TaskStore) -> None:
+    result = await store.apply(
+        events({"task_id": "a", "n": 1}, {"task_id": "b", "n": 2}, {"task_id": "a", "n": 3}), NOW
+    )
+    assert (result.accepted, result.ignored) == (3, 0)
+    tasks = store.table.tasks
+    assert {task_id: task.n for task_id, task in tasks.items()} == {"a": 3, "b": 2}
+    assert list(tasks) == ["a", "b"]  # in the order first stored
+    # One revision per task changed, the table's being the last.
+    assert {tasks["a"].rev, tasks["b"].rev} == {store.table.rev - 1, store.table.rev}
+
+
+async def test_an_older_seq_is_ignored(store: TaskStore) -> None:
+    await store.apply(events({"task_id": "a", "n": 10, "seq": 5}), NOW)
+    result = await store.apply(events({"task_id": "a", "n": 1, "seq": 4}), NOW + 1)
+    assert (result.accepted, result.ignored) == (0, 1)
+    assert store.table.tasks["a"].n == 10
+
+
+async def test_the_changes_name_the_fields_that_changed(store: TaskStore) -> None:
+    await store.apply(events({"task_id": "a", "n": 1, "desc": "Loading"}), NOW)
+    assert store.table.take_changes() == {"a": ALL_FIELDS}
+    await store.apply(events({"task_id": "a", "n": 2, "desc": "Loading"}), NOW)
+    changed = store.table.take_changes()["a"]
+    assert changed & FIELD_BIT["n"] and changed & FIELD_BIT["updated_at"]
+    assert not changed & FIELD_BIT["desc"]
+    await store.delete(["a"])
+    assert store.table.take_changes() == {"a": REMOVED}
+
+
+async def test_when_full_the_longest_closed_make_room_else_nothing_is_stored(
+    kind: str, redis: RedisProcess | None
+) -> None:
+    store = await make_store(kind, redis, max_tasks=3)
+    try:
+        await store.apply(events({"task_id": "done-early", "status": "close"}), NOW)
+        await store.apply(
+            events({"task_id": "done-late", "status": "close"}, {"task_id": "running"}), NOW + 1
+        )
+
+        result = await store.apply(events({"task_id": "new-1"}), NOW + 2)
+        assert result.evicted == 1
+        assert sorted(store.table.tasks) == ["done-late", "new-1", "running"]
+        await store.apply(events({"task_id": "new-2"}), NOW + 3)
+        with pytest.raises(StoreFull):
+            await store.apply(events({"task_id": "running", "n": 5}, {"task_id": "new-3"}), NOW)
+        assert store.table.tasks["running"].n == 0  # all or nothing
+        assert sorted(store.table.tasks) == ["new-1", "new-2", "running"]
+    finally:
+        await store.close()
+
+
+async def test_delete_removes_only_what_exists(store: TaskStore) -> None:
+    await store.apply(events({"task_id": "a"}, {"task_id": "b"}), NOW)
+    assert sorted(await store.delete(["a", "ghost"])) == ["a"]
+    assert list(store.table.tasks) == ["b"]
+    assert await store.delete(["a"]) == []
+
+
+async def test_cleanup_walks_tasks_through_their_lifetimes(store: TaskStore) -> None:
+    if hasattr(store, "holds_cleanup_lock"):
+        await eventually(lambda: bool(store.holds_cleanup_lock))  # type: ignore[attr-defined]
+    await store.apply(
+        events(
+            {"task_id": "quiet", "total": 10, "rate": 1}, {"task_id": "done", "status": "close"}
+        ),
+        NOW,
+    )
+    expired = await store.expire(NOW + 11, LIFETIMES, 100)
+    assert (expired.stale, expired.removed, expired.more) == (["quiet"], [], False)
+    assert states(store) == {"quiet": "stale", "done": "completed"}
+    assert store.table.tasks["quiet"].eta is None
+    expired = await store.expire(NOW + 51, LIFETIMES, 100)
+    assert (expired.stale, expired.removed) == ([], ["done"])
+    expired = await store.expire(NOW + 111, LIFETIMES, 100)
+    assert (expired.stale, expired.removed) == ([], ["quiet"])
+    assert states(store) == {}
+
+
+async def test_cleanup_goes_in_bounded_steps(store: TaskStore) -> None:
+    if hasattr(store, "holds_cleanup_lock"):
+        await eventually(lambda: bool(store.holds_cleanup_lock))  # type: ignore[attr-defined]
+    await store.apply(events(*({"task_id": f"t{i}"} for i in range(25))), NOW)
+    steps = []
+    while True:
+        expired = await store.expire(NOW + 11, LIFETIMES, 10)
+        steps.append(len(expired.stale))
+        if not expired.more:
+            break
+    assert steps == [10, 10, 5]
+    assert set(states(store).values()) == {"stale"}
+
+
+async def test_the_table_counts_and_orders_each_state(store: TaskStore) -> None:
+    await store.apply(events(*({"task_id": f"t{i}"} for i in range(5))), NOW)
+    await store.apply(events({"task_id": "t1", "status": "close"}), NOW + 1)
+    table = store.table
+    assert table.counts() == {"active": 4, "stale": 0, "completed": 1, "failed": 0}
+    assert table.newest("active", 2) == ["t4", "t3"]
+    assert table.newest("completed", 5) == ["t1"]
+
+
+def test_a_missing_redis_py_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from progressista.server import redis_store
+
+    real_import = builtins.__import__
+
+    def no_redis(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name.startswith("redis"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_redis)
+    with pytest.raises(redis_store.MissingRedis) as caught:
+        redis_store.RedisStore("redis://127.0.0.1:1/0", lifetimes=LIFETIMES, max_tasks=10)
+    assert str(caught.value) == (
+        "the Redis store needs redis-py: pip install 'progressista[redis]'"
+    )
+
+
+async def test_redis_holds_each_task_with_its_revision_and_a_lifetime(
+    redis_process: RedisProcess,
+) -> None:
+    import redis.asyncio
+
+    store = await make_store("redis", redis_process)
+    try:
+        await store.apply(events({"task_id": "a/b c", "n": 4, "status": "close"}), NOW)
+        from progressista.server.redis_store import RedisStore
+
+        assert isinstance(store, RedisStore)
+        raw = redis.asyncio.from_url(redis_process.url)
+        key = store.keys.task("a/b c")
+        rev, data = await raw.hmget(key, "rev", "data")
+        assert int(rev) == store.table.tasks["a/b c"].rev
+        assert msgspec.msgpack.decode(data)["n"] == 4
+        # Completed: removed after retention (50 s) by cleanup, and by Redis an hour later.
+        ttl = await raw.pttl(key)
+        assert 3_600_000 < ttl <= 3_650_000
+        assert await raw.xlen(store.keys.changes) == 1
+        await raw.aclose()
+    finally:
+        await store.close()
+
+
+def test_keys_share_one_hash_tag() -> None:
+    from progressista.server.redis_store import RedisKeys
+
+    keys = RedisKeys("my*app")
+    names = [keys.task("x"), keys.revision, keys.changes, keys.epoch, keys.cleanup_lock]
+    assert all(name.startswith("{my*app}:") for name in names)
+    assert keys.task_pattern == "{my\\*app}:task:*"
