@@ -22,6 +22,8 @@ class Board:
     sections: dict[str, list[str]] = field(default_factory=dict)
     counts: dict[str, list[int]] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=lambda: {"store": "ok"})
+    #: Whole snapshots received (their last piece).
+    snapshots: int = 0
     #: Ids seen in the snapshot being received, until its last piece.
     _incoming: set[str] | None = None
 
@@ -36,6 +38,7 @@ class Board:
                 for task_id in [t for t in self.tasks if t not in self._incoming]:
                     del self.tasks[task_id]
                 self._incoming = None
+                self.snapshots += 1
         elif kind == "view":
             self.tasks = dict(message["tasks"])
             self.sections = message["sections"]

@@ -125,11 +125,15 @@ async def test_a_viewer_on_one_server_sees_what_another_server_accepts(
 ) -> None:
     with server_on(redis) as a, server_on(redis) as b:
         async with aiohttp.ClientSession() as session, watching(session, b) as (board, closed):
-            await eventually(lambda: board.tasks == {})  # B's (empty) snapshot arrived
+            await eventually(lambda: board.snapshots == 1)
             for n in range(1, 6):
                 async with session.post(f"{a.url}progress", json={"task_id": "x", "n": n}) as r:
                     assert r.status == 202
-                await eventually(lambda n=n: board.tasks.get("x", {}).get("n") == n)
+
+                def seen(n: int = n) -> bool:
+                    return bool(board.tasks.get("x", {}).get("n") == n)
+
+                await eventually(seen)
             assert await tasks_of(session, a) == await tasks_of(session, b) == {"x": 5}
             assert closed == []
 

@@ -70,6 +70,7 @@ class _Viewer:
     __slots__ = (
         "behind_since",
         "drained",
+        "generation",
         "last_resync",
         "owes",
         "resync_due",
@@ -103,6 +104,8 @@ class _Viewer:
         self.behind_since: float | None = None
         self.last_resync = float("-inf")
         self.resync_due = False
+        #: The table's generation its snapshot or view came from.
+        self.generation = -1
 
     def buffered(self) -> int:
         transport = self.transport
@@ -275,6 +278,7 @@ class Hub:
         if viewer.window is not window or not viewer.owes:
             return  # it asked for something else meanwhile
         viewer.owes = False
+        viewer.generation = window.generation
         self._write(viewer, feed.frame(feed.view(self.table, window.shown, window.counts)))
 
     async def window(self, text: str, limit: int) -> Window:
@@ -286,7 +290,7 @@ class Hub:
 
     def _window(self, text: str, limit: int) -> Window:
         window = self._windows.get((text, limit))
-        if window is None:
+        if window is None or window.generation != self.table.generation:
             window = Window(self.table, Query(text), limit)
             self._windows[window.key] = window
             self._spawn(self._build(window))
@@ -311,6 +315,7 @@ class Hub:
         async with self._snapshot_slots:
             table = self.table
             base = table.rev
+            viewer.generation = table.generation
             ids = list(table.tasks)
             size = feed.TASKS_PER_MESSAGE
             for start in range(0, max(len(ids), 1), size):
@@ -466,16 +471,18 @@ class Hub:
             self._flushing = False
 
     def _start_over(self) -> None:
-        """The table replaced every task (its revisions started over): so does every viewer."""
-        self._generation = self.table.generation
+        """The table replaced every task (its revisions started over): so does every viewer
+        that holds tasks from before."""
+        generation = self._generation = self.table.generation
         self._flushed_rev = self.table.rev
         self.table.take_changes()
-        self._windows.clear()
+        self._windows = {key: w for key, w in self._windows.items() if w.generation == generation}
         for viewer in self._viewers:
-            viewer.window = None
-            viewer.synced = None
-            viewer.owes = True
-            viewer.wake.set()
+            if viewer.generation != generation:
+                viewer.window = None
+                viewer.synced = None
+                viewer.owes = True
+                viewer.wake.set()
 
     async def _send_changes(self, changes: Changes, base: int) -> None:
         rev = self.table.rev

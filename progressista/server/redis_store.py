@@ -269,7 +269,8 @@ class RedisStore:
             name: self._redis.register_script(source)
             for name, source in (("apply", _APPLY), ("boot", _BOOT), ("renew", _RENEW))
         }
-        self._set_problem(f"loading the tasks from Redis at {redacted(self.url)}")
+        log.info("loading the tasks from Redis at %s", redacted(self.url))
+        self._set_problem(f"loading the tasks from Redis at {redacted(self.url)}", log_it=False)
         self._tasks = [asyncio.create_task(self._run(), name="progressista-redis")]
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._loaded.wait()), STARTUP_WAIT)
@@ -621,11 +622,13 @@ class RedisStore:
     def _errors(self) -> tuple[type[BaseException], ...]:
         return self._unreachable
 
-    def _set_problem(self, problem: str | None) -> None:
+    def _set_problem(self, problem: str | None, *, log_it: bool = True) -> None:
         if problem == self._problem:
             return
-        if problem is None:
-            log.info("Redis at %s answers again", redacted(self.url))
+        if not log_it:
+            pass
+        elif problem is None:
+            log.info("Redis at %s answers", redacted(self.url))
         else:
             log.error("%s", problem)
         self._problem = problem

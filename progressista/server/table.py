@@ -58,7 +58,8 @@ class TaskTable:
         #: Recently removed ids and the revision that removed them, oldest first.
         self._removed: OrderedDict[str, int] = OrderedDict()
         self._removals_kept = removals_kept
-        #: Removals at or below this revision may have been forgotten.
+        #: Removals up to this revision may have been forgotten: a reader that has seen less
+        #: than this cannot be told what it missed.
         self._removed_horizon = 0
         #: What changed since the hub last took it; None while nobody is watching.
         self._changes: Changes | None = None
@@ -263,7 +264,7 @@ class TaskTable:
         """Removals up to now may have been missed (a replica that reloaded): a viewer older
         than this must start over from a snapshot."""
         self._removed.clear()
-        self._removed_horizon = self.rev + 1
+        self._removed_horizon = self.rev
 
     def replace_all(self, tasks: Iterable[Task], rev: int) -> None:
         """Hold exactly ``tasks`` from now on, at revision ``rev`` (a replica whose Redis lost
@@ -275,7 +276,7 @@ class TaskTable:
             setattr(self, name, getattr(fresh, name))
         self._removed.clear()
         self.rev = rev
-        self._removed_horizon = rev + 1
+        self._removed_horizon = rev
         if self._changes is not None:
             self._changes = {}
         self.generation += 1

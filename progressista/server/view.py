@@ -110,6 +110,8 @@ class Window:
         self.ready = asyncio.Event()
         #: Hub clock time it was last asked for or left by a viewer.
         self.last_used = 0.0
+        #: The table's generation it was built from (a replaced table needs a new window).
+        self.generation = table.generation
 
     @property
     def key(self) -> tuple[str, int]:
