@@ -17,7 +17,7 @@ import pytest
 from progressista.server.event import Event
 from progressista.server.store import MemoryStore, StoreFull, TaskStore
 from progressista.server.table import REMOVED
-from progressista.server.task import ALL_FIELDS, FIELD_BIT, Lifetimes
+from progressista.server.task import ALL_FIELDS, FIELD_BIT, Lifetimes, Task
 
 from .conftest import eventually
 from .redis_server import RedisProcess, running_redis
@@ -237,3 +237,60 @@ def test_keys_share_one_hash_tag() -> None:
     names = [keys.task("x"), keys.revision, keys.changes, keys.epoch, keys.cleanup_lock]
     assert all(name.startswith("{my*app}:") for name in names)
     assert keys.task_pattern == "{my\\*app}:task:*"
+
+
+async def test_a_replica_that_missed_changes_reloads_and_ends_equal_to_redis(
+    redis_process: RedisProcess,
+) -> None:
+    import redis.asyncio
+
+    from progressista.server.redis_store import RedisStore
+
+    writer = await make_store("redis", redis_process)
+    assert isinstance(writer, RedisStore)
+    reader = RedisStore(
+        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=writer.keys.prefix
+    )
+    await reader.start()
+    try:
+        await writer.apply(events({"task_id": "a", "n": 1}, {"task_id": "b", "n": 1}), NOW)
+        await eventually(lambda: sorted(reader.table.tasks) == ["a", "b"])
+        # Changes the stream no longer holds (trimmed away): a task written behind its back,
+        # one deleted, and revisions taken.
+        raw = redis.asyncio.from_url(redis_process.url)
+        ghost = Task(task_id="ghost", n=7)
+        rev = await raw.incrby(writer.keys.revision, 3)
+        await raw.hset(
+            writer.keys.task("ghost"),
+            mapping={"rev": rev - 1, "data": msgspec.msgpack.encode(ghost)},
+        )
+        await raw.delete(writer.keys.task("b"))
+        await raw.aclose()
+        await writer.apply(events({"task_id": "a", "n": 2}), NOW + 1)
+        await eventually(lambda: sorted(reader.table.tasks) == ["a", "ghost"])
+        assert reader.table.tasks["a"].n == 2
+        assert reader.table.tasks["ghost"].n == 7
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+async def test_a_redis_that_lost_its_data_is_noticed_and_the_replica_starts_over(
+    redis_process: RedisProcess,
+) -> None:
+    import redis.asyncio
+
+    store = await make_store("redis", redis_process)
+    try:
+        await store.apply(events({"task_id": "before", "n": 1}), NOW)
+        generation = store.table.generation
+        raw = redis.asyncio.from_url(redis_process.url)
+        for key in await raw.keys(f"{{{store.keys.prefix}}}:*"):  # type: ignore[attr-defined]
+            await raw.delete(key)
+        await raw.aclose()
+        # Revisions start again from 1 in the emptied Redis; the first write shows it.
+        await store.apply(events({"task_id": "after", "n": 1}), NOW + 1)
+        await eventually(lambda: sorted(store.table.tasks) == ["after"])
+        assert store.table.generation > generation
+    finally:
+        await store.close()

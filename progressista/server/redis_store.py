@@ -544,7 +544,7 @@ class RedisStore:
                 for _stream, entries in reply or ():
                     self._apply_entries(entries)
             except _Reload:
-                log.warning("this server fell behind Redis's change stream; reloading the tasks")
+                log.warning("this server missed changes in Redis's stream; reloading the tasks")
                 await self._guarded(self._load)
             except self._errors() as error:
                 self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
@@ -570,10 +570,9 @@ class RedisStore:
             items = iter(fields.items())
             _, first = next(items)
             base = int(first)
-            if base <= self._stream_rev:
-                self._last_id = entry_id
-                continue  # already loaded with the snapshot
             if base != self._stream_rev + 1:
+                # A hole: entries were trimmed before this server read them. Or revisions went
+                # back: Redis lost its data (the epoch tells). Either way, load afresh.
                 raise _Reload
             rev = base - 1
             for field, value in items:
