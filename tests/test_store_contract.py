@@ -280,12 +280,15 @@ async def test_a_redis_that_lost_its_data_is_noticed_and_the_replica_starts_over
 ) -> None:
     import redis.asyncio
 
+    from progressista.server.redis_store import RedisStore
+
     store = await make_store("redis", redis_process)
+    assert isinstance(store, RedisStore)
     try:
         await store.apply(events({"task_id": "before", "n": 1}), NOW)
         generation = store.table.generation
         raw = redis.asyncio.from_url(redis_process.url)
-        for key in await raw.keys(f"{{{store.keys.prefix}}}:*"):  # type: ignore[attr-defined]
+        for key in await raw.keys(f"{{{store.keys.prefix}}}:*"):
             await raw.delete(key)
         await raw.aclose()
         # Revisions start again from 1 in the emptied Redis; the first write shows it.
