@@ -35,6 +35,7 @@ import contextlib
 import logging
 import os
 import secrets
+import struct
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -84,8 +85,8 @@ class RedisKeys:
         return "{" + self.prefix + "}"
 
     def task(self, task_id: str) -> str:
-        """A hash: ``rev`` (its revision) and ``data`` (the task, msgpack). Expires
-        TTL_MARGIN_MS after cleanup would have removed it."""
+        """A string: the task's revision, a colon, the task (msgpack). Expires TTL_MARGIN_MS
+        after cleanup would have removed it."""
         return f"{self.tag}:task:{task_id}"
 
     @property
@@ -102,8 +103,9 @@ class RedisKeys:
     @property
     def changes(self) -> str:
         """A stream of changes, trimmed to about ``redis_stream_length`` entries. Each entry:
-        ``r`` = the revision of its first change, then one field per task, ``t<id>``, holding
-        ``<mask>:<task>`` (the fields that changed, then the task) or nothing (removed)."""
+        ``r`` = the revision of its first change, ``c`` = the changes as the apply script got
+        them: id, revision read, mask of changed fields, task (msgpack) or "" when removed,
+        ttl, each field a 4-byte length and its bytes."""
         return f"{self.tag}:changes"
 
     @property
@@ -117,41 +119,47 @@ class RedisKeys:
         return f"{self.tag}:cleanup-lock"
 
 
-# KEYS: revision counter, stream, then one task key per change.
-# ARGV: stream length, then per change: id, expected revision ('0': absent), mask, data ('' to
-# remove), ttl in ms. All or nothing: any revision that moved returns {0, index, rev, data, ...}.
+# KEYS: revision counter, stream. ARGV: stream length, the task key prefix, and the changes in
+# one string: per change, five length-prefixed fields (see _pack_changes): id, expected revision
+# ('0': absent), mask, data ('' removes), ttl in ms. One argument, not five per change: redis-py
+# spends microseconds on every argument it encodes.
+# All or nothing: any revision that moved returns {0, {index, stored value, ...}}; else the changes
+# are stored and the same array is appended to the stream with the revision of its first.
+# (Task keys are not in KEYS: they share the prefix's hash tag, hence the slot, of those that are.)
 _APPLY = """
-local count = #KEYS - 2
+local packed = ARGV[3]
+local changes = {}
+local at = 1
+while at <= #packed do
+  local id, expected, mask, data, ttl
+  id, expected, mask, data, ttl, at = struct.unpack('>I4c0I4c0I4c0I4c0I4c0', packed, at)
+  changes[#changes + 1] = {id, expected, data, ttl}
+end
+local prefix = ARGV[2]
 local conflicts = {}
-for i = 1, count do
-  local at = 2 + (i - 1) * 5
-  local current = redis.call('HGET', KEYS[i + 2], 'rev') or '0'
-  if current ~= ARGV[at + 1] then
+for i, change in ipairs(changes) do
+  -- Only the revision in front: the task after it need not be copied into Lua.
+  local head = redis.call('GETRANGE', prefix .. change[1], 0, 20)
+  local current = string.match(head, '^(%d+):') or '0'
+  if current ~= change[2] then
     conflicts[#conflicts + 1] = i
-    conflicts[#conflicts + 1] = current
-    conflicts[#conflicts + 1] = redis.call('HGET', KEYS[i + 2], 'data') or ''
+    conflicts[#conflicts + 1] = redis.call('GET', prefix .. change[1]) or ''
   end
 end
 if #conflicts > 0 then
   return {0, conflicts}
 end
+local count = #changes
 local base = redis.call('INCRBY', KEYS[1], count) - count + 1
-local entry = {'r', base}
-for i = 1, count do
-  local at = 2 + (i - 1) * 5
-  local data = ARGV[at + 3]
-  if data == '' then
-    redis.call('DEL', KEYS[i + 2])
-    entry[#entry + 1] = 't' .. ARGV[at]
-    entry[#entry + 1] = ''
+for i, change in ipairs(changes) do
+  local key = prefix .. change[1]
+  if change[3] == '' then
+    redis.call('DEL', key)
   else
-    redis.call('HSET', KEYS[i + 2], 'rev', base + i - 1, 'data', data)
-    redis.call('PEXPIRE', KEYS[i + 2], ARGV[at + 4])
-    entry[#entry + 1] = 't' .. ARGV[at]
-    entry[#entry + 1] = ARGV[at + 2] .. ':' .. data
+    redis.call('SET', key, (base + i - 1) .. ':' .. change[3], 'PX', change[4])
   end
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(entry))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'r', base, 'c', ARGV[3])
 return {1, base}
 """
 
@@ -177,6 +185,32 @@ return 0
 
 _encode = msgspec.msgpack.encode
 _decode_task = msgspec.msgpack.Decoder(Task).decode
+_LENGTH = struct.Struct(">I")
+
+
+def _pack_changes(changes: Iterable[tuple[str, int, int, bytes, int]]) -> bytes:
+    """Changes (id, revision read, mask, task data or b"", ttl) as the apply script reads
+    them, and as the stream keeps them: each field a 4-byte length and its bytes."""
+    parts: list[bytes] = []
+    pack = _LENGTH.pack
+    for task_id, expected, mask, data, ttl in changes:
+        for field in (task_id.encode(), b"%d" % expected, b"%d" % mask, data, b"%d" % ttl):
+            parts.append(pack(len(field)))
+            parts.append(field)
+    return b"".join(parts)
+
+
+def _unpack_changes(packed: bytes) -> Iterable[tuple[str, int, bytes]]:
+    """(id, mask, task data or b"") for each change in a stream entry."""
+    unpack = _LENGTH.unpack_from
+    at, end = 0, len(packed)
+    while at < end:
+        fields = []
+        for _ in range(5):
+            (size,) = unpack(packed, at)
+            fields.append(packed[at + 4 : at + 4 + size])
+            at += 4 + size
+        yield fields[0].decode(), int(fields[2]), fields[3]
 
 
 class MissingRedis(RuntimeError):
@@ -413,15 +447,20 @@ class RedisStore:
         last = 0
         for start in range(0, len(changes), CHANGES_PER_CALL):
             chunk = changes[start : start + CHANGES_PER_CALL]
-            arguments: list[Any] = [self._stream_length]
-            for task_id, expected, mask, task in chunk:
-                data = b"" if task is None else _encode(task)
-                ttl = 0 if task is None else self._ttl_ms(task, now)
-                arguments += [task_id, expected, mask, data, ttl]
+            packed = _pack_changes(
+                (
+                    task_id,
+                    expected,
+                    mask,
+                    b"" if task is None else _encode(task),
+                    0 if task is None else self._ttl_ms(task, now),
+                )
+                for task_id, expected, mask, task in chunk
+            )
             try:
                 reply = await self._scripts["apply"](
-                    keys=[keys.revision, keys.changes, *(keys.task(c[0]) for c in chunk)],
-                    args=arguments,
+                    keys=[keys.revision, keys.changes],
+                    args=[self._stream_length, keys.task(""), packed],
                 )
             except self._errors() as error:
                 self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
@@ -431,10 +470,9 @@ class RedisStore:
             if reply[0] == 0:
                 found = reply[1]
                 conflicts: dict[str, Task | None] = {}
-                for at in range(0, len(found), 3):
+                for at in range(0, len(found), 2):
                     task_id = chunk[int(found[at]) - 1][0]
-                    rev, data = int(found[at + 1]), found[at + 2]
-                    conflicts[task_id] = self._task_from(data, rev) if data else None
+                    conflicts[task_id] = self._stored_task(found[at + 1]) if found[at + 1] else None
                 return conflicts
             last = int(reply[1]) + len(chunk) - 1
         await self._echo(last)
@@ -468,6 +506,12 @@ class RedisStore:
         task = _decode_task(data)
         task.rev = rev
         return task
+
+    @classmethod
+    def _stored_task(cls, stored: bytes) -> Task:
+        """A task key's value: its revision, a colon, the task (msgpack)."""
+        rev, _, data = stored.partition(b":")
+        return cls._task_from(data, int(rev))
 
     async def _load(self) -> None:
         """Load every task, then note where the stream stands, so that nothing falls between."""
@@ -505,11 +549,7 @@ class RedisStore:
     async def _read_tasks(self, keys: list[bytes]) -> list[Task]:
         if not keys:
             return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.hmget(key, "rev", "data")
-            replies = await pipe.execute()
-        return [self._task_from(data, int(rev)) for rev, data in replies if rev and data]
+        return [self._stored_task(value) for value in await self._redis.mget(keys) if value]
 
     def _reconcile(self, tasks: Iterable[Task], counter: int) -> None:
         """Bring the replica to exactly ``tasks`` after missing changes, as changes of its own,
@@ -567,25 +607,21 @@ class RedisStore:
     def _apply_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         table = self._table
         for entry_id, fields in entries:
-            items = iter(fields.items())
-            _, first = next(items)
-            base = int(first)
+            base = int(fields[b"r"])
             if base != self._stream_rev + 1:
                 # A hole: entries were trimmed before this server read them. Or revisions went
                 # back: Redis lost its data (the epoch tells). Either way, load afresh.
                 raise _Reload
             rev = base - 1
-            for field, value in items:
+            for task_id, mask, data in _unpack_changes(fields[b"c"]):
                 rev += 1
-                task_id = field[1:].decode()
                 current = table.tasks.get(task_id)
                 if current is not None and current.rev >= rev:
                     continue
-                if not value:
+                if not data:
                     table.remove(task_id, rev)
                 else:
-                    mask, _, data = value.partition(b":")
-                    table.commit(self._task_from(data, rev), int(mask) if current else ALL_FIELDS)
+                    table.commit(self._task_from(data, rev), mask if current else ALL_FIELDS)
             self._stream_rev = rev
             self._last_id = entry_id
         if entries:
