@@ -144,7 +144,7 @@ class ServerSettings:
         "progressista", "prefix of every Redis key (a hash tag: one Redis Cluster slot)", str
     )
     redis_stream_length: int = _setting(
-        10_000,
+        2000,
         "Redis change-stream entries kept: a server that falls further behind reloads",
         int,
     )

@@ -244,7 +244,7 @@ class RedisStore:
         lifetimes: Lifetimes,
         max_tasks: int,
         prefix: str = "progressista",
-        stream_length: int = 10_000,
+        stream_length: int = 2000,
         password: str | None = None,
     ) -> None:
         self._redis_module, self._unreachable = _import_redis()
