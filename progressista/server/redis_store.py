@@ -31,6 +31,7 @@ lifetimes are in :class:`RedisKeys`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -44,7 +45,7 @@ import msgspec
 
 from ..settings import redact_url as redacted
 from .event import Event
-from .store import ApplyResult, Expired, StoreUnavailable, room_for, stage
+from .store import ApplyResult, Expired, StoreFull, StoreUnavailable, room_for, stage
 from .table import TaskTable
 from .task import ALL_FIELDS, Lifetimes, Task, went_stale
 
@@ -58,8 +59,8 @@ CLEANUP_LOCK_MS = 5000
 #: A task key outlives the moment cleanup would remove it by this much (ms), so that Redis
 #: drops it by itself when no server runs cleanup, and never before cleanup would.
 TTL_MARGIN_MS = 3_600_000
-#: Most changes in one script call (Lua's stack bounds how many values one call can unpack).
-CHANGES_PER_CALL = 1000
+#: The writes of several requests share one script call up to about this many changes.
+GROUP_CHANGES = 2000
 #: Attempts at a write whose tasks other servers keep changing under it.
 WRITE_ATTEMPTS = 8
 #: Seconds a write waits for its own change to come back from the stream (read-your-writes).
@@ -183,6 +184,36 @@ end
 return 0
 """
 
+#: One change a write makes: task id, the revision it was read at (0: absent), the mask of
+#: the fields that changed, and the task after it, or None to remove it.
+Change = tuple[str, int, int, Task | None]
+#: The freshest state of a task as a write sees it.
+Lookup = Callable[[str], Task | None]
+#: Works out a write's changes and its result, against the freshest state (again on a retry).
+Prepare = Callable[[Lookup], tuple[list[Change], Any]]
+
+
+class _Write:
+    """One caller's write, queued for the writer."""
+
+    __slots__ = ("future", "now", "prepare", "size")
+
+    def __init__(self, prepare: Prepare, size: int, now: float) -> None:
+        self.prepare = prepare
+        self.size = size
+        self.now = now
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _rev_of(task: Task | None) -> int:
+    return 0 if task is None else task.rev
+
+
 _encode = msgspec.msgpack.encode
 _decode_task = msgspec.msgpack.Decoder(Task).decode
 _LENGTH = struct.Struct(">I")
@@ -261,12 +292,24 @@ class RedisStore:
         self._stream_rev = 0
         self._last_id = b"0-0"
         self._epoch: bytes | None = None
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: Callers waiting for their write to come back from the stream: (revision, future,
+        #: result to give).
+        self._waiters: list[tuple[int, asyncio.Future[Any], Any]] = []
         self._problem: str | None = None
         self._problem_listeners: list[Callable[[str | None], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._server_id = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(4)}"
         self._holds_lock = False
+        #: Writes waiting for the writer, and the writer (a task while there are any).
+        self._queue: collections.deque[_Write] = collections.deque()
+        self._writer: asyncio.Task[None] | None = None
+        #: Tasks this server wrote whose change the stream has not brought back yet: (revision,
+        #: task or None), the freshest state for the next write to start from.
+        self._ahead: dict[str, tuple[int, Task | None]] = {}
+        #: This server's stream entries not yet read back, by first revision: their tasks.
+        self._own: dict[int, list[tuple[str, int, Task | None]]] = {}
+        #: Resolved when the script call in flight has answered (None when there is none).
+        self._storing: asyncio.Future[None] | None = None
         self._loaded = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -346,157 +389,243 @@ class RedisStore:
 
     async def apply(self, events: list[Event], now: float) -> ApplyResult:
         table = self._table
-        fresher: dict[str, Task | None] = {}
 
-        def lookup(task_id: str) -> Task | None:
-            return fresher[task_id] if task_id in fresher else table.tasks.get(task_id)
-
-        for _ in range(WRITE_ATTEMPTS):
+        def prepare(lookup: Lookup) -> tuple[list[Change], ApplyResult]:
             staged, ignored = stage(lookup, events, now)
             evicted: list[str] = []
             if len(table) + len(staged) > self.max_tasks:
                 new_ids = sum(1 for task_id in staged if lookup(task_id) is None)
                 evicted = room_for(table, new_ids, self.max_tasks, staged)
-            changes: list[tuple[str, int, int, Task | None]] = [
-                (task_id, self._rev_of(lookup(task_id)), 0, None) for task_id in evicted
+            changes: list[Change] = [
+                (task_id, _rev_of(lookup(task_id)), 0, None) for task_id in evicted
             ]
             changes += [
-                (task_id, self._rev_of(lookup(task_id)), mask, task)
+                (task_id, _rev_of(lookup(task_id)), mask, task)
                 for task_id, (task, mask) in staged.items()
             ]
-            conflicts = await self._write(changes, now)
-            if not conflicts:
-                return ApplyResult(
-                    accepted=len(events) - ignored, ignored=ignored, evicted=len(evicted)
-                )
-            fresher.update(conflicts)
-        raise StoreUnavailable("other servers kept changing these tasks; retry")
+            result = ApplyResult(
+                accepted=len(events) - ignored, ignored=ignored, evicted=len(evicted)
+            )
+            return changes, result
+
+        result: ApplyResult = await self._submit(prepare, len(events), now)
+        return result
 
     async def delete(self, task_ids: Collection[str]) -> list[str]:
         """Remove these tasks whatever their state (a person discarding them)."""
-        table = self._table
-        fresher: dict[str, Task | None] = {}
-        wanted = [task_id for task_id in task_ids if task_id in table.tasks]
-        for _ in range(WRITE_ATTEMPTS):
-            present = [
-                (task_id, task)
-                for task_id in wanted
-                if (task := fresher[task_id] if task_id in fresher else table.get(task_id))
-            ]
-            conflicts = await self._write(
-                [(task_id, task.rev, 0, None) for task_id, task in present], 0.0
-            )
-            if not conflicts:
-                return [task_id for task_id, _ in present]
-            fresher.update(conflicts)
-        raise StoreUnavailable("other servers kept changing these tasks; retry")
+
+        def prepare(lookup: Lookup) -> tuple[list[Change], list[str]]:
+            present = [(task_id, task) for task_id in task_ids if (task := lookup(task_id))]
+            changes: list[Change] = [(task_id, task.rev, 0, None) for task_id, task in present]
+            return changes, [task_id for task_id, _ in present]
+
+        deleted: list[str] = await self._submit(prepare, len(task_ids), 0.0)
+        return deleted
 
     async def expire(self, now: float, lifetimes: Lifetimes, limit: int) -> Expired:
         """Apply what is due, if this server holds the cleanup lock (else nothing)."""
         if not self._holds_lock:
             return Expired()
-        table = self._table
-        due = table.due(now, lifetimes, limit)
-        changes: list[tuple[str, int, int, Task | None]] = []
-        for task_id, verdict in due.items():
-            task = table.tasks[task_id]
-            if verdict == "stale":
-                stale, mask = went_stale(task)
-                changes.append((task_id, task.rev, mask, stale))
-            else:
-                changes.append((task_id, task.rev, 0, None))
-        # A task that changed meanwhile (an event on another server) is no longer due: drop
-        # it and apply the rest; the next pass looks again.
-        for _ in range(WRITE_ATTEMPTS):
-            conflicts = await self._write(changes, now)
-            if not conflicts:
-                break
-            changes = [change for change in changes if change[0] not in conflicts]
-        return Expired(
-            stale=[task_id for task_id, _, _, task in changes if task is not None],
-            removed=[task_id for task_id, _, _, task in changes if task is None],
-            more=len(due) >= limit,
-        )
+        due = self._table.due(now, lifetimes, limit)
+
+        def prepare(lookup: Lookup) -> tuple[list[Change], Expired]:
+            # Judged again on the freshest state: a task that got an event on another server
+            # meanwhile is no longer due, and is left alone.
+            changes: list[Change] = []
+            expired = Expired(more=len(due) >= limit)
+            for task_id in due:
+                task = lookup(task_id)
+                verdict = None if task is None else lifetimes.verdict(task, now)
+                if task is None or verdict is None:
+                    continue
+                if verdict == "stale":
+                    stale, mask = went_stale(task)
+                    changes.append((task_id, task.rev, mask, stale))
+                    expired.stale.append(task_id)
+                else:
+                    changes.append((task_id, task.rev, 0, None))
+                    expired.removed.append(task_id)
+            return changes, expired
+
+        expired: Expired = await self._submit(prepare, len(due), now)
+        return expired
 
     # Writing -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _rev_of(task: Task | None) -> int:
-        return 0 if task is None else task.rev
 
     def _ttl_ms(self, task: Task, now: float) -> int:
         remaining = self._lifetimes.expires_at(task) - now
         return max(1, int(remaining * 1000)) + TTL_MARGIN_MS
 
-    async def _write(
-        self, changes: list[tuple[str, int, int, Task | None]], now: float
-    ) -> dict[str, Task | None]:
-        """Store ``changes`` (id, revision it was read at, mask, task or None to remove) if no
-        revision moved; else the current state of each task that moved, for a retry.
+    async def _submit(self, prepare: Prepare, size: int, now: float) -> Any:
+        """Queue a write for the writer, and wait until it is in Redis and in this replica.
 
-        Waits until the change came back through the stream, so that this server's reads see
-        its own writes.
+        One writer sends the writes of many requests in one script call (group commit): fewer
+        round trips, and no two writes of this server ever race each other for one task.
         """
-        if not changes:
-            return {}
         if not self._loaded.is_set():
             raise StoreUnavailable(
                 "the server has not loaded its tasks from Redis yet; retry shortly"
             )
-        keys = self.keys
-        last = 0
-        for start in range(0, len(changes), CHANGES_PER_CALL):
-            chunk = changes[start : start + CHANGES_PER_CALL]
-            packed = _pack_changes(
-                (
-                    task_id,
-                    expected,
-                    mask,
-                    b"" if task is None else _encode(task),
-                    0 if task is None else self._ttl_ms(task, now),
-                )
-                for task_id, expected, mask, task in chunk
-            )
-            try:
-                reply = await self._scripts["apply"](
-                    keys=[keys.revision, keys.changes],
-                    args=[self._stream_length, keys.task(""), packed],
-                )
-            except self._errors() as error:
-                self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
-                raise StoreUnavailable(
-                    "the server cannot reach its Redis store right now; retry shortly"
-                ) from None
-            if reply[0] == 0:
-                found = reply[1]
-                conflicts: dict[str, Task | None] = {}
-                for at in range(0, len(found), 2):
-                    task_id = chunk[int(found[at]) - 1][0]
-                    conflicts[task_id] = self._stored_task(found[at + 1]) if found[at + 1] else None
-                return conflicts
-            last = int(reply[1]) + len(chunk) - 1
-        await self._echo(last)
-        return {}
+        write = _Write(prepare, size, now)
+        self._queue.append(write)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_loop(), name="progressista-redis-write")
+        return await write.future
 
-    async def _echo(self, rev: int) -> None:
-        """Wait (a little) until the stream reader has applied revision ``rev``."""
-        if self._stream_rev >= rev:
+    async def _write_loop(self) -> None:
+        while self._queue:
+            group: list[_Write] = []
+            size = 0
+            while self._queue and (not group or size + self._queue[0].size <= GROUP_CHANGES):
+                write = self._queue.popleft()
+                size += write.size
+                group.append(write)
+            await self._commit(group)
+
+    async def _commit(self, group: list[_Write]) -> None:
+        """Prepare every write of ``group`` against the freshest state, in order, and store
+        them all with one script call; prepare again with what moved when another server got
+        there first."""
+        fresher: dict[str, Task | None] = {}
+        for _ in range(WRITE_ATTEMPTS):
+            combined, done = self._prepare(group, fresher)
+            try:
+                conflicts = await self._store(list(combined.values()))
+            except StoreUnavailable as error:
+                for write, _ in done:
+                    if not write.future.done():
+                        write.future.set_exception(error)
+                return
+            if isinstance(conflicts, int):
+                # Answer each caller once the change is back from the stream, so that this
+                # server reads its own writes; the writer goes on with the next group meanwhile.
+                for write, result in done:
+                    self._when_applied(conflicts, write.future, result)
+                return
+            fresher.update(conflicts)
+        for write in group:
+            if not write.future.done():
+                write.future.set_exception(
+                    StoreUnavailable("other servers kept changing these tasks; retry")
+                )
+
+    def _prepare(
+        self, group: list[_Write], fresher: dict[str, Task | None]
+    ) -> tuple[dict[str, list[Any]], list[tuple[_Write, Any]]]:
+        """Each write's changes, in order, each seeing those before it: per task, its last
+        state and the revision it was read at; and the writes that were not refused."""
+        combined: dict[str, list[Any]] = {}
+        done: list[tuple[_Write, Any]] = []
+
+        def lookup(task_id: str) -> Task | None:
+            if task_id in combined:
+                task: Task | None = combined[task_id][3]
+                return task
+            if task_id in fresher:
+                return fresher[task_id]
+            if task_id in self._ahead:
+                return self._ahead[task_id][1]
+            return self._table.tasks.get(task_id)
+
+        for write in group:
+            if write.future.done():
+                continue  # its caller gave up (the request went away)
+            try:
+                changes, result = write.prepare(lookup)
+            except StoreFull as error:
+                write.future.set_exception(error)
+                continue
+            for task_id, expected, mask, task in changes:
+                earlier = combined.get(task_id)
+                if earlier is None:
+                    combined[task_id] = [task_id, expected, mask, task, write.now]
+                else:  # the same task twice in one call: its last state, every change
+                    earlier[2] |= mask
+                    earlier[3] = task
+            done.append((write, result))
+        return combined, done
+
+    async def _store(self, changes: list[list[Any]]) -> dict[str, Task | None] | int:
+        """Store ``changes`` ([id, revision read, mask, task or None, now]) if no revision
+        moved, and return the last revision given; else the current state of each task that
+        moved."""
+        if not changes:
+            return self._stream_rev
+        try:
+            return await self._call_apply(changes)
+        finally:
+            self._stored()
+
+    async def _call_apply(self, changes: list[list[Any]]) -> dict[str, Task | None] | int:
+        keys = self.keys
+        packed = _pack_changes(
+            (
+                task_id,
+                expected,
+                mask,
+                b"" if task is None else _encode(task),
+                0 if task is None else self._ttl_ms(task, now),
+            )
+            for task_id, expected, mask, task, now in changes
+        )
+        self._storing = asyncio.get_running_loop().create_future()
+        try:
+            reply = await self._scripts["apply"](
+                keys=[keys.revision, keys.changes],
+                args=[self._stream_length, keys.task(""), packed],
+            )
+        except self._errors() as error:
+            self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
+            raise StoreUnavailable(
+                "the server cannot reach its Redis store right now; retry shortly"
+            ) from None
+        if reply[0] == 0:
+            found = reply[1]
+            return {
+                changes[int(found[at]) - 1][0]: (
+                    self._stored_task(found[at + 1]) if found[at + 1] else None
+                )
+                for at in range(0, len(found), 2)
+            }
+        base = int(reply[1])
+        own: list[tuple[str, int, Task | None]] = []
+        for offset, (task_id, _, mask, task, _) in enumerate(changes):
+            rev = base + offset
+            if task is not None:
+                task.rev = rev
+            self._ahead[task_id] = (rev, task)
+            own.append((task_id, mask, task))
+        # The stream brings this entry back: its tasks are these very objects.
+        self._own[base] = own
+        return base + len(changes) - 1
+
+    def _stored(self) -> None:
+        """The script call in flight (if any) has answered, or failed."""
+        storing, self._storing = self._storing, None
+        if storing is not None and not storing.done():
+            storing.set_result(None)
+
+    def _when_applied(self, rev: int, future: asyncio.Future[Any], result: Any) -> None:
+        """Resolve ``future`` with ``result`` once the replica has applied revision ``rev``,
+        or after ECHO_TIMEOUT: the write is in Redis either way; only this view may lag."""
+        if future.done():
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((rev, waiter))
-        with contextlib.suppress(asyncio.TimeoutError):
-            # The write is in Redis either way; only this server's view may lag.
-            await asyncio.wait_for(asyncio.shield(waiter), ECHO_TIMEOUT)
+        if self._stream_rev >= rev:
+            future.set_result(result)
+            return
+        self._waiters.append((rev, future, result))
+        asyncio.get_running_loop().call_later(ECHO_TIMEOUT, _settle, future, result)
 
     def _wake_waiters(self) -> None:
         reached = self._stream_rev
         keep = []
-        for rev, waiter in self._waiters:
+        for rev, future, result in self._waiters:
+            if future.done():
+                continue
             if rev <= reached:
-                if not waiter.done():
-                    waiter.set_result(None)
-            elif not waiter.done():
-                keep.append((rev, waiter))
+                future.set_result(result)
+            else:
+                keep.append((rev, future, result))
         self._waiters = keep
 
     # The replica -----------------------------------------------------------------------------
@@ -526,6 +655,8 @@ class RedisStore:
                 "Redis at %s lost its data (a new epoch): reloading every task", redacted(self.url)
             )
         self._epoch = epoch
+        self._ahead.clear()  # whatever this server wrote is in what was just loaded
+        self._own.clear()
         if lost or not self._table.tasks:
             self._table.replace_all(tasks, int(counter))
         else:
@@ -581,6 +712,10 @@ class RedisStore:
                 if self._problem is not None:
                     await self._recovered()
                 backoff = 0.1
+                if reply and self._storing is not None:
+                    # This server's own write may be among these entries, its answer not read
+                    # yet: wait for it, so that the entry is applied from the tasks in hand.
+                    await asyncio.shield(self._storing)
                 for _stream, entries in reply or ():
                     self._apply_entries(entries)
             except _Reload:
@@ -605,28 +740,39 @@ class RedisStore:
         self._set_problem(None)
 
     def _apply_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        table = self._table
+        table, ahead = self._table, self._ahead
         for entry_id, fields in entries:
             base = int(fields[b"r"])
             if base != self._stream_rev + 1:
                 # A hole: entries were trimmed before this server read them. Or revisions went
                 # back: Redis lost its data (the epoch tells). Either way, load afresh.
                 raise _Reload
+            own = self._own.pop(base, None)
+            changes = own if own is not None else self._decoded(fields[b"c"], base)
             rev = base - 1
-            for task_id, mask, data in _unpack_changes(fields[b"c"]):
+            for task_id, mask, task in changes:
                 rev += 1
                 current = table.tasks.get(task_id)
-                if current is not None and current.rev >= rev:
-                    continue
-                if not data:
-                    table.remove(task_id, rev)
-                else:
-                    table.commit(self._task_from(data, rev), mask if current else ALL_FIELDS)
+                if current is None or current.rev < rev:
+                    if task is None:
+                        table.remove(task_id, rev)
+                    else:
+                        table.commit(task, mask if current else ALL_FIELDS)
+                written = ahead.get(task_id)
+                if written is not None and written[0] <= rev:
+                    del ahead[task_id]
             self._stream_rev = rev
             self._last_id = entry_id
         if entries:
             table.publish()
             self._wake_waiters()
+
+    def _decoded(self, packed: bytes, base: int) -> list[tuple[str, int, Task | None]]:
+        """Another server's entry: (id, mask, task with its revision, or None)."""
+        return [
+            (task_id, mask, self._task_from(data, base + offset) if data else None)
+            for offset, (task_id, mask, data) in enumerate(_unpack_changes(packed))
+        ]
 
     # Cleanup lock ----------------------------------------------------------------------------
 
