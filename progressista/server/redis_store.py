@@ -36,7 +36,6 @@ import contextlib
 import logging
 import os
 import secrets
-import struct
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -104,9 +103,9 @@ class RedisKeys:
     @property
     def changes(self) -> str:
         """A stream of changes, trimmed to about ``redis_stream_length`` entries. Each entry:
-        ``r`` = the revision of its first change, ``c`` = the changes as the apply script got
-        them: id, revision read, mask of changed fields, task (msgpack) or "" when removed,
-        ttl, each field a 4-byte length and its bytes."""
+        ``r`` = the revision of its first change, ``n`` and ``b`` = the changes as the apply
+        script got them (see RedisStore._pack): per change, id, revision read, mask of changed
+        fields, the task (msgpack) or nothing when removed, and its ttl."""
         return f"{self.tag}:changes"
 
     @property
@@ -120,31 +119,34 @@ class RedisKeys:
         return f"{self.tag}:cleanup-lock"
 
 
-# KEYS: revision counter, stream. ARGV: stream length, the task key prefix, and the changes in
-# one string: per change, five length-prefixed fields (see _pack_changes): id, expected revision
-# ('0': absent), mask, data ('' removes), ttl in ms. One argument, not five per change: redis-py
-# spends microseconds on every argument it encodes.
-# All or nothing: any revision that moved returns {0, {index, stored value, ...}}; else the changes
-# are stored and the same array is appended to the stream with the revision of its first.
-# (Task keys are not in KEYS: they share the prefix's hash tag, hence the slot, of those that are.)
+# KEYS: revision counter, stream. ARGV: stream length, the task key prefix, then the changes in
+# two strings (see RedisStore._pack): a msgpack array of numbers, five per change (id length,
+# revision read (0: absent), mask, data length (0 removes), ttl in ms), and the ids and data laid
+# end to end. Two arguments, not five per change: redis-py spends microseconds on every argument.
+# All or nothing: any revision that moved returns {0, {index, stored value, ...}}; else the
+# changes are stored and the same two strings are appended to the stream with the revision of
+# the first. (Task keys are not in KEYS: they share the prefix's hash tag, hence the slot.)
 _APPLY = """
-local packed = ARGV[3]
+local numbers = cmsgpack.unpack(ARGV[3])
+local body = ARGV[4]
+local prefix = ARGV[2]
 local changes = {}
 local at = 1
-while at <= #packed do
-  local id, expected, mask, data, ttl
-  id, expected, mask, data, ttl, at = struct.unpack('>I4c0I4c0I4c0I4c0I4c0', packed, at)
-  changes[#changes + 1] = {id, expected, data, ttl}
+for i = 1, #numbers, 5 do
+  local id = string.sub(body, at, at + numbers[i] - 1)
+  at = at + numbers[i]
+  local data = string.sub(body, at, at + numbers[i + 3] - 1)
+  at = at + numbers[i + 3]
+  changes[#changes + 1] = {prefix .. id, numbers[i + 1], data, numbers[i + 4]}
 end
-local prefix = ARGV[2]
 local conflicts = {}
 for i, change in ipairs(changes) do
   -- Only the revision in front: the task after it need not be copied into Lua.
-  local head = redis.call('GETRANGE', prefix .. change[1], 0, 20)
-  local current = string.match(head, '^(%d+):') or '0'
+  local head = redis.call('GETRANGE', change[1], 0, 20)
+  local current = tonumber(string.match(head, '^(%d+):') or '0')
   if current ~= change[2] then
     conflicts[#conflicts + 1] = i
-    conflicts[#conflicts + 1] = redis.call('GET', prefix .. change[1]) or ''
+    conflicts[#conflicts + 1] = redis.call('GET', change[1]) or ''
   end
 end
 if #conflicts > 0 then
@@ -153,14 +155,13 @@ end
 local count = #changes
 local base = redis.call('INCRBY', KEYS[1], count) - count + 1
 for i, change in ipairs(changes) do
-  local key = prefix .. change[1]
   if change[3] == '' then
-    redis.call('DEL', key)
+    redis.call('DEL', change[1])
   else
-    redis.call('SET', key, (base + i - 1) .. ':' .. change[3], 'PX', change[4])
+    redis.call('SET', change[1], (base + i - 1) .. ':' .. change[3], 'PX', change[4])
   end
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'r', base, 'c', ARGV[3])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'r', base, 'n', ARGV[3], 'b', ARGV[4])
 return {1, base}
 """
 
@@ -216,32 +217,19 @@ def _rev_of(task: Task | None) -> int:
 
 _encode = msgspec.msgpack.encode
 _decode_task = msgspec.msgpack.Decoder(Task).decode
-_LENGTH = struct.Struct(">I")
+_decode_numbers = msgspec.msgpack.Decoder(list[int]).decode
 
 
-def _pack_changes(changes: Iterable[tuple[str, int, int, bytes, int]]) -> bytes:
-    """Changes (id, revision read, mask, task data or b"", ttl) as the apply script reads
-    them, and as the stream keeps them: each field a 4-byte length and its bytes."""
-    parts: list[bytes] = []
-    pack = _LENGTH.pack
-    for task_id, expected, mask, data, ttl in changes:
-        for field in (task_id.encode(), b"%d" % expected, b"%d" % mask, data, b"%d" % ttl):
-            parts.append(pack(len(field)))
-            parts.append(field)
-    return b"".join(parts)
-
-
-def _unpack_changes(packed: bytes) -> Iterable[tuple[str, int, bytes]]:
-    """(id, mask, task data or b"") for each change in a stream entry."""
-    unpack = _LENGTH.unpack_from
-    at, end = 0, len(packed)
-    while at < end:
-        fields = []
-        for _ in range(5):
-            (size,) = unpack(packed, at)
-            fields.append(packed[at + 4 : at + 4 + size])
-            at += 4 + size
-        yield fields[0].decode(), int(fields[2]), fields[3]
+def _unpack_changes(numbers: bytes, body: bytes) -> Iterable[tuple[str, int, bytes]]:
+    """(id, mask, task data or b"") for each change of a stream entry."""
+    values = _decode_numbers(numbers)
+    view = memoryview(body)
+    at = 0
+    for index in range(0, len(values), 5):
+        id_end = at + values[index]
+        data_end = id_end + values[index + 3]
+        yield bytes(view[at:id_end]).decode(), values[index + 2], bytes(view[id_end:data_end])
+        at = data_end
 
 
 class MissingRedis(RuntimeError):
@@ -286,6 +274,12 @@ class RedisStore:
         self._stream_length = stream_length
         self._password = password
         self._table = TaskTable(track_age=lifetimes.max_age is not None)
+        #: An active task's key lifetime, when it does not depend on the task (no max_age).
+        self._active_ttl = (
+            None
+            if lifetimes.max_age is not None
+            else int((lifetimes.stale_after + lifetimes.abandon_after) * 1000) + TTL_MARGIN_MS
+        )
         self._redis: Any = None
         self._scripts: dict[str, Any] = {}
         #: The revision of the last stream entry applied, and its id.
@@ -399,10 +393,8 @@ class RedisStore:
             changes: list[Change] = [
                 (task_id, _rev_of(lookup(task_id)), 0, None) for task_id in evicted
             ]
-            changes += [
-                (task_id, _rev_of(lookup(task_id)), mask, task)
-                for task_id, (task, mask) in staged.items()
-            ]
+            # A staged task still carries the revision it was made from.
+            changes += [(task_id, task.rev, mask, task) for task_id, (task, mask) in staged.items()]
             result = ApplyResult(
                 accepted=len(events) - ignored, ignored=ignored, evicted=len(evicted)
             )
@@ -453,6 +445,8 @@ class RedisStore:
     # Writing -------------------------------------------------------------------------------
 
     def _ttl_ms(self, task: Task, now: float) -> int:
+        """How long Redis keeps a task key: until cleanup would remove it, plus a margin.
+        (An active task just updated, without max_age: _active_ttl, the same for all.)"""
         remaining = self._lifetimes.expires_at(task) - now
         return max(1, int(remaining * 1000)) + TTL_MARGIN_MS
 
@@ -511,21 +505,24 @@ class RedisStore:
 
     def _prepare(
         self, group: list[_Write], fresher: dict[str, Task | None]
-    ) -> tuple[dict[str, list[Any]], list[tuple[_Write, Any]]]:
+    ) -> tuple[dict[str, tuple[str, int, int, Task | None, float]], list[tuple[_Write, Any]]]:
         """Each write's changes, in order, each seeing those before it: per task, its last
         state and the revision it was read at; and the writes that were not refused."""
-        combined: dict[str, list[Any]] = {}
+        combined: dict[str, tuple[str, int, int, Task | None, float]] = {}
         done: list[tuple[_Write, Any]] = []
 
+        ahead, stored = self._ahead, self._table.tasks
+
         def lookup(task_id: str) -> Task | None:
-            if task_id in combined:
-                task: Task | None = combined[task_id][3]
-                return task
-            if task_id in fresher:
+            change = combined.get(task_id)
+            if change is not None:
+                return change[3]
+            if fresher and task_id in fresher:
                 return fresher[task_id]
-            if task_id in self._ahead:
-                return self._ahead[task_id][1]
-            return self._table.tasks.get(task_id)
+            written = ahead.get(task_id)
+            if written is not None:
+                return written[1]
+            return stored.get(task_id)
 
         for write in group:
             if write.future.done():
@@ -535,17 +532,18 @@ class RedisStore:
             except StoreFull as error:
                 write.future.set_exception(error)
                 continue
+            now = write.now
             for task_id, expected, mask, task in changes:
                 earlier = combined.get(task_id)
-                if earlier is None:
-                    combined[task_id] = [task_id, expected, mask, task, write.now]
-                else:  # the same task twice in one call: its last state, every change
-                    earlier[2] |= mask
-                    earlier[3] = task
+                if earlier is not None:  # twice in one call: its last state, every change
+                    expected, mask = earlier[1], earlier[2] | mask
+                combined[task_id] = (task_id, expected, mask, task, now)
             done.append((write, result))
         return combined, done
 
-    async def _store(self, changes: list[list[Any]]) -> dict[str, Task | None] | int:
+    async def _store(
+        self, changes: list[tuple[str, int, int, Task | None, float]]
+    ) -> dict[str, Task | None] | int:
         """Store ``changes`` ([id, revision read, mask, task or None, now]) if no revision
         moved, and return the last revision given; else the current state of each task that
         moved."""
@@ -556,23 +554,16 @@ class RedisStore:
         finally:
             self._stored()
 
-    async def _call_apply(self, changes: list[list[Any]]) -> dict[str, Task | None] | int:
+    async def _call_apply(
+        self, changes: list[tuple[str, int, int, Task | None, float]]
+    ) -> dict[str, Task | None] | int:
         keys = self.keys
-        packed = _pack_changes(
-            (
-                task_id,
-                expected,
-                mask,
-                b"" if task is None else _encode(task),
-                0 if task is None else self._ttl_ms(task, now),
-            )
-            for task_id, expected, mask, task, now in changes
-        )
+        numbers, body = self._pack(changes)
         self._storing = asyncio.get_running_loop().create_future()
         try:
             reply = await self._scripts["apply"](
                 keys=[keys.revision, keys.changes],
-                args=[self._stream_length, keys.task(""), packed],
+                args=[self._stream_length, keys.task(""), numbers, body],
             )
         except self._errors() as error:
             self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
@@ -598,6 +589,28 @@ class RedisStore:
         # The stream brings this entry back: its tasks are these very objects.
         self._own[base] = own
         return base + len(changes) - 1
+
+    def _pack(self, changes: list[tuple[str, int, int, Task | None, float]]) -> tuple[bytes, bytes]:
+        """The changes as the apply script reads them, and as the stream keeps them: a msgpack
+        array of five numbers per change (id length, revision read, mask, data length, ttl), and
+        the ids and data end to end. One loop: this runs for every change of every write."""
+        numbers: list[int] = []
+        body: list[bytes] = []
+        active_ttl = self._active_ttl
+        for task_id, expected, mask, task, now in changes:
+            encoded_id = task_id.encode()
+            if task is None:
+                data, ttl = b"", 0
+            else:
+                data = _encode(task)
+                ttl = (
+                    active_ttl
+                    if active_ttl is not None and task.state == "active"
+                    else self._ttl_ms(task, now)
+                )
+            numbers += (len(encoded_id), expected, mask, len(data), ttl)
+            body += (encoded_id, data)
+        return _encode(numbers), b"".join(body)
 
     def _stored(self) -> None:
         """The script call in flight (if any) has answered, or failed."""
@@ -748,7 +761,7 @@ class RedisStore:
                 # back: Redis lost its data (the epoch tells). Either way, load afresh.
                 raise _Reload
             own = self._own.pop(base, None)
-            changes = own if own is not None else self._decoded(fields[b"c"], base)
+            changes = own if own is not None else self._decoded(fields[b"n"], fields[b"b"], base)
             rev = base - 1
             for task_id, mask, task in changes:
                 rev += 1
@@ -767,11 +780,13 @@ class RedisStore:
             table.publish()
             self._wake_waiters()
 
-    def _decoded(self, packed: bytes, base: int) -> list[tuple[str, int, Task | None]]:
+    def _decoded(
+        self, numbers: bytes, body: bytes, base: int
+    ) -> list[tuple[str, int, Task | None]]:
         """Another server's entry: (id, mask, task with its revision, or None)."""
         return [
             (task_id, mask, self._task_from(data, base + offset) if data else None)
-            for offset, (task_id, mask, data) in enumerate(_unpack_changes(packed))
+            for offset, (task_id, mask, data) in enumerate(_unpack_changes(numbers, body))
         ]
 
     # Cleanup lock ----------------------------------------------------------------------------

@@ -136,7 +136,8 @@ def apply_event(task: Task | None, event: Event, now: float) -> tuple[Task, int]
     """The task after ``event``, as a new object, and the mask of the fields that changed.
 
     ``task`` itself is never modified: a store that must check with Redis before committing can
-    throw the result away. Returns None when the event is older than what is stored (its
+    throw the result away. The result keeps ``task``'s ``rev`` (the revision it was made from)
+    until the store gives it its own. Returns None when the event is older than what is stored (its
     ``seq`` is not above the stored one): a retried or reordered event then changes nothing. An
     event for a completed or failed task starts a new run with a fresh ``created_at``.
     """
@@ -146,7 +147,9 @@ def apply_event(task: Task | None, event: Event, now: float) -> tuple[Task, int]
     if seq is not UNSET and task.seq is not None and seq <= task.seq:
         return None
     if task.state in CLOSED_STATES:
-        return new_task(event, now), ALL_FIELDS
+        fresh = new_task(event, now)
+        fresh.rev = task.rev  # as a copy would: the revision it was made from, until stored
+        return fresh, ALL_FIELDS
     updated = _copy(task)
     changed = _merge(updated, event)
     changed |= _derive(updated, event, now, task.n, task.updated_at, task.rate)
