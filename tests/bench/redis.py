@@ -182,7 +182,7 @@ def main() -> int:
             "batched ingest, one server",
             f"Redis store {redis_rate:,.0f} events/s",
             f"memory store {memory_rate:,.0f}/s (ratio {redis_rate / memory_rate:.2f})",
-            "≥ 0.5×",
+            "≥ 0.5 of it",
             redis_rate >= 0.5 * memory_rate,
         ),
         (
@@ -197,7 +197,7 @@ def main() -> int:
             f"Redis replica {memory['redis']:,.0f} bytes",
             f"memory store {memory['memory']:,.0f} bytes "
             f"(ratio {memory['redis'] / memory['memory']:.2f})",
-            "≤ 1.2×",
+            "≤ 1.2 times",
             memory["redis"] <= 1.2 * memory["memory"],
         ),
     ]
