@@ -66,7 +66,9 @@ async def client(make_client: MakeClient) -> Client:
 
 def stored(app: web.Application) -> dict[str, dict[str, Any]]:
     """Every task the app's store holds, as the JSON objects the API gives."""
-    tasks: dict[str, dict[str, Any]] = msgspec.to_builtins(app[STORE].table.tasks)
+    tasks: dict[str, dict[str, Any]] = msgspec.json.decode(
+        msgspec.json.encode(app[STORE].table.tasks)
+    )
     return tasks
 
 

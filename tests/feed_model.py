@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Fields a partial task leaves out (they change with every event and no viewer shows them).
-UNSHOWN = ("seq", "timestamp", "rev")
+UNSHOWN = ("seq", "timestamp", "rev", "history")
 
 
 @dataclass

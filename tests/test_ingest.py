@@ -45,6 +45,8 @@ async def test_one_event_creates_a_task_with_server_fields(
             "created_at": clock.now,
             "updated_at": clock.now,
             "closed_at": None,
+            "history": [clock.now, 5.0],
+            "trend": None,
             "rev": 1,
         }
     }
@@ -91,7 +93,30 @@ async def test_rate_is_smoothed_on_the_server_when_the_client_sends_none(
     await post(client, event("a", n=40))
     assert stored(client)["a"]["rate"] == 0.3 * 20 + 0.7 * 10
     await post(client, event("a", n=50, rate=5))
-    assert (stored(client)["a"]["rate"], stored(client)["a"]["eta"]) == (5, 10.0)
+    task = stored(client)["a"]
+    # The client's own rate is kept as it sent it; the ETA comes from the steady rate, the
+    # least-squares slope of the samples (0 s, 0), (2 s, 20), (3 s, 40): 60 / (42 / 9).
+    assert task["rate"] == 5
+    assert task["trend"] == pytest.approx(60 / (42 / 9))
+    assert task["eta"] == pytest.approx(50 / (60 / (42 / 9)))
+
+
+async def test_history_keeps_a_bounded_spread_of_samples_over_the_whole_run(
+    client: Client, clock: FakeClock
+) -> None:
+    for second in range(1000):
+        await post(client, event("long", n=second, total=2000))
+        clock.advance(1)
+    history = stored(client)["long"]["history"]
+    times = history[0::2]
+    assert len(times) <= 32
+    assert times[0] == 1_800_000_000.0  # the start is kept
+    assert times[-1] >= 1_800_000_000.0 + 999 - 999 / 16  # and the recent past
+    assert all(b > a for a, b in zip(times, times[1:]))
+    # Steady progress of one a second: the steady rate says so, and the ETA follows from it.
+    task = stored(client)["long"]
+    assert task["trend"] == pytest.approx(1.0)
+    assert task["eta"] == pytest.approx(2000 - 999)
 
 
 async def test_close_completes_and_error_fails_with_its_text(

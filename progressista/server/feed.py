@@ -7,7 +7,8 @@ or a patch of many tasks is several messages of at most :data:`TASKS_PER_MESSAGE
 A patch names each changed task with only the fields that changed (``updated_at``, ``n``, ``rate``
 and the like: about 100 bytes where the whole task is 450); a task the viewer cannot know yet
 (new, or just entering its window) comes whole. ``seq``, ``timestamp`` and ``rev`` are left out
-of those partial tasks: they change with every event and no viewer shows them.
+of those partial tasks: they change with every event and no viewer shows them; so is
+``history``, which viewers extend from the ``n`` and ``updated_at`` they are sent.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ _encode = msgspec.json.encode
 
 #: Fields a partial task may carry, by bit.
 _SHOWN_BITS: tuple[tuple[int, str], ...] = tuple(
-    (FIELD_BIT[name], name) for name in TASK_FIELDS if name not in ("seq", "timestamp", "rev")
+    (FIELD_BIT[name], name)
+    for name in TASK_FIELDS
+    if name not in ("seq", "timestamp", "rev", "history")
 )
 
 

@@ -76,6 +76,13 @@ class Task(msgspec.Struct, gc=False):
     created_at: float = 0.0
     updated_at: float = 0.0
     closed_at: float | None = None
+    #: Progress over time, flat: ``(t0, n0, t1, n1, …)``, at most HISTORY_POINTS samples,
+    #: spread over the task's whole life (see :func:`sample_progress`). A tuple of floats: the garbage
+    #: collector stops tracking it once it has seen it.
+    history: tuple[float, ...] = ()
+    #: The steady rate (units a second): the least-squares slope of the last TREND_POINTS
+    #: samples. The ETA comes from it when it is known; ``rate`` is tqdm's, as the worker saw it.
+    trend: float | None = None
     #: Orders every change to every task: a store assigns it, higher is newer.
     rev: int = 0
 
@@ -120,6 +127,16 @@ def _merge_function() -> Callable[[Task, Event], int]:
 _merge = _merge_function()
 
 _STATE, _STATUS = FIELD_BIT["state"], FIELD_BIT["status"]
+_HISTORY, _TREND = FIELD_BIT["history"], FIELD_BIT["trend"]
+
+#: Samples a task's history keeps, however long it runs: older ones are thinned out.
+HISTORY_POINTS = 32
+#: Samples the steady rate is fitted to (the most recent ones).
+TREND_POINTS = 8
+#: Seconds between samples, at least; more for long tasks, so the history covers all of it.
+SAMPLE_SPACING = 1.0
+#: The steady rate needs samples spanning at least this many seconds.
+TREND_SPAN = 2.0
 _UPDATED, _CLOSED, _ERROR = FIELD_BIT["updated_at"], FIELD_BIT["closed_at"], FIELD_BIT["error"]
 _RATE, _PERCENT, _ETA = FIELD_BIT["rate"], FIELD_BIT["percent"], FIELD_BIT["eta"]
 
@@ -203,6 +220,10 @@ def _derive(
         task.rate = rate
         changed |= _RATE
 
+    trend = task.trend
+    if sample_progress(task, now, n):
+        changed |= _HISTORY if task.trend == trend else _HISTORY | _TREND
+
     total = task.total
     percent: float | None = None
     eta: float | None = None
@@ -210,8 +231,9 @@ def _derive(
         percent = 100.0 * n / total
         if not percent < _INFINITY:
             percent = None
-        if rate and state == "active":
-            eta = (total - n) / rate if total > n else 0.0
+        speed = task.trend if task.trend is not None else rate
+        if speed and speed > 0 and state == "active":
+            eta = (total - n) / speed if total > n else 0.0
             if not eta < _INFINITY:
                 eta = None
     if percent != task.percent:
@@ -224,6 +246,42 @@ def _derive(
 
 
 _INFINITY = math.inf
+
+
+def sample_progress(task: Task, now: float, n: float) -> bool:
+    """Add ``(now, n)`` to the task's history if the last sample is old enough; True if so.
+
+    Samples are at least SAMPLE_SPACING apart, and further apart as the task grows older (its
+    history's span over half its points), so HISTORY_POINTS cover its whole life; when the
+    history is full, every second sample goes. Each new sample refits the steady rate.
+    """
+    history = task.history
+    if history:
+        spacing = max(SAMPLE_SPACING, (history[-2] - history[0]) / (HISTORY_POINTS // 2))
+        if now - history[-2] < spacing:
+            return False
+    history = (*history, now, float(n))
+    if len(history) > 2 * HISTORY_POINTS:
+        kept = history[:-2]
+        history = (*[v for i in range(0, len(kept), 4) for v in kept[i : i + 2]], now, float(n))
+    task.history = history
+    task.trend = fit_slope(history[-2 * TREND_POINTS :])
+    return True
+
+
+def fit_slope(points: tuple[float, ...], min_span: float = TREND_SPAN) -> float | None:
+    """The least-squares slope of flat ``(t, y, t, y, …)`` points; None without enough."""
+    times, values = points[0::2], points[1::2]
+    count = len(times)
+    if count < 3 or times[-1] - times[0] < min_span:
+        return None
+    mean_t = sum(times) / count
+    mean_v = sum(values) / count
+    spread = sum((t - mean_t) ** 2 for t in times)
+    if spread <= 0:
+        return None
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in zip(times, values)) / spread
+    return slope if math.isfinite(slope) else None
 
 
 def went_stale(task: Task) -> tuple[Task, int]:
