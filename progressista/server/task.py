@@ -81,7 +81,8 @@ class Task(msgspec.Struct, gc=False):
     #: collector stops tracking it once it has seen it.
     history: tuple[float, ...] = ()
     #: The steady rate (units a second): the least-squares slope of the last TREND_POINTS
-    #: samples. The ETA comes from it when it is known; ``rate`` is tqdm's, as the worker saw it.
+    #: samples. The ETA comes from it when it is known; ``rate`` is tqdm's, as the worker saw
+    #: it.
     trend: float | None = None
     #: Orders every change to every task: a store assigns it, higher is newer.
     rev: int = 0
@@ -280,7 +281,7 @@ def fit_slope(points: tuple[float, ...], min_span: float = TREND_SPAN) -> float 
     spread = sum((t - mean_t) ** 2 for t in times)
     if spread <= 0:
         return None
-    slope = sum((t - mean_t) * (v - mean_v) for t, v in zip(times, values)) / spread
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in zip(times, values, strict=True)) / spread
     return slope if math.isfinite(slope) else None
 
 
