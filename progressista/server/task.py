@@ -77,8 +77,8 @@ class Task(msgspec.Struct, gc=False):
     updated_at: float = 0.0
     closed_at: float | None = None
     #: Progress over time, flat: ``(t0, n0, t1, n1, …)``, at most HISTORY_POINTS samples,
-    #: spread over the task's whole life (see :func:`sample_progress`). A tuple of floats: the garbage
-    #: collector stops tracking it once it has seen it.
+    #: spread over the task's whole life (see :func:`sample_progress`). A tuple of floats:
+    #: the garbage collector stops tracking it once it has seen it.
     history: tuple[float, ...] = ()
     #: The steady rate (units a second): the least-squares slope of the last TREND_POINTS
     #: samples. The ETA comes from it when it is known; ``rate`` is tqdm's, as the worker saw
