@@ -18,6 +18,10 @@ MakeClient = Callable[..., Awaitable[Client]]
 #: In tests cleanup runs when a test calls run_cleanup, never on its own.
 NEVER = 3600.0
 
+#: Seconds a test waits for something it expects before it fails. A hang detector, not a speed
+#: limit: a passing wait ends as soon as its condition holds, and this machine may be busy.
+WAIT = 30.0
+
 
 class FakeClock:
     """Wall-clock seconds that move only when a test says so."""
@@ -65,7 +69,7 @@ def event(task_id: str = "t", **fields: Any) -> dict[str, Any]:
     return {"task_id": task_id, **fields}
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
     """Wait until ``predicate()`` holds, polling; fail after ``timeout`` seconds."""
     import asyncio
     import time
