@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from progressista.server.cleanup import run_cleanup
 from progressista.server.context import CLEANUP_TASK, HUB, LIFETIMES, STORE
 from progressista.server.store import Expired
 from progressista.server.task import Lifetimes
 
-from .conftest import Client, FakeClock, MakeClient, event, post
+from .conftest import WAIT, Client, FakeClock, MakeClient, event, eventually, post
 
 
 async def cleanup(client: Client, clock: FakeClock, advance: float) -> tuple[list[str], list[str]]:
@@ -88,8 +86,8 @@ async def test_the_loop_runs_on_its_own_and_stops_with_the_app(
     await post(client, event("a"))
     clock.advance(6)
     async with client.ws_connect("/ws") as viewer:
-        await viewer.receive_json(timeout=2)
-        patch = await viewer.receive_json(timeout=2)
+        await viewer.receive_json(timeout=WAIT)
+        patch = await viewer.receive_json(timeout=WAIT)
         assert patch["tasks"]["a"]["state"] == "stale"
     task = client.app[CLEANUP_TASK]
     assert not task.done()
@@ -116,9 +114,5 @@ async def test_a_failing_pass_does_not_end_the_loop(
     store.expire = flaky_expire  # type: ignore[method-assign]
     await post(client, event("a"))
     clock.advance(6)
-    for _ in range(200):
-        if states(client) == {"a": "stale"}:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: states(client) == {"a": "stale"})
     assert failures == 2
-    assert states(client) == {"a": "stale"}
