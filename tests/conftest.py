@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import subprocess
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
+from unittest import mock
 
 import pytest
 from aiohttp import web
@@ -34,6 +36,26 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Keep ``make test-fast`` (``-m "not slow"``) fast: only a slow test may start a program.
+
+    Servers, workers and browsers take seconds to start, more on a busy machine. A test that
+    starts one (its fixtures included) must be marked ``slow``; one that is not fails at its
+    first ``Popen``, asyncio's and Playwright's included, which is where the mark is missing.
+    """
+    if item.get_closest_marker("slow") is not None:
+        return (yield)
+
+    def refuse(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{item.nodeid} starts a program: mark it @pytest.mark.slow")
+
+    with mock.patch.object(subprocess.Popen, "__init__", refuse):
+        return (yield)
 
 
 @pytest.fixture
