@@ -54,7 +54,9 @@ def run(
         env=env or environment(),
         **kwargs,
     ) as runner:
-        out, err = runner.communicate(timeout=WAIT)
+        # No limit of its own: a program's run may take a while on a busy machine, and a hang
+        # ends at the test's timeout, after which the session is killed all the same.
+        out, err = runner.communicate()
     return subprocess.CompletedProcess(argv, runner.returncode, out, err)
 
 
