@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["default_sigint", "end", "started"]
+__all__ = ["default_sigint", "end", "run", "started"]
 
 
 def default_sigint() -> None:
@@ -47,6 +47,29 @@ def started(
         yield process
     finally:
         end(process)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    capture_output: bool = False,
+    check: bool = False,
+    timeout: float | None = None,
+    **popen: Any,
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run``, but what ``argv`` starts dies with it, on a timeout or any failure.
+
+    ``subprocess.run`` kills only the program it started; a build's or a runner's own children
+    would live on.
+    """
+    if capture_output:
+        popen.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with started(argv, **popen) as process:
+        out, err = process.communicate(timeout=timeout)
+    result = subprocess.CompletedProcess(argv, process.returncode, out, err)
+    if check:
+        result.check_returncode()
+    return result
 
 
 def end(process: subprocess.Popen[Any]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from . import child
 from .conftest import WAIT
 from .server_process import ServerProcess, running_server
 
@@ -31,7 +32,8 @@ def worker_env(url: str, **env: str) -> dict[str, str]:
 
 
 def run_worker(code: str, url: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """Run a worker to its end; a child it forks is killed with it if the test fails."""
+    return child.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         env=worker_env(url, **env),
         capture_output=True,

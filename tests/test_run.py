@@ -43,21 +43,19 @@ def environment(**extra: str) -> dict[str, str]:
 def run(
     server: ServerProcess, *args: str, env: dict[str, str] | None = None, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
-    """``progressista run`` to its end, with no terminal; nothing it started outlives the test."""
-    argv = [*PROGRESSISTA, "run", "--url", server.url.rstrip("/"), *args]
-    with child.started(
-        argv,
+    """``progressista run`` to its end, with no terminal; nothing it started outlives the test.
+
+    No time limit of its own: a program's run may take a while on a busy machine, and a hang
+    ends at the test's timeout, after which its session is killed all the same.
+    """
+    return child.run(
+        [*PROGRESSISTA, "run", "--url", server.url.rstrip("/"), *args],
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
         env=env or environment(),
         **kwargs,
-    ) as runner:
-        # No limit of its own: a program's run may take a while on a busy machine, and a hang
-        # ends at the test's timeout, after which the session is killed all the same.
-        out, err = runner.communicate()
-    return subprocess.CompletedProcess(argv, runner.returncode, out, err)
+    )
 
 
 def tasks(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
