@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import subprocess
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
@@ -20,6 +22,10 @@ MakeClient = Callable[..., Awaitable[Client]]
 #: In tests cleanup runs when a test calls run_cleanup, never on its own.
 NEVER = 3600.0
 
+#: Seconds a test waits for something it expects before it fails. A hang detector, not a speed
+#: limit: a passing wait ends as soon as its condition holds, and this machine may be busy.
+WAIT = 30.0
+
 
 class FakeClock:
     """Wall-clock seconds that move only when a test says so."""
@@ -32,6 +38,26 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Keep ``make test-fast`` (``-m "not slow"``) fast: only a slow test may start a program.
+
+    Servers, workers and browsers take seconds to start, more on a busy machine. A test that
+    starts one (its fixtures included) must be marked ``slow``; one that is not fails at its
+    first ``Popen``, asyncio's and Playwright's included, which is where the mark is missing.
+    """
+    if item.get_closest_marker("slow") is not None:
+        return (yield)
+
+    def refuse(self: subprocess.Popen[Any], *args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"{item.nodeid} starts a program: mark it @pytest.mark.slow")
+
+    with mock.patch.object(subprocess.Popen, "__init__", refuse):
+        return (yield)
 
 
 @pytest.fixture
@@ -83,7 +109,7 @@ def event(task_id: str = "t", **fields: Any) -> dict[str, Any]:
     return {"task_id": task_id, **fields}
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+async def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> None:
     """Wait until ``predicate()`` holds, polling; fail after ``timeout`` seconds."""
     import asyncio
     import time

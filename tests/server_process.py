@@ -10,12 +10,16 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 BANNER = "Progressista dashboard: "
+
+#: Seconds to wait for the server to start or to stop before giving up on it (and killing it).
+#: Hang detectors, not speed limits: a busy machine can take several seconds for either.
+PATIENCE = 30.0
 
 
 @dataclass
@@ -50,17 +54,32 @@ class ServerProcess:
             found: dict[str, dict[str, Any]] = json.load(response)["tasks"]
         return found
 
-    def stop(self, timeout: float = 10.0) -> int:
-        """Ctrl-C, as a person would, and the exit code; killed if it does not stop in time."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise
+    def stop(self, signum: signal.Signals = signal.SIGINT) -> int:
+        """Ctrl-C (or ``signum``), as a person would, and the exit code.
+
+        The server handles SIGINT and SIGTERM on its event loop, which also overrides a
+        disposition to ignore them inherited from the shell. Killed if it does not stop in time.
+        """
+        if not _stop(self.process, signum):
+            raise RuntimeError(f"the server ignored {signum.name} and was killed")
         return self.process.returncode
+
+
+def _stop(process: subprocess.Popen[str], signum: signal.Signals) -> bool:
+    """Send ``signum`` unless it has exited and wait; kill it if it does not stop in time.
+
+    True when it stopped by itself.
+    """
+    if process.poll() is not None:
+        return True
+    process.send_signal(signum)
+    try:
+        process.wait(PATIENCE)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return False
+    return True
 
 
 @contextlib.contextmanager
@@ -70,9 +89,13 @@ def running_server(
     python: str = sys.executable,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    startup_timeout: float = 20.0,
+    preexec_fn: Callable[[], object] | None = None,
+    startup_timeout: float = PATIENCE,
 ) -> Iterator[ServerProcess]:
-    """Start the server on a free port (unless ``args`` name one) and wait for its banner."""
+    """Start the server on a free port (unless ``args`` name one) and wait for its banner.
+
+    Afterwards it is stopped as by :meth:`ServerProcess.stop`, and killed if it will not stop.
+    """
     if "--port" not in args:
         args = [*args, "--port", "0"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -83,6 +106,7 @@ def running_server(
         text=True,
         env=environment,
         cwd=cwd,
+        preexec_fn=preexec_fn,
     )
     assert process.stdout is not None and process.stderr is not None
     log: list[str] = []
@@ -109,13 +133,7 @@ def running_server(
         server = ServerProcess(process, found[0].replace("localhost", "127.0.0.1"), log)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process, signal.SIGINT)
         # The readers end at EOF once the process is gone; then the pipes can be closed.
         log_reader.join(5)
         banner_reader.join(5)

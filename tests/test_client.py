@@ -19,7 +19,7 @@ from progressista.server import ServerSettings, create_app
 from progressista.server.keys import INGEST_STATS
 from progressista.settings import ClientSettings
 
-from .conftest import NEVER, eventually, free_port, stored
+from .conftest import NEVER, WAIT, eventually, free_port, stored
 
 FAST = 0.05  # push_every for tests: the policy is the same, only quicker
 
@@ -35,8 +35,12 @@ async def server(aiohttp_server: AiohttpServer) -> AsyncIterator[TestServer]:
     yield await aiohttp_server(create_app(ServerSettings(cleanup_interval=NEVER)))
 
 
-async def flush_off_loop(timeout: float = 2.0) -> bool:
-    """flush() blocks; the test's server runs on this loop, so flush from a thread."""
+async def flush_off_loop(timeout: float = WAIT) -> bool:
+    """flush() blocks; the test's server runs on this loop, so flush from a thread.
+
+    A flush returns as soon as everything is delivered: a long timeout costs a passing test
+    nothing, and a short one fails a correct client on a busy machine.
+    """
     return await asyncio.get_running_loop().run_in_executor(None, flush, timeout)
 
 

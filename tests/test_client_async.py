@@ -103,28 +103,31 @@ async def test_thousands_of_bars_share_one_task_one_session_and_few_posts(
                 await asyncio.sleep(0.01)
                 progress.update(1)
 
-    started = asyncio.get_running_loop().time()
     await asyncio.gather(*(crawl(i) for i in range(count)))
-    elapsed = asyncio.get_running_loop().time() - started
     done = [t for t in tasks(server).values() if t["state"] == "completed" and t["n"] == 4]
     assert len(done) == count
     (sender,) = _loop_senders[asyncio.get_running_loop()].values()
     posts = server.app[INGEST_STATS].requests
-    # One batch per push interval, plus the urgent ones that deliver closes: not one per bar.
-    assert posts <= 4 * (elapsed / FAST + 2), (posts, elapsed)
+    # Batches, not a request per bar or per update: 8,000 updates and 2,000 closes went in
+    # POSTs of ten bars or more on average (3 POSTs in all, seen on an idle and a busy machine).
+    assert posts * 10 <= count, posts
     await eventually(lambda: sender._task is not None and sender._task.done())
     assert sender._session is None
 
 
-async def test_an_unreachable_server_costs_at_most_the_flush_timeout(monkeypatch: Any) -> None:
+async def test_aclose_gives_up_on_an_unreachable_server_and_the_state_arrives_later(
+    aiohttp_server: AiohttpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PROGRESSISTA_FLUSH_TIMEOUT", "0.3")
-    url = f"http://127.0.0.1:{free_port()}"
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    async with bar(url, total=1, task_id="lost") as progress:
-        progress.update(1)
-        assert not await progress.aclose()
-    assert loop.time() - started < 1.5
+    port = free_port()
+    progress = bar(f"http://127.0.0.1:{port}", total=1, task_id="lost")
+    progress.update(1)
+    # Nobody listens: once the flush timeout has passed, aclose says the state did not arrive
+    # (were it to wait for the server instead, the test's own timeout would end it).
+    assert not await progress.aclose()
+    # It was not dropped: the sender keeps trying, and a server that appears gets it.
+    server = await aiohttp_server(create_app(ServerSettings(cleanup_interval=NEVER)), port=port)
+    await eventually(lambda: tasks(server).get("lost", {}).get("state") == "completed")
 
 
 async def test_outside_a_loop_the_bar_uses_the_thread_sender() -> None:

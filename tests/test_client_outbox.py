@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from progressista.client.outbox import MIN_GAP, FinalEvent, Outbox
+from progressista.client.outbox import MIN_GAP, TENTATIVE_HOLD, FinalEvent, Outbox
 from progressista.schema import Event
 
 from .conftest import FakeClock
@@ -205,3 +205,17 @@ def test_at_exit_open_bars_are_closed(clock: FakeClock) -> None:
     box.close_open_bars(lambda b: b.remote_final_event())  # type: ignore[attr-defined]
     assert box.take()["a"].remote_event() == {"task_id": "b", "n": 5, "status": "close"}
     assert box.idle
+
+
+def test_a_tentative_close_waits_for_the_crash_handler_then_goes_as_completed(
+    clock: FakeClock,
+) -> None:
+    box = outbox(clock)
+    box.closed("loop", FinalEvent({"status": "close"}, tentative=True), urgent=True)
+    clock.advance(TENTATIVE_HOLD / 2)
+    assert box.take() == {}  # an exception may still be unwinding: held back
+    assert box.pending == 1
+    clock.advance(TENTATIVE_HOLD / 2)
+    sent = box.take()
+    assert sent["loop"].remote_event() == {"status": "close"}
+    assert box.pending == 0

@@ -1,15 +1,24 @@
-"""The dashboard in a real browser (headless Chromium) against a real server process."""
+"""The dashboard in a real browser (headless Chromium) against a real server process.
+
+Nothing a test shows may change while the test runs unless the test changes it, however slow the
+machine: the server process keeps tasks longer than any test takes, and the test that watches
+tasks go stale and expire runs the real application in this process, on a clock it moves.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import msgspec
 import pytest
+from aiohttp import web
 from playwright.sync_api import (
     Browser,
     ConsoleMessage,
@@ -18,42 +27,91 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from progressista.server import display
+from progressista.server import ServerSettings, create_app, display
 from progressista.server.task import Task
 
 from .browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path
+from .conftest import WAIT, FakeClock
 from .server_process import ServerProcess, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 XSS = "<img src=x onerror=window.__xss=1>"
 
+#: Server flags: tasks outlive any test, so none goes stale or is removed while a test looks.
+LASTING = ["--stale-after", "1d", "--retention", "1d", "--log-level", "warning"]
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     executable = chromium_path()
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    # expect() waits for what the page should show; on a busy machine that can take seconds.
+    expect.set_options(timeout=WAIT * 1000)
+    try:
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        expect.set_options(timeout=None)
 
 
 @pytest.fixture
 def server() -> Iterator[ServerProcess]:
-    # Quick lifecycle, so cards can be watched going stale and being removed.
-    with running_server(
-        [
-            "--stale-after",
-            "1",
-            "--retention",
-            "1.5",
-            "--cleanup-interval",
-            "0.1",
-            "--log-level",
-            "warning",
-        ]
-    ) as process:
+    with running_server(LASTING) as process:
         yield process
+
+
+@dataclass
+class ClockedServer:
+    """The real application on a thread of this process, on a clock only the test moves."""
+
+    url: str
+    clock: FakeClock
+    settings: ServerSettings
+
+    def post(self, events: list[dict[str, Any]]) -> Any:
+        return ServerProcess.post_to(self.url, events)
+
+
+@pytest.fixture
+def clocked_server() -> Iterator[ClockedServer]:
+    """A server whose tasks go stale and expire when the test advances its clock, not before.
+
+    A real process has a real clock: short lifetimes there are outlived by a slow test. Here
+    cleanup runs often, so a transition follows the clock's move promptly.
+    """
+    clock = FakeClock(time.time())
+    settings = ServerSettings(stale_after=60, retention=60, cleanup_interval=0.05)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(create_app(settings, clock=clock))
+    started = threading.Event()
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        # Everything on the server's loop happens in its own thread: Playwright's sync API
+        # runs a loop of its own on the test's thread.
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+        except BaseException as error:
+            failed.append(error)
+            return
+        finally:
+            started.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, name="clocked-server")
+    thread.start()
+    try:
+        assert started.wait(WAIT) and not failed, failed
+        host, port = runner.addresses[0][:2]
+        yield ClockedServer(f"http://{host}:{port}/", clock, settings)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
 
 
 #: What each page logged as an error (console errors and uncaught exceptions).
@@ -83,10 +141,13 @@ def section(page: Page, state: str) -> Any:
 
 
 def live(page: Page) -> None:
-    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=10_000)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
 
 
-def test_cards_appear_move_between_sections_and_go(browser: Browser, server: ServerProcess) -> None:
+def test_cards_appear_move_between_sections_and_go(
+    browser: Browser, clocked_server: ClockedServer
+) -> None:
+    server, lifetimes = clocked_server, clocked_server.settings
     page = open_page(browser, server.url)
     live(page)
     expect(page.locator("#empty")).to_be_visible()
@@ -108,12 +169,14 @@ def test_cards_appear_move_between_sections_and_go(browser: Browser, server: Ser
     expect(loading.get_by_role("progressbar")).to_have_attribute("value", "40")
     expect(section(page, "active").locator(".count")).to_have_text("1")
     expect(page.locator("#empty")).to_be_hidden()
-    # Silence: the server's cleanup marks it stale (stale_after is 1 s here).
+    # Silence for longer than stale_after: the server's cleanup marks it stale.
+    server.clock.advance(lifetimes.stale_after + 1)
     expect(section(page, "stale").locator('li.card[data-task-id="job-a"]')).to_be_visible()
     server.post([{"task_id": "job-a", "n": 200, "status": "close"}])
     expect(section(page, "completed").locator('li.card[data-task-id="job-a"]')).to_be_visible()
     expect(loading.locator(".amount")).to_have_text("200 / 200 rows")
-    # Retention is 1.5 s here: the card goes when the task does.
+    # Closed for longer than the retention: the card goes when the task does.
+    server.clock.advance(lifetimes.retention + 1)
     expect(loading).to_have_count(0)
     expect(page.locator("#empty")).to_be_visible()
     assert console_errors[id(page)] == []
@@ -183,19 +246,24 @@ def test_untrusted_text_is_shown_as_text_and_never_runs(
 def test_the_page_forbids_inline_script(browser: Browser, server: ServerProcess) -> None:
     page = open_page(browser, server.url)
     live(page)
-    blocked = page.evaluate("""() => new Promise((resolve) => {
-        document.addEventListener("securitypolicyviolation", () => resolve(true));
-        const script = document.createElement("script");
-        script.textContent = "window.__inline = 1";
-        document.body.append(script);
-        setTimeout(() => resolve(false), 1000);
-    })""")
+    # The violation is reported by an event; the timer only ends the wait when none comes,
+    # so it is a hang detector, as long as any other wait here.
+    blocked = page.evaluate(
+        """(wait) => new Promise((resolve) => {
+            document.addEventListener("securitypolicyviolation", () => resolve(true));
+            const script = document.createElement("script");
+            script.textContent = "window.__inline = 1";
+            document.body.append(script);
+            setTimeout(() => resolve(false), wait);
+        })""",
+        WAIT * 1000,
+    )
     assert blocked is True
     assert page.evaluate("window.__inline") is None
 
 
 def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
-    with running_server(["--log-level", "warning"]) as first:
+    with running_server(LASTING) as first:
         first.post(
             [
                 {"task_id": "before-restart", "desc": "Old"},
@@ -210,10 +278,10 @@ def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
         port = first.port
     expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
     expect(page.locator("#connection")).to_contain_text("reconnecting")
-    with running_server(["--port", str(port), "--log-level", "warning"]) as second:
+    with running_server([*LASTING, "--port", str(port)]) as second:
         second.post([{"task_id": "after-restart", "desc": "New"}])
         live(page)
-        expect(card(page, "after-restart")).to_be_visible(timeout=20_000)
+        expect(card(page, "after-restart")).to_be_visible()
         # The new server's snapshot does not know the old task: the page forgets it too.
         expect(card(page, "before-restart")).to_have_count(0)
         # Even ids that are names of every JavaScript object's properties.
@@ -231,7 +299,7 @@ def test_without_websockets_it_falls_back_to_polling(
     page.goto(server.url)
     expect(page.locator("#connection")).to_have_attribute("data-state", "polling")
     server.post([{"task_id": "polled", "desc": "Seen by polling", "n": 2, "total": 4}])
-    expect(card(page, "polled").locator(".percent")).to_have_text("50%", timeout=10_000)
+    expect(card(page, "polled").locator(".percent")).to_have_text("50%")
     context.close()
 
 
@@ -446,10 +514,16 @@ def test_a_realistic_board_reads_like_tqdm(browser: Browser, server: ServerProce
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
 
+#: How often the page polls /tasks while it has no socket (dashboard.js), in milliseconds.
+POLL_PERIOD = 2000
+
+
 def test_polling_stops_once_the_socket_opens(browser: Browser, server: ServerProcess) -> None:
     context = browser.new_context()
     # The first three sockets fail (a path that refuses the upgrade), so the page starts
-    # polling; the fourth connects.
+    # polling; the fourth connects. The page itself records each connection state it shows
+    # and counts its polls: the polling phase lasts as long as the page's random backoff, too
+    # briefly for the test to be sure of catching it from outside on a busy machine.
     context.add_init_script("""(() => {
         const Real = window.WebSocket;
         let made = 0;
@@ -457,20 +531,33 @@ def test_polling_stops_once_the_socket_opens(browser: Browser, server: ServerPro
             made += 1;
             return new Real(made <= 3 ? url.replace(/\\/ws\\?/, "/not-a-socket?") : url);
         };
+        window.__states = [];
+        new MutationObserver((records) => {
+            for (const record of records) {
+                if (record.target.id === "connection") {
+                    window.__states.push(record.target.dataset.state);
+                }
+            }
+        }).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-state"]});
+        window.__polls = 0;
+        const realFetch = window.fetch;
+        window.fetch = (resource, ...rest) => {
+            if (String(resource).includes("/view?")) window.__polls += 1;
+            return realFetch(resource, ...rest);
+        };
     })();""")
     page = context.new_page()
-    polls: list[float] = []
-    page.on(
-        "request",
-        lambda request: polls.append(time.monotonic()) if "/view?" in request.url else None,
-    )
     page.goto(server.url)
-    expect(page.locator("#connection")).to_have_attribute("data-state", "polling", timeout=15_000)
-    expect(page.locator("#connection")).to_have_attribute("data-state", "live", timeout=30_000)
-    # Live: polling has stopped, and a poll that was in flight did not restart it.
-    page.wait_for_function("() => !progressista.polling()", timeout=3000)
-    settled = time.monotonic()
-    page.wait_for_timeout(1000)
-    assert [moment for moment in polls if moment > settled] == []
+    expect(page.locator("#connection")).to_have_attribute("data-state", "live")
+    states: list[str] = page.evaluate("window.__states")
+    assert "polling" in states[: states.index("live")], states
+    # Live: polling has stopped, and a poll that was in flight did not restart it. Watched for
+    # longer than a poll period: a slow page could only make a restarted poll later, never
+    # earlier, so this can miss a restart on a very busy machine but never invent one.
+    page.wait_for_function("() => !progressista.polling()")
+    polls = page.evaluate("window.__polls")
+    assert polls >= 1
+    page.wait_for_timeout(POLL_PERIOD * 1.5)
+    assert page.evaluate("window.__polls") == polls
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     context.close()

@@ -7,7 +7,7 @@ import pytest
 from progressista.server.auth import COOKIE_NAME
 from progressista.server.pages import CONTENT_SECURITY_POLICY
 
-from .conftest import Client, FakeClock, MakeClient, event, post
+from .conftest import WAIT, Client, FakeClock, MakeClient, event, post
 
 XSS = "<img src=x onerror=window.__xss=1>"
 
@@ -97,7 +97,7 @@ async def test_a_read_token_puts_the_page_behind_a_login_form(make_client: MakeC
     assert "secret-task" in await response.text()
     assert (await client.get("/tasks")).status == 200
     async with client.ws_connect("/ws") as viewer:
-        assert (await viewer.receive_json(timeout=2))["type"] == "snapshot"
+        assert (await viewer.receive_json(timeout=WAIT))["type"] == "snapshot"
 
 
 async def test_login_without_a_read_token_just_goes_to_the_page(client: Client) -> None:

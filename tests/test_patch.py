@@ -146,6 +146,7 @@ def test_reinstalling_keeps_the_classes_so_isinstance_holds() -> None:
     bar.close()
 
 
+@pytest.mark.slow  # a fresh interpreter: only it can show what an import pulls in
 def test_importing_the_patch_does_not_import_aiohttp() -> None:
     import subprocess
     import sys

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import pty
@@ -9,13 +10,14 @@ import signal
 import subprocess
 import sys
 import termios
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from . import child
+from .conftest import WAIT
 from .server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.slow
@@ -30,14 +32,28 @@ def server() -> Iterator[ServerProcess]:
         yield process
 
 
-def run(server: ServerProcess, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def environment(**extra: str) -> dict[str, str]:
+    """The test's environment without its PROGRESSISTA_* settings, plus ``extra``."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
-    return subprocess.run(
+    # What the tests check is what arrived: a busy machine must not cut the exit flush short.
+    env["PROGRESSISTA_FLUSH_TIMEOUT"] = str(WAIT)
+    return {**env, **extra}
+
+
+def run(
+    server: ServerProcess, *args: str, env: dict[str, str] | None = None, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``progressista run`` to its end, with no terminal; nothing it started outlives the test.
+
+    No time limit of its own: a program's run may take a while on a busy machine, and a hang
+    ends at the test's timeout, after which its session is killed all the same.
+    """
+    return child.run(
         [*PROGRESSISTA, "run", "--url", server.url.rstrip("/"), *args],
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=120,
-        env=env,
+        env=env or environment(),
         **kwargs,
     )
 
@@ -127,49 +143,56 @@ def test_any_command_that_starts_python_is_patched(server: ServerProcess) -> Non
     assert tasks(server, "shell")["shell"]["error"] == "exit code 5"
 
 
-def start_sleepy(server: ServerProcess, job: str, *, terminal: bool) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def sleepy_run(
+    server: ServerProcess, job: str, *, terminal: bool
+) -> Iterator[subprocess.Popen[str]]:
     """``progressista run`` of a slow loop in a session of its own, once the loop is going.
 
     With ``terminal``, the session gets a pseudo-terminal as its controlling terminal and the
-    run is its foreground job, as when a person types the command; without, it has none.
+    run is its foreground job, as when a person types the command; without, it has none. Either
+    way SIGINT has its default disposition, as a shell that does not ignore it would leave it.
     """
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
     main, tty = pty.openpty() if terminal else (None, None)
 
     def take_terminal() -> None:  # in the child, after setsid(): fd 0 is the pty
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    runner = subprocess.Popen(
-        [
-            *PROGRESSISTA,
-            "run",
-            "--url",
-            server.url.rstrip("/"),
-            "--job",
-            job,
-            str(PROGRAMS / "sleepy_tqdm.py"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        stdin=tty if terminal else subprocess.DEVNULL,
-        start_new_session=True,
-        preexec_fn=take_terminal if terminal else None,
-    )
-    if tty is not None:
-        os.close(tty)
-    if main is not None:  # closing the terminal would hang up the session: close it after the run
-        weakref.finalize(runner, os.close, main)
-    assert runner.stdout is not None
-    assert runner.stdout.readline().strip() == "ready"
-    return runner
+    try:
+        with child.started(
+            [
+                *PROGRESSISTA,
+                "run",
+                "--url",
+                server.url.rstrip("/"),
+                "--job",
+                job,
+                str(PROGRAMS / "sleepy_tqdm.py"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment(),
+            stdin=tty if terminal else subprocess.DEVNULL,
+            preexec_fn=take_terminal if terminal else None,
+        ) as runner:
+            if tty is not None:
+                os.close(tty)
+                tty = None
+            assert runner.stdout is not None
+            assert runner.stdout.readline().strip() == "ready"
+            yield runner
+    finally:
+        # Closing the terminal hangs up its session: only once the run has been ended.
+        for fd in (tty, main):
+            if fd is not None:
+                os.close(fd)
 
 
 def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess) -> None:
-    runner = start_sleepy(server, "ctrl-c", terminal=True)
-    os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C does: the whole group gets it
-    _, err = runner.communicate(timeout=30)
+    with sleepy_run(server, "ctrl-c", terminal=True) as runner:
+        os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C does: the whole group gets it
+        _, err = runner.communicate(timeout=WAIT)
     assert runner.returncode == -signal.SIGINT
     assert "KeyboardInterrupt" in err
     the_run = tasks(server, "ctrl-c")["ctrl-c"]
@@ -202,9 +225,9 @@ def test_death_by_sigkill_passes_through(server: ServerProcess, tmp_path: Path) 
 
 
 def test_sigint_sent_to_the_runner_alone_reaches_the_program(server: ServerProcess) -> None:
-    runner = start_sleepy(server, "int-runner", terminal=False)  # SIGINT meant for the runner
-    runner.send_signal(signal.SIGINT)  # the runner only, not its process group
-    runner.communicate(timeout=30)
+    with sleepy_run(server, "int-runner", terminal=False) as runner:  # SIGINT for the runner
+        runner.send_signal(signal.SIGINT)  # the runner only, not its process group
+        runner.communicate(timeout=WAIT)
     assert runner.returncode == -signal.SIGINT
 
 
@@ -218,23 +241,8 @@ def test_a_failing_sitecustomize_it_shadows_is_reported(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     (tmp_path / "sitecustomize.py").write_text("import no_such_module_here\n")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
-    env["PYTHONPATH"] = str(tmp_path)
-    result = subprocess.run(
-        [
-            *PROGRESSISTA,
-            "run",
-            "--url",
-            server.url.rstrip("/"),
-            "--job",
-            "chained",
-            str(PROGRAMS / "plain_tqdm.py"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
+    env = environment(PYTHONPATH=str(tmp_path))
+    result = run(server, "--job", "chained", str(PROGRAMS / "plain_tqdm.py"), env=env)
     assert result.returncode == 0
     assert "Error in sitecustomize" in result.stderr
     assert "No module named 'no_such_module_here'" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
+from .conftest import WAIT
 from .server_process import running_server
 
 pytestmark = pytest.mark.slow
@@ -24,15 +26,27 @@ async def test_serves_the_api_and_page_and_stops_cleanly_on_ctrl_c() -> None:
             assert 'data-task-id="real"' in page
             assert (await http.get("/static/dashboard.js")).status == 200
             viewer = await http.ws_connect("/ws")
-            assert (await viewer.receive_json(timeout=5))["type"] == "snapshot"
+            assert (await viewer.receive_json(timeout=WAIT))["type"] == "snapshot"
             assert server.stop() == 0
-            message = await viewer.receive(timeout=5)
+            message = await viewer.receive(timeout=WAIT)
             assert (message.type, message.data) == (WSMsgType.CLOSE, 1001)
             await viewer.close()
         log = "".join(server.log)
         assert "'stale_after': 300.0" in log
         assert "POST /progress" not in log  # accepted posts stay out of the access log
         assert "GET / HTTP/1.1" in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_it_stops_cleanly_even_when_started_by_a_shell_that_ignores_ctrl_c(
+    signum: signal.Signals,
+) -> None:
+    def ignore_ctrl_c() -> None:  # what nohup, a script's `&` job or a CI runner hands down
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    with running_server(preexec_fn=ignore_ctrl_c) as server:
+        assert server.stop(signum) == 0
+    assert "shutting down" in "".join(server.log)
 
 
 async def test_a_flag_wins_over_the_environment() -> None:

@@ -46,7 +46,7 @@ async def make_store(kind: str, redis: RedisProcess | None, max_tasks: int = 100
     return store
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
 def kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
     return kind
@@ -204,6 +204,7 @@ def test_a_missing_redis_py_is_one_line_naming_the_extra(monkeypatch: pytest.Mon
     )
 
 
+@pytest.mark.slow
 async def test_redis_holds_each_task_with_its_revision_and_a_lifetime(
     redis_process: RedisProcess,
 ) -> None:
@@ -240,6 +241,7 @@ def test_keys_share_one_hash_tag() -> None:
     assert keys.task_pattern == "{my\\*app}:task:*"
 
 
+@pytest.mark.slow
 async def test_a_replica_that_missed_changes_reloads_and_ends_equal_to_redis(
     redis_process: RedisProcess,
 ) -> None:
@@ -273,6 +275,7 @@ async def test_a_replica_that_missed_changes_reloads_and_ends_equal_to_redis(
         await writer.close()
 
 
+@pytest.mark.slow
 async def test_a_redis_that_lost_its_data_is_noticed_and_the_replica_starts_over(
     redis_process: RedisProcess,
 ) -> None:

@@ -7,7 +7,7 @@ from urllib.parse import quote
 import pytest
 from yarl import URL
 
-from .conftest import Client, FakeClock, MakeClient, event, post, stored
+from .conftest import WAIT, Client, FakeClock, MakeClient, event, post, stored
 
 ODD_IDS = ["a/b/c", "with space", "ünïcødé ✓ 進捗", "50%", "q?x=1#frag", "a/../b", "./x", "+plus"]
 
@@ -191,7 +191,7 @@ async def test_metrics_count_events_tasks_and_viewers(client: Client) -> None:
     await post(client, [event("a"), event("b", status="close"), event("b", seq=0)])
     await post(client, event("a", n=-1))
     async with client.ws_connect("/ws") as socket:
-        await socket.receive_json(timeout=2)
+        await socket.receive_json(timeout=WAIT)
         text = await (await client.get("/metrics")).text()
     lines = set(text.splitlines())
     assert {

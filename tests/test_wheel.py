@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from . import child
+from .conftest import WAIT
 from .server_process import running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -20,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_an_installed_wheel_serves_its_page_and_static_files(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
-    subprocess.run(
+    # build, venv and pip start programs of their own: child.run ends those too on a failure.
+    child.run(
         [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
         check=True,
         capture_output=True,
@@ -39,9 +43,9 @@ def test_an_installed_wheel_serves_its_page_and_static_files(tmp_path: Path) -> 
     } <= names
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    child.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)  # runs pip
     python = str(venv / "bin" / "python")
-    subprocess.run(
+    child.run(
         [python, "-m", "pip", "install", "--quiet", str(wheel)],
         check=True,
         capture_output=True,
@@ -73,7 +77,7 @@ def test_an_installed_wheel_serves_its_page_and_static_files(tmp_path: Path) -> 
         script.write_text(
             "from tqdm import tqdm\nfor _ in tqdm(range(3), desc='wheel'):\n    pass\n"
         )
-        result = subprocess.run(
+        result = child.run(
             [
                 str(venv / "bin" / "progressista"),
                 "run",
@@ -86,6 +90,8 @@ def test_an_installed_wheel_serves_its_page_and_static_files(tmp_path: Path) -> 
             capture_output=True,
             text=True,
             cwd=tmp_path,
+            # The bar's arrival is checked: a busy machine must not cut the exit flush short.
+            env={**os.environ, "PROGRESSISTA_FLUSH_TIMEOUT": str(WAIT)},
             timeout=60,
         )
         assert result.returncode == 0, result.stderr

@@ -139,6 +139,44 @@ def delivery(server_url: str, runs: int) -> dict[str, Any]:
     }
 
 
+HUNG_EXIT = """
+import io, time
+from progressista.client import RemoteTqdm
+bar = RemoteTqdm(total=1000, file=io.StringIO(), mininterval=0)
+for _ in range(1000):
+    bar.update(1)
+bar.close()
+print(time.monotonic(), flush=True)  # the last statement: what follows is the exit flush
+"""
+
+#: The exit flush's bound in hung_exit, seconds.
+HUNG_FLUSH_TIMEOUT = 1.0
+
+
+def hung_exit(url: str, runs: int) -> dict[str, float]:
+    """How long a worker whose server never answers takes to exit after its last statement.
+
+    The functional tests only check that it exits; this is how soon, against the bound that
+    PROGRESSISTA_FLUSH_TIMEOUT promises. CLOCK_MONOTONIC is shared by the two processes.
+    """
+    waits = []
+    for _ in range(runs):
+        result = subprocess.run(
+            [sys.executable, "-c", HUNG_EXIT],
+            env={
+                **os.environ,
+                "PROGRESSISTA_URL": url,
+                "PROGRESSISTA_FLUSH_TIMEOUT": str(HUNG_FLUSH_TIMEOUT),
+            },
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        waits.append(time.monotonic() - float(result.stdout))
+    return {"p50": statistics.median(waits), "max": max(waits)}
+
+
 MEMORY = """
 import io, json, os, re
 from progressista.client import RemoteTqdm
@@ -254,6 +292,7 @@ def main() -> int:
     results["down"] = overhead(nobody(), repeats, n)
     with hung_server() as hung:
         results["hung"] = overhead(hung, repeats, n)
+        results["hung_exit"] = hung_exit(hung, 5 if options.quick else 20)
         results["memory_default"] = memory_growth(hung, 10**6 if options.quick else 10**7, 0.1)
         results["memory_every"] = memory_growth(hung, 10**5 if options.quick else 10**6, 0)
     results["import"] = import_ratio(11 if options.quick else 31)
@@ -284,6 +323,15 @@ def report(results: dict[str, Any], n: int) -> None:
     close_ms = max(max(results[s]["close_ms"]) for s in ("up", "down", "hung"))
     rows.append(
         ("longest `close()`, any server state", f"{close_ms:.2f} ms", "≤ 50 ms", close_ms <= 50)
+    )
+    waited = results["hung_exit"]
+    rows.append(
+        (
+            f"exit with the server hung, PROGRESSISTA_FLUSH_TIMEOUT={HUNG_FLUSH_TIMEOUT:g}",
+            f"p50 {waited['p50']:.2f} s, max {waited['max']:.2f} s after the last statement",
+            f"≤ {HUNG_FLUSH_TIMEOUT + 0.5:g} s",
+            waited["max"] <= HUNG_FLUSH_TIMEOUT + 0.5,
+        )
     )
     delivered = results["delivery"]
     rows.append(
