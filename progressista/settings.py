@@ -108,6 +108,18 @@ class ServerSettings:
         10.0, "a viewer that cannot take a message for this long is disconnected", parse_duration
     )
     heartbeat: float = _setting(30.0, "WebSocket ping interval", parse_duration)
+    job_stall_after: float = _setting(
+        300.0,
+        "a job whose open bars have not advanced for this long is stalled",
+        parse_duration,
+    )
+    job_retention: float = _setting(
+        7 * 86400.0, "finished jobs stay listed this long after they end", parse_duration
+    )
+    max_jobs: int = _setting(1000, "most job runs listed; the oldest finished go first", int)
+    metrics_jobs: int = _setting(
+        100, "jobs with gauges in /metrics, the most recently updated", int
+    )
     max_viewers: int = _setting(
         10_000, "most WebSocket viewers at once; more are refused with 503", int
     )
@@ -170,6 +182,9 @@ class ServerSettings:
             "max_batch",
             "max_tasks",
             "max_viewers",
+            "job_stall_after",
+            "job_retention",
+            "max_jobs",
             "redis_stream_length",
         )
         for name in positive:
@@ -180,6 +195,8 @@ class ServerSettings:
             raise SettingError(
                 f"broadcast_interval must be a number ≥ 0, not {self.broadcast_interval!r}"
             )
+        if self.metrics_jobs < 0:
+            raise SettingError(f"metrics_jobs must be 0 or more, not {self.metrics_jobs!r}")
         if self.max_age is not None and not self.max_age > 0:
             raise SettingError(f"max_age must be positive or None, not {self.max_age!r}")
         if self.store != "memory" and not self.store.startswith(

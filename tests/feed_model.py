@@ -24,6 +24,8 @@ class Board:
     status: dict[str, Any] = field(default_factory=lambda: {"store": "ok"})
     #: Whole snapshots received (their last piece).
     snapshots: int = 0
+    #: Job runs by key, as the last "jobs" messages left them.
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Ids seen in the snapshot being received, until its last piece.
     _incoming: set[str] | None = None
 
@@ -53,6 +55,13 @@ class Board:
                 self.counts = message["counts"]
         elif kind == "status":
             self.status = message
+        elif kind == "jobs":
+            if message["whole"]:
+                self.jobs = {}
+            for key in message["removed"]:
+                self.jobs.pop(key, None)
+            for key, job in message["jobs"].items():
+                self.jobs[key] = {**self.jobs.get(key, {}), **job}
         else:
             raise AssertionError(f"unknown message type {kind!r}")
 

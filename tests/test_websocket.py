@@ -19,10 +19,16 @@ from .conftest import Client, FakeClock, MakeClient, event, eventually, post, st
 from .feed_model import Board, without_unshown
 
 
-async def receive(viewer: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> Any:
-    message = await viewer.receive(timeout=timeout)
-    assert message.type == WSMsgType.TEXT, message
-    return msgspec.json.decode(message.data)
+async def receive(
+    viewer: aiohttp.ClientWebSocketResponse, timeout: float = 10.0, *, jobs: bool = False
+) -> Any:
+    """The next message; "jobs" messages are skipped unless ``jobs``."""
+    while True:
+        message = await viewer.receive(timeout=timeout)
+        assert message.type == WSMsgType.TEXT, message
+        decoded = msgspec.json.decode(message.data)
+        if jobs or decoded["type"] != "jobs":
+            return decoded
 
 
 async def follow_until(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from itertools import islice
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -22,6 +23,7 @@ from .auth import bearer_matches, origin_allowed, read_allowed
 from .errors import ApiError, json_response
 from .event import decode_events
 from .feed import TASKS_PER_MESSAGE
+from .job import JOB_STATES
 from .keys import CLOCK, HUB, INGEST_STATS, SETTINGS, STORE
 from .metrics import exposition
 from .store import StoreFull, StoreUnavailable
@@ -111,17 +113,23 @@ def _too_large(limit: int) -> ApiError:
 
 def _states_filter(request: web.Request) -> frozenset[str] | None:
     """The ``state`` query (repeated or comma-separated), or None when absent."""
+    return _listed(request, "state", STATES)
+
+
+def _listed(request: web.Request, name: str, allowed: Iterable[str]) -> frozenset[str] | None:
+    """A query parameter naming some of ``allowed`` (repeated or comma-separated), or None."""
     values = [
         part.strip()
-        for value in request.query.getall("state", [])
+        for value in request.query.getall(name, [])
         for part in value.split(",")
         if part.strip()
     ]
     if not values:
         return None
-    unknown = sorted(set(values) - set(STATES))
+    allowed = tuple(allowed)
+    unknown = sorted(set(values) - set(allowed))
     if unknown:
-        raise bad_query("state", f"unknown state {unknown[0]!r}; use {', '.join(STATES)}")
+        raise bad_query(name, f"unknown {name} {unknown[0]!r}; use {', '.join(allowed)}")
     return frozenset(values)
 
 
@@ -238,6 +246,54 @@ async def delete_tasks(request: web.Request) -> web.Response:
     return json_response({"deleted": deleted})
 
 
+@routes.get("/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    """``{"jobs": [job, …]}``: every listed job run, most recently updated first; filter with
+    ``?state=running,stalled`` and ``?job=name``."""
+    require_read(request)
+    states = _listed(request, "state", JOB_STATES)
+    name = request.query.get("job")
+    jobs = [
+        job
+        for job in request.app[STORE].table.jobs.jobs()
+        if (states is None or job.state in states) and (name is None or job.job == name)
+    ]
+    return json_response({"jobs": jobs})
+
+
+@routes.get("/jobs/{job:.+}")
+async def get_job(request: web.Request) -> web.Response:
+    """One job run and its tasks, nested (a task's ``meta.parent`` is its parent): the latest
+    run of a name, or ``name#run`` (also ``?run=N``)."""
+    require_read(request)
+    table = request.app[STORE].table
+    name = request.match_info["job"]
+    run = request.query.get("run")
+    key = f"{name}#{run}" if run is not None else name
+    job = table.jobs.get(key) if "#" in key else table.jobs.latest(key)
+    if job is None:
+        raise ApiError(404, f"no job {key!r}")
+    tasks = {
+        task_id: task for task_id in table.jobs.members(job.id) if (task := table.get(task_id))
+    }
+    return json_response({"job": job, "tasks": _nested(tasks)})
+
+
+def _nested(tasks: dict[str, Task]) -> list[dict[str, Any]]:
+    """Tasks as a forest: each with ``children``, the tasks whose ``meta.parent`` it is."""
+    nodes = {
+        task_id: {**msgspec.structs.asdict(task), "children": []} for task_id, task in tasks.items()
+    }
+    roots = []
+    for task_id, task in tasks.items():
+        parent = task.meta.get("parent")
+        if isinstance(parent, str) and parent in nodes and parent != task_id:
+            nodes[parent]["children"].append(nodes[task_id])
+        else:
+            roots.append(nodes[task_id])
+    return roots
+
+
 @routes.get("/tasks/{task_id:.+}")
 async def get_task(request: web.Request) -> web.Response:
     require_read(request)
@@ -341,7 +397,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     require_read(request)
     app = request.app
-    body = exposition(app[INGEST_STATS], app[HUB], app[STORE].table)
+    body = exposition(app[INGEST_STATS], app[HUB], app[STORE].table, app[SETTINGS].metrics_jobs)
     return web.Response(
         body=body,
         content_type="text/plain",

@@ -18,6 +18,7 @@ from .auth import host_guard
 from .cleanup import cleanup_loop
 from .errors import json_errors
 from .hub import Hub
+from .job import JobIndex
 from .keys import CLEANUP_TASK, CLOCK, HUB, INGEST_STATS, LIFETIMES, SETTINGS, STORE
 from .metrics import IngestStats
 from .store import MemoryStore, TaskStore
@@ -72,8 +73,13 @@ def create_app(
 
 
 def _store(settings: ServerSettings, lifetimes: Lifetimes) -> TaskStore:
+    jobs = JobIndex(
+        stall_after=settings.job_stall_after,
+        retention=settings.job_retention,
+        max_jobs=settings.max_jobs,
+    )
     if settings.store == "memory":
-        return MemoryStore(settings.max_tasks, track_age=settings.max_age is not None)
+        return MemoryStore(settings.max_tasks, track_age=settings.max_age is not None, jobs=jobs)
     from .redis_store import RedisStore  # only when asked for: redis-py is an extra
 
     return RedisStore(
@@ -83,6 +89,7 @@ def _store(settings: ServerSettings, lifetimes: Lifetimes) -> TaskStore:
         prefix=settings.redis_prefix,
         stream_length=settings.redis_stream_length,
         password=settings.redis_password,
+        jobs=jobs,
     )
 
 

@@ -26,15 +26,19 @@ CLEANUP_STEP = 2000
 
 
 async def run_cleanup(store: TaskStore, lifetimes: Lifetimes, now: float) -> Expired:
-    """One pass: apply every lifecycle transition due at ``now``, step by step."""
+    """One pass: apply every lifecycle transition due at ``now``, step by step; then judge the
+    jobs as time passed (stalls, retention: every server judges its own, from its table)."""
     total = Expired()
     while True:
         step = await store.expire(now, lifetimes, CLEANUP_STEP)
         total.stale += step.stale
         total.removed += step.removed
         if not step.more:
-            return total
+            break
         await asyncio.sleep(0)
+    store.table.jobs.expire(now)
+    store.table.publish()
+    return total
 
 
 async def cleanup_loop(

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from .job import Job
 from .table import REMOVED, TaskTable
 from .task import ALL_FIELDS, FIELD_BIT, TASK_FIELDS, Task
 
@@ -90,6 +91,23 @@ def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[bytes]:
 def whole(table: TaskTable, changed: Iterable[str], removed: Iterable[str]) -> Iterator[bytes]:
     """Patch messages carrying whole tasks: for a viewer catching up from an older revision."""
     return patches(table, {**dict.fromkeys(removed, REMOVED), **dict.fromkeys(changed, ALL_FIELDS)})
+
+
+#: Finished job runs a new viewer is shown with the unfinished ones.
+RECENT_JOBS = 20
+
+
+def jobs(listed: Iterable[Job], removed: Iterable[str], whole: bool) -> bytes:
+    """Job runs that changed (``whole``: every run to show; the viewer forgets the rest), and
+    the keys of runs no longer listed. A run's history comes only with ``whole``: viewers extend
+    it from the fractions they are sent."""
+    shown: dict[str, Any] = {}
+    for job in listed:
+        fields = msgspec.structs.asdict(job)
+        if not whole:
+            del fields["history"]
+        shown[job.id] = fields
+    return _encode({"type": "jobs", "jobs": shown, "removed": list(removed), "whole": whole})
 
 
 def status(problem: str | None) -> bytes:

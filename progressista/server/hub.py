@@ -71,6 +71,7 @@ class _Viewer:
         "behind_since",
         "drained",
         "generation",
+        "has_jobs",
         "last_resync",
         "owes",
         "resync_due",
@@ -106,6 +107,8 @@ class _Viewer:
         self.resync_due = False
         #: The table's generation its snapshot or view came from.
         self.generation = -1
+        #: It was sent job runs (so an empty overview still has something to replace).
+        self.has_jobs = False
 
     def buffered(self) -> int:
         transport = self.transport
@@ -280,6 +283,7 @@ class Hub:
         viewer.owes = False
         viewer.generation = window.generation
         self._write(viewer, feed.frame(feed.view(self.table, window.shown, window.counts)))
+        self._send_jobs_overview(viewer)
 
     async def window(self, text: str, limit: int) -> Window:
         """The window for this filter and size, once it holds every matching task (the page's
@@ -357,6 +361,7 @@ class Hub:
         else:
             viewer.synced = table.rev
             viewer.owes = False
+            self._send_jobs_overview(viewer)
 
     async def _until_drained(self, viewer: _Viewer) -> bool:
         """Wait until the viewer's socket has room; False when the viewer is gone."""
@@ -460,8 +465,11 @@ class Hub:
                     self._start_over()
                 base, rev = self._flushed_rev, self.table.rev
                 changes = self.table.take_changes()
+                job_changes, jobs_dropped = self.table.jobs.take_changes()
                 if changes and (self._viewers or self._windows):
                     await self._send_changes(changes, base)
+                if (job_changes or jobs_dropped) and self._viewers:
+                    self._send_jobs(job_changes, jobs_dropped)
                 self._flushed_rev = rev
                 if not self._again or self._closing:
                     return
@@ -469,6 +477,23 @@ class Hub:
                 await asyncio.sleep(max(0.0, self._last_flush + self._interval - loop.time()))
         finally:
             self._flushing = False
+
+    def _send_jobs(self, changed: set[str], dropped: set[str]) -> None:
+        """Job runs that changed, to every viewer keeping up (those behind get all of them
+        with their catch-up)."""
+        listed = [job for key in changed if (job := self.table.jobs.get(key)) is not None]
+        for viewer in self._deliver(
+            list(self._viewers), feed.frame(feed.jobs(listed, dropped, whole=False))
+        ):
+            viewer.has_jobs = True
+
+    def _send_jobs_overview(self, viewer: _Viewer) -> None:
+        """Every job run to show, replacing what the viewer holds (nothing to a viewer that
+        holds none and would get none)."""
+        listed = self.table.jobs.overview(feed.RECENT_JOBS)
+        if listed or viewer.has_jobs:
+            viewer.has_jobs = bool(listed)
+            self._write(viewer, feed.frame(feed.jobs(listed, (), whole=True)))
 
     def _start_over(self) -> None:
         """The table replaced every task (its revisions started over): so does every viewer

@@ -6,6 +6,7 @@ so ingest never pays for a metrics library call. The registry belongs to one app
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from ..schema import STATES
 from .hub import Hub
+from .job import JOB_STATES
 from .table import TaskTable
 
 __all__ = ["IngestStats", "exposition"]
@@ -32,10 +34,11 @@ class IngestStats:
 
 
 class _ServerCollector(Collector):
-    def __init__(self, stats: IngestStats, hub: Hub, table: TaskTable) -> None:
+    def __init__(self, stats: IngestStats, hub: Hub, table: TaskTable, jobs: int) -> None:
         self._stats = stats
         self._hub = hub
         self._table = table
+        self._jobs = jobs
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -94,10 +97,49 @@ class _ServerCollector(Collector):
             "Viewers disconnected for not reading",
             value=hub.viewers_dropped,
         )
+        yield from self._job_families()
+
+    def _job_families(self) -> Iterator[Metric]:
+        """Per job run, the most recently updated ``metrics_jobs`` of them. The label is
+        ``job_name``: Prometheus gives every scraped series a ``job`` label of its own (and
+        would rename ours ``exported_job``)."""
+        labels = ["job_name", "run"]
+        fraction = GaugeMetricFamily(
+            "progressista_job_done_ratio", "Fraction of a job done (0 to 1)", labels=labels
+        )
+        rate = GaugeMetricFamily(
+            "progressista_job_rate_per_second",
+            "Combined steady rate of a job's active bars (their units a second)",
+            labels=labels,
+        )
+        eta = GaugeMetricFamily(
+            "progressista_job_eta_seconds", "Seconds a job has left, when known", labels=labels
+        )
+        tasks = GaugeMetricFamily(
+            "progressista_job_tasks", "A job's tasks, by state", labels=[*labels, "state"]
+        )
+        state = GaugeMetricFamily(
+            "progressista_job_state", "1 for a job's current state", labels=[*labels, "state"]
+        )
+        jobs = self._table.jobs.jobs()
+        for job in itertools.islice(jobs, self._jobs):
+            key = [job.job, str(job.run)]
+            if job.fraction is not None:
+                fraction.add_metric(key, job.fraction)
+            if job.rate is not None:
+                rate.add_metric(key, job.rate)
+            if job.eta is not None:
+                eta.add_metric(key, job.eta)
+            for task_state, count in job.tasks.items():
+                tasks.add_metric([*key, task_state], count)
+            for job_state in JOB_STATES:
+                state.add_metric([*key, job_state], 1.0 if job.state == job_state else 0.0)
+        yield from (fraction, rate, eta, tasks, state)
 
 
-def exposition(stats: IngestStats, hub: Hub, table: TaskTable) -> bytes:
-    """The Prometheus text format of everything above."""
+def exposition(stats: IngestStats, hub: Hub, table: TaskTable, jobs: int) -> bytes:
+    """The Prometheus text format of everything above (``jobs``: how many job runs get
+    gauges)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(stats, hub, table))
+    registry.register(_ServerCollector(stats, hub, table, jobs))
     return generate_latest(registry)

@@ -44,6 +44,7 @@ import msgspec
 
 from ..settings import redact_url as redacted
 from .event import Event
+from .job import JobIndex
 from .store import ApplyResult, Expired, StoreFull, StoreUnavailable, room_for, stage
 from .table import TaskTable
 from .task import ALL_FIELDS, Lifetimes, Task, went_stale
@@ -265,6 +266,7 @@ class RedisStore:
         prefix: str = "progressista",
         stream_length: int = 2000,
         password: str | None = None,
+        jobs: JobIndex | None = None,
     ) -> None:
         self._redis_module, self._unreachable = _import_redis()
         self.url = url
@@ -273,7 +275,7 @@ class RedisStore:
         self.max_tasks = max_tasks
         self._stream_length = stream_length
         self._password = password
-        self._table = TaskTable(track_age=lifetimes.max_age is not None)
+        self._table = TaskTable(track_age=lifetimes.max_age is not None, jobs=jobs)
         #: An active task's key lifetime, when it does not depend on the task (no max_age).
         self._active_ttl = (
             None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .event import Event
+from .job import JobIndex
 from .table import TaskTable
 from .task import Lifetimes, Task, apply_event, went_stale
 
@@ -129,9 +130,11 @@ def room_for(table: TaskTable, new_ids: int, max_tasks: int, keep: Collection[st
 class MemoryStore:
     """Tasks in this process's memory: the default, and the reference for every other store."""
 
-    def __init__(self, max_tasks: int, *, track_age: bool = False) -> None:
+    def __init__(
+        self, max_tasks: int, *, track_age: bool = False, jobs: JobIndex | None = None
+    ) -> None:
         self.max_tasks = max_tasks
-        self._table = TaskTable(track_age=track_age)
+        self._table = TaskTable(track_age=track_age, jobs=jobs)
 
     @property
     def table(self) -> TaskTable:

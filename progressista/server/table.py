@@ -27,6 +27,7 @@ from itertools import islice
 from typing import Final
 
 from ..schema import STATES
+from .job import JobIndex
 from .task import Lifetimes, Task
 
 __all__ = ["REMOVED", "Changes", "TaskTable"]
@@ -44,9 +45,17 @@ _Queue = OrderedDict[str, None]
 class TaskTable:
     """Tasks by id (in the order they were first stored) and the indexes over them."""
 
-    def __init__(self, *, track_age: bool = False, removals_kept: int = 100_000) -> None:
+    def __init__(
+        self,
+        *,
+        track_age: bool = False,
+        removals_kept: int = 100_000,
+        jobs: JobIndex | None = None,
+    ) -> None:
         #: Every task, in the order each id was first stored.
         self.tasks: dict[str, Task] = {}
+        #: The jobs the tasks make up, kept up to date with every change.
+        self.jobs = jobs if jobs is not None else JobIndex()
         #: The highest revision applied: the table's version.
         self.rev = 0
         #: Per state, its tasks in the order they entered it, oldest first.
@@ -55,6 +64,9 @@ class TaskTable:
         self._by_change: _Queue = OrderedDict()
         #: Only kept when tasks have a maximum age (``max_age``).
         self._by_created: _Queue | None = OrderedDict() if track_age else None
+        #: Closed bars that asked not to stay (``meta.leave`` false: tqdm's ``leave=False``),
+        #: in the order they closed: they leave the board after Lifetimes.linger.
+        self._transient: _Queue = OrderedDict()
         #: Recently removed ids and the revision that removed them, oldest first.
         self._removed: OrderedDict[str, int] = OrderedDict()
         self._removals_kept = removals_kept
@@ -121,6 +133,8 @@ class TaskTable:
         if self._by_created is not None and lifetimes.max_age is not None:
             age = lifetimes.max_age
             queues.append((self._by_created, lambda task: task.created_at + age))
+        linger = lifetimes.linger
+        queues.append((self._transient, lambda task: (task.closed_at or 0.0) + linger))
         for queue, deadline in queues:
             for task_id in queue:
                 if now <= deadline(tasks[task_id]):
@@ -197,6 +211,7 @@ class TaskTable:
 
     def publish(self) -> None:
         """Tell the listeners that changes were committed (once per batch, not per task)."""
+        self.jobs.settle()
         for listener in self._listeners:
             listener()
 
@@ -234,9 +249,16 @@ class TaskTable:
         if created is not None and (old is None or old.created_at != task.created_at):
             created.pop(task_id, None)
             created[task_id] = None
+        if task.closed_at is not None and task.meta.get("leave") is False:
+            if task_id not in self._transient:
+                self._transient[task_id] = None
+        elif old is not None:
+            self._transient.pop(task_id, None)
         changes = self._changes
         if changes is not None:
             changes[task_id] = changes.get(task_id, 0) | changed
+        if "job" in task.meta or (old is not None and "job" in old.meta):
+            self.jobs.update(old, task, task.updated_at)
 
     def remove(self, task_id: str, rev: int) -> bool:
         """Forget a task; ``rev`` is the revision of its removal. False when there was none."""
@@ -251,6 +273,7 @@ class TaskTable:
         del self._by_change[task_id]
         if self._by_created is not None:
             self._by_created.pop(task_id, None)
+        self._transient.pop(task_id, None)
         removed = self._removed
         removed[task_id] = rev
         if len(removed) > self._removals_kept:
@@ -258,6 +281,8 @@ class TaskTable:
         changes = self._changes
         if changes is not None:
             changes[task_id] = REMOVED
+        if "job" in task.meta:
+            self.jobs.update(task, None, task.updated_at)
         return True
 
     def forget_removals(self) -> None:
@@ -269,10 +294,22 @@ class TaskTable:
     def replace_all(self, tasks: Iterable[Task], rev: int) -> None:
         """Hold exactly ``tasks`` from now on, at revision ``rev`` (a replica whose Redis lost
         its data: revisions started over). Viewers start over too (``generation``)."""
-        fresh = TaskTable(track_age=self._by_created is not None, removals_kept=self._removals_kept)
+        fresh = TaskTable(
+            track_age=self._by_created is not None,
+            removals_kept=self._removals_kept,
+            jobs=self.jobs.emptied(),
+        )
         for task in sorted(tasks, key=lambda task: task.rev):
             fresh.commit(task, 0)
-        for name in ("tasks", "sections", "_active_by_update", "_by_change", "_by_created"):
+        for name in (
+            "tasks",
+            "sections",
+            "_active_by_update",
+            "_by_change",
+            "_by_created",
+            "_transient",
+            "jobs",
+        ):
             setattr(self, name, getattr(fresh, name))
         self._removed.clear()
         self.rev = rev

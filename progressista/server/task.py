@@ -301,15 +301,23 @@ class Lifetimes:
     indexes ordered by those instants, so cleanup visits only what is due.
     """
 
-    __slots__ = ("abandon_after", "max_age", "retention", "stale_after")
+    __slots__ = ("abandon_after", "linger", "max_age", "retention", "stale_after")
 
     def __init__(
-        self, stale_after: float, abandon_after: float, retention: float, max_age: float | None
+        self,
+        stale_after: float,
+        abandon_after: float,
+        retention: float,
+        max_age: float | None,
+        linger: float = 10.0,
     ) -> None:
         self.stale_after = stale_after
         self.abandon_after = abandon_after
         self.retention = retention
         self.max_age = max_age
+        #: How long a closed ``leave=False`` bar stays on the board (it still counts in its
+        #: job): tqdm erases such a bar when it ends.
+        self.linger = linger
 
     def stale_at(self, task: Task) -> float:
         """When an active task with no news turns stale."""
@@ -323,7 +331,9 @@ class Lifetimes:
         """When a task is removed whatever happens: retention after closing, or ``max_age``."""
         ends = math.inf
         if task.closed_at is not None and task.state in CLOSED_STATES:
-            ends = task.closed_at + self.retention
+            ends = task.closed_at + (
+                self.linger if task.meta.get("leave") is False else self.retention
+            )
         else:
             ends = self.abandoned_at(task)
         if self.max_age is not None:

@@ -1,0 +1,438 @@
+"""Jobs: many bars on many machines seen as one thing, with one bar, one ETA and one history.
+
+A job is every task labelled with the same ``meta.job``, during one *run*: a name that recurs
+(``--job nightly-etl`` every night) makes one run each time, numbered from 1. A run starts with
+its first task; a task of a name whose last run has finished starts the next one.
+
+What a run adds up (each counted task, in its latest state; a task removed from the board, say a
+``leave=False`` bar or one past its retention, still counts as it last was):
+
+- tasks per state; ``n`` and ``total``, summed (``total`` null while any bar has none);
+- ``fraction``: every bar weighs the same (bytes and rows do not add up, fractions do): each
+  completed bar counts 1, each other ``n / total``, over the bars seen or, when the job
+  announced how many it will run (``meta.job_size``), over that many. Null while an open bar has
+  no total: unknown beats wrong;
+- ``rate``: the active bars' steady rates, summed (meaningful when they share a unit);
+- ``eta``: from the least-squares slope of the fraction over the run's recent history (sampled
+  as bars change); null when the fraction is unknown or not rising, or the job is stalled.
+
+The task ``progressista run`` makes (``meta.role = "run"``, its id the job's name) *heads* the run:
+it is not summed, and its end ends the job: completed when it completes, failed when it fails.
+Without a head, a run is completed when every bar is and the announced size is reached. A run is
+failed as soon as any of its tasks fails; stalled while no open bar has advanced for
+``job_stall_after`` (a hung worker's sender keeps its bars fresh while nothing moves) or every
+open bar is stale; running otherwise.
+
+Finished runs stay listed for ``job_retention`` (default 7 days), the most recent ``max_jobs``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import msgspec
+
+from .task import Task, fit_slope
+
+__all__ = ["JOB_STATES", "Job", "JobIndex"]
+
+JOB_STATES = ("running", "stalled", "completed", "failed")
+
+#: Samples a run's fraction history keeps (as a task's).
+_HISTORY_POINTS = 32
+_SAMPLE_SPACING = 1.0
+_TREND_POINTS = 8
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """One run of a job, as ``/jobs``, ``/ws`` and ``/metrics`` give it."""
+
+    #: ``name#run``: what ``/jobs/{job}`` and the feed name it by.
+    id: str
+    job: str
+    run: int
+    state: str
+    #: Counted tasks per state (the head task excluded).
+    tasks: dict[str, int]
+    n: float
+    total: float | None
+    fraction: float | None
+    rate: float | None
+    eta: float | None
+    #: How many bars the job announced it will run (``meta.job_size``), if it did.
+    size: int | None
+    #: The ``run`` task heading the job, if any, and its state.
+    head: str | None
+    head_state: str | None
+    started_at: float
+    updated_at: float
+    finished_at: float | None
+    #: When an open bar last moved forward.
+    advanced_at: float
+    #: The first failure: its text, which task, which host.
+    error: str | None
+    error_task: str | None
+    error_host: str | None
+    #: ``(t0, fraction0, t1, fraction1, …)``.
+    history: tuple[float, ...]
+
+
+def _is_head(task: Task, name: str) -> bool:
+    return task.task_id == name and task.meta.get("role") == "run"
+
+
+class _Run:
+    """The running sums of one run, kept up to date change by change."""
+
+    __slots__ = (
+        "active",
+        "advanced_at",
+        "completed",
+        "error",
+        "error_host",
+        "error_task",
+        "failed",
+        "finished_at",
+        "fractions",
+        "head",
+        "head_state",
+        "history",
+        "ids",
+        "n",
+        "name",
+        "no_fraction",
+        "no_total",
+        "number",
+        "rate",
+        "serial",
+        "size",
+        "stale",
+        "started_at",
+        "state",
+        "total",
+        "updated_at",
+    )
+
+    def __init__(self, name: str, number: int, now: float, serial: int) -> None:
+        self.name = name
+        self.number = number
+        #: Order of creation among all runs (ties in updated_at go to the newer run).
+        self.serial = serial
+        self.active = self.stale = self.completed = self.failed = 0
+        self.n = 0.0
+        self.total = 0.0
+        #: Counted tasks with no total (total then unknown), and open ones with no fraction.
+        self.no_total = self.no_fraction = 0
+        self.fractions = 0.0
+        self.rate = 0.0
+        self.size: int | None = None
+        self.head: str | None = None
+        self.head_state: str | None = None
+        self.started_at = self.updated_at = self.advanced_at = now
+        self.finished_at: float | None = None
+        self.error: str | None = None
+        self.error_task: str | None = None
+        self.error_host: str | None = None
+        self.history: tuple[float, ...] = ()
+        self.state = "running"
+        #: The stored tasks that count in (or head) this run.
+        self.ids: set[str] = set()
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}#{self.number}"
+
+    @property
+    def members(self) -> int:
+        return self.active + self.stale + self.completed + self.failed
+
+    def count(self, task: Task, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) one task's contribution."""
+        state = task.state
+        if state == "active":
+            self.active += sign
+            rate = task.trend if task.trend is not None else task.rate
+            if rate:
+                self.rate += sign * rate
+        elif state == "stale":
+            self.stale += sign
+        elif state == "completed":
+            self.completed += sign
+        else:
+            self.failed += sign
+        self.n += sign * task.n
+        total = task.total
+        if total is None:
+            self.no_total += sign
+        else:
+            self.total += sign * total
+        if state == "completed":
+            self.fractions += sign
+        elif total:
+            self.fractions += sign * min(task.n / total, 1.0)
+        elif state != "failed":
+            self.no_fraction += sign
+
+    def fraction(self) -> float | None:
+        expected = max(self.size or 0, self.members)
+        if self.no_fraction or not expected:
+            return None
+        return min(self.fractions / expected, 1.0)
+
+    def judge(self, now: float, stall_after: float) -> str:
+        """The run's state now (see the module's docstring)."""
+        if self.failed or self.head_state == "failed":
+            return "failed"
+        open_bars = self.active + self.stale
+        if self.head is not None:
+            if self.head_state == "completed":
+                return "completed"
+        elif self.members and not open_bars and (self.size is None or self.members >= self.size):
+            return "completed"
+        if open_bars and (not self.active or now - self.advanced_at > stall_after):
+            return "stalled"
+        if self.head_state == "stale" and not open_bars:
+            return "stalled"
+        return "running"
+
+    def sample(self, now: float) -> None:
+        fraction = self.fraction()
+        if fraction is None:
+            return
+        history = self.history
+        if history:
+            spacing = max(_SAMPLE_SPACING, (history[-2] - history[0]) / (_HISTORY_POINTS // 2))
+            if now - history[-2] < spacing:
+                return
+        history = (*history, now, fraction)
+        if len(history) > 2 * _HISTORY_POINTS:
+            kept = history[:-2]
+            history = (*[v for i in range(0, len(kept), 4) for v in kept[i : i + 2]], now, fraction)
+        self.history = history
+
+    def as_job(self) -> Job:
+        fraction = self.fraction()
+        eta: float | None = None
+        if fraction is not None and self.state == "running":
+            slope = fit_slope(self.history[-2 * _TREND_POINTS :])
+            if slope and slope > 0:
+                eta = (1.0 - fraction) / slope
+                eta = eta if math.isfinite(eta) else None
+        return Job(
+            id=self.key,
+            job=self.name,
+            run=self.number,
+            state=self.state,
+            tasks={
+                "active": self.active,
+                "stale": self.stale,
+                "completed": self.completed,
+                "failed": self.failed,
+            },
+            n=self.n,
+            total=None if self.no_total else self.total,
+            fraction=fraction,
+            rate=self.rate if self.active else None,
+            eta=eta,
+            size=self.size,
+            head=self.head,
+            head_state=self.head_state,
+            started_at=self.started_at,
+            updated_at=self.updated_at,
+            finished_at=self.finished_at,
+            advanced_at=self.advanced_at,
+            error=self.error,
+            error_task=self.error_task,
+            error_host=self.error_host,
+            history=self.history,
+        )
+
+
+class JobIndex:
+    """Every job's runs, kept up to date from each task change (O(1) a change).
+
+    The table calls :meth:`update` with a task's old and new state; cleanup calls
+    :meth:`expire` to judge stalls as time passes and drop finished runs past retention.
+    """
+
+    def __init__(
+        self, *, stall_after: float = 300.0, retention: float = 7 * 86400.0, max_jobs: int = 1000
+    ) -> None:
+        self.stall_after = stall_after
+        self.retention = retention
+        self.max_jobs = max_jobs
+        #: The latest run of each job name.
+        self._latest: dict[str, _Run] = {}
+        #: Every run still listed, by key (``name#run``), oldest first.
+        self._runs: OrderedDict[str, _Run] = OrderedDict()
+        #: The run each task counts in (or heads).
+        self._member: dict[str, _Run] = {}
+        #: Runs that changed since the hub last asked; and runs dropped.
+        self._changed: set[str] = set()
+        self._dropped: set[str] = set()
+        #: Runs changed since the last settle().
+        self._touched: set[_Run] = set()
+        self._serial = 0
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def emptied(self) -> JobIndex:
+        """A new, empty index with the same settings (a replica starting over)."""
+        return JobIndex(
+            stall_after=self.stall_after, retention=self.retention, max_jobs=self.max_jobs
+        )
+
+    def get(self, key: str) -> Job | None:
+        run = self._runs.get(key)
+        return None if run is None else run.as_job()
+
+    def latest(self, name: str) -> Job | None:
+        run = self._latest.get(name)
+        return None if run is None or run.key not in self._runs else run.as_job()
+
+    def jobs(self) -> Iterator[Job]:
+        """Every run still listed, most recently updated first."""
+        ordered = sorted(
+            self._runs.values(), key=lambda run: (run.updated_at, run.serial), reverse=True
+        )
+        for run in ordered:
+            yield run.as_job()
+
+    def overview(self, finished: int) -> list[Job]:
+        """What a new viewer is shown: every unfinished run, and the ``finished`` most recently
+        updated finished ones."""
+        shown = []
+        for job in self.jobs():
+            if job.finished_at is None:
+                shown.append(job)
+            elif finished > 0:
+                shown.append(job)
+                finished -= 1
+        return shown
+
+    def members(self, key: str) -> list[str]:
+        """The ids of the stored tasks that count in (or head) run ``key``."""
+        run = self._runs.get(key)
+        return [] if run is None else list(run.ids)
+
+    def settle(self) -> None:
+        """After a batch of changes: sample each changed run's fraction and judge its state
+        once, on the whole batch (not halfway through it)."""
+        for run in self._touched:
+            if run.key in self._runs:
+                run.sample(run.updated_at)
+                self._judge(run, run.updated_at)
+                self._changed.add(run.key)
+        self._touched.clear()
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """Keys of the runs that changed, and of those dropped, since the last call."""
+        changed, dropped = self._changed, self._dropped
+        self._changed, self._dropped = set(), set()
+        return changed - dropped, dropped
+
+    # Kept up to date by the table ---------------------------------------------------------
+
+    def update(self, old: Task | None, new: Task | None, now: float) -> None:
+        """A task changed (``old`` → ``new``), appeared (``old`` None) or went (``new`` None)."""
+        task = new if new is not None else old
+        assert task is not None
+        name = task.meta.get("job")
+        run = self._member.get(task.task_id)
+        if new is None:  # removed from the board: it still counts as it last was
+            if run is not None:
+                del self._member[task.task_id]
+                run.ids.discard(task.task_id)
+            return
+        if run is None or (old is not None and run.finished_at is not None and _reruns(old, new)):
+            if name is None or not isinstance(name, str):
+                return
+            if run is not None:
+                run.ids.discard(new.task_id)
+            run = self._run_for(name, now)
+            self._member[new.task_id] = run
+            run.ids.add(new.task_id)
+            old = None
+        elif old is not None and not self._counted_in(old, run):
+            old = None
+        if _is_head(new, run.name):
+            run.head, run.head_state = new.task_id, new.state
+        else:
+            if old is not None:
+                run.count(old, -1)
+            run.count(new, 1)
+            if old is None or old.n != new.n or (new.state != old.state and new.state != "stale"):
+                run.advanced_at = max(run.advanced_at, now)
+            size = new.meta.get("job_size")
+            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                run.size = max(run.size or 0, size)
+            if new.state == "failed" and run.error is None:
+                run.error = new.error or "failed"
+                run.error_task = new.task_id
+                host = new.meta.get("host")
+                run.error_host = None if host is None else str(host)
+        run.updated_at = max(run.updated_at, now)
+        self._touched.add(run)
+
+    def _counted_in(self, old: Task, run: _Run) -> bool:
+        # The old state counted in this run unless the task is its head (never summed).
+        return not _is_head(old, run.name)
+
+    def _run_for(self, name: str, now: float) -> _Run:
+        """The run a new task of ``name`` joins: the latest, or a new one if that finished."""
+        run = self._latest.get(name)
+        if run is None or run.finished_at is not None or run.key not in self._runs:
+            self._serial += 1
+            run = _Run(name, 1 if run is None else run.number + 1, now, self._serial)
+            self._latest[name] = run
+            self._runs[run.key] = run
+            self._trim()
+        return run
+
+    def _judge(self, run: _Run, now: float) -> None:
+        state = run.judge(now, self.stall_after)
+        if state != run.state:
+            run.state = state
+            self._changed.add(run.key)
+        if state in ("completed", "failed"):
+            if run.finished_at is None:
+                run.finished_at = now
+        else:
+            run.finished_at = None
+
+    def expire(self, now: float) -> None:
+        """Judge stalls as time passes, and drop finished runs past ``retention``."""
+        for key, run in list(self._runs.items()):
+            if run.finished_at is not None:
+                if now - run.finished_at > self.retention:
+                    self._drop(key)
+            else:
+                if not run.members and run.head is None and now - run.updated_at > self.retention:
+                    self._drop(key)
+                    continue
+                self._judge(run, now)
+
+    def _trim(self) -> None:
+        """Keep at most ``max_jobs`` runs: the oldest finished ones go first."""
+        excess = len(self._runs) - self.max_jobs
+        if excess <= 0:
+            return
+        for key in [k for k, run in self._runs.items() if run.finished_at is not None][:excess]:
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        run = self._runs.pop(key)
+        for task_id in run.ids:
+            del self._member[task_id]
+        if self._latest.get(run.name) is run:
+            del self._latest[run.name]
+        self._dropped.add(key)
+
+
+def _reruns(old: Task, new: Task) -> bool:
+    """The task starts a new run of itself (an event after it closed)."""
+    closed = ("completed", "failed")
+    return old.state in closed and (new.state not in closed or new.created_at != old.created_at)

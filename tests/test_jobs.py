@@ -1,0 +1,284 @@
+"""Jobs: the bars of many processes summed into one run with one fraction, rate, ETA and state.
+
+Every test drives the real app with an injected clock; the "processes" are the bars' labels
+(``host``, ``pid``), as several workers would send them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from progressista.server.cleanup import run_cleanup
+from progressista.server.keys import LIFETIMES, STORE
+
+from .conftest import Client, FakeClock, MakeClient, event, post
+from .test_websocket import receive
+
+
+async def jobs(client: Client, query: str = "") -> list[dict[str, Any]]:
+    response = await client.get("/jobs" + query)
+    assert response.status == 200, await response.text()
+    listed: list[dict[str, Any]] = (await response.json())["jobs"]
+    return listed
+
+
+async def job(client: Client, name: str) -> dict[str, Any]:
+    response = await client.get(f"/jobs/{name}")
+    assert response.status == 200, await response.text()
+    found: dict[str, Any] = (await response.json())["job"]
+    return found
+
+
+def shard(task_id: str, n: float, total: float | None, **fields: Any) -> dict[str, Any]:
+    meta = {"job": "etl", "host": f"worker-{task_id[-1]}", **fields.pop("meta", {})}
+    return event(task_id, n=n, total=total, meta=meta, **fields)
+
+
+async def cleanup(client: Client, clock: FakeClock) -> None:
+    await run_cleanup(client.app[STORE], client.app[LIFETIMES], clock())
+
+
+async def test_bars_of_several_processes_sum_into_one_job(client: Client, clock: FakeClock) -> None:
+    await post(client, [shard("s1", 10, 100, rate=2.0), shard("s2", 30, 100, rate=3.0)])
+    summary = await job(client, "etl")
+    assert (summary["id"], summary["job"], summary["run"], summary["state"]) == (
+        "etl#1",
+        "etl",
+        1,
+        "running",
+    )
+    assert summary["tasks"] == {"active": 2, "stale": 0, "completed": 0, "failed": 0}
+    assert (summary["n"], summary["total"]) == (40, 200)
+    assert summary["fraction"] == pytest.approx((0.1 + 0.3) / 2)
+    assert summary["rate"] == pytest.approx(5.0)  # the bars' rates, summed
+    assert summary["started_at"] == clock.now
+
+
+async def test_the_eta_follows_the_fraction_over_time(client: Client, clock: FakeClock) -> None:
+    # Two bars, each a tenth of the way more every 10 s: the job is done 100 s after it began,
+    # 60 s after the last news (the ETA counts, as a task's, from the last update).
+    for step in range(5):
+        await post(client, [shard("s1", 10 * step, 100), shard("s2", 10 * step, 100)])
+        clock.advance(10)
+    summary = await job(client, "etl")
+    assert summary["fraction"] == pytest.approx(0.4)
+    assert summary["eta"] == pytest.approx(60.0)
+
+
+async def test_an_unknown_total_makes_the_fraction_and_eta_unknown(client: Client) -> None:
+    await post(client, [shard("s1", 10, 100), shard("s2", 5, None)])
+    summary = await job(client, "etl")
+    assert (summary["total"], summary["fraction"], summary["eta"]) == (None, None, None)
+    assert summary["n"] == 15
+
+
+async def test_a_late_shard_is_counted_before_it_starts_when_the_job_says_how_many(
+    client: Client,
+) -> None:
+    await post(client, [shard("s1", 50, 100, meta={"job_size": 4}), shard("s2", 100, 100)])
+    summary = await job(client, "etl")
+    assert summary["size"] == 4
+    assert summary["fraction"] == pytest.approx((0.5 + 1.0) / 4)  # not (0.5 + 1.0) / 2
+
+
+async def test_a_job_whose_bars_stop_moving_is_stalled_even_if_kept_alive(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(job_stall_after=60, stale_after=3600)
+    await post(client, [shard("s1", 10, 100)])
+    for _ in range(7):  # keepalives: the same n every 10 s
+        clock.advance(10)
+        await post(client, [shard("s1", 10, 100)])
+        await cleanup(client, clock)
+    assert (await job(client, "etl"))["state"] == "stalled"
+    await post(client, [shard("s1", 11, 100)])
+    assert (await job(client, "etl"))["state"] == "running"
+
+
+async def test_a_job_whose_bars_all_went_stale_is_stalled(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(stale_after=30)
+    await post(client, [shard("s1", 10, 100), shard("s2", 10, 100)])
+    clock.advance(31)
+    await cleanup(client, clock)
+    summary = await job(client, "etl")
+    assert summary["tasks"]["stale"] == 2
+    assert (summary["state"], summary["eta"]) == ("stalled", None)
+
+
+async def test_the_run_task_heads_its_job_and_decides_when_it_ends(client: Client) -> None:
+    head = event("etl", n=0, meta={"job": "etl", "role": "run"})
+    await post(client, [head, shard("s1", 100, 100, status="close"), shard("s2", 5, 10)])
+    summary = await job(client, "etl")
+    assert (summary["head"], summary["head_state"], summary["state"]) == (
+        "etl",
+        "active",
+        "running",
+    )
+    assert summary["tasks"] == {
+        "active": 1,
+        "stale": 0,
+        "completed": 1,
+        "failed": 0,
+    }  # not the head
+    await post(client, shard("s2", 10, 10, status="close"))
+    assert (await job(client, "etl"))["state"] == "running"  # bars done, the program is not
+    await post(client, event("etl", status="close", meta={"job": "etl", "role": "run"}))
+    summary = await job(client, "etl")
+    assert (summary["state"], summary["finished_at"] is not None) == ("completed", True)
+
+
+async def test_a_failed_bar_fails_the_job_and_says_which_and_where(client: Client) -> None:
+    await post(client, [shard("s1", 5, 10), shard("s2", 3, 10)])
+    await post(client, shard("s2", 4, 10, status="error", error="KeyError: 'x'"))
+    summary = await job(client, "etl")
+    assert summary["state"] == "failed"
+    assert (summary["error"], summary["error_task"], summary["error_host"]) == (
+        "KeyError: 'x'",
+        "s2",
+        "worker-2",
+    )
+
+
+async def test_without_a_run_task_a_job_completes_when_every_bar_has(client: Client) -> None:
+    await post(client, [shard("s1", 10, 10, status="close"), shard("s2", 5, 10)])
+    assert (await job(client, "etl"))["state"] == "running"
+    await post(client, shard("s2", 10, 10, status="close"))
+    assert (await job(client, "etl"))["state"] == "completed"
+
+
+async def test_a_recurring_job_name_gives_one_job_per_run(client: Client) -> None:
+    head = {"job": "nightly", "role": "run"}
+    await post(client, [event("nightly", meta=head), event("n-a", meta={"job": "nightly"})])
+    await post(client, [event("n-a", status="close"), event("nightly", status="close", meta=head)])
+    await post(client, [event("nightly", meta=head), event("n-b", meta={"job": "nightly"})])
+    listed = await jobs(client)
+    assert [(j["id"], j["state"]) for j in listed] == [
+        ("nightly#2", "running"),
+        ("nightly#1", "completed"),
+    ]
+    assert (await job(client, "nightly"))["run"] == 2
+    response = await client.get("/jobs/nightly?run=1")
+    assert (await response.json())["job"]["state"] == "completed"
+
+
+async def test_a_finished_job_stays_listed_after_its_tasks_expired(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(retention=60, job_retention=3600, max_jobs=2)
+    await post(client, [shard("s1", 10, 10, status="close")])
+    clock.advance(61)
+    await cleanup(client, clock)
+    assert client.app[STORE].table.tasks == {}
+    summary = await job(client, "etl")
+    assert (summary["state"], summary["tasks"]["completed"], summary["n"]) == ("completed", 1, 10)
+    clock.advance(3600)
+    await cleanup(client, clock)
+    assert await jobs(client) == []
+
+
+async def test_only_the_newest_max_jobs_finished_runs_are_kept(make_client: MakeClient) -> None:
+    client = await make_client(max_jobs=2)
+    for name in ("a", "b", "c"):
+        await post(client, event(f"{name}-1", status="close", meta={"job": name}))
+    assert sorted(j["job"] for j in await jobs(client)) == ["b", "c"]
+
+
+async def test_jobs_filter_by_state_and_name(client: Client) -> None:
+    await post(
+        client,
+        [
+            event("a1", meta={"job": "a"}),
+            event("b1", status="close", meta={"job": "b"}),
+            event("c1", status="error", error="x", meta={"job": "c"}),
+        ],
+    )
+    assert [j["job"] for j in await jobs(client, "?state=completed,failed")] in (
+        ["c", "b"],
+        ["b", "c"],
+    )
+    assert [j["job"] for j in await jobs(client, "?job=a")] == ["a"]
+    response = await client.get("/jobs?state=done")
+    assert response.status == 400
+    assert (await response.json())["details"][0]["message"] == (
+        "unknown state 'done'; use running, stalled, completed, failed"
+    )
+    assert (await client.get("/jobs/nobody")).status == 404
+
+
+async def test_a_job_lists_its_tasks_nested_under_their_parents(client: Client) -> None:
+    head = {"job": "etl", "role": "run"}
+    await post(
+        client,
+        [
+            event("etl", meta=head),
+            event("worker-1", meta={"job": "etl", "parent": "etl"}),
+            event("worker-1/inner", meta={"job": "etl", "parent": "worker-1"}),
+            event("worker-2", meta={"job": "etl", "parent": "etl"}),
+        ],
+    )
+    response = await client.get("/jobs/etl")
+    tree = (await response.json())["tasks"]
+
+    def shape(nodes: list[dict[str, Any]]) -> list[Any]:
+        return sorted((node["task_id"], shape(node["children"])) for node in nodes)
+
+    assert shape(tree) == [("etl", [("worker-1", [("worker-1/inner", [])]), ("worker-2", [])])]
+
+
+async def test_a_leave_false_bar_leaves_the_board_soon_but_still_counts(
+    client: Client, clock: FakeClock
+) -> None:
+    inner = {"job": "etl", "leave": False}
+    await post(client, [shard("outer", 1, 2), event("inner", n=5, total=5, meta=inner)])
+    await post(client, event("inner", status="close", meta=inner))
+    clock.advance(11)
+    await cleanup(client, clock)
+    assert sorted(client.app[STORE].table.tasks) == ["outer"]
+    assert (await job(client, "etl"))["tasks"]["completed"] == 1
+
+
+async def test_viewers_hear_of_job_changes(client: Client) -> None:
+    await post(client, shard("s1", 1, 10))
+    async with client.ws_connect("/ws?limit=10") as viewer:
+        assert (await receive(viewer))["type"] == "view"
+        overview = await receive(viewer, jobs=True)
+        assert (overview["type"], overview["whole"], list(overview["jobs"])) == (
+            "jobs",
+            True,
+            ["etl#1"],
+        )
+        assert overview["jobs"]["etl#1"]["history"]  # the whole run comes with its history
+        await post(client, shard("s1", 5, 10))
+        message = await receive(viewer, jobs=True)
+        while message["type"] != "jobs":
+            message = await receive(viewer, jobs=True)
+        assert message["whole"] is False
+        assert message["jobs"]["etl#1"]["fraction"] == pytest.approx(0.5)
+        assert "history" not in message["jobs"]["etl#1"]
+
+
+async def test_metrics_give_each_job_gauges_under_job_name_with_a_cap(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(metrics_jobs=2)
+    for name in ("a", "b", "c"):
+        await post(client, event(f"{name}-1", n=1, total=4, meta={"job": name}))
+        clock.advance(1)
+    text = await (await client.get("/metrics")).text()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    done = families["progressista_job_done_ratio"]
+    assert sorted(sample.labels["job_name"] for sample in done.samples) == ["b", "c"]
+    assert all("job" not in sample.labels for sample in done.samples)
+    assert {sample.value for sample in done.samples} == {0.25}
+    state = families["progressista_job_state"]
+    running = [s for s in state.samples if s.labels["state"] == "running" and s.value == 1]
+    assert len(running) == 2
+    tasks = families["progressista_job_tasks"]
+    assert {(s.labels["job_name"], s.labels["state"], s.value) for s in tasks.samples} >= {
+        ("c", "active", 1.0)
+    }
