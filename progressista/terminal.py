@@ -59,8 +59,10 @@ def render(
     height: int,
     now: float | None = None,
     counts: dict[str, int] | None = None,
+    jobs: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """One screenful: a header with the counts, then the bars, active first, as many as fit."""
+    """One screenful: a header with the counts, a line per job run, then the bars, active
+    first, as many as fit."""
     now = time.time() if now is None else now
     if counts is None:
         counts = {state: 0 for state in _ORDER}
@@ -68,6 +70,8 @@ def render(
             counts[task["state"]] = counts.get(task["state"], 0) + 1
     summary = ", ".join(f"{counts.get(state, 0)} {state}" for state in _ORDER)
     lines = [f"Progressista {url} [{status}] {summary}"[:width]]
+    for job in _ordered_jobs(jobs or {})[: max(0, height // 3)]:
+        lines.append(_job_line(job, width))
     ordered = sorted(tasks.values(), key=lambda t: (_ORDER.get(t["state"], 9), -t["created_at"]))
     total = sum(counts.values())
     for task in ordered:
@@ -78,15 +82,53 @@ def render(
     return "\n".join(lines)
 
 
+_JOB_MARK = {"running": "▶", "stalled": "…", "failed": "✗", "completed": "✓"}
+
+
+def _ordered_jobs(jobs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Unfinished runs first, then finished ones; the most recently updated first in each."""
+    return sorted(
+        jobs.values(), key=lambda job: (job["finished_at"] is not None, -job["updated_at"])
+    )
+
+
+def _job_line(job: dict[str, Any], width: int) -> str:
+    """``▶ job nightly-etl: 12 of 40 done, 1 failed  56% · ETA 00:07``."""
+    counts = job["tasks"]
+    bars = sum(counts.values())
+    text = f"{counts['completed']} of {max(bars, job['size'] or 0)} done"
+    if counts["failed"]:
+        text += f", {counts['failed']} failed"
+    details = []
+    if job["fraction"] is not None:
+        details.append(f"{job['fraction'] * 100:.0f}%")
+    if job["eta"] is not None:
+        details.append(f"ETA {tqdm.format_interval(max(job['eta'], 0))}")
+    run = f" (run {job['run']})" if job["run"] > 1 else ""
+    line = f"{_JOB_MARK.get(job['state'], '?')} job {job['job']}{run}: {text}"
+    if details:
+        line += "  " + " · ".join(details)
+    return line[:width]
+
+
 class _Window:
     """What the server shows this terminal: the tasks of its window and the counts of all."""
 
     def __init__(self) -> None:
         self.tasks: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, int] | None = None
+        self.jobs: dict[str, dict[str, Any]] = {}
 
     def apply(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
+        if kind == "jobs":
+            if message["whole"]:
+                self.jobs = {}
+            for key in message["removed"]:
+                self.jobs.pop(key, None)
+            for key, job in message["jobs"].items():
+                self.jobs[key] = {**self.jobs.get(key, {}), **job}
+            return
         if kind == "view":
             self.tasks = dict(message["tasks"])
         elif kind == "patch":

@@ -13,7 +13,7 @@
   // Where each shown value lives in a card (templates/card.html), by its element's class.
   const FIELDS = {title: ".title", task_id: ".task-id", progress: "progress", amount: ".amount",
     percent: ".percent", rate: ".rate", elapsed: ".elapsed", eta: ".eta", postfix: ".postfix",
-    labels: ".labels", error: ".error"};
+    labels: ".labels", error: ".error", spark: ".spark"};
 
   // ---- Formatting: tqdm's, and the same as progressista/server/display.py ----------------
 
@@ -85,6 +85,41 @@
 
   function percent(task) {
     return task.percent === null ? "" : task.percent.toFixed(0) + "%";
+  }
+
+  // Same numbers as display.sparkline: whole units of a 1000 by 200 box, floor(v + 0.5).
+  function sparkline(history, top) {
+    const times = [], values = [];
+    for (let i = 0; i + 1 < history.length; i += 2) { times.push(history[i]); values.push(history[i + 1]); }
+    if (times.length < 2 || !(times[times.length - 1] > times[0])) return "";
+    const span = times[times.length - 1] - times[0];
+    let high = top ? top : Math.max(...values);
+    if (!high || !(high > 0) || !Number.isFinite(high) || !Number.isFinite(span)) high = 1;
+    const points = [];
+    for (let i = 0; i < times.length; i++) {
+      const x = Math.floor((times[i] - times[0]) / span * 1000 + 0.5);
+      const y = Math.floor(200 - Math.min(Math.max(values[i] / high, 0), 1) * 200 + 0.5);
+      points.push(`${x},${y}`);
+    }
+    return points.join(" ");
+  }
+
+  function jobView(job) {  // display.job_card
+    const counts = job.tasks;
+    const bars = counts.active + counts.stale + counts.completed + counts.failed;
+    const summary = [`${counts.completed} of ${Math.max(bars, job.size || 0)} done`];
+    if (counts.failed) summary.push(`${counts.failed} failed`);
+    if (counts.stale) summary.push(`${counts.stale} stale`);
+    const details = [];
+    if (job.fraction !== null) details.push((job.fraction * 100).toFixed(0) + "%");
+    if (job.rate !== null) details.push(job.rate.toFixed(2) + "/s");
+    if (job.eta !== null) details.push("ETA " + interval(job.eta));
+    return {
+      name: job.job, run: job.run > 1 ? `run ${job.run}` : "", state: job.state,
+      summary: summary.join(", "), details: details.join(" · "),
+      fraction: job.fraction, error: job.error === null ? "" : `${job.error_task}: ${job.error}`,
+      spark: sparkline(job.history || [], 1),
+    };
   }
 
   function view(task) {
@@ -160,7 +195,9 @@
       fields[name] = el.querySelector(selector);
       // A server-rendered card already shows its text: read it once, so that the first
       // view rewrites only what changed since the page was rendered.
-      if (shown && name !== "progress" && name !== "labels") shown[name] = fields[name].textContent;
+      if (shown && name !== "progress" && name !== "labels" && name !== "spark") {
+        shown[name] = fields[name].textContent;
+      }
     }
     return fields;
   }
@@ -217,6 +254,25 @@
     }
     if (card.el.dataset.state !== task.state) card.el.dataset.state = task.state;
     if (card.el.dataset.job !== v.job) { card.el.dataset.job = v.job; placeDue = true; }
+    setSpark(card.fields.spark, card.shown, sparkline(task.history || [], task.total));
+  }
+
+  function setSpark(svg, shown, points) {
+    if (shown.spark === points) return;
+    svg.hidden = !points;
+    svg.firstElementChild.setAttribute("points", points);
+    shown.spark = points;
+  }
+
+  // A partial update brings n and updated_at, not the history: extend it here, as the server
+  // does (a sample at least a second apart, at most 32 of them).
+  function extendHistory(task) {
+    const history = task.history || (task.history = []);
+    const last = history.length >= 2 ? history[history.length - 2] : null;
+    if (last === null || task.updated_at - last >= 1) {
+      history.push(task.updated_at, task.n);
+      if (history.length > 64) history.splice(0, history.length - 64);
+    }
   }
 
   function jobGroup(name) {
@@ -335,6 +391,7 @@
     if (placeDue) place();
     else if (groupByJob) summarizeJobs();
     recount();
+    if (jobsDirty) redrawJobs();
     applyTimes.push(performance.now() - started);
     if (applyTimes.length > 1000) applyTimes.splice(0, 500);
   }
@@ -346,7 +403,131 @@
     }
   }
 
+  // ---- Jobs overview ----------------------------------------------------------------
+
+  const jobsSection = document.getElementById("jobs");
+  const jobList = jobsSection.querySelector(".job-list");
+  const jobHistoryList = document.getElementById("job-history-list");
+  const jobHistoryButton = document.getElementById("job-history");
+  const jobCardTemplate = document.getElementById("job-card-template");
+  const jobRuns = new Map();    // id → job run (from "jobs" messages)
+  const jobCards = new Map();   // id → {el, fields, shown}
+  let jobsDirty = false;
+
+  function jobCardFor(id) {
+    let card = jobCards.get(id);
+    if (!card) {
+      const el = jobList.querySelector(`li[data-job-id="${CSS.escape(id)}"]`)
+        || jobCardTemplate.content.firstElementChild.cloneNode(true);
+      el.dataset.jobId = id;
+      card = {el: el, shown: {}, fields: {
+        name: el.querySelector(".job-name"), run: el.querySelector(".job-run"),
+        state: el.querySelector(".job-state"), progress: el.querySelector("progress"),
+        summary: el.querySelector(".job-summary"), details: el.querySelector(".job-details"),
+        error: el.querySelector(".error"), spark: el.querySelector(".spark"),
+      }};
+      jobCards.set(id, card);
+    }
+    return card;
+  }
+
+  function fillJob(card, job) {
+    const v = jobView(job);
+    for (const name of ["name", "run", "state", "summary", "details", "error"]) {
+      if (card.shown[name] !== v[name]) { card.fields[name].textContent = v[name]; card.shown[name] = v[name]; }
+    }
+    const bar = card.fields.progress;
+    bar.hidden = v.fraction === null;
+    if (v.fraction !== null) bar.value = v.fraction;
+    card.el.dataset.state = job.state;
+    card.el.dataset.job = job.job;
+    setSpark(card.fields.spark, card.shown, v.spark);
+  }
+
+  function redrawJobs() {
+    jobsDirty = false;
+    // Unfinished runs first, then finished ones; the most recently updated first in each.
+    const ordered = Array.from(jobRuns.values()).sort((a, b) =>
+      (a.finished_at === null) === (b.finished_at === null)
+        ? b.updated_at - a.updated_at : (a.finished_at === null ? -1 : 1));
+    const shown = new Set();
+    let at = jobList.firstElementChild;
+    for (const job of ordered) {
+      const card = jobCardFor(job.id);
+      fillJob(card, job);
+      shown.add(job.id);
+      if (card.el === at) at = at.nextElementSibling; else jobList.insertBefore(card.el, at);
+    }
+    for (const [id, card] of jobCards) {
+      if (!shown.has(id)) { card.el.remove(); jobCards.delete(id); }
+    }
+    jobsSection.hidden = jobRuns.size === 0 && jobHistoryList.hidden;
+  }
+
+  function applyJobs(message) {
+    if (message.whole) jobRuns.clear();
+    for (const id of message.removed) jobRuns.delete(id);
+    for (const [id, fields] of Object.entries(message.jobs)) {
+      const known = jobRuns.get(id);
+      if (known) {
+        Object.assign(known, fields);
+        if (fields.fraction !== null && fields.fraction !== undefined) {
+          const history = known.history || (known.history = []);
+          const last = history.length >= 2 ? history[history.length - 2] : null;
+          if (last === null || known.updated_at - last >= 1) history.push(known.updated_at, fields.fraction);
+          if (history.length > 64) history.splice(0, history.length - 64);
+        }
+      } else {
+        jobRuns.set(id, fields);
+      }
+    }
+    jobsDirty = true;
+    schedule();
+  }
+
+  function showJob(name) {
+    // A job's tasks are the board filtered to its label; the URL keeps it, as any filter.
+    filterBox.value = `job=${name}`;
+    query = filterBox.value;
+    limit = STEP;
+    subscribe();
+  }
+
+  jobsSection.addEventListener("click", (event) => {
+    const open = event.target.closest(".job-open");
+    if (open) showJob(open.closest("li").dataset.job);
+  });
+
+  jobHistoryButton.addEventListener("click", async () => {
+    const opening = jobHistoryList.hidden;
+    jobHistoryButton.setAttribute("aria-expanded", String(opening));
+    if (!opening) { jobHistoryList.hidden = true; return; }
+    try {
+      const response = await fetch("/jobs?state=completed,failed", {credentials: "same-origin"});
+      const body = response.ok ? await response.json() : {jobs: []};
+      jobHistoryList.replaceChildren(...body.jobs.map((job) => {
+        const el = jobCardTemplate.content.firstElementChild.cloneNode(true);
+        const card = {el: el, shown: {}, fields: {
+          name: el.querySelector(".job-name"), run: el.querySelector(".job-run"),
+          state: el.querySelector(".job-state"), progress: el.querySelector("progress"),
+          summary: el.querySelector(".job-summary"), details: el.querySelector(".job-details"),
+          error: el.querySelector(".error"), spark: el.querySelector(".spark"),
+        }};
+        el.dataset.jobId = job.id;
+        fillJob(card, job);
+        return el;
+      }));
+      jobHistoryList.hidden = false;
+    } catch (error) {
+      setConnection("error", "could not load the job history");
+    }
+  });
+
   function apply(message) {
+    if (message.type === "jobs") {
+      applyJobs(message);
+      return;
+    }
     if (message.type === "status") {
       storeProblem = message.store === "ok" ? null : message.reason;
       showConnection();
@@ -366,7 +547,12 @@
     // Object.hasOwn and Map, not `in` on plain objects: a task may be called "constructor".
     for (const [id, fields] of Object.entries(message.tasks || {})) {
       const known = tasks.get(id);
-      tasks.set(id, known ? Object.assign(known, fields) : fields);
+      if (known) {
+        Object.assign(known, fields);
+        if ("n" in fields && !("history" in fields)) extendHistory(known);
+      } else {
+        tasks.set(id, fields);
+      }
       dirty.add(id);
     }
     if (message.sections) { Object.assign(sections, message.sections); placeDue = true; }
@@ -563,7 +749,8 @@
   window.progressista = {
     apply: apply,
     applyTimes: applyTimes,
-    format: {amount: amount, rate: rate, interval: interval, sizeof: sizeof},
+    format: {amount: amount, rate: rate, interval: interval, sizeof: sizeof, sparkline: sparkline,
+      job: jobView},
     taskCount: () => tasks.size,
     polling: () => polling,
   };

@@ -142,3 +142,37 @@ def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> Non
             assert watcher.wait(WAIT) == 0
     finally:
         os.close(main)
+
+
+def test_watch_shows_a_line_per_job_above_the_bars() -> None:
+    from progressista.terminal import render
+
+    job = {
+        "job": "nightly-etl",
+        "run": 2,
+        "state": "running",
+        "tasks": {"active": 2, "stale": 0, "completed": 3, "failed": 1},
+        "size": 10,
+        "fraction": 0.56,
+        "eta": 125.0,
+        "finished_at": None,
+        "updated_at": 5.0,
+    }
+    task = {
+        "task_id": "shard-1",
+        "desc": "Loading",
+        "state": "active",
+        "n": 5,
+        "total": 10,
+        "unit": "it",
+        "unit_scale": False,
+        "unit_divisor": 1000,
+        "rate": 1.0,
+        "elapsed": 5.0,
+        "postfix": "",
+        "created_at": 0.0,
+    }
+    screen = render({"shard-1": task}, "http://x", "live", 80, 20, now=5.0, jobs={"j": job})
+    lines = screen.splitlines()
+    assert lines[1] == "▶ job nightly-etl (run 2): 3 of 10 done, 1 failed  56% · ETA 02:05"
+    assert lines[2].startswith("▶ Loading:  50%")

@@ -11,9 +11,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from .job import Job
 from .task import Task
 
-__all__ = ["BLANK_CARD", "amount", "card", "interval", "rate"]
+__all__ = ["BLANK_CARD", "BLANK_JOB", "amount", "card", "interval", "job_card", "rate", "sparkline"]
 
 
 def _scaled(value: float, task: Task) -> str:
@@ -98,6 +99,7 @@ def card(task: Task, now: float) -> dict[str, Any]:
         "total": task.total or 0,
         "n": min(task.n, task.total) if task.total else 0,
         "created_at": task.created_at,
+        "spark": sparkline(task.history, task.total),
     }
 
 
@@ -120,4 +122,77 @@ BLANK_CARD: dict[str, Any] = {
     "total": 0,
     "n": 0,
     "created_at": 0.0,
+    "spark": "",
+}
+
+
+#: The sparkline's drawing area (an SVG viewBox of this width and height).
+SPARK_WIDTH, SPARK_HEIGHT = 1000, 200
+
+
+def sparkline(history: tuple[float, ...] | list[float], top: float | None = None) -> str:
+    """SVG polyline points for flat ``(t, y, …)`` samples: time left to right, ``y`` from 0 at
+    the bottom to ``top`` (or the highest sample) at the top; "" with fewer than two samples.
+
+    Whole numbers, rounded by floor(v + 0.5): the page draws the same line from the same
+    numbers (``static/dashboard.js``; a browser test holds the two to identical output), and
+    both languages round that way alike, where their decimal formatting does not.
+    """
+    times, values = history[0::2], history[1::2]
+    if len(times) < 2 or not times[-1] > times[0]:
+        return ""
+    span = times[-1] - times[0]
+    high = top if top else max(values)
+    if not high or not high > 0 or not math.isfinite(high) or not math.isfinite(span):
+        high = 1.0
+    points = []
+    for t, v in zip(times, values, strict=True):
+        x = math.floor((t - times[0]) / span * SPARK_WIDTH + 0.5)
+        y = math.floor(SPARK_HEIGHT - min(max(v / high, 0.0), 1.0) * SPARK_HEIGHT + 0.5)
+        points.append(f"{x},{y}")
+    return " ".join(points)
+
+
+def job_card(job: Job) -> dict[str, Any]:
+    """Everything the job overview shows for one job run, as text."""
+    counts = job.tasks
+    bars = sum(counts.values())
+    summary = [f"{counts['completed']} of {max(bars, job.size or 0)} done"]
+    if counts["failed"]:
+        summary.append(f"{counts['failed']} failed")
+    if counts["stale"]:
+        summary.append(f"{counts['stale']} stale")
+    details = []
+    if job.fraction is not None:
+        details.append(f"{job.fraction * 100:.0f}%")
+    if job.rate is not None:
+        details.append(f"{job.rate:.2f}/s")
+    if job.eta is not None:
+        details.append(f"ETA {interval(job.eta)}")
+    return {
+        "id": job.id,
+        "name": job.job,
+        "run": f"run {job.run}" if job.run > 1 else "",
+        "state": job.state,
+        "summary": ", ".join(summary),
+        "details": " · ".join(details),
+        "fraction": job.fraction if job.fraction is not None else 0.0,
+        "has_fraction": job.fraction is not None,
+        "error": "" if job.error is None else f"{job.error_task}: {job.error}",
+        "spark": sparkline(job.history, 1.0),
+    }
+
+
+#: An empty job card: the <template> the script clones for runs that appear after first paint.
+BLANK_JOB: dict[str, Any] = {
+    "id": "",
+    "name": "",
+    "run": "",
+    "state": "running",
+    "summary": "",
+    "details": "",
+    "fraction": 0.0,
+    "has_fraction": False,
+    "error": "",
+    "spark": "",
 }

@@ -17,6 +17,7 @@ from aiohttp import web
 from ..schema import STATES
 from . import display
 from .auth import COOKIE_NAME, cookie_value, read_allowed, token_matches
+from .feed import RECENT_JOBS
 from .keys import CLOCK, HUB, SETTINGS, STORE
 from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
 
@@ -104,6 +105,9 @@ async def index(request: web.Request) -> web.StreamResponse:
         "states": STATES,
         "total": len(table),
         "blank": display.BLANK_CARD,
+        "jobs": table.jobs.overview(RECENT_JOBS),
+        "job_view": display.job_card,
+        "blank_job": display.BLANK_JOB,
         "query": query.text,
         "group": "job" if request.query.get("group") == "job" else "state",
         "limit": limit,
