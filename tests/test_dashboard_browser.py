@@ -561,3 +561,71 @@ def test_polling_stops_once_the_socket_opens(browser: Browser, server: ServerPro
     assert page.evaluate("window.__polls") == polls
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     context.close()
+
+
+def test_the_jobs_overview_sums_a_job_and_opens_its_tasks(
+    browser: Browser, clocked_server: ClockedServer
+) -> None:
+    def shard(task_id: str, n: int, **fields: Any) -> dict[str, Any]:
+        return {"task_id": task_id, "n": n, "total": 100, "meta": {"job": "etl"}, **fields}
+
+    for step in range(5):  # ten percent more every 10 s: an ETA and a sparkline to show
+        clocked_server.post([shard("etl-1", 10 * step), shard("etl-2", 10 * step)])
+        clocked_server.clock.advance(10)
+    clocked_server.post([{"task_id": "old-1", "status": "close", "meta": {"job": "old"}}])
+    clocked_server.post([{"task_id": "other", "n": 1, "meta": {"job": "else"}}])
+    page = open_page(browser, clocked_server.url)
+    live(page)
+    etl = page.locator('li.job-card[data-job="etl"]')
+    expect(etl.locator(".job-summary")).to_have_text("0 of 2 done")
+    expect(etl.locator(".job-details")).to_have_text("40% · 2.00/s · ETA 01:00")
+    expect(etl).to_have_attribute("data-state", "running")
+    points = etl.locator(".spark polyline").get_attribute("points")
+    assert points and len(points.split(" ")) == 5
+    # A change goes live to the overview, formatted as the server formats it.
+    clocked_server.post([shard("etl-1", 100, status="close")])
+    expect(etl.locator(".job-summary")).to_have_text("1 of 2 done")
+    # Clicking a job shows its tasks, and the URL keeps it.
+    etl.locator(".job-open").click()
+    expect(page).to_have_url(f"{clocked_server.url}?q=job%3Detl")
+    expect(card(page, "etl-2")).to_be_visible()
+    expect(card(page, "other")).to_have_count(0)
+    expect(section(page, "active").locator(".count")).to_have_text("1 of 2")
+    # Finished runs are one click away.
+    page.get_by_role("button", name="History").click()
+    expect(page.locator('#job-history-list li[data-job="old"] .job-state')).to_have_text(
+        "completed"
+    )
+    assert console_errors[id(page)] == []
+
+
+def test_the_page_draws_sparklines_and_job_figures_as_the_server_does(
+    browser: Browser, server: ServerProcess
+) -> None:
+    page = open_page(browser, server.url)
+    live(page)
+    histories = [
+        ((0.0, 0.0, 1.0, 5.0, 2.5, 7.25, 4.0, 10.0), 10.0),
+        ((100.0, 3.0, 101.0, 3.0), None),
+        ((1e9, 0.125, 1e9 + 0.3, 0.375, 1e9 + 7.77, 0.8125), 1.0),
+        ((5.0, 1.0), 2.0),
+        ((1.0, 2.0, 1.0, 3.0), None),
+    ]
+    for history, top in histories:
+        assert page.evaluate(
+            "([h, top]) => progressista.format.sparkline(h, top)", [list(history), top]
+        ) == display.sparkline(history, top), history
+    from progressista.server.job import Job
+
+    job = Job(
+        id="etl#2", job="etl", run=2, state="failed",
+        tasks={"active": 1, "stale": 1, "completed": 3, "failed": 1},
+        n=12, total=None, fraction=0.4375, rate=2.5, eta=3725.0, size=8,
+        head=None, head_state=None, started_at=0.0, updated_at=5.0, finished_at=None,
+        advanced_at=5.0, error="KeyError: 'x'", error_task="etl-4", error_host="w1",
+        history=(0.0, 0.0, 5.0, 0.4375),
+    )  # fmt: skip
+    shown = page.evaluate("(job) => progressista.format.job(job)", msgspec.to_builtins(job))
+    expected = display.job_card(job)
+    for key in ("summary", "details", "error", "spark", "run", "state"):
+        assert shown[key] == expected[key], key

@@ -161,3 +161,32 @@ def test_the_blank_card_has_every_key_a_card_has() -> None:
 
     task = new_task(Event(task_id="t"), 1.0)
     assert set(display.BLANK_CARD) == set(display.card(task, 2.0))
+
+
+async def test_the_page_shows_the_jobs_overview(client: Client) -> None:
+    await post(
+        client,
+        [
+            event("s1", n=5, total=10, meta={"job": "etl"}),
+            event("s2", status="error", error="boom", meta={"job": "etl"}),
+        ],
+    )
+    page = await (await client.get("/")).text()
+    jobs = page[page.index('<section id="jobs"') : page.index('<div id="board"')]
+    assert 'data-job-id="etl#1" data-job="etl" data-state="failed"' in jobs
+    assert '<span class="job-summary">0 of 2 done, 1 failed</span>' in jobs
+    assert "s2: boom" in jobs
+
+
+def test_the_blank_job_card_has_every_key_a_job_card_has() -> None:
+    from progressista.server import display
+    from progressista.server.job import JobIndex
+
+    jobs = JobIndex()
+    from progressista.server.event import Event
+    from progressista.server.task import new_task
+
+    jobs.update(None, new_task(Event(task_id="t", meta={"job": "j"}), 1.0), 1.0)
+    jobs.settle()
+    (job,) = jobs.jobs()
+    assert set(display.BLANK_JOB) == set(display.job_card(job))
