@@ -298,3 +298,29 @@ async def test_a_redis_that_lost_its_data_is_noticed_and_the_replica_starts_over
         assert store.table.generation > generation
     finally:
         await store.close()
+
+
+@pytest.mark.slow
+async def test_redis_keeps_finished_jobs_after_their_tasks_and_a_restart(
+    redis_process: RedisProcess,
+) -> None:
+    from progressista.server.redis_store import RedisStore
+
+    first = await make_store("redis", redis_process)
+    assert isinstance(first, RedisStore)
+    await eventually(lambda: first.holds_cleanup_lock)
+    await first.apply(events({"task_id": "a", "status": "close", "meta": {"job": "etl"}}), NOW)
+    await first.expire(NOW + 1, LIFETIMES, 100)  # the lock's holder writes the finished run
+    await first.delete(["a"])
+    await first.close()
+    again = RedisStore(
+        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=first.keys.prefix
+    )
+    await again.start()
+    try:
+        assert again.table.tasks == {}
+        job = again.table.jobs.latest("etl")
+        assert job is not None
+        assert (job.id, job.state, job.tasks["completed"]) == ("etl#1", "completed", 1)
+    finally:
+        await again.close()

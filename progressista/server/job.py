@@ -318,6 +318,44 @@ class JobIndex:
         run = self._runs.get(key)
         return [] if run is None else list(run.ids)
 
+    def restore(self, job: Job) -> None:
+        """List a finished run known from elsewhere (a Redis record, its tasks long gone)."""
+        if job.id in self._runs or job.finished_at is None:
+            return
+        self._serial += 1
+        run = _Run(job.job, job.run, job.started_at, self._serial)
+        run.state, run.size, run.head, run.head_state = (
+            job.state,
+            job.size,
+            job.head,
+            job.head_state,
+        )
+        run.active, run.stale = job.tasks["active"], job.tasks["stale"]
+        run.completed, run.failed = job.tasks["completed"], job.tasks["failed"]
+        run.n = job.n
+        run.total = job.total if job.total is not None else 0.0
+        run.no_total = 0 if job.total is not None else 1
+        bars = max(run.members, job.size or 0)
+        run.fractions = (job.fraction or 0.0) * bars
+        run.rate = job.rate or 0.0
+        run.updated_at, run.finished_at, run.advanced_at = (
+            job.updated_at,
+            job.finished_at,
+            job.advanced_at,
+        )
+        run.error, run.error_task, run.error_host = job.error, job.error_task, job.error_host
+        run.history = job.history
+        self._runs[run.key] = run
+        latest = self._latest.get(run.name)
+        if latest is None or latest.number < run.number:
+            self._latest[run.name] = run
+        self._changed.add(run.key)
+        self._trim()
+
+    def finished(self) -> list[Job]:
+        """Every finished run still listed."""
+        return [run.as_job() for run in self._runs.values() if run.finished_at is not None]
+
     def settle(self) -> None:
         """After a batch of changes: sample each changed run's fraction and judge its state
         once, on the whole batch (not halfway through it)."""

@@ -44,7 +44,7 @@ import msgspec
 
 from ..settings import redact_url as redacted
 from .event import Event
-from .job import JobIndex
+from .job import Job, JobIndex
 from .store import ApplyResult, Expired, StoreFull, StoreUnavailable, room_for, stage
 from .table import TaskTable
 from .task import ALL_FIELDS, Lifetimes, Task, went_stale
@@ -92,9 +92,13 @@ class RedisKeys:
 
     @property
     def task_pattern(self) -> str:
-        """What SCAN matches to find every task key (the prefix escaped for glob)."""
-        escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.tag)
-        return f"{escaped}:task:*"
+        """What SCAN matches to find every task key."""
+        return f"{self._glob_tag}:task:*"
+
+    @property
+    def _glob_tag(self) -> str:
+        """The tag, escaped for a SCAN pattern."""
+        return "".join(f"\\{c}" if c in "*?[]\\" else c for c in self.tag)
 
     @property
     def revision(self) -> str:
@@ -108,6 +112,16 @@ class RedisKeys:
         script got them (see RedisStore._pack): per change, id, revision read, mask of changed
         fields, the task (msgpack) or nothing when removed, and its ttl."""
         return f"{self.tag}:changes"
+
+    def job(self, key: str) -> str:
+        """A finished job run (``name#run``), msgpack, kept after its tasks expired; written by
+        the cleanup lock's holder; expires ``job_retention`` after the run ended."""
+        return f"{self.tag}:job:{key}"
+
+    @property
+    def job_pattern(self) -> str:
+        """What SCAN matches to find every finished job run's key."""
+        return f"{self._glob_tag}:job:*"
 
     @property
     def epoch(self) -> str:
@@ -218,6 +232,7 @@ def _rev_of(task: Task | None) -> int:
 
 _encode = msgspec.msgpack.encode
 _decode_task = msgspec.msgpack.Decoder(Task).decode
+_decode_job = msgspec.msgpack.Decoder(Job).decode
 _decode_numbers = msgspec.msgpack.Decoder(list[int]).decode
 
 
@@ -304,6 +319,8 @@ class RedisStore:
         self._ahead: dict[str, tuple[int, Task | None]] = {}
         #: This server's stream entries not yet read back, by first revision: their tasks.
         self._own: dict[int, list[tuple[str, int, Task | None]]] = {}
+        #: Finished job runs this server has written to Redis (or found there).
+        self._kept_jobs: set[str] = set()
         #: Resolved when the script call in flight has answered (None when there is none).
         self._storing: asyncio.Future[None] | None = None
         self._loaded = asyncio.Event()
@@ -442,7 +459,25 @@ class RedisStore:
             return changes, expired
 
         expired: Expired = await self._submit(prepare, len(due), now)
+        await self._keep_finished_jobs(now)
         return expired
+
+    async def _keep_finished_jobs(self, now: float) -> None:
+        """Write each finished job run not yet written to Redis, so that it stays listed after
+        its tasks expire, across restarts (the lock's holder does, once per run)."""
+        jobs = self._table.jobs
+        for job in jobs.finished():
+            if job.id in self._kept_jobs or job.finished_at is None:
+                continue
+            remaining = jobs.retention - (now - job.finished_at)
+            if remaining > 0:
+                try:
+                    await self._redis.set(
+                        self.keys.job(job.id), _encode(job), px=max(1, int(remaining * 1000))
+                    )
+                except self._errors():
+                    return  # the next pass tries again
+            self._kept_jobs.add(job.id)
 
     # Writing -------------------------------------------------------------------------------
 
@@ -676,9 +711,17 @@ class RedisStore:
             self._table.replace_all(tasks, int(counter))
         else:
             self._reconcile(tasks, int(counter))
+        for job in await self._stored_jobs():
+            self._table.jobs.restore(job)
+            self._kept_jobs.add(job.id)
         self._stream_rev = int(counter)
         self._last_id = last_id
         self._wake_waiters()
+
+    async def _stored_jobs(self) -> list[Job]:
+        keys = [key async for key in self._redis.scan_iter(match=self.keys.job_pattern, count=1000)]
+        values = await self._redis.mget(keys) if keys else []
+        return [_decode_job(value) for value in values if value]
 
     async def _all_tasks(self) -> list[Task]:
         redis = self._redis
