@@ -78,6 +78,14 @@ def _other(args: list[str]) -> int:
     demo.add_argument(
         "--seconds", type=float, default=20.0, help="about how long the demo runs (default: 20)"
     )
+    notify_test = commands.add_parser(
+        "notify-test",
+        help="send one sample notification, to check a --notify URL",
+        description="Send one sample notification through Apprise, to check a URL before a "
+        "real job depends on it. Takes what --notify takes: an Apprise URL, optionally after "
+        "'jobs=GLOB '.",
+    )
+    notify_test.add_argument("destination", metavar="URL", help="an Apprise URL")
     watch = commands.add_parser(
         "watch",
         help="mirror the live bars in this terminal",
@@ -88,6 +96,8 @@ def _other(args: list[str]) -> int:
     )
     watch.add_argument("--token", help="the read token (default: $PROGRESSISTA_READ_TOKEN)")
     options = parser.parse_args(args)
+    if options.command == "notify-test":
+        return _notify_test(options.destination)
     url = _server_url(options.url)
     if options.command == "demo":
         from .demo import demo as run_demo
@@ -97,6 +107,20 @@ def _other(args: list[str]) -> int:
 
     token = options.token or os.environ.get("PROGRESSISTA_READ_TOKEN") or None
     return run_watch(url, token)
+
+
+def _notify_test(destination: str) -> int:
+    from .server.alert import MissingApprise, send_test
+
+    try:
+        problem = send_test(destination)
+    except MissingApprise as error:
+        raise SettingError(str(error)) from None
+    if problem is not None:
+        print(f"progressista: the notification was not sent: {problem}", file=sys.stderr)
+        return 1
+    print("sent: check that it arrived", file=sys.stderr)
+    return 0
 
 
 def _server_url(given: str | None) -> str:

@@ -59,6 +59,22 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def parse_lines(text: str) -> tuple[str, ...]:
+    """One value a line (or several flags, joined by newlines), blanks dropped."""
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def parse_lines_from_file(path: str) -> tuple[str, ...]:
+    """The lines of a file, blanks and ``#`` comments dropped (for secrets kept out of flags)."""
+    try:
+        with open(path, encoding="utf-8") as lines:
+            return tuple(
+                line.strip() for line in lines if line.strip() and not line.startswith("#")
+            )
+    except OSError as error:
+        raise ValueError(f"cannot read {path!r}: {error.strerror}") from None
+
+
 def _setting(
     default: Any,
     help: str,
@@ -66,11 +82,21 @@ def _setting(
     *,
     choices: Sequence[str] | None = None,
     secret: bool = False,
+    repeatable: bool = False,
 ) -> Any:
-    """A dataclass field that also knows its flag, its variable and how to parse them."""
+    """A dataclass field that also knows its flag, its variable and how to parse them.
+
+    A ``repeatable`` flag may be given several times; its variable holds one value a line.
+    """
     return field(
         default=default,
-        metadata={"help": help, "parse": parse, "choices": choices, "secret": secret},
+        metadata={
+            "help": help,
+            "parse": parse,
+            "choices": choices,
+            "secret": secret,
+            "repeatable": repeatable,
+        },
     )
 
 
@@ -160,6 +186,28 @@ class ServerSettings:
         "Redis change-stream entries kept: a server that falls further behind reloads",
         int,
     )
+    notify: tuple[str, ...] = _setting(
+        (),
+        "where alerts go: an Apprise URL, optionally after 'jobs=GLOB[,GLOB] ' (repeat the "
+        "flag, or one a line in the variable)",
+        parse_lines,
+        secret=True,
+        repeatable=True,
+    )
+    notify_file: tuple[str, ...] = _setting(
+        (),
+        "a file of more --notify entries, one a line (keeps their secrets out of the process list)",
+        parse_lines_from_file,
+        secret=True,
+    )
+    notify_on: tuple[str, ...] = _setting(
+        ("failed", "stalled", "completed"),
+        "what is announced: failed, stalled (and recovered), completed, task-failed",
+        parse_list,
+    )
+    public_url: str | None = _setting(
+        None, "how people reach this dashboard, for the links in alerts", str
+    )
     log_level: str = _setting(
         "info", "logging level", str.lower, choices=("debug", "info", "warning", "error")
     )
@@ -194,6 +242,11 @@ class ServerSettings:
         if self.broadcast_interval < 0 or not math.isfinite(self.broadcast_interval):
             raise SettingError(
                 f"broadcast_interval must be a number ≥ 0, not {self.broadcast_interval!r}"
+            )
+        unknown = sorted(set(self.notify_on) - {"failed", "stalled", "completed", "task-failed"})
+        if unknown:
+            raise SettingError(
+                f"notify_on: unknown {unknown[0]!r}; use failed, stalled, completed, task-failed"
             )
         if self.metrics_jobs < 0:
             raise SettingError(f"metrics_jobs must be 0 or more, not {self.metrics_jobs!r}")
@@ -293,15 +346,22 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerSetting
             dest=setting.name,
             metavar=setting.name.upper(),
             default=None,
+            action="append" if setting.metadata["repeatable"] else "store",
             help=f"{setting.metadata['help']} (env {env_name(setting.name)}; default {shown})",
         )
     namespace = parser.parse_args(list(argv))
     overrides = {
-        setting.name: _parse(setting, getattr(namespace, setting.name), flag_name(setting.name))
+        setting.name: _parse(setting, _given(namespace, setting.name), flag_name(setting.name))
         for setting in dataclasses.fields(ServerSettings)
         if getattr(namespace, setting.name) is not None
     }
     return ServerSettings.from_env(environ, **overrides)
+
+
+def _given(namespace: Any, name: str) -> str:
+    """A flag's text; a repeated flag's values, a line each."""
+    value = getattr(namespace, name)
+    return "\n".join(value) if isinstance(value, list) else str(value)
 
 
 DEFAULT_URL = "http://127.0.0.1:8000"

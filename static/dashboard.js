@@ -462,6 +462,7 @@
       if (!shown.has(id)) { card.el.remove(); jobCards.delete(id); }
     }
     jobsSection.hidden = jobRuns.size === 0 && jobHistoryList.hidden;
+    markNotifyButtons();
   }
 
   function applyJobs(message) {
@@ -470,7 +471,9 @@
     for (const [id, fields] of Object.entries(message.jobs)) {
       const known = jobRuns.get(id);
       if (known) {
+        const before = known.state;
         Object.assign(known, fields);
+        notifyChange(before, known);
         if (fields.fraction !== null && fields.fraction !== undefined) {
           const history = known.history || (known.history = []);
           const last = history.length >= 2 ? history[history.length - 2] : null;
@@ -493,9 +496,67 @@
     subscribe();
   }
 
+  // ---- "Notify me": the browser's own notifications, while the page is open ---------------
+
+  const notifyNote = document.getElementById("notify-note");
+  const watched = new Set(JSON.parse(localStorage.getItem("progressista.notify") || "[]"));
+
+  function notificationsUnavailable() {
+    if (!("Notification" in window)) return "this browser cannot show notifications";
+    if (!window.isSecureContext) {
+      return "browsers show notifications only for pages over HTTPS or on localhost";
+    }
+    if (Notification.permission === "denied") return "notifications are blocked for this page";
+    return null;
+  }
+
+  function showNote(text) {
+    notifyNote.textContent = text;
+    notifyNote.hidden = !text;
+  }
+
+  function markNotifyButtons() {
+    const reason = notificationsUnavailable();
+    for (const button of jobsSection.querySelectorAll(".job-notify")) {
+      const name = button.closest("li").dataset.job;
+      button.setAttribute("aria-pressed", String(!reason && watched.has(name)));
+      if (reason) { button.setAttribute("aria-disabled", "true"); button.title = reason; }
+    }
+  }
+
+  async function toggleNotify(name) {
+    const reason = notificationsUnavailable();
+    if (reason) { showNote(`Notifications unavailable: ${reason}.`); return; }
+    if (watched.has(name)) {
+      watched.delete(name);
+    } else {
+      if (Notification.permission !== "granted" && await Notification.requestPermission() !== "granted") {
+        showNote("Notifications unavailable: permission was not given.");
+        return;
+      }
+      watched.add(name);
+    }
+    localStorage.setItem("progressista.notify", JSON.stringify(Array.from(watched)));
+    showNote(watched.size ? `Notifying you about ${Array.from(watched).join(", ")}.` : "");
+    markNotifyButtons();
+  }
+
+  const TOLD = {failed: "✗ failed", stalled: "⏸ stalled", completed: "✓ completed"};
+
+  function notifyChange(before, job) {
+    // A watched job that changed state: tell the person, once per change.
+    if (!watched.has(job.job) || !before || before === job.state || !TOLD[job.state]) return;
+    if (notificationsUnavailable() || Notification.permission !== "granted") return;
+    const v = jobView(job);
+    new Notification(`${job.job} ${TOLD[job.state]}`, {body: [v.summary, v.details, v.error]
+      .filter(Boolean).join(" · "), tag: `${job.id}:${job.state}`});
+  }
+
   jobsSection.addEventListener("click", (event) => {
     const open = event.target.closest(".job-open");
     if (open) showJob(open.closest("li").dataset.job);
+    const notify = event.target.closest(".job-notify");
+    if (notify) toggleNotify(notify.closest("li").dataset.job);
   });
 
   jobHistoryButton.addEventListener("click", async () => {
@@ -756,6 +817,7 @@
   };
 
   adopt();
+  markNotifyButtons();
   // The server paints state sections; a URL asking for jobs is honoured once the first view
   // brings the tasks (every card is redrawn and placed then).
   if (groupByJob) regroup();

@@ -629,3 +629,54 @@ def test_the_page_draws_sparklines_and_job_figures_as_the_server_does(
     expected = display.job_card(job)
     for key in ("summary", "details", "error", "spark", "run", "state"):
         assert shown[key] == expected[key], key
+
+
+def test_notify_me_tells_of_a_watched_job_through_the_browser(
+    browser: Browser, server: ServerProcess
+) -> None:
+    server.post([{"task_id": "a", "n": 1, "total": 2, "meta": {"job": "etl"}}])
+    context = browser.new_context()
+    context.grant_permissions(["notifications"], origin=server.url.rstrip("/"))
+    context.add_init_script("""(() => {
+        const Real = window.Notification;
+        window.__told = [];
+        window.Notification = class extends Real {
+            constructor(title, options) {
+                super(title, options);
+                window.__told.push([title, options.body]);
+            }
+            static get permission() { return Real.permission; }
+            static requestPermission() { return Real.requestPermission(); }
+        };
+    })();""")
+    page = context.new_page()
+    page.goto(server.url)
+    live(page)
+    bell = page.locator('li.job-card[data-job="etl"] .job-notify')
+    bell.click()
+    expect(bell).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#notify-note")).to_have_text("Notifying you about etl.")
+    server.post([{"task_id": "a", "status": "error", "error": "boom", "meta": {"job": "etl"}}])
+    page.wait_for_function("() => window.__told.length === 1")
+    assert page.evaluate("window.__told") == [
+        ["etl ✗ failed", "0 of 1 done, 1 failed · 50% · a: boom"]
+    ]
+    context.close()
+
+
+def test_notify_me_says_why_where_the_browser_cannot(
+    browser: Browser, server: ServerProcess
+) -> None:
+    server.post([{"task_id": "a", "n": 1, "meta": {"job": "etl"}}])
+    context = browser.new_context()
+    context.add_init_script("delete window.Notification;")
+    page = context.new_page()
+    page.goto(server.url)
+    live(page)
+    bell = page.locator('li.job-card[data-job="etl"] .job-notify')
+    expect(bell).to_have_attribute("aria-disabled", "true")
+    bell.click(force=True)  # aria-disabled: Playwright would wait; a person can still click
+    expect(page.locator("#notify-note")).to_have_text(
+        "Notifications unavailable: this browser cannot show notifications."
+    )
+    context.close()

@@ -27,7 +27,7 @@ from .server_process import ServerProcess, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-QUIET = ["--log-level", "warning", "--stale-after", "10m", "--cleanup-interval", "0.2"]
+QUIET = ["--log-level", "info", "--stale-after", "10m", "--cleanup-interval", "0.2"]
 
 
 @pytest.fixture
@@ -243,3 +243,45 @@ async def test_the_redis_password_never_reaches_the_log(redis: RedisProcess) -> 
     log = "".join(server.log)
     assert "redis://:***@127.0.0.1" in log
     assert "s3cret-pa55" not in log
+
+
+async def test_with_two_servers_an_alert_arrives_once_even_when_its_sender_dies_mid_send(
+    redis: RedisProcess, aiohttp_server: Any
+) -> None:
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+    hang_first = asyncio.Event()  # the first request hangs until the test lets it go
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        if len(received) == 1:
+            await hang_first.wait()
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    receiver = await aiohttp_server(app)
+    notify = ["--notify", f"json://127.0.0.1:{receiver.port}/hook"]
+    with server_on(redis, *notify) as a, server_on(redis, *notify) as b:
+        async with aiohttp.ClientSession() as session:
+            event = {"task_id": "t", "status": "error", "error": "boom", "meta": {"job": "etl"}}
+            async with session.post(f"{b.url}progress", json=event) as response:
+                assert response.status == 202
+            await eventually(lambda: len(received) == 1, 60)  # the sender is mid-send
+            # Kill whichever server holds the cleanup lock (the sender); the other takes over.
+            senders = [s for s in (a, b) if any("runs cleanup now" in line for line in s.log)]
+            for sender in senders[:1]:
+                sender.process.send_signal(signal.SIGKILL)
+                sender.process.wait()
+            hang_first.set()
+            await eventually(lambda: len(received) == 2, 60)
+            # Delivered: nothing is left pending, so no third copy can come.
+            import redis.asyncio as redis_client
+
+            raw = redis_client.from_url(redis.url)
+            try:
+                assert await until(lambda: raw.smembers("{progressista}:alerts-pending"), set())
+            finally:
+                await raw.aclose()
+            assert [message["title"] for message in received] == ["✗ etl failed"] * 2

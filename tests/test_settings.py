@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,9 @@ def test_defaults_bind_to_loopback() -> None:
     assert settings == ServerSettings()
 
 
-def test_every_setting_has_a_variable_and_a_flag() -> None:
+def test_every_setting_has_a_variable_and_a_flag(tmp_path: Path) -> None:
+    notify_file = tmp_path / "notify"
+    notify_file.write_text("# one destination a line\njson://h/p\n")
     environ = {
         "PROGRESSISTA_HOST": "0.0.0.0",
         "PROGRESSISTA_PORT": "9001",
@@ -43,6 +46,10 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         "PROGRESSISTA_REDIS_PASSWORD": "other",
         "PROGRESSISTA_REDIS_PREFIX": "team-a",
         "PROGRESSISTA_REDIS_STREAM_LENGTH": "500",
+        "PROGRESSISTA_NOTIFY": "slack://a/b/c\njobs=x* ntfy://t",
+        "PROGRESSISTA_NOTIFY_FILE": str(notify_file),
+        "PROGRESSISTA_NOTIFY_ON": "failed,task-failed",
+        "PROGRESSISTA_PUBLIC_URL": "https://p.example",
         "PROGRESSISTA_LOG_LEVEL": "WARNING",
         "PROGRESSISTA_ACCESS_LOG": "all",
     }
@@ -75,6 +82,10 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         redis_password="other",
         redis_prefix="team-a",
         redis_stream_length=500,
+        notify=("slack://a/b/c", "jobs=x* ntfy://t"),
+        notify_file=("json://h/p",),
+        notify_on=("failed", "task-failed"),
+        public_url="https://p.example",
         log_level="warning",
         access_log="all",
     )

@@ -15,6 +15,7 @@ from aiohttp.web_log import AccessLogger
 
 from ..settings import ServerSettings, SettingError, parse_args
 from .accesslog import QuietAccessLogger
+from .alert import MissingApprise
 from .app import create_app
 from .redis_store import MissingRedis
 
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
-    except MissingRedis as error:
+    except (MissingRedis, MissingApprise) as error:
         print(f"progressista: {error}", file=sys.stderr)
         return 2
     except OSError as error:

@@ -24,7 +24,7 @@ from .errors import ApiError, json_response
 from .event import decode_events
 from .feed import TASKS_PER_MESSAGE
 from .job import JOB_STATES
-from .keys import CLOCK, HUB, INGEST_STATS, SETTINGS, STORE
+from .keys import ALERTER, CLOCK, HUB, INGEST_STATS, SETTINGS, STORE
 from .metrics import exposition
 from .store import StoreFull, StoreUnavailable
 from .table import TaskTable
@@ -397,7 +397,14 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     require_read(request)
     app = request.app
-    body = exposition(app[INGEST_STATS], app[HUB], app[STORE].table, app[SETTINGS].metrics_jobs)
+    alerter = app.get(ALERTER)
+    body = exposition(
+        app[INGEST_STATS],
+        app[HUB],
+        app[STORE].table,
+        app[SETTINGS].metrics_jobs,
+        alerter.stats() if alerter is not None else [],
+    )
     return web.Response(
         body=body,
         content_type="text/plain",

@@ -13,13 +13,14 @@ from aiohttp import web
 
 from ..settings import ServerSettings
 from . import api, pages
+from .alert import Alerter, parse_destination
 from .asset import asset_dir
 from .auth import host_guard
 from .cleanup import cleanup_loop
 from .errors import json_errors
 from .hub import Hub
 from .job import JobIndex
-from .keys import CLEANUP_TASK, CLOCK, HUB, INGEST_STATS, LIFETIMES, SETTINGS, STORE
+from .keys import ALERTER, CLEANUP_TASK, CLOCK, HUB, INGEST_STATS, LIFETIMES, SETTINGS, STORE
 from .metrics import IngestStats
 from .store import MemoryStore, TaskStore
 from .task import Lifetimes
@@ -60,6 +61,21 @@ def create_app(
     )
     app[STORE].on_problem(app[HUB].set_problem)
     app[INGEST_STATS] = IngestStats()
+    destinations = [
+        parse_destination(entry, index)
+        for index, entry in enumerate((*settings.notify, *settings.notify_file))
+    ]
+    if destinations:
+        store = app[STORE]
+        app[ALERTER] = Alerter(
+            store.table,
+            store.ledger,
+            destinations,
+            frozenset(settings.notify_on),
+            settings.public_url,
+            clock=clock,
+            sends=lambda: store.leads,
+        )
 
     aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(asset_dir("templates")), autoescape=True
@@ -97,15 +113,23 @@ async def _store_and_cleanup(app: web.Application) -> AsyncIterator[None]:
     """Open the store, run the cleanup loop for the application's lifetime, then close both."""
     store = app[STORE]
     await store.start()
-    task = asyncio.create_task(
-        cleanup_loop(store, app[LIFETIMES], app[CLOCK], app[SETTINGS].cleanup_interval),
-        name="progressista-cleanup",
-    )
-    app[CLEANUP_TASK] = task
+    tasks = [
+        asyncio.create_task(
+            cleanup_loop(store, app[LIFETIMES], app[CLOCK], app[SETTINGS].cleanup_interval),
+            name="progressista-cleanup",
+        )
+    ]
+    app[CLEANUP_TASK] = tasks[0]
+    alerter = app.get(ALERTER)
+    if alerter is not None:
+        alerter.armed = True  # from here on, job changes are news
+        tasks.append(asyncio.create_task(alerter.run(), name="progressista-alerts"))
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await store.close()
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 
@@ -275,15 +275,19 @@ class JobIndex:
         #: Runs changed since the last settle().
         self._touched: set[_Run] = set()
         self._serial = 0
+        #: Called with a run's previous state and the run, whenever its state changes.
+        self._watchers: list[Callable[[str | None, Job], None]] = []
 
     def __len__(self) -> int:
         return len(self._runs)
 
     def emptied(self) -> JobIndex:
         """A new, empty index with the same settings (a replica starting over)."""
-        return JobIndex(
+        fresh = JobIndex(
             stall_after=self.stall_after, retention=self.retention, max_jobs=self.max_jobs
         )
+        fresh._watchers = self._watchers
+        return fresh
 
     def get(self, key: str) -> Job | None:
         run = self._runs.get(key)
@@ -317,6 +321,10 @@ class JobIndex:
         """The ids of the stored tasks that count in (or head) run ``key``."""
         run = self._runs.get(key)
         return [] if run is None else list(run.ids)
+
+    def watch(self, watcher: Callable[[str | None, Job], None]) -> None:
+        """Call ``watcher(previous state, run)`` whenever a run changes state (alerts)."""
+        self._watchers.append(watcher)
 
     def restore(self, job: Job) -> None:
         """List a finished run known from elsewhere (a Redis record, its tasks long gone)."""
@@ -432,7 +440,8 @@ class JobIndex:
 
     def _judge(self, run: _Run, now: float) -> None:
         state = run.judge(now, self.stall_after)
-        if state != run.state:
+        before = run.state
+        if state != before:
             run.state = state
             self._changed.add(run.key)
         if state in ("completed", "failed"):
@@ -440,6 +449,10 @@ class JobIndex:
                 run.finished_at = now
         else:
             run.finished_at = None
+        if state != before and self._watchers:
+            job = run.as_job()
+            for watcher in self._watchers:
+                watcher(before, job)
 
     def expire(self, now: float) -> None:
         """Judge stalls as time passes, and drop finished runs past ``retention``."""

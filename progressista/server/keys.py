@@ -8,12 +8,14 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..settings import ServerSettings
+from .alert import Alerter
 from .hub import Hub
 from .metrics import IngestStats
 from .store import TaskStore
 from .task import Lifetimes
 
 __all__ = [
+    "ALERTER",
     "CLEANUP_TASK",
     "CLOCK",
     "HUB",
@@ -31,3 +33,5 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 LIFETIMES = web.AppKey("lifetimes", Lifetimes)
 INGEST_STATS = web.AppKey("ingest_stats", IngestStats)
 CLEANUP_TASK = web.AppKey("cleanup_task", asyncio.Task[None])
+#: Present when --notify gave destinations.
+ALERTER = web.AppKey("alerter", Alerter)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -34,11 +34,19 @@ class IngestStats:
 
 
 class _ServerCollector(Collector):
-    def __init__(self, stats: IngestStats, hub: Hub, table: TaskTable, jobs: int) -> None:
+    def __init__(
+        self,
+        stats: IngestStats,
+        hub: Hub,
+        table: TaskTable,
+        jobs: int,
+        alerts: list[tuple[str, int, int]],
+    ) -> None:
         self._stats = stats
         self._hub = hub
         self._table = table
         self._jobs = jobs
+        self._alerts = alerts
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -98,6 +106,15 @@ class _ServerCollector(Collector):
             value=hub.viewers_dropped,
         )
         yield from self._job_families()
+        alerts = CounterMetricFamily(
+            "progressista_alerts",
+            "Notifications by destination (scheme and position, never its URL) and outcome",
+            labels=["destination", "outcome"],
+        )
+        for label, sent, failed in self._alerts:
+            alerts.add_metric([label, "sent"], sent)
+            alerts.add_metric([label, "failed"], failed)
+        yield alerts
 
     def _job_families(self) -> Iterator[Metric]:
         """Per job run, the most recently updated ``metrics_jobs`` of them. The label is
@@ -137,9 +154,15 @@ class _ServerCollector(Collector):
         yield from (fraction, rate, eta, tasks, state)
 
 
-def exposition(stats: IngestStats, hub: Hub, table: TaskTable, jobs: int) -> bytes:
+def exposition(
+    stats: IngestStats,
+    hub: Hub,
+    table: TaskTable,
+    jobs: int,
+    alerts: Sequence[tuple[str, int, int]] = (),
+) -> bytes:
     """The Prometheus text format of everything above (``jobs``: how many job runs get
-    gauges)."""
+    gauges; ``alerts``: per destination, its label and messages sent and failed)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(stats, hub, table, jobs))
+    registry.register(_ServerCollector(stats, hub, table, jobs, list(alerts)))
     return generate_latest(registry)

@@ -43,6 +43,7 @@ from typing import Any
 import msgspec
 
 from ..settings import redact_url as redacted
+from .alert import Alert
 from .event import Event
 from .job import Job, JobIndex
 from .store import ApplyResult, Expired, StoreFull, StoreUnavailable, room_for, stage
@@ -123,6 +124,15 @@ class RedisKeys:
         """What SCAN matches to find every finished job run's key."""
         return f"{self._glob_tag}:job:*"
 
+    def alert(self, alert_id: str) -> str:
+        """An alert (msgpack), set once by whichever server saw it first; expires after a day."""
+        return f"{self.tag}:alert:{alert_id}"
+
+    @property
+    def alerts_pending(self) -> str:
+        """A set of ``<destination index>|<alert id>``: deliveries not done yet."""
+        return f"{self.tag}:alerts-pending"
+
     @property
     def epoch(self) -> str:
         """A random token set once: a different one means Redis lost its data."""
@@ -192,6 +202,18 @@ end
 return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0', id}
 """
 
+# KEYS: the alert's key, the pending set. ARGV: the alert (msgpack), its lifetime in s, then the
+# pending entries. Records the alert and its deliveries once: 0 if it was already there.
+_RECORD_ALERT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  for i = 3, #ARGV do
+    redis.call('SADD', KEYS[2], ARGV[i])
+  end
+  return 1
+end
+return 0
+"""
+
 # KEYS: the lock. ARGV: our id, its lifetime in ms. 1 while we hold it.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -233,6 +255,7 @@ def _rev_of(task: Task | None) -> int:
 _encode = msgspec.msgpack.encode
 _decode_task = msgspec.msgpack.Decoder(Task).decode
 _decode_job = msgspec.msgpack.Decoder(Job).decode
+_decode_alert = msgspec.msgpack.Decoder(Alert).decode
 _decode_numbers = msgspec.msgpack.Decoder(list[int]).decode
 
 
@@ -342,6 +365,10 @@ class RedisStore:
     def holds_cleanup_lock(self) -> bool:
         return self._holds_lock
 
+    @property
+    def leads(self) -> bool:
+        return self._holds_lock
+
     async def start(self) -> None:
         """Connect and load the tasks (waiting a little for Redis), then follow the stream.
 
@@ -357,7 +384,12 @@ class RedisStore:
         )
         self._scripts = {
             name: self._redis.register_script(source)
-            for name, source in (("apply", _APPLY), ("boot", _BOOT), ("renew", _RENEW))
+            for name, source in (
+                ("apply", _APPLY),
+                ("boot", _BOOT),
+                ("renew", _RENEW),
+                ("record_alert", _RECORD_ALERT),
+            )
         }
         log.info("loading the tasks from Redis at %s", redacted(self.url))
         self._set_problem(f"loading the tasks from Redis at {redacted(self.url)}", log_it=False)
@@ -834,6 +866,12 @@ class RedisStore:
             for offset, (task_id, mask, data) in enumerate(_unpack_changes(numbers, body))
         ]
 
+    # Alerts ----------------------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> RedisLedger:
+        return RedisLedger(self)
+
     # Cleanup lock ----------------------------------------------------------------------------
 
     async def _keep_lock(self) -> None:
@@ -875,3 +913,53 @@ class RedisStore:
         self._problem = problem
         for listener in self._problem_listeners:
             listener(problem)
+
+
+#: Seconds an alert's record lives in Redis (long after it was delivered: dedup, not history).
+ALERT_TTL = 86400
+
+
+class RedisLedger:
+    """Alerts pending delivery, in Redis: every server records what it sees (once per id), the
+    cleanup lock's holder sends, and a successor finds what its predecessor left pending."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    async def record(self, alert: Alert, destinations: Iterable[int]) -> bool:
+        store = self._store
+        keys = store.keys
+        try:
+            recorded = await store._scripts["record_alert"](
+                keys=[keys.alert(alert.id), keys.alerts_pending],
+                args=[_encode(alert), ALERT_TTL, *(f"{i}|{alert.id}" for i in destinations)],
+            )
+        except store._errors():
+            return False  # another server records it, or this one when Redis is back
+        return bool(recorded)
+
+    async def pending(self) -> list[tuple[Alert, int]]:
+        store = self._store
+        try:
+            entries = await store._redis.smembers(store.keys.alerts_pending)
+            wanted = [entry.decode().split("|", 1) for entry in entries]
+            values = (
+                await store._redis.mget([store.keys.alert(alert_id) for _, alert_id in wanted])
+                if wanted
+                else []
+            )
+        except store._errors():
+            return []
+        found = []
+        for (index, _), value in zip(wanted, values, strict=True):
+            if value:
+                found.append((_decode_alert(value), int(index)))
+        found.sort(key=lambda pair: pair[0].created_at)
+        return found
+
+    async def delivered(self, alert: Alert, destination: int) -> None:
+        store = self._store
+        try:
+            await store._redis.srem(store.keys.alerts_pending, f"{destination}|{alert.id}")
+        except store._errors():
+            pass  # still pending: sent again later, the duplicate the README allows for

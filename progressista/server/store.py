@@ -17,6 +17,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .alert import AlertLedger, MemoryLedger
 from .event import Event
 from .job import JobIndex
 from .table import TaskTable
@@ -90,6 +91,14 @@ class TaskStore(Protocol):
     def on_problem(self, listener: Callable[[str | None], None]) -> None:
         """Call ``listener`` whenever :meth:`problem` changes (viewers are told)."""
 
+    @property
+    def ledger(self) -> AlertLedger:
+        """Where alerts wait until they are delivered (see :mod:`.alert`)."""
+
+    @property
+    def leads(self) -> bool:
+        """Whether this server does what one server does for all (cleanup, sending alerts)."""
+
     async def close(self) -> None: ...
 
 
@@ -135,6 +144,7 @@ class MemoryStore:
     ) -> None:
         self.max_tasks = max_tasks
         self._table = TaskTable(track_age=track_age, jobs=jobs)
+        self._ledger = MemoryLedger()
 
     @property
     def table(self) -> TaskTable:
@@ -148,6 +158,14 @@ class MemoryStore:
 
     def on_problem(self, listener: Callable[[str | None], None]) -> None:
         pass  # memory never becomes unreachable
+
+    @property
+    def ledger(self) -> AlertLedger:
+        return self._ledger
+
+    @property
+    def leads(self) -> bool:
+        return True  # the only server
 
     async def apply(self, events: list[Event], now: float) -> ApplyResult:
         table = self._table

@@ -79,6 +79,8 @@ class TaskTable:
         #: Bumped when every task was replaced at once (:meth:`replace_all`): whoever kept
         #: revisions of this table must start over.
         self.generation = 0
+        #: Called with a task outside any job when it fails (alerts).
+        self._failure_watchers: list[Callable[[Task], None]] = []
 
     # Reading ---------------------------------------------------------------------------------
 
@@ -201,6 +203,10 @@ class TaskTable:
         if self._changes is None:
             self._changes = {}
 
+    def watch_failures(self, watcher: Callable[[Task], None]) -> None:
+        """Call ``watcher(task)`` when a task with no job fails (jobs tell of their own)."""
+        self._failure_watchers.append(watcher)
+
     def take_changes(self) -> Changes:
         """What changed since the last call (ids with their masks), and start afresh."""
         changes = self._changes
@@ -259,6 +265,9 @@ class TaskTable:
             changes[task_id] = changes.get(task_id, 0) | changed
         if "job" in task.meta or (old is not None and "job" in old.meta):
             self.jobs.update(old, task, task.updated_at)
+        elif state == "failed" and self._failure_watchers and (old is None or old.state != state):
+            for watcher in self._failure_watchers:
+                watcher(task)
 
     def remove(self, task_id: str, rev: int) -> bool:
         """Forget a task; ``rev`` is the revision of its removal. False when there was none."""
