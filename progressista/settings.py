@@ -365,6 +365,8 @@ def _given(namespace: Any, name: str) -> str:
 
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+#: Seconds between re-sends of an unchanged open bar, unless the server asks for less.
+DEFAULT_KEEPALIVE = 15.0
 
 
 def _json_object(text: str, source: str) -> dict[str, Any]:
@@ -398,7 +400,7 @@ class ClientSettings:
     flush_timeout: float = 2.0
     #: Open bars that did not change are re-sent this often, so the server can tell a slow bar
     #: from a dead worker (the server's ``stale_after`` defaults to 60 s).
-    keepalive: float = 15.0
+    keepalive: float = DEFAULT_KEEPALIVE
     #: The job label every bar carries in ``meta``; groups a run's bars on the dashboard.
     job: str | None = None
     #: Labels every bar carries (``PROGRESSISTA_META``, a JSON object), under the bar's own.

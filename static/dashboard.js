@@ -12,8 +12,8 @@
   const SI = ["", "k", "M", "G", "T", "P", "E", "Z"];
   // Where each shown value lives in a card (templates/card.html), by its element's class.
   const FIELDS = {title: ".title", task_id: ".task-id", progress: "progress", amount: ".amount",
-    percent: ".percent", rate: ".rate", elapsed: ".elapsed", eta: ".eta", postfix: ".postfix",
-    labels: ".labels", error: ".error", spark: ".spark"};
+    percent: ".percent", rate: ".rate", elapsed: ".elapsed", eta: ".eta", ago: ".ago",
+    postfix: ".postfix", labels: ".labels", error: ".error", spark: ".spark"};
 
   // ---- Formatting: tqdm's, and the same as progressista/server/display.py ----------------
 
@@ -122,6 +122,22 @@
     };
   }
 
+  function ago(seconds) {  // display.ago
+    if (!Number.isFinite(seconds) || seconds < 1) return "updated just now";
+    const whole = Math.floor(seconds);
+    if (whole < 60) return `updated ${whole} s ago`;
+    if (whole < 3600) return `updated ${Math.floor(whole / 60)} min ago`;
+    if (whole < 86400) return `updated ${Math.floor(whole / 3600)} h ago`;
+    return `updated ${Math.floor(whole / 86400)} d ago`;
+  }
+
+  // The server's clock minus this page's: "updated 4 s ago" is right even when ours is off.
+  let clockOffset = Number(document.getElementById("board").dataset.now) - Date.now() / 1000 || 0;
+
+  function serverNow() {
+    return Date.now() / 1000 + clockOffset;
+  }
+
   function view(task) {
     const elapsed = task.elapsed !== null ? task.elapsed
       : (task.closed_at || Date.now() / 1000) - task.created_at;
@@ -139,6 +155,7 @@
       rate: rate(task),
       elapsed: interval(elapsed),
       eta: task.state === "active" ? interval(task.eta) : "",
+      ago: ago(serverNow() - task.updated_at),
       postfix: task.postfix || "",
       error: task.error || "",
       labels: labels,
@@ -187,6 +204,9 @@
   let frameRequested = false;
   let query = (filterBox.value || "").trim();
   let groupByJob = groupBox.checked;
+  const sortBox = document.getElementById("sort");
+  const compactBox = document.getElementById("compact");
+  let sortBy = sortBox.value;
   const applyTimes = [];       // ms per frame of DOM work, read by the benchmark
 
   function fieldsOf(el, shown) {
@@ -230,9 +250,12 @@
     if (!card.fields) card.fields = fieldsOf(card.el, card.shown);
     const v = view(task);
     for (const name of ["title", "task_id", "amount", "percent", "rate", "elapsed", "eta",
-      "postfix", "error"]) {
+      "ago", "postfix", "error"]) {
       setText(card, name, v[name]);
     }
+    // Long text is clamped to a few lines (CSS); the whole of it on hover, or a click.
+    if (card.shown.hover !== v.title) { card.fields.title.title = v.title; card.shown.hover = v.title; }
+    card.el.dataset.updated = String(task.updated_at);
     const bar = card.fields.progress;
     const hasTotal = Boolean(task.total);
     if (bar.hidden === hasTotal) bar.hidden = !hasTotal;
@@ -311,15 +334,31 @@
     }
   }
 
+  const SORTERS = {
+    updated: (a, b) => b.updated_at - a.updated_at,
+    progress: (a, b) => (b.percent ?? -1) - (a.percent ?? -1),
+    eta: (a, b) => (a.eta ?? Infinity) - (b.eta ?? Infinity),
+    name: (a, b) => (a.desc || a.task_id).localeCompare(b.desc || b.task_id),
+  };
+
+  function sorted(ids) {
+    // The server sends each section newest first; another order sorts the cards shown.
+    // Cards discarded on this page (waiting for their undo to lapse) stay out.
+    const shown = hiddenIds.size ? ids.filter((id) => !hiddenIds.has(id)) : ids;
+    const compare = SORTERS[sortBy];
+    if (!compare) return shown;
+    return shown.filter((id) => tasks.has(id)).sort((a, b) => compare(tasks.get(a), tasks.get(b)));
+  }
+
   function place() {
     placeDue = false;
     if (!groupByJob) {
-      for (const state of STATES) order(stateLists[state], sections[state]);
+      for (const state of STATES) order(stateLists[state], sorted(sections[state]));
       return;
     }
     for (const group of jobs.values()) group.ids = [];
     for (const state of STATES) {
-      for (const id of sections[state]) {
+      for (const id of sorted(sections[state])) {
         const card = cards.get(id);
         if (card) jobGroup(card.el.dataset.job).ids.push(id);
       }
@@ -359,15 +398,21 @@
   function recount() {
     if (!counts) return;
     let total = 0;
+    const hidden = {active: 0, stale: 0, completed: 0, failed: 0};
+    for (const id of hiddenIds) {
+      const task = tasks.get(id);
+      if (task && Object.hasOwn(hidden, task.state)) hidden[task.state] += 1;
+    }
     for (const state of STATES) {
-      const [matching, all] = counts[state];
+      const matching = counts[state][0] - hidden[state];
+      const all = counts[state][1] - hidden[state];
       total += all;
       const text = matching === all ? String(all) : `${matching} of ${all}`;
       if (stateCounts[state].textContent !== text) stateCounts[state].textContent = text;
-      const hidden = matching - sections[state].length;
+      const more = matching - sorted(sections[state]).length;
       const button = moreButtons[state];
-      if (button.hidden !== (hidden <= 0)) button.hidden = hidden <= 0;
-      if (hidden > 0) button.textContent = `Show more (${hidden} not shown)`;
+      if (button.hidden !== (more <= 0)) button.hidden = more <= 0;
+      if (more > 0) button.textContent = `Show more (${more} not shown)`;
     }
     empty.hidden = total > 0;
   }
@@ -387,6 +432,7 @@
       if (!card) { card = newCard(id); cards.set(id, card); placeDue = true; }
       fill(card, task);
     }
+    if (dirty.size && SORTERS[sortBy]) placeDue = true;
     dirty.clear();
     if (placeDue) place();
     else if (groupByJob) summarizeJobs();
@@ -595,6 +641,7 @@
       return;
     }
     if (message.type === "view") {
+      if (typeof message.now === "number") clockOffset = message.now - Date.now() / 1000;
       for (const id of cards.keys()) if (!Object.hasOwn(message.tasks, id)) dirty.add(id);
       tasks.clear();
       sections = message.sections;
@@ -627,6 +674,8 @@
     const params = new URLSearchParams(location.search);
     if (query) params.set("q", query); else params.delete("q");
     if (groupByJob) params.set("group", "job"); else params.delete("group");
+    if (sortBy !== "newest") params.set("sort", sortBy); else params.delete("sort");
+    if (compactBox.checked) params.set("view", "compact"); else params.delete("view");
     if (limit !== STEP) params.set("limit", String(limit)); else params.delete("limit");
     const search = params.toString();
     history.replaceState(null, "", search ? "?" + search : location.pathname);
@@ -667,29 +716,113 @@
     regroup();
     rememberInUrl();
   });
+  sortBox.addEventListener("change", () => {
+    sortBy = sortBox.value;
+    placeDue = true;
+    schedule();
+    rememberInUrl();
+  });
+  compactBox.addEventListener("change", () => {
+    board.dataset.view = compactBox.checked ? "compact" : "cards";
+    rememberInUrl();
+  });
 
-  async function discard(url) {
-    try {
-      const response = await fetch(url, {method: "DELETE", credentials: "same-origin"});
-      if (!response.ok && response.status !== 404) setConnection("error", `could not discard (HTTP ${response.status})`);
-    } catch (error) {
-      setConnection("error", "could not discard: server unreachable");
+  // "updated 4 s ago" moves on by itself: refresh the cards shown every few seconds.
+  setInterval(() => {
+    for (const [id, card] of cards) {
+      const task = tasks.get(id);
+      if (task && card.fields) setText(card, "ago", ago(serverNow() - task.updated_at));
+    }
+  }, 5000);
+
+  // A clamped text opens with a click (and closes with another); Enter does it for the keyboard.
+  board.addEventListener("click", (event) => {
+    const text = event.target.closest(".clamp");
+    if (text && !event.target.closest("button")) text.classList.toggle("open");
+  });
+
+  // ---- Discarding: undoable for a few seconds, then exactly what was shown ----------------
+
+  const toasts = document.getElementById("toasts");
+  const toastTemplate = document.getElementById("toast-template");
+  const UNDO_SECONDS = 6;
+  const hiddenIds = new Set();  // discarded on the page, not yet on the server
+
+  function later(text, ids, commit) {
+    // Hide ids now; commit after UNDO_SECONDS unless the person clicks Undo.
+    for (const id of ids) { hiddenIds.add(id); dirty.add(id); }
+    placeDue = true;
+    schedule();
+    const toast = toastTemplate.content.firstElementChild.cloneNode(true);
+    toast.querySelector(".toast-text").textContent = text;
+    toasts.append(toast);
+    const timer = setTimeout(async () => {
+      toast.remove();
+      await commit();
+      for (const id of ids) hiddenIds.delete(id);
+    }, UNDO_SECONDS * 1000);
+    toast.querySelector(".undo").addEventListener("click", () => {
+      clearTimeout(timer);
+      toast.remove();
+      for (const id of ids) { hiddenIds.delete(id); dirty.add(id); }
+      placeDue = true;
+      schedule();
+    });
+  }
+
+  async function deleteIds(ids) {
+    // In pieces: a body holds a few thousand ids at most.
+    for (let start = 0; start < ids.length; start += 5000) {
+      try {
+        const response = await fetch("/tasks", {
+          method: "DELETE", credentials: "same-origin",
+          headers: {"Content-Type": "application/json"},
+          body: JSON.stringify({ids: ids.slice(start, start + 5000)}),
+        });
+        if (!response.ok) setConnection("error", `could not discard (HTTP ${response.status})`);
+      } catch (error) {
+        setConnection("error", "could not discard: server unreachable");
+      }
     }
   }
 
-  board.addEventListener("click", (event) => {
+  async function matchingIds(state) {
+    // Every task of this state that matches the filter now: what the section counts.
+    const ids = [];
+    let after = null;
+    do {
+      const params = new URLSearchParams({state: state, limit: "10000"});
+      if (query) params.set("q", query);
+      if (after) params.set("after", after);
+      const response = await fetch("/tasks?" + params, {credentials: "same-origin", cache: "no-store"});
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const body = await response.json();
+      ids.push(...Object.keys(body.tasks));
+      after = body.next;
+    } while (after);
+    return ids;
+  }
+
+  board.addEventListener("click", async (event) => {
     const button = event.target.closest("button");
     if (!button) return;
     if (button.classList.contains("discard")) {
-      const card = button.closest("li.card");
-      const id = card.dataset.taskId;
-      tasks.delete(id);
-      for (const state of STATES) sections[state] = sections[state].filter((s) => s !== id);
-      dirty.add(id);
-      schedule();
-      discard("/tasks/" + encodeURIComponent(id));
+      const id = button.closest("li.card").dataset.taskId;
+      const title = tasks.has(id) ? (tasks.get(id).desc || id) : id;
+      later(`Discarded ${title}.`, [id], () => deleteIds([id]));
     } else if (button.dataset.clear) {
-      discard("/tasks?state=" + encodeURIComponent(button.dataset.clear));
+      const state = button.dataset.clear;
+      let ids;
+      try {
+        ids = await matchingIds(state);
+      } catch (error) {
+        setConnection("error", "could not list the tasks to clear");
+        return;
+      }
+      if (!ids.length) return;
+      const which = query ? ` matching ${query}` : "";
+      const noun = ids.length === 1 ? "task" : "tasks";
+      later(`Cleared ${ids.length} ${state} ${noun}${which}.`, ids, () => deleteIds(ids));
     } else if (button.dataset.more) {
       limit += STEP;
       subscribe();

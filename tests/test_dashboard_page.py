@@ -12,7 +12,7 @@ from .conftest import WAIT, Client, FakeClock, MakeClient, event, post
 XSS = "<img src=x onerror=window.__xss=1>"
 
 
-async def test_the_page_lists_tasks_by_state(client: Client) -> None:
+async def test_the_page_lists_tasks_by_state(client: Client, clock: FakeClock) -> None:
     await post(
         client,
         [
@@ -25,8 +25,12 @@ async def test_the_page_lists_tasks_by_state(client: Client) -> None:
     assert response.content_type == "text/html"
     page = await response.text()
     active = page[page.index('data-state="active"') : page.index('data-state="stale"')]
-    assert '<li class="card" data-task-id="running" data-state="active" data-job="">' in active
-    assert '<span class="title">Crunching</span>' in active
+    assert (
+        f'<li class="card" data-task-id="running" data-state="active" data-job="" '
+        f'data-updated="{clock.now}" tabindex="0">'
+    ) in active
+    assert '<span class="title clamp" title="Crunching">Crunching</span>' in active
+    assert '<span class="ago">updated just now</span>' in active
     assert '<span class="amount">3 / 10 it</span>' in active
     assert '<span class="percent">30%</span>' in active
     assert '<progress max="10" value="3" aria-label="Crunching">' in active

@@ -367,3 +367,12 @@ async def test_undecodable_token_bytes_are_401_not_500(make_client: MakeClient) 
         status = await reader.readline()
         writer.close()
         assert status.startswith(b"HTTP/1.1 401"), status
+
+
+async def test_a_server_with_a_short_stale_after_asks_clients_for_more_keepalives(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(stale_after=20)
+    assert await post(client, event("a")) == (202, {"accepted": 1, "ignored": 0, "keepalive": 5.0})
+    client = await make_client(stale_after=60)
+    assert await post(client, event("a")) == (202, {"accepted": 1, "ignored": 0})

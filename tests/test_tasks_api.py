@@ -127,7 +127,7 @@ async def test_bulk_delete_refuses_to_wipe_everything(client: Client) -> None:
     response = await client.delete("/tasks")
     assert response.status == 400
     assert await response.json() == {
-        "error": "refusing to delete every task: give state= and/or older_than= "
+        "error": "refusing to delete every task: give state=, older_than= or q= "
         "(e.g. DELETE /tasks?state=completed,failed)",
         "details": [],
     }
@@ -146,6 +146,34 @@ async def test_bulk_delete_by_state_and_age(client: Client, clock: FakeClock) ->
     response = await client.delete("/tasks?state=active,completed")
     assert (response.status, await response.json()) == (200, {"deleted": 2})
     assert stored(client.app) == {}
+
+
+async def test_a_delete_can_name_exactly_the_tasks_to_remove(client: Client) -> None:
+    await post(client, [event("a"), event("b"), event("c/d")])
+    response = await client.delete("/tasks", json={"ids": ["a", "c/d", "ghost"]})
+    assert (response.status, await response.json()) == (200, {"deleted": 2})
+    assert list(stored(client.app)) == ["b"]
+    response = await client.delete("/tasks", json={"ids": "a"})
+    assert response.status == 400
+    assert (await response.json())["error"] == 'send the ids to delete as {"ids": ["task id", ...]}'
+
+
+async def test_the_dashboard_filter_selects_and_deletes_exactly_what_it_matches(
+    client: Client,
+) -> None:
+    await post(
+        client,
+        [
+            event("a1", status="close", meta={"job": "teamA"}),
+            event("a2", meta={"job": "teamA"}),
+            event("ab", status="close", meta={"job": "teamAB"}),
+        ],
+    )
+    response = await client.get("/tasks?q=job%3DteamA&state=completed")
+    assert list((await response.json())["tasks"]) == ["a1"]
+    response = await client.delete("/tasks?q=job%3DteamA&state=completed")
+    assert (response.status, await response.json()) == (200, {"deleted": 1})
+    assert sorted(stored(client.app)) == ["a2", "ab"]
 
 
 async def test_bulk_delete_with_a_bad_duration_is_400(client: Client) -> None:

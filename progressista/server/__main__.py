@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
-from ..settings import ServerSettings, SettingError, parse_args
+from ..settings import DEFAULT_KEEPALIVE, ServerSettings, SettingError, parse_args
 from .accesslog import QuietAccessLogger
 from .alert import MissingApprise
+from .api import suggested_keepalive
 from .app import create_app
 from .redis_store import MissingRedis
 
@@ -59,6 +60,17 @@ async def serve(settings: ServerSettings) -> None:
         port = bound[1] if isinstance(bound, tuple) else settings.port
         print(f"Progressista dashboard: {dashboard_url(settings.host, port)}", flush=True)
         log.info("settings: %s", settings.describe())
+        keepalive = suggested_keepalive(settings.stale_after)
+        if keepalive is not None:
+            log.warning(
+                "--stale-after %g s is under four times the clients' keepalive (%g s): this "
+                "server asks them to re-send unchanged bars every %g s instead, so that live bars "
+                "do not flap to stale (clients older than this server keep %g s)",
+                settings.stale_after,
+                DEFAULT_KEEPALIVE,
+                keepalive,
+                DEFAULT_KEEPALIVE,
+            )
         await stop.wait()
         log.info("shutting down")
     finally:

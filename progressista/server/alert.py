@@ -267,7 +267,7 @@ class Alerter:
             if await self._deliver(index, title, body):
                 await self.ledger.delivered(alert, index)
                 channel.sent += 1
-                channel.next_send = self.clock() + ALERT_SPACING
+                channel.next_send = now + ALERT_SPACING  # from when the pass began
                 if channel.failures:
                     log.info("%s takes notifications again", self.destinations[index].label)
                 channel.failures = 0
@@ -275,7 +275,7 @@ class Alerter:
                 channel.failed += 1
                 channel.failures += 1
                 backoff = min(RETRY_CAP, RETRY_FIRST * 2 ** (channel.failures - 1))
-                channel.next_send = self.clock() + backoff
+                channel.next_send = now + backoff
                 if channel.failures == 1:
                     log.warning(
                         "%s did not take a notification; retrying with backoff (up to %.0f s)",

@@ -17,7 +17,7 @@ import msgspec
 from aiohttp import web
 
 from ..schema import STATES, FieldError, SchemaError
-from ..settings import parse_duration
+from ..settings import DEFAULT_KEEPALIVE, parse_duration
 from . import feed
 from .auth import bearer_matches, origin_allowed, read_allowed
 from .errors import ApiError, json_response
@@ -104,7 +104,20 @@ async def _ingest(request: web.Request) -> web.Response:
     stats = app[INGEST_STATS]
     stats.events_accepted += result.accepted
     stats.events_ignored += result.ignored
-    return json_response({"accepted": result.accepted, "ignored": result.ignored}, 202)
+    reply: dict[str, Any] = {"accepted": result.accepted, "ignored": result.ignored}
+    keepalive = suggested_keepalive(settings.stale_after)
+    if keepalive is not None:
+        reply["keepalive"] = keepalive
+    return json_response(reply, 202)
+
+
+def suggested_keepalive(stale_after: float) -> float | None:
+    """How often clients should re-send an unchanged bar, when their default would be too
+    seldom: a server whose ``stale_after`` is under four keepalives asks for a quarter of it,
+    so that live bars never flap to stale (DESIGN §1's suggested push interval)."""
+    if stale_after >= 4 * DEFAULT_KEEPALIVE:
+        return None
+    return max(0.5, round(stale_after / 4, 2))
 
 
 def _too_large(limit: int) -> ApiError:
@@ -151,7 +164,11 @@ def _positive_int(request: web.Request, name: str) -> int | None:
 
 
 def _selected(
-    table: TaskTable, ids: Iterable[str], states: frozenset[str] | None, job: str | None
+    table: TaskTable,
+    ids: Iterable[str],
+    states: frozenset[str] | None,
+    job: str | None,
+    query: Query,
 ) -> dict[str, Task]:
     tasks = table.tasks
     chosen = {}
@@ -161,6 +178,7 @@ def _selected(
             task is not None
             and (states is None or task.state in states)
             and (job is None or task.meta.get("job") == job)
+            and query.matches(task)
         ):
             chosen[task_id] = task
     return chosen
@@ -168,7 +186,8 @@ def _selected(
 
 @routes.get("/tasks")
 async def list_tasks(request: web.Request) -> web.StreamResponse:
-    """``{"tasks": {id: task}, "next": id or null}``: filtered by ``state`` and ``job``, at most
+    """``{"tasks": {id: task}, "next": id or null}``: filtered by ``state``, ``job`` and ``q`` (the
+    dashboard's filter), at most
     ``limit`` of them after the task ``after``, in the order tasks were first stored.
 
     ``next`` is the ``after`` that continues the listing, null once it is complete. The body is
@@ -177,6 +196,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     require_read(request)
     states = _states_filter(request)
     job = request.query.get("job")
+    query = Query(request.query.get("q", ""))
     limit = _positive_int(request, "limit")
     table = request.app[STORE].table
     # A copy of the ids, taken at once: the table changes while the slices go out.
@@ -188,7 +208,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     last: str | None = None
     more = False
     for start in range(0, len(ids), TASKS_PER_MESSAGE):
-        chunk = _selected(table, ids[start : start + TASKS_PER_MESSAGE], states, job)
+        chunk = _selected(table, ids[start : start + TASKS_PER_MESSAGE], states, job, query)
         if limit is not None and sent + len(chunk) >= limit:
             chunk = dict(islice(chunk.items(), limit - sent))
             more = True
@@ -209,8 +229,43 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
 
 @routes.delete("/tasks")
 async def delete_tasks(request: web.Request) -> web.Response:
-    """Discard every task matching all given filters; refuses to run without one."""
+    """Discard the tasks named in a JSON body ``{"ids": [...]}``, or every task matching all the
+    given filters (``state``, ``older_than``, ``q``); refuses to run without one.
+
+    The dashboard names the ids it showed: what matched when the person clicked, not whatever
+    matches by the time the request arrives.
+    """
     require_read(request)
+    app = request.app
+    store = app[STORE]
+    if request.can_read_body:
+        doomed = await _ids_in_body(request)
+    else:
+        doomed = await _matching(request, app[CLOCK]())
+    deleted = 0
+    for start in range(0, len(doomed), DELETE_SLICE):
+        deleted += len(await store.delete(doomed[start : start + DELETE_SLICE]))
+        await asyncio.sleep(0)
+    return json_response({"deleted": deleted})
+
+
+class _Ids(msgspec.Struct, forbid_unknown_fields=True):
+    ids: list[str]
+
+
+async def _ids_in_body(request: web.Request) -> list[str]:
+    try:
+        return msgspec.json.decode(await request.read(), type=_Ids).ids
+    except msgspec.DecodeError as error:
+        raise ApiError(
+            400,
+            'send the ids to delete as {"ids": ["task id", ...]}',
+            [FieldError(None, "ids", str(error))],
+        ) from None
+
+
+async def _matching(request: web.Request, now: float) -> list[str]:
+    """The ids every filter of the query selects (in slices: a big board is not read at once)."""
     states = _states_filter(request)
     older_than: float | None = None
     if "older_than" in request.query:
@@ -218,32 +273,31 @@ async def delete_tasks(request: web.Request) -> web.Response:
             older_than = parse_duration(request.query["older_than"])
         except ValueError as error:
             raise bad_query("older_than", str(error)) from None
-    if states is None and older_than is None:
+    query = Query(request.query.get("q", ""))
+    if states is None and older_than is None and query.everything:
         raise ApiError(
             400,
-            "refusing to delete every task: give state= and/or older_than= "
+            "refusing to delete every task: give state=, older_than= or q= "
             "(e.g. DELETE /tasks?state=completed,failed)",
         )
-    app = request.app
-    store = app[STORE]
-    table = store.table
-    now = app[CLOCK]()
-    candidates = (
-        [task_id for state in states for task_id in table.sections[state]]
-        if states is not None
-        else list(table.tasks)
-    )
-    doomed = [
+    table = request.app[STORE].table
+    candidates = [
         task_id
-        for task_id in candidates
-        if older_than is None
-        or ((task := table.tasks.get(task_id)) is not None and now - task.updated_at > older_than)
+        for state in (states if states is not None else STATES)
+        for task_id in table.sections[state]
     ]
-    deleted = 0
-    for start in range(0, len(doomed), DELETE_SLICE):
-        deleted += len(await store.delete(doomed[start : start + DELETE_SLICE]))
+    doomed = []
+    for start in range(0, len(candidates), DELETE_SLICE):
+        for task_id in candidates[start : start + DELETE_SLICE]:
+            task = table.tasks.get(task_id)
+            if (
+                task is not None
+                and (older_than is None or now - task.updated_at > older_than)
+                and query.matches(task)
+            ):
+                doomed.append(task_id)
         await asyncio.sleep(0)
-    return json_response({"deleted": deleted})
+    return doomed
 
 
 @routes.get("/jobs")
@@ -365,7 +419,7 @@ async def window_view(request: web.Request) -> web.Response:
         DEFAULT_WINDOW,
     )
     window = await request.app[HUB].window(*subscription)
-    body = feed.view(request.app[STORE].table, window.shown, window.counts)
+    body = feed.view(request.app[STORE].table, window.shown, window.counts, request.app[CLOCK]())
     return web.Response(body=body, content_type="application/json")
 
 

@@ -58,6 +58,7 @@ def create_app(
         viewer_timeout=settings.viewer_timeout,
         max_viewers=settings.max_viewers,
         clock=hub_clock,
+        wall_clock=clock,
     )
     app[STORE].on_problem(app[HUB].set_problem)
     app[INGEST_STATS] = IngestStats()

@@ -14,7 +14,17 @@ from tqdm import tqdm
 from .job import Job
 from .task import Task
 
-__all__ = ["BLANK_CARD", "BLANK_JOB", "amount", "card", "interval", "job_card", "rate", "sparkline"]
+__all__ = [
+    "BLANK_CARD",
+    "BLANK_JOB",
+    "ago",
+    "amount",
+    "card",
+    "interval",
+    "job_card",
+    "rate",
+    "sparkline",
+]
 
 
 def _scaled(value: float, task: Task) -> str:
@@ -71,6 +81,23 @@ def interval(seconds: float | None) -> str:
     return str(tqdm.format_interval(max(seconds, 0)))
 
 
+def ago(seconds: float) -> str:
+    """How long since a task was last heard of: ``updated 4 s ago``, ``12 min``, ``3 h``.
+
+    Shown on every card, so that a bar about to go stale is visible before it does.
+    """
+    if not math.isfinite(seconds) or seconds < 1:
+        return "updated just now"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"updated {seconds} s ago"
+    if seconds < 3600:
+        return f"updated {seconds // 60} min ago"
+    if seconds < 86400:
+        return f"updated {seconds // 3600} h ago"
+    return f"updated {seconds // 86400} d ago"
+
+
 def percent(task: Task) -> str:
     value = task.percent
     return "" if value is None else f"{value:.0f}%"
@@ -99,6 +126,8 @@ def card(task: Task, now: float) -> dict[str, Any]:
         "total": task.total or 0,
         "n": min(task.n, task.total) if task.total else 0,
         "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "ago": ago(now - task.updated_at),
         "spark": sparkline(task.history, task.total),
     }
 
@@ -122,6 +151,8 @@ BLANK_CARD: dict[str, Any] = {
     "total": 0,
     "n": 0,
     "created_at": 0.0,
+    "updated_at": 0.0,
+    "ago": "",
     "spark": "",
 }
 

@@ -121,6 +121,7 @@ def view(
     table: TaskTable,
     shown: Mapping[str, list[str]],
     counts: Mapping[str, int],
+    now: float,
 ) -> bytes:
     """A windowed viewer's whole view: what it shows per state, those tasks, and the counts."""
     tasks = {task_id: table.tasks[task_id] for ids in shown.values() for task_id in ids}
@@ -130,6 +131,9 @@ def view(
             "tasks": tasks,
             "sections": shown,
             "counts": _counts(table, counts),
+            # The server's clock, so a page can say how long ago a task was updated even when
+            # its own clock is off.
+            "now": now,
         }
     )
 

@@ -131,8 +131,11 @@ class Hub:
         max_viewers: int = 10_000,
         max_snapshots: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.table = table
+        #: Wall-clock seconds, as task times are (the page's "updated 4 s ago").
+        self.wall_clock = wall_clock
         self._interval = interval
         self._viewer_timeout = viewer_timeout
         self.max_viewers = max_viewers
@@ -282,7 +285,8 @@ class Hub:
             return  # it asked for something else meanwhile
         viewer.owes = False
         viewer.generation = window.generation
-        self._write(viewer, feed.frame(feed.view(self.table, window.shown, window.counts)))
+        view = feed.view(self.table, window.shown, window.counts, self.wall_clock())
+        self._write(viewer, feed.frame(view))
         self._send_jobs_overview(viewer)
 
     async def window(self, text: str, limit: int) -> Window:

@@ -35,6 +35,15 @@ CONTENT_SECURITY_POLICY = (
 #: rendering, and ingest and viewers get the event loop between chunks.
 PAGE_CHUNK = 64 * 1024
 
+#: How each section may be sorted (the cards it shows): URL value, label.
+SORTS = (
+    ("newest", "Newest"),
+    ("updated", "Recently updated"),
+    ("progress", "Progress"),
+    ("eta", "ETA"),
+    ("name", "Name"),
+)
+
 _PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -110,6 +119,10 @@ async def index(request: web.Request) -> web.StreamResponse:
         "blank_job": display.BLANK_JOB,
         "query": query.text,
         "group": "job" if request.query.get("group") == "job" else "state",
+        "compact": request.query.get("view") == "compact",
+        "sort": request.query.get("sort", "newest"),
+        "sorts": SORTS,
+        "now": now,
         "limit": limit,
         "step": DEFAULT_WINDOW,
         "url": f"{request.scheme}://{request.host}",
