@@ -350,10 +350,45 @@
     return shown.filter((id) => tasks.has(id)).sort((a, b) => compare(tasks.get(a), tasks.get(b)));
   }
 
+  // A task whose meta.parent is another card of its section goes inside that card (folded,
+  // "12 bars"), not beside it: a run's bars under the run, inner loops under their outer bar.
+  function nest(ids) {
+    const here = new Set(ids);
+    const top = [];
+    const children = new Map();
+    for (const id of ids) {
+      const task = tasks.get(id);
+      const parent = task && task.meta ? task.meta.parent : undefined;
+      if (typeof parent === "string" && parent !== id && here.has(parent)) {
+        if (!children.has(parent)) children.set(parent, []);
+        children.get(parent).push(id);
+      } else {
+        top.push(id);
+      }
+    }
+    for (const id of ids) {
+      const card = cards.get(id);
+      if (!card) continue;
+      const kids = children.get(id) || [];
+      const list = card.el.querySelector(".children");
+      const toggle = card.el.querySelector(".kids");
+      order(list, kids);
+      toggle.hidden = kids.length === 0;
+      if (kids.length) {
+        const open = toggle.getAttribute("aria-expanded") === "true";
+        toggle.textContent = `${open ? "▾" : "▸"} ${kids.length} ${kids.length === 1 ? "bar" : "bars"}`;
+        list.hidden = !open;
+      } else {
+        list.hidden = true;
+      }
+    }
+    return top;
+  }
+
   function place() {
     placeDue = false;
     if (!groupByJob) {
-      for (const state of STATES) order(stateLists[state], sorted(sections[state]));
+      for (const state of STATES) order(stateLists[state], nest(sorted(sections[state])));
       return;
     }
     for (const group of jobs.values()) group.ids = [];
@@ -565,7 +600,9 @@
     const reason = notificationsUnavailable();
     for (const button of jobsSection.querySelectorAll(".job-notify")) {
       const name = button.closest("li").dataset.job;
-      button.setAttribute("aria-pressed", String(!reason && watched.has(name)));
+      const on = !reason && watched.has(name);
+      button.setAttribute("aria-pressed", String(on));
+      button.textContent = on ? "notifying" : "notify me";
       if (reason) { button.setAttribute("aria-disabled", "true"); button.title = reason; }
     }
   }
@@ -739,6 +776,12 @@
   board.addEventListener("click", (event) => {
     const text = event.target.closest(".clamp");
     if (text && !event.target.closest("button")) text.classList.toggle("open");
+    const kids = event.target.closest(".kids");
+    if (kids) {
+      kids.setAttribute("aria-expanded", String(kids.getAttribute("aria-expanded") !== "true"));
+      placeDue = true;
+      schedule();
+    }
   });
 
   // ---- Discarding: undoable for a few seconds, then exactly what was shown ----------------

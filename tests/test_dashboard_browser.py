@@ -659,6 +659,7 @@ def test_notify_me_tells_of_a_watched_job_through_the_browser(
     bell = page.locator('li.job-card[data-job="etl"] .job-notify')
     bell.click()
     expect(bell).to_have_attribute("aria-pressed", "true")
+    expect(bell).to_have_text("notifying")
     expect(page.locator("#notify-note")).to_have_text("Notifying you about etl.")
     server.post([{"task_id": "a", "status": "error", "error": "boom", "meta": {"job": "etl"}}])
     page.wait_for_function("() => window.__told.length === 1")
@@ -757,3 +758,40 @@ def test_the_compact_view_and_sorting_are_kept_in_the_url(
     box = ids.first.bounding_box()
     assert box is not None and box["height"] < 60  # one row per bar
     expect(ids.first.locator(".ago")).to_contain_text("updated")
+
+
+def test_a_runs_bars_fold_under_it_and_open_with_a_click(
+    browser: Browser, server: ServerProcess
+) -> None:
+    head = {"job": "etl", "role": "run"}
+    server.post(
+        [
+            {"task_id": "etl", "desc": "run etl.py", "meta": head},
+            *(
+                {
+                    "task_id": f"shard-{i}",
+                    "n": i,
+                    "total": 9,
+                    "meta": {"job": "etl", "parent": "etl"},
+                }
+                for i in range(3)
+            ),
+            {"task_id": "shard-1/inner", "n": 1, "meta": {"job": "etl", "parent": "shard-1"}},
+            {"task_id": "alone", "n": 1},
+        ]
+    )
+    page = open_page(browser, server.url)
+    live(page)
+    active = section(page, "active")
+    top = active.locator(":scope > ul.tasks > li.card")
+    expect(top).to_have_count(2)  # the run and the lone bar; the rest folded under them
+    run = card(page, "etl")
+    toggle = run.locator(":scope > .kids")
+    expect(toggle).to_have_text("▸ 3 bars")
+    expect(card(page, "shard-0")).to_be_hidden()
+    toggle.click()
+    expect(toggle).to_have_text("▾ 3 bars")
+    expect(run.locator(':scope > .children > li.card[data-task-id="shard-0"]')).to_be_visible()
+    inner = card(page, "shard-1").locator(":scope > .kids")
+    expect(inner).to_have_text("▸ 1 bar")
+    expect(active.locator(".count")).to_have_text("6")  # folded bars still count
