@@ -175,6 +175,26 @@ class _Run:
         elif state != "failed":
             self.no_fraction += sign
 
+    def move(self, old: Task, new: Task) -> None:
+        """Replace ``old``'s contribution with ``new``'s: the common case (same state, a
+        total then as now) in a few additions, the rest as take away and add."""
+        state = new.state
+        total = new.total
+        if state != old.state or (total is None) != (old.total is None):
+            self.count(old, -1)
+            self.count(new, 1)
+            return
+        self.n += new.n - old.n
+        if total is not None:
+            self.total += total - old.total  # type: ignore[operator]  # not None, as total
+        if state == "active":
+            rate = new.trend if new.trend is not None else new.rate
+            before = old.trend if old.trend is not None else old.rate
+            self.rate += (rate or 0) - (before or 0)
+        if total and state != "completed":
+            was = min(old.n / old.total, 1.0) if old.total else 0.0
+            self.fractions += min(new.n / total, 1.0) - was
+
     def fraction(self) -> float | None:
         expected = max(self.size or 0, self.members)
         if self.no_fraction or not expected:
@@ -404,17 +424,19 @@ class JobIndex:
             old = None
         elif old is not None and not self._counted_in(old, run):
             old = None
-        if _is_head(new, run.name):
+        if new.task_id == run.name and _is_head(new, run.name):
             run.head, run.head_state = new.task_id, new.state
         else:
-            if old is not None:
-                run.count(old, -1)
-            run.count(new, 1)
+            if old is None:
+                run.count(new, 1)
+            else:
+                run.move(old, new)
             if old is None or old.n != new.n or (new.state != old.state and new.state != "stale"):
                 run.advanced_at = max(run.advanced_at, now)
-            size = new.meta.get("job_size")
-            if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-                run.size = max(run.size or 0, size)
+            if "job_size" in new.meta:
+                size = new.meta["job_size"]
+                if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                    run.size = max(run.size or 0, size)
             if new.state == "failed" and run.error is None:
                 run.error = new.error or "failed"
                 run.error_task = new.task_id
@@ -425,7 +447,7 @@ class JobIndex:
 
     def _counted_in(self, old: Task, run: _Run) -> bool:
         # The old state counted in this run unless the task is its head (never summed).
-        return not _is_head(old, run.name)
+        return old.task_id != run.name or not _is_head(old, run.name)
 
     def _run_for(self, name: str, now: float) -> _Run:
         """The run a new task of ``name`` joins: the latest, or a new one if that finished."""
