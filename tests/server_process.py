@@ -71,13 +71,18 @@ def running_server(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     startup_timeout: float = 20.0,
+    module: str = "progressista.server",
 ) -> Iterator[ServerProcess]:
-    """Start the server on a free port (unless ``args`` name one) and wait for its banner."""
+    """Start the server on a free port (unless ``args`` name one) and wait for its banner.
+
+    ``module`` is what ``python -m`` runs: another entry point that serves the same way (the
+    benchmarks' loop monitor) takes ``args`` as its own.
+    """
     if "--port" not in args:
         args = [*args, "--port", "0"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
-        [python, "-m", "progressista.server", *args],
+        [python, "-m", module, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
