@@ -6,7 +6,9 @@ steps, I/O callbacks, timers). Each callback that holds the loop longer than :da
 appended to ``LOG`` as one line: when it started (``time.monotonic()``), its wall time, its CPU
 time (``time.thread_time()``: what the loop spent, not waiting for this busy machine's cores), and
 what ran, as ``coroutine@line -> line`` from the task's innermost awaiting frame before and after
-the step. The ``/healthz`` probe says how long requests waited; this says why.
+the step. The ``/healthz`` probe says how long requests waited; this says why. Garbage
+collections of the oldest generation are logged the same way (``gc gen2``): they run inside
+whichever callback allocated, and their cost grows with the containers the server keeps.
 
 The wrapper costs about a microsecond a callback: it is for the loop-holding benchmark only,
 never for throughput figures.
@@ -15,6 +17,7 @@ never for throughput figures.
 from __future__ import annotations
 
 import asyncio.events
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -83,6 +86,23 @@ def install(log: Path) -> None:
             )
 
     asyncio.events.Handle._run = _run  # type: ignore[method-assign,assignment]  # the point
+
+    collecting: list[float] = [0.0, 0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            collecting[:] = [time.perf_counter(), time.thread_time()]
+        else:
+            wall = time.perf_counter() - collecting[0]
+            spent = time.thread_time() - collecting[1]
+            out.write(
+                f"{time.monotonic() - wall:.6f} {wall * 1000:.3f} {spent * 1000:.3f} "
+                f"gc gen2 ({info['collected']} collected)\n"
+            )
+
+    gc.callbacks.append(on_gc)
 
 
 @dataclass

@@ -40,10 +40,13 @@ def median_spread(values: Sequence[float], fmt: Callable[[float], str] = "{:,.1f
     return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
 
-def print_table(title: str, rows: Sequence[Row]) -> None:
+HEADERS = ("measure", "measured", "reference", "ratio", "target", "met")
+
+
+def print_table(title: str, rows: Sequence[Row], headers: Sequence[str] = HEADERS) -> None:
     print(f"\n### {title}\n")
-    print("| measure | measured | reference | ratio | target | met |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| " + " | ".join(headers) + " |")
+    print("|" + " --- |" * len(headers))
     for row in rows:
         met = "" if row.met is None else ("yes" if row.met else "NO")
         cells = (row.measure, row.measured, row.reference, row.ratio, row.target, met)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -65,6 +66,8 @@ class Options:
     seconds: float
     sizes: list[int]
     work: Path
+    #: Where logs worth reading after the run are left.
+    keep: Path
 
 
 def closed(prefix: str) -> Callable[[int], dict[str, Any]]:
@@ -409,6 +412,8 @@ class Stalls:
 
     @contextmanager
     def step(self, label: str) -> Iterator[Step]:
+        # A pause first, so that no probe request spans two steps and is counted in both.
+        time.sleep(0.3)
         step = Step(label, time.monotonic(), 0.0)
         yield step
         step.ended = time.monotonic()
@@ -452,6 +457,7 @@ def stalls(options: Options) -> None:
     ]
     record = Stalls()
     log = options.work / "loop.log"
+    say(f"  (the loop monitor's log: {options.keep / 'stalls-loop.log'})")
     say(f"stalls: a server with {stored:,} completed tasks, probed from another process")
     with (
         server_with([str(log), *args], [(stored, closed("done"))], "tests.bench.monitor") as server,
@@ -497,6 +503,7 @@ def stalls(options: Options) -> None:
                 storm(url, record, f"viewed{repeat}", ", to viewers")
             viewers.stop()
         windows = [probe.window(step.label, step.started, step.ended) for step in record.steps]
+    shutil.copy(log, options.keep / "stalls-loop.log")
     report_stalls(options, record, windows, read_log(log))
 
 
@@ -508,10 +515,17 @@ def report_stalls(
         by_label.setdefault(window.label, []).append(window)
     idle = by_label["idle (reference)"]
     idle_text = f"idle {median_spread([w.worst_ms for w in idle], '{:.1f}'.format)} ms"
+
+    def inside(label: str) -> list[Hold]:
+        spans = [(step.started, step.ended) for step in record.steps if step.label == label]
+        found = [h for h in holds if any(a <= h.started <= b for a, b in spans)]
+        return sorted(found, key=lambda h: h.cpu_ms, reverse=True)
+
     rows = []
     for label, found in by_label.items():
         worst = [w.worst_ms for w in found]
         extra = label.endswith("(extra)") or label.startswith("idle")
+        longest = inside(label)
         rows.append(
             Row(
                 label,
@@ -519,25 +533,26 @@ def report_stalls(
                 f"(p99 {statistics.median(w.p99_ms for w in found):.1f}, "
                 f"{sum(w.samples for w in found):,} probes)",
                 "" if label.startswith("idle") else idle_text,
-                "",
+                f"{longest[0].cpu_ms:.1f} ms CPU ({longest[0].wall_ms:.1f} wall)"
+                if longest
+                else "< 2 ms",
                 "" if extra else "≤ 20 ms",
                 None if extra else statistics.median(worst) <= 20,
             )
         )
-    # What held the loop: the longest callbacks the monitor saw during each kind of step.
-    print("\nLongest callbacks per step (from tests/bench/monitor.py: wall ms / CPU ms, what ran):")
-    for label in by_label:
-        spans = [(step.started, step.ended) for step in record.steps if step.label == label]
-        inside = [h for h in holds if any(a <= h.started <= b for a, b in spans)]
-        inside.sort(key=lambda h: h.wall_ms, reverse=True)
-        top = "; ".join(f"{h.wall_ms:.1f}/{h.cpu_ms:.1f} {h.what}" for h in inside[:3])
-        print(f"- {label}: {top or 'none over 2 ms'}")
     print_table(
         f"Target 3: the longest the event loop is held at {max(options.sizes):,} stored tasks "
-        f"(worst /healthz latency while each step ran; median of {options.repeats} rounds, "
-        "lowest-highest)",
+        f"(worst /healthz latency while each step ran, median of {options.repeats} rounds, "
+        "lowest-highest; next to it the longest single callback the loop monitor saw, by CPU "
+        "time, which this busy machine's scheduling cannot inflate)",
         rows,
+        headers=("step", "worst /healthz", "reference", "longest callback", "target", "met"),
     )
+    # What held the loop: the longest callbacks, by CPU, during each kind of step.
+    print("\nLongest callbacks per step (tests/bench/monitor.py: CPU ms / wall ms, what ran):")
+    for label in by_label:
+        top = "; ".join(f"{h.cpu_ms:.1f}/{h.wall_ms:.1f} {h.what}" for h in inside(label)[:3])
+        print(f"- {label}: {top or 'none over 2 ms'}")
 
 
 # 4. Viewers that never read -------------------------------------------------------------------
@@ -740,6 +755,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run")
     parser.add_argument("--only", default=",".join(PARTS), help=f"some of {', '.join(PARTS)}")
+    parser.add_argument(
+        "--keep", default=tempfile.gettempdir(), help="where to leave the loop monitor's log"
+    )
     arguments = parser.parse_args()
     require_wrk()
     parts = [part.strip() for part in arguments.only.split(",") if part.strip()]
@@ -754,7 +772,9 @@ def main() -> int:
             if arguments.quick
             else [1000, 10_000, 100_000, 1_000_000],
             work=Path(work),
+            keep=Path(arguments.keep),
         )
+        options.keep.mkdir(parents=True, exist_ok=True)
         for part in parts:
             globals()[part](options)
     return 0
