@@ -105,6 +105,8 @@ class BoardResult:
     loads: list[Load] = field(default_factory=list)
     frames: list[float] = field(default_factory=list)
     memory: list[tuple[float, float, int]] = field(default_factory=list)
+    #: The newest completed card at the end: a bar the churn created, if the page kept up.
+    newest_completed: str = ""
 
 
 def load_page(browser: Browser, url: str) -> tuple[Page, Load]:
@@ -235,6 +237,11 @@ def main() -> int:
             )
         for result, samples in zip(results, memory_over(live_pages, minutes), strict=True):
             result.memory = samples
+        for result, (page, _, _) in zip(results, live_pages, strict=True):
+            result.newest_completed = page.evaluate(
+                """() => document.querySelector('section[data-state="completed"] li.card')
+                    .dataset.taskId"""
+            )
         browser.close()
     report(results, minutes)
     return 0
@@ -282,7 +289,8 @@ def report(results: list[BoardResult], minutes: float) -> None:
             Row(
                 f"{name}: JS heap after GC over {minutes:g} min of churn",
                 f"{heap_start:.1f} → {heap_end:.1f} MiB (range {min(heaps):.1f}-{max(heaps):.1f})",
-                f"DOM elements {nodes_start:,} → {nodes_end:,}",
+                f"DOM elements {nodes_start:,} → {nodes_end:,}; newest completed card at the end "
+                f"{result.newest_completed} (churn's bars are numbered from 10,000,000)",
                 "",
                 "flat (≤ +10% +1 MiB)",
                 flat,

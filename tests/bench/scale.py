@@ -478,6 +478,8 @@ def stalls(options: Options) -> None:
                 step.note = f"({status}, {size:,} bytes)"
             with record.step("GET /tasks?limit=100 (one page, extra)"):
                 drain(url, "/tasks?limit=100")
+            with record.step("GET /tasks?limit=100&after=<a late id> (a late page, extra)"):
+                drain(url, f"/tasks?limit=100&after=done/{stored - 1000}")
             with record.step("GET /tasks (every task)") as step:
                 status, size = drain(url, "/tasks")
                 step.note = f"({status}, {size / 1024**2:,.0f} MiB)"
