@@ -45,6 +45,8 @@ fmt: $(STAMP) ## format and fix imports
 
 bench: $(STAMP) ## measure server, Redis store, client and dashboard against their targets (needs wrk, redis-server, chromium)
 	$(BIN)/python -m tests.bench.server
+	$(BIN)/python -m tests.bench.scale
+	$(BIN)/python -m tests.bench.fanout
 	$(BIN)/python -m tests.bench.redis
 	$(BIN)/python -m tests.bench.jobs
 	$(BIN)/python -m tests.bench.client

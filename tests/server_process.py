@@ -91,16 +91,19 @@ def running_server(
     cwd: Path | None = None,
     preexec_fn: Callable[[], object] | None = None,
     startup_timeout: float = PATIENCE,
+    module: str = "progressista.server",
 ) -> Iterator[ServerProcess]:
     """Start the server on a free port (unless ``args`` name one) and wait for its banner.
 
     Afterwards it is stopped as by :meth:`ServerProcess.stop`, and killed if it will not stop.
+    ``module`` is what ``python -m`` runs: another entry point that serves the same way (the
+    benchmarks' loop monitor) takes ``args`` as its own.
     """
     if "--port" not in args:
         args = [*args, "--port", "0"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     process = subprocess.Popen(
-        [python, "-m", "progressista.server", *args],
+        [python, "-m", module, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

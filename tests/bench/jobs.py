@@ -28,7 +28,8 @@ import aiohttp
 import msgspec
 
 from ..server_process import ServerProcess, running_server
-from .server import WRK_SCRIPT, event, percentile, run_wrk
+from .server import event, percentile
+from .wrk import FILE_SCRIPT, run_wrk
 
 ARGS = ["--log-level", "warning", "--stale-after", "1h", "--max-tasks", "100000"]
 
@@ -49,7 +50,7 @@ def bodies(path: Path, jobs: bool) -> None:
 
 def ingest(work: Path, seconds: float, repeats: int) -> dict[str, list[float]]:
     script = work / "post.lua"
-    script.write_text(WRK_SCRIPT)
+    script.write_text(FILE_SCRIPT)
     files = {"jobs": work / "jobs.jsonl", "plain": work / "plain.jsonl"}
     bodies(files["jobs"], True)
     bodies(files["plain"], False)
@@ -57,8 +58,24 @@ def ingest(work: Path, seconds: float, repeats: int) -> dict[str, list[float]]:
     for _ in range(repeats):
         for kind, path in files.items():
             with running_server(ARGS) as server:
-                run_wrk(server, path, script, 8, 1)
-                result = run_wrk(server, path, script, 8, seconds)
+                run_wrk(
+                    server.url,
+                    server.process.pid,
+                    script,
+                    [str(path)],
+                    100,
+                    connections=8,
+                    seconds=1,
+                )
+                result = run_wrk(
+                    server.url,
+                    server.process.pid,
+                    script,
+                    [str(path)],
+                    100,
+                    connections=8,
+                    seconds=seconds,
+                )
                 assert result.non_2xx == 0, result
                 rates[kind].append(result.requests_per_second * 100)
     return rates

@@ -1,9 +1,12 @@
 """Load generators for the server benchmark: producers that POST events, viewers that watch /ws.
 
 Each runs in its own process (see server.py) so that the measuring side does not share an event
-loop with the load it generates. Producers stamp each event's ``timestamp`` with the wall clock
-just before sending; viewers compare it with the wall clock when a patch arrives, which is the
-end-to-end latency a person watching the dashboard sees.
+loop with the load it generates. Viewers get only the fields that changed (the server leaves
+``timestamp`` out of partial tasks), so producers carry the wall-clock time of each send in the
+field a real bar changes with every event anyway: ``elapsed``, counted from
+:func:`time_base` (100 s before the plan starts, so it reads like a bar's elapsed seconds).
+A viewer adds the two back together when a patch arrives: that is the end-to-end latency a
+person watching the dashboard sees.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ class ProducerResult:
     sent: int = 0
     accepted: int = 0
     failed_posts: int = 0
+    #: CPU the producers' process used (user + system).
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -42,7 +47,15 @@ class ViewerResult:
     messages: int = 0
 
 
-def _event(task_id: str, n: int, now: float) -> dict[str, object]:
+def time_base(start_at: float) -> float:
+    """The instant producers count ``elapsed`` from: ``send time = time_base + elapsed``."""
+    return start_at - 100.0
+
+
+def _event(task_id: str, n: int, now: float, base: float) -> dict[str, object]:
+    """A bar's state as RemoteTqdm sends it: ``n``, ``elapsed`` and tqdm's smoothed ``rate``
+    change with every event, as they do for a real bar."""
+    elapsed = now - base
     return {
         "task_id": task_id,
         "status": "update",
@@ -50,8 +63,8 @@ def _event(task_id: str, n: int, now: float) -> dict[str, object]:
         "total": 1_000_000,
         "desc": "Processing shard",
         "unit": "it",
-        "elapsed": 1.0,
-        "rate": 10.0,
+        "elapsed": elapsed,
+        "rate": n / elapsed,
         "seq": n,
         "timestamp": now,
         "meta": {"job": "bench", "host": "loadgen"},
@@ -68,13 +81,14 @@ async def _produce(
     next_post = plan.start_at + plan.post_interval * index / plan.producers
     end = plan.start_at + plan.duration
     headers = {"Content-Type": "application/json"}
+    base = time_base(plan.start_at)
     while next_post < end:
         await asyncio.sleep(max(0.0, next_post - time.time()))
-        n += 1
+        n += 25
         now = time.time()
         batch = []
         for _ in range(plan.events_per_post):
-            batch.append(_event(tasks[cursor], n, now))
+            batch.append(_event(tasks[cursor], n, now, base))
             cursor = (cursor + 1) % len(tasks)
         try:
             async with session.post(
@@ -102,11 +116,15 @@ async def _produce_all(plan: ProducerPlan) -> ProducerResult:
 
 
 def run_producers(plan: ProducerPlan) -> ProducerResult:
-    return asyncio.run(_produce_all(plan))
+    started = time.process_time()
+    result = asyncio.run(_produce_all(plan))
+    result.cpu_seconds = time.process_time() - started
+    return result
 
 
 async def _watch(url: str, viewers: int, start_at: float, duration: float) -> ViewerResult:
     result = ViewerResult(bytes_received=[0] * viewers)
+    base = time_base(start_at)
     async with aiohttp.ClientSession() as session:
         sockets = [await session.ws_connect(url + "ws", max_msg_size=0) for _ in range(viewers)]
         for socket in sockets:
@@ -129,9 +147,9 @@ async def _watch(url: str, viewers: int, start_at: float, duration: float) -> Vi
                     continue
                 result.messages += 1
                 result.bytes_received[index] += len(message.data)
-                for task in msgspec.json.decode(message.data)["tasks"].values():
-                    if task["timestamp"] is not None:
-                        result.latencies.append(arrived - task["timestamp"])
+                for task in msgspec.json.decode(message.data).get("tasks", {}).values():
+                    if task.get("elapsed") is not None:
+                        result.latencies.append(arrived - (base + task["elapsed"]))
 
         await asyncio.gather(*(watch_one(i, socket) for i, socket in enumerate(sockets)))
         for socket in sockets:

@@ -28,7 +28,9 @@ import msgspec
 
 from ..redis_server import RedisProcess
 from ..server_process import ServerProcess, running_server
-from .server import WRK_SCRIPT, event, percentile, rss_mib, run_wrk
+from .server import event, percentile
+from .usage import rss_mib
+from .wrk import FILE_SCRIPT, run_wrk
 
 QUIET = ["--log-level", "warning", "--max-tasks", "2000000", "--stale-after", "1h"]
 
@@ -55,8 +57,24 @@ def ingest(
             with running_server(args if store == "redis" else QUIET) as server:
                 # 32 connections: many workers at once, as a deployment on Redis has; a store
                 # that waits on Redis needs requests in flight to stay busy.
-                run_wrk(server, bodies, script, 32, 1)  # warm up: every task exists
-                result = run_wrk(server, bodies, script, 32, seconds)
+                run_wrk(
+                    server.url,
+                    server.process.pid,
+                    script,
+                    [str(bodies)],
+                    100,
+                    connections=32,
+                    seconds=1,
+                )  # warm up: every task exists
+                result = run_wrk(
+                    server.url,
+                    server.process.pid,
+                    script,
+                    [str(bodies)],
+                    100,
+                    connections=32,
+                    seconds=seconds,
+                )
                 assert result.non_2xx == 0 and result.errors == 0, result
                 rates[store].append(result.requests_per_second * 100)
     return rates
@@ -153,7 +171,7 @@ def main() -> int:
             return 2
     work = Path(tempfile.mkdtemp(prefix="progressista-bench-redis-"))
     script = work / "post.lua"
-    script.write_text(WRK_SCRIPT)
+    script.write_text(FILE_SCRIPT)
     bodies = work / "batch.jsonl"
     bodies.write_text(
         "".join(

@@ -1,7 +1,8 @@
 """``make bench``: the server as a real process, measured against the targets of the server issue.
 
-Every figure is a median over repeats, taken in one run next to a bare aiohttp baseline, because
-this 2-core machine is shared and noisy: ratios from one run mean more than absolute numbers.
+Every figure is a median over repeats, taken in one run next to a bare aiohttp baseline (the
+two alternate run by run), because this 2-core machine is shared and noisy: ratios from one run
+mean more than absolute numbers. Issue 9's scale targets are in ``scale.py`` and ``fanout.py``.
 The HTTP load comes from ``wrk`` (``apt-get install wrk``), which costs far less CPU per request
 than any Python client and so leaves the server its core.
 
@@ -15,36 +16,21 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..server_process import ServerProcess, running_server
+from .bare import running_bare
 from .load import ProducerPlan, ProducerResult, ViewerResult, run_producers, run_viewers
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-WRK_SCRIPT = """
-local bodies = {}
-local i = 0
-init = function(args)
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-end
-request = function()
-  i = i % #bodies + 1
-  return wrk.format("POST", "/progress", {["Content-Type"] = "application/json"}, bodies[i])
-end
-"""
+from .usage import cpu_seconds, rss_mib
+from .wrk import FILE_SCRIPT, WrkRun, require_wrk, run_wrk
 
 
 def event(task_id: str, n: int) -> dict[str, Any]:
@@ -66,95 +52,21 @@ def event(task_id: str, n: int) -> dict[str, Any]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    kib = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
-    return kib / 1024
-
-
-@dataclass
-class WrkRun:
-    requests_per_second: float
-    non_2xx: int
-    errors: int
-    cpu_us_per_request: float
-
-
-def run_wrk(
-    server: ServerProcess, bodies: Path, script: Path, connections: int, seconds: float
-) -> WrkRun:
-    before = cpu_seconds(server.process.pid)
-    output = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "-s",
-            str(script),
-            server.url,
-            "--",
-            str(bodies),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    used = cpu_seconds(server.process.pid) - before
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    return WrkRun(
-        requests_per_second=rate,
-        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
-        errors=sum(int(g) for g in errors.groups()) if errors else 0,
-        cpu_us_per_request=used / max(total, 1) * 1e6,
-    )
-
-
 def median_run(runs: list[WrkRun]) -> WrkRun:
+    def median(name: str) -> float:
+        return float(statistics.median(getattr(run, name) for run in runs))
+
     return WrkRun(
-        requests_per_second=statistics.median(r.requests_per_second for r in runs),
-        non_2xx=sum(r.non_2xx for r in runs),
-        errors=sum(r.errors for r in runs),
-        cpu_us_per_request=statistics.median(r.cpu_us_per_request for r in runs),
+        requests_per_second=median("requests_per_second"),
+        events_per_second=median("events_per_second"),
+        p50_ms=median("p50_ms"),
+        p99_ms=median("p99_ms"),
+        max_ms=max(run.max_ms for run in runs),
+        requests=sum(run.requests for run in runs),
+        non_2xx=sum(run.non_2xx for run in runs),
+        errors=sum(run.errors for run in runs),
+        cpu_us_per_event=median("cpu_us_per_event"),
     )
-
-
-@contextmanager
-def bare_server() -> Iterator[ServerProcess]:
-    """The parse-only baseline, started like our server so both are measured the same way."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.bare", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1)
-            except urllib.error.HTTPError:
-                break  # 404 for GET /: it is up
-            except OSError:
-                time.sleep(0.1)
-        yield ServerProcess(process, url)  # type: ignore[arg-type]
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def fill(url: str, count: int, prefix: str = "stored") -> None:
@@ -232,13 +144,11 @@ def main() -> int:
     repeats = 1 if options.quick else options.repeats
     wrk_seconds = 2 if options.quick else 5
     latency_seconds = 4.0 if options.quick else 8.0
-    if shutil.which("wrk") is None:
-        print("make bench needs wrk: apt-get install wrk", file=sys.stderr)
-        return 2
+    require_wrk()
 
     work = Path(tempfile.mkdtemp(prefix="progressista-bench-"))
     script = work / "post.lua"
-    script.write_text(WRK_SCRIPT)
+    script.write_text(FILE_SCRIPT)
     singles = work / "single.jsonl"
     singles.write_text(
         "".join(json.dumps(event(f"job-{i % 10}/bar-{i}", i)) + "\n" for i in range(1000))
@@ -253,20 +163,28 @@ def main() -> int:
 
     results: dict[str, Any] = {}
     print(f"measuring: {repeats} repeat(s); wrk {wrk_seconds} s per run", file=sys.stderr)
-    with running_server() as server:  # as shipped: log level info, access log quiet
-        results["single"] = median_run(
-            [run_wrk(server, singles, script, 16, wrk_seconds) for _ in range(repeats)]
-        )
-        results["batch"] = median_run(
-            [run_wrk(server, batches, script, 4, wrk_seconds) for _ in range(repeats)]
-        )
-    with bare_server() as bare:
-        results["bare_single"] = median_run(
-            [run_wrk(bare, singles, script, 16, wrk_seconds) for _ in range(repeats)]
-        )
-        results["bare_batch"] = median_run(
-            [run_wrk(bare, batches, script, 4, wrk_seconds) for _ in range(repeats)]
-        )
+    # The server (as shipped: log level info, access log quiet) and the bare handler side by
+    # side, alternating run by run, so that both see the same machine.
+    wrk_runs: dict[str, list[WrkRun]] = {}
+    with running_server() as server, running_bare() as bare:
+        for _ in range(repeats):
+            for name, target in (("bare", bare), ("", server)):
+                for kind, bodies, per_request, connections in (
+                    ("single", singles, 1, 16),
+                    ("batch", batches, 100, 4),
+                ):
+                    run = run_wrk(
+                        target.url,
+                        target.process.pid,
+                        script,
+                        [str(bodies)],
+                        per_request,
+                        connections=connections,
+                        seconds=wrk_seconds,
+                    )
+                    wrk_runs.setdefault(f"{name}_{kind}".strip("_"), []).append(run)
+    for name, found in wrk_runs.items():
+        results[name] = median_run(found)
 
     def busy(start_at: float, url: str) -> ProducerPlan:
         # 1,000 tasks, each updated 4 times a second, from 20 producers: 4,000 events/s.
@@ -369,8 +287,7 @@ def report(results: dict[str, Any]) -> None:
         ),
         (
             "server CPU per event",
-            f"{single.cpu_us_per_request:.0f} µs single, "
-            f"{batch.cpu_us_per_request / 100:.1f} µs batched",
+            f"{single.cpu_us_per_event:.0f} µs single, {batch.cpu_us_per_event:.1f} µs batched",
             "",
             "",
             True,
