@@ -88,21 +88,16 @@ def _other(args: list[str]) -> int:
     )
     watch.add_argument("--token", help="the read token (default: $PROGRESSISTA_READ_TOKEN)")
     options = parser.parse_args(args)
-    url = _server_url(options.url)
     if options.command == "demo":
         from .demo import demo as run_demo
+        from .settings import ClientSettings
 
-        return run_demo(url, options.seconds)
+        return run_demo(ClientSettings.from_env(os.environ, url=options.url).url, options.seconds)
+    from .settings import ViewerSettings
     from .terminal import watch as run_watch
 
-    token = options.token or os.environ.get("PROGRESSISTA_READ_TOKEN") or None
-    return run_watch(url, token)
-
-
-def _server_url(given: str | None) -> str:
-    from .settings import ClientSettings
-
-    return ClientSettings.from_env(os.environ, url=given).url
+    viewer = ViewerSettings.from_env(os.environ, url=options.url, read_token=options.token)
+    return run_watch(viewer.url, viewer.read_token)
 
 
 def _run(args: list[str]) -> int:

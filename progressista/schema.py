@@ -28,6 +28,7 @@ __all__ = [
     "Event",
     "FieldError",
     "SchemaError",
+    "check_task_id",
     "parse_events",
 ]
 
@@ -118,7 +119,8 @@ def _text_check(limit: int) -> Callable[[Any], str | None]:
     return check
 
 
-def _check_task_id(value: Any) -> str | None:
+def check_task_id(value: Any) -> str | None:
+    """Why ``value`` cannot be a task id, or None when it can (every side checks ids here)."""
     if type(value) is not str or not 1 <= len(value) <= MAX_TASK_ID_CHARS:
         return f"must be a string of 1 to {MAX_TASK_ID_CHARS} characters"
     if not value.isprintable():
@@ -170,7 +172,7 @@ def _check_meta(value: Any) -> str | None:
 
 
 _CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "task_id": _check_task_id,
+    "task_id": check_task_id,
     "status": _check_status,
     "n": _check_non_negative,
     "total": _check_non_negative_or_null,
