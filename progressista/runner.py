@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from .client.bar import RemoteTqdm, check_task_id
-from .client.sender import flush
+from .client.bar import RemoteTqdm
+from .client.lifecycle import flush
+from .schema import check_task_id
 from .settings import ClientSettings, SettingError, env_name
 
 __all__ = ["Launch", "default_job", "run"]
@@ -87,10 +88,9 @@ def run(
         environ, url=url, token=token, meta={**base.meta, **(meta or {})}
     )
     job = job or settings.job or default_job(launch)
-    try:
-        check_task_id(job)  # the job names the run's own task
-    except ValueError as error:
-        raise SettingError(f"--job {job!r}: {error}") from None
+    problem = check_task_id(job)  # the job names the run's own task
+    if problem is not None:
+        raise SettingError(f"--job {job!r} cannot name the run's task: it {problem}")
     if launch.kind == "script" and not Path(launch.target).is_file():
         raise SettingError(f"cannot run {launch.target!r}: no such file")
     argv = launch.argv()

@@ -4,42 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from pytest_aiohttp import AiohttpServer
 
 from progressista.client import AsyncRemoteTqdm
-from progressista.client.aio import _loop_senders
-from progressista.server import ServerSettings, create_app
-from progressista.server.context import INGEST_STATS, STORE
+from progressista.client.lifecycle import thread_senders
+from progressista.client.loop_sender import loop_senders
 
-from .conftest import NEVER, eventually, free_port
+from .conftest import eventually
+from .remote import FAST, posts, task_with, tasks, url_of
+from .remote import async_bar as bar
 
-FAST = 0.05
-
-
-@pytest.fixture
-async def server(aiohttp_server: AiohttpServer) -> AsyncIterator[TestServer]:
-    yield await aiohttp_server(create_app(ServerSettings(cleanup_interval=NEVER)))
-
-
-def bar(server: TestServer | str, *args: Any, **kwargs: Any) -> AsyncRemoteTqdm:
-    url = server if isinstance(server, str) else f"http://127.0.0.1:{server.port}"
-    kwargs.setdefault("file", io.StringIO())
-    return AsyncRemoteTqdm(*args, url=url, push_every=FAST, **kwargs)
-
-
-def tasks(server: TestServer) -> dict[str, Any]:
-    return dict(server.app[STORE].view)
+pytestmark = pytest.mark.usefixtures("fresh_client")
 
 
 async def test_async_with_delivers_the_final_state_before_returning(server: TestServer) -> None:
     async with bar(server, total=3, task_id="aw", desc="Fetch") as progress:
         progress.update(3)
-    task = tasks(server)["aw"]  # no waiting: __aexit__ awaited delivery
+    task = (await tasks(server))["aw"]  # no waiting: __aexit__ awaited delivery
     assert (task["state"], task["n"], task["desc"]) == ("completed", 3, "Fetch")
 
 
@@ -50,30 +34,24 @@ async def test_async_for_gather_and_as_completed(server: TestServer) -> None:
 
     async for _ in bar(server, range(5), task_id="for"):
         await asyncio.sleep(0)
-    # The stubs type gather's and as_completed's **tqdm_kwargs as tqdm's own options only.
-    results = await AsyncRemoteTqdm.gather(  # type: ignore[call-arg]
+    results = await AsyncRemoteTqdm.gather(  # type: ignore[call-arg]  # stubs: tqdm's kwargs only
         *[job(i) for i in range(20)],
-        url=f"http://127.0.0.1:{server.port}",
+        url=url_of(server),
         push_every=FAST,
         file=io.StringIO(),
         task_id="gather",
     )
     assert sorted(results) == list(range(20))
-    for future in AsyncRemoteTqdm.as_completed(  # type: ignore[call-arg]
+    for future in AsyncRemoteTqdm.as_completed(  # type: ignore[call-arg]  # as gather above
         [job(i) for i in range(10)],
-        url=f"http://127.0.0.1:{server.port}",
+        url=url_of(server),
         push_every=FAST,
         file=io.StringIO(),
         task_id="asc",
     ):
         await future
-    await eventually(
-        lambda: (
-            {t: v["state"] for t, v in tasks(server).items()}
-            == {"for": "completed", "gather": "completed", "asc": "completed"}
-        )
-    )
-    assert [tasks(server)[t]["n"] for t in ("for", "gather", "asc")] == [5, 20, 10]
+    for task_id, n in (("for", 5), ("gather", 20), ("asc", 10)):
+        await task_with(server, task_id, state="completed", n=n)
 
 
 async def test_an_exception_in_async_with_fails_the_bar(server: TestServer) -> None:
@@ -81,7 +59,7 @@ async def test_an_exception_in_async_with_fails_the_bar(server: TestServer) -> N
         async with bar(server, total=3, task_id="boom") as progress:
             progress.update(1)
             raise RuntimeError("upstream 503")
-    task = tasks(server)["boom"]
+    task = (await tasks(server))["boom"]
     assert (task["state"], task["error"], task["n"]) == ("failed", "RuntimeError: upstream 503", 1)
 
 
@@ -89,7 +67,7 @@ async def test_a_bar_closed_without_awaiting_is_still_delivered(server: TestServ
     progress = bar(server, total=2, task_id="sync-close")
     progress.update(2)
     progress.close()
-    await eventually(lambda: tasks(server).get("sync-close", {}).get("state") == "completed")
+    await task_with(server, "sync-close", state="completed")
 
 
 async def test_thousands_of_bars_share_one_task_one_session_and_few_posts(
@@ -106,19 +84,21 @@ async def test_thousands_of_bars_share_one_task_one_session_and_few_posts(
     started = asyncio.get_running_loop().time()
     await asyncio.gather(*(crawl(i) for i in range(count)))
     elapsed = asyncio.get_running_loop().time() - started
-    done = [t for t in tasks(server).values() if t["state"] == "completed" and t["n"] == 4]
+    done = [t for t in (await tasks(server)).values() if t["state"] == "completed" and t["n"] == 4]
     assert len(done) == count
-    (sender,) = _loop_senders[asyncio.get_running_loop()].values()
-    posts = server.app[INGEST_STATS].requests
+    (sender,) = loop_senders(asyncio.get_running_loop())
+    sent = await posts(server)
     # One batch per push interval, plus the urgent ones that deliver closes: not one per bar.
-    assert posts <= 4 * (elapsed / FAST + 2), (posts, elapsed)
-    await eventually(lambda: sender._task is not None and sender._task.done())
+    assert sent <= 4 * (elapsed / FAST + 2), (sent, elapsed)
+    await eventually(lambda: sender._task is None or sender._task.done())
     assert sender._session is None
 
 
-async def test_an_unreachable_server_costs_at_most_the_flush_timeout(monkeypatch: Any) -> None:
+async def test_an_unreachable_server_costs_at_most_the_flush_timeout(
+    monkeypatch: Any, refused_url: str
+) -> None:
     monkeypatch.setenv("PROGRESSISTA_FLUSH_TIMEOUT", "0.3")
-    url = f"http://127.0.0.1:{free_port()}"
+    url = refused_url
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with bar(url, total=1, task_id="lost") as progress:
@@ -132,12 +112,7 @@ async def test_outside_a_loop_the_bar_uses_the_thread_sender() -> None:
         return AsyncRemoteTqdm(total=1, url="http://127.0.0.1:9", file=io.StringIO())
 
     progress = await asyncio.get_running_loop().run_in_executor(None, build)
-    from progressista.client.sender import ThreadSender
-
-    assert any(
-        isinstance(s, ThreadSender) and s.outbox is progress._remote_outbox
-        for s in __import__("progressista.client.sender", fromlist=["_senders"])._senders.values()
-    )
+    assert any(sender.outbox is progress._remote_outbox for sender in thread_senders())
     progress.close()
 
 
@@ -148,14 +123,14 @@ async def test_a_bar_opened_as_the_sender_winds_down_still_streams(server: TestS
     for _ in range(30):
         second.update(1)
         await asyncio.sleep(0.01)
-    await eventually(lambda: tasks(server).get("second", {}).get("n", 0) >= 20)
+    await task_with(server, "second", check=lambda task: task["n"] >= 20)
     second.close()
 
 
 async def test_closed_loops_are_forgotten() -> None:
     import threading
 
-    from progressista.client.aio import _loop_senders
+    from progressista.client.loop_sender import _loop_senders
 
     def many_loops() -> None:
         for _ in range(30):

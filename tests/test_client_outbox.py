@@ -6,24 +6,32 @@ from typing import Any
 
 import pytest
 
-from progressista.client.outbox import MIN_GAP, FinalEvent, Outbox
+from progressista.client.outbox import FinalEvent, Outbox, WeakSource
+from progressista.client.tuning import MIN_GAP
 from progressista.schema import Event
 
 from .conftest import FakeClock
 
 
 class Bar:
-    """A stand-in for an open bar: its state is whatever n says."""
+    """A stand-in for an open bar (an outbox.Bar): its state is whatever n says."""
 
     def __init__(self, n: int = 0, thread: int = 1) -> None:
         self.n = n
         self.remote_thread = thread
+        self.outbox: Outbox | None = None
 
     def remote_event(self) -> Event:
         return {"task_id": "b", "n": self.n}
 
-    def remote_final_event(self) -> Event:
-        return {"task_id": "b", "n": self.n, "status": "close"}
+    def remote_final_event(self, status: str = "close", error: str | None = None) -> Event:
+        event: Event = {"task_id": "b", "n": self.n, "status": status}
+        if error is not None:
+            event["error"] = error
+        return event
+
+    def remote_moved(self, outbox: Outbox) -> None:
+        self.outbox = outbox
 
 
 def outbox(clock: FakeClock, **kwargs: Any) -> Outbox:
@@ -130,12 +138,23 @@ def test_a_refusal_warns_once_per_status_and_drops_the_batch(clock: FakeClock) -
 
 
 def test_memory_is_bounded_by_bars_not_updates(clock: FakeClock) -> None:
-    box = outbox(clock, max_bars=3)
+    box = outbox(clock, max_finals=3)
     for i in range(5):
         box.put(f"bar-{i}", FinalEvent({"n": i}))
     assert box.pending == 3
-    assert box.dropped == 2
+    assert box.newly_dropped() == 2  # the transport warns once for these
+    assert box.newly_dropped() == 0
     assert list(box.take()) == ["bar-2", "bar-3", "bar-4"]
+
+
+def test_open_bars_are_never_dropped_however_many(clock: FakeClock) -> None:
+    box = outbox(clock, max_finals=3)
+    bars = [Bar(i) for i in range(20)]
+    for i, open_bar in enumerate(bars):
+        box.put(f"open-{i}", WeakSource(open_bar))
+    box.put("closed", FinalEvent({"n": 1}))
+    assert box.pending == 21
+    assert box.newly_dropped() == 0
 
 
 def test_open_bars_are_resent_as_keepalives(clock: FakeClock) -> None:
@@ -153,8 +172,6 @@ def test_open_bars_are_resent_as_keepalives(clock: FakeClock) -> None:
 def test_a_pending_update_does_not_keep_a_bar_alive(clock: FakeClock) -> None:
     import gc
     import weakref
-
-    from progressista.client.outbox import WeakSource
 
     box = outbox(clock)
     bar = Bar(3)
@@ -188,7 +205,7 @@ def test_a_crash_fails_open_bars_and_abandoned_loops_on_its_path(clock: FakeCloc
     box.put("loop", FinalEvent({"status": "close"}, tentative=True, thread=1, origin=here))
     box.put("break", FinalEvent({"status": "close"}, tentative=True, thread=1, origin=elsewhere))
     box.put("clean", FinalEvent({"status": "close"}, thread=1))
-    marked = box.fail(1, "KeyError: 'x'", {here}, lambda bar: bar.remote_final_event())  # type: ignore[attr-defined]
+    marked = box.fail(1, "KeyError: 'x'", {here})
     assert marked == 2
     sent = {key: source.remote_event() for key, source in box.take().items()}
     assert sent["loop"] == {"status": "error", "error": "KeyError: 'x'"}
@@ -202,6 +219,6 @@ def test_at_exit_open_bars_are_closed(clock: FakeClock) -> None:
     box = outbox(clock)
     bar = Bar(5)
     box.opened("a", bar)
-    box.close_open_bars(lambda b: b.remote_final_event())  # type: ignore[attr-defined]
+    box.close_open_bars(lambda b: ("close", None))
     assert box.take()["a"].remote_event() == {"task_id": "b", "n": 5, "status": "close"}
     assert box.idle

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .server_process import ServerProcess, running_server
+from .server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server() as process:
-        yield process
 
 
 def run_worker(code: str, url: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -34,11 +28,11 @@ def run_worker(code: str, url: str, **env: str) -> subprocess.CompletedProcess[s
     )
 
 
-def task(server: ServerProcess, task_id: str) -> dict[str, Any]:
-    return server.tasks()[task_id]
+def task(server_process: ServerProcess, task_id: str) -> dict[str, Any]:
+    return server_process.tasks()[task_id]
 
 
-def test_the_final_state_is_delivered_at_exit(server: ServerProcess) -> None:
+def test_the_final_state_is_delivered_at_exit(server_process: ServerProcess) -> None:
     for run in range(5):
         result = run_worker(
             f"""
@@ -50,24 +44,30 @@ def test_the_final_state_is_delivered_at_exit(server: ServerProcess) -> None:
             never_closed = RemoteTqdm(total=3, file=io.StringIO(), task_id="open-{run}")
             never_closed.update(2)
         """,
-            server.url,
+            server_process.url,
             PROGRESSISTA_JOB="nightly",
         )
         assert result.returncode == 0, result.stderr
         assert result.stderr == ""
-        assert (task(server, f"exit-{run}")["state"], task(server, f"exit-{run}")["n"]) == (
+        assert (
+            task(server_process, f"exit-{run}")["state"],
+            task(server_process, f"exit-{run}")["n"],
+        ) == (
             "completed",
             1000,
         )
-        assert task(server, f"exit-{run}")["meta"]["job"] == "nightly"
-        assert (task(server, f"open-{run}")["state"], task(server, f"open-{run}")["n"]) == (
+        assert task(server_process, f"exit-{run}")["meta"]["job"] == "nightly"
+        assert (
+            task(server_process, f"open-{run}")["state"],
+            task(server_process, f"open-{run}")["n"],
+        ) == (
             "completed",
             2,
         )
 
 
 def test_an_uncaught_exception_in_a_loop_fails_its_bar_and_keeps_the_traceback(
-    server: ServerProcess,
+    server_process: ServerProcess,
 ) -> None:
     result = run_worker(
         """
@@ -82,22 +82,22 @@ def test_an_uncaught_exception_in_a_loop_fails_its_bar_and_keeps_the_traceback(
             if i == 5:
                 raise ZeroDivisionError("division by zero in row 5")
     """,
-        server.url,
+        server_process.url,
     )
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert result.stderr.rstrip().endswith("ZeroDivisionError: division by zero in row 5")
-    crashed = task(server, "crashing")
+    crashed = task(server_process, "crashing")
     assert (crashed["state"], crashed["n"], crashed["error"]) == (
         "failed",
         5,
         "ZeroDivisionError: division by zero in row 5",
     )
-    assert task(server, "fine")["state"] == "completed"
-    assert task(server, "left-early")["state"] == "completed"
+    assert task(server_process, "fine")["state"] == "completed"
+    assert task(server_process, "left-early")["state"] == "completed"
 
 
-def test_ctrl_c_in_a_loop_fails_the_bar(server: ServerProcess) -> None:
+def test_ctrl_c_in_a_loop_fails_the_bar(server_process: ServerProcess) -> None:
     result = run_worker(
         """
         import io
@@ -106,13 +106,13 @@ def test_ctrl_c_in_a_loop_fails_the_bar(server: ServerProcess) -> None:
             if i == 1:
                 raise KeyboardInterrupt
     """,
-        server.url,
+        server_process.url,
     )
-    assert result.returncode == 1
-    assert task(server, "interrupted")["error"] == "KeyboardInterrupt"
+    assert result.returncode == -signal.SIGINT  # as Python without the client
+    assert task(server_process, "interrupted")["error"] == "KeyboardInterrupt"
 
 
-def test_an_exception_in_a_thread_fails_that_threads_bars(server: ServerProcess) -> None:
+def test_an_exception_in_a_thread_fails_that_threads_bars(server_process: ServerProcess) -> None:
     result = run_worker(
         """
         import io, threading
@@ -128,15 +128,18 @@ def test_an_exception_in_a_thread_fails_that_threads_bars(server: ServerProcess)
         main_bar.update(1)
         main_bar.close()
     """,
-        server.url,
+        server_process.url,
     )
     assert result.returncode == 0
     assert "LookupError: no such shard" in result.stderr
-    assert (task(server, "thread-bar")["state"], task(server, "thread-bar")["error"]) == (
+    assert (
+        task(server_process, "thread-bar")["state"],
+        task(server_process, "thread-bar")["error"],
+    ) == (
         "failed",
         "LookupError: no such shard",
     )
-    assert task(server, "main-bar")["state"] == "completed"
+    assert task(server_process, "main-bar")["state"] == "completed"
 
 
 def test_a_hung_server_never_holds_the_process_past_the_flush_timeout() -> None:
@@ -178,7 +181,9 @@ def test_a_refused_connection_is_silent_and_quick() -> None:
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_asyncio_run_leaves_no_unclosed_session_or_pending_task(server: ServerProcess) -> None:
+def test_asyncio_run_leaves_no_unclosed_session_or_pending_task(
+    server_process: ServerProcess,
+) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -201,18 +206,18 @@ def test_asyncio_run_leaves_no_unclosed_session_or_pending_task(server: ServerPr
             asyncio.run(main())
         """),
         ],
-        env={**os.environ, "PROGRESSISTA_URL": server.url},
+        env={**os.environ, "PROGRESSISTA_URL": server_process.url},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert (result.returncode, result.stderr) == (0, "")
-    assert {task(server, f"loop-{i}")["state"] for i in range(20)} == {"completed"}
-    assert task(server, "loop-open")["n"] == 1
+    assert {task(server_process, f"loop-{i}")["state"] for i in range(20)} == {"completed"}
+    assert task(server_process, "loop-open")["n"] == 1
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_sends_its_own_bars(server: ServerProcess) -> None:
+def test_a_forked_child_sends_its_own_bars(server_process: ServerProcess) -> None:
     result = run_worker(
         """
         import io, os
@@ -229,14 +234,19 @@ def test_a_forked_child_sends_its_own_bars(server: ServerProcess) -> None:
         parent.update(1)
         parent.close()
     """,
-        server.url,
+        server_process.url,
     )
     assert result.returncode == 0, result.stderr
-    assert (task(server, "child")["state"], task(server, "child")["n"]) == ("completed", 2)
-    assert task(server, "parent")["state"] == "completed"
+    assert (task(server_process, "child")["state"], task(server_process, "child")["n"]) == (
+        "completed",
+        2,
+    )
+    assert task(server_process, "parent")["state"] == "completed"
 
 
-def test_an_exception_unwinding_slowly_still_fails_the_loops_bar(server: ServerProcess) -> None:
+def test_an_exception_unwinding_slowly_still_fails_the_loops_bar(
+    server_process: ServerProcess,
+) -> None:
     result = run_worker(
         """
         import io, time
@@ -248,13 +258,13 @@ def test_an_exception_unwinding_slowly_still_fails_the_loops_bar(server: ServerP
         finally:
             time.sleep(1)  # cleanup on the way out, longer than a push interval
         """,
-        server.url,
+        server_process.url,
     )
     assert result.returncode == 1
-    assert task(server, "slow-unwind")["state"] == "failed"
+    assert task(server_process, "slow-unwind")["state"] == "failed"
 
 
-def test_an_exception_in_an_async_for_body_fails_the_bar(server: ServerProcess) -> None:
+def test_an_exception_in_an_async_for_body_fails_the_bar(server_process: ServerProcess) -> None:
     result = run_worker(
         """
         import asyncio, io
@@ -266,14 +276,14 @@ def test_an_exception_in_an_async_for_body_fails_the_bar(server: ServerProcess) 
                     raise RuntimeError("fetch failed")
         asyncio.run(main())
         """,
-        server.url,
+        server_process.url,
     )
     assert result.returncode == 1
-    crashed = task(server, "async-crash")
+    crashed = task(server_process, "async-crash")
     assert (crashed["state"], crashed["error"]) == ("failed", "RuntimeError: fetch failed")
 
 
-def test_a_loop_closed_without_cancelling_still_delivers(server: ServerProcess) -> None:
+def test_a_loop_closed_without_cancelling_still_delivers(server_process: ServerProcess) -> None:
     result = run_worker(
         """
         import asyncio, io
@@ -286,7 +296,26 @@ def test_a_loop_closed_without_cancelling_still_delivers(server: ServerProcess) 
         loop.run_until_complete(main())
         loop.close()
         """,
-        server.url,
+        server_process.url,
     )
     assert result.returncode == 0, result.stderr
-    assert (task(server, "ruc")["state"], task(server, "ruc")["n"]) == ("completed", 3)
+    assert (task(server_process, "ruc")["state"], task(server_process, "ruc")["n"]) == (
+        "completed",
+        3,
+    )
+
+
+def test_an_unhandled_ctrl_c_still_kills_the_worker_by_sigint(refused_url: str) -> None:
+    # CPython exits by SIGINT only if no exec ran after the interrupt; the client's start-up
+    # imports (in its thread) and its crash handler must not make it exit with status 1.
+    for _ in range(5):
+        result = run_worker(
+            """
+            import io
+            from progressista.client import RemoteTqdm
+            bar = RemoteTqdm(total=10, file=io.StringIO(), task_id="interrupted-early")
+            raise KeyboardInterrupt
+            """,
+            refused_url,
+        )
+        assert result.returncode == -signal.SIGINT, result.stderr

@@ -10,13 +10,12 @@ import subprocess
 import sys
 import termios
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .server_process import ServerProcess, running_server
+from .server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -24,16 +23,12 @@ PROGRAMS = Path(__file__).resolve().parent / "programs"
 PROGRESSISTA = [sys.executable, "-m", "progressista.cli"]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server(["--log-level", "warning"]) as process:
-        yield process
-
-
-def run(server: ServerProcess, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run(
+    server_process: ServerProcess, *args: str, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
     return subprocess.run(
-        [*PROGRESSISTA, "run", "--url", server.url.rstrip("/"), *args],
+        [*PROGRESSISTA, "run", "--url", server_process.url.rstrip("/"), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -42,49 +37,53 @@ def run(server: ServerProcess, *args: str, **kwargs: Any) -> subprocess.Complete
     )
 
 
-def tasks(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
-    return server.tasks(f"?job={job}")
+def tasks(server_process: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
+    return server_process.tasks(f"?job={job}")
 
 
-def bars(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
+def bars(server_process: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
     """The job's bars by description, without the run's own task."""
-    return {t["desc"]: t for t in tasks(server, job).values() if t["meta"].get("role") != "run"}
+    return {
+        t["desc"]: t for t in tasks(server_process, job).values() if t["meta"].get("role") != "run"
+    }
 
 
-def test_a_plain_tqdm_script_shows_its_bars_under_its_job(server: ServerProcess) -> None:
-    result = run(server, "--job", "plain", "--meta", "team=data", str(PROGRAMS / "plain_tqdm.py"))
+def test_a_plain_tqdm_script_shows_its_bars_under_its_job(server_process: ServerProcess) -> None:
+    result = run(
+        server_process, "--job", "plain", "--meta", "team=data", str(PROGRAMS / "plain_tqdm.py")
+    )
     assert result.returncode == 0, result.stderr
     assert "plain loop: 100%" in result.stderr  # the console output is tqdm's own
-    found = bars(server, "plain")
+    found = bars(server_process, "plain")
     assert {desc: (t["state"], t["n"]) for desc, t in found.items()} == {
         "plain loop": ("completed", 50),
         "auto range": ("completed", 20),
     }
     for task in found.values():
         assert (task["meta"]["parent"], task["meta"]["team"]) == ("plain", "data")
-    the_run = tasks(server, "plain")["plain"]
+    the_run = tasks(server_process, "plain")["plain"]
     assert (the_run["state"], the_run["meta"]["role"]) == ("completed", "run")
     assert the_run["desc"].startswith("run ") and "plain_tqdm.py" in the_run["desc"]
 
 
-def test_an_exit_code_fails_the_run_and_passes_through(server: ServerProcess) -> None:
-    result = run(server, "--job", "three", str(PROGRAMS / "plain_tqdm.py"), "3")
+def test_an_exit_code_fails_the_run_and_passes_through(server_process: ServerProcess) -> None:
+    result = run(server_process, "--job", "three", str(PROGRAMS / "plain_tqdm.py"), "3")
     assert result.returncode == 3
-    the_run = tasks(server, "three")["three"]
+    the_run = tasks(server_process, "three")["three"]
     assert (the_run["state"], the_run["error"]) == ("failed", "exit code 3")
-    assert {t["state"] for t in bars(server, "three").values()} == {"completed"}
+    assert {t["state"] for t in bars(server_process, "three").values()} == {"completed"}
 
 
-def test_an_uncaught_exception_fails_the_run_and_its_bar(server: ServerProcess) -> None:
-    result = run(server, "--job", "crash", str(PROGRAMS / "plain_tqdm.py"), "crash")
+def test_an_uncaught_exception_fails_the_run_and_its_bar(server_process: ServerProcess) -> None:
+    result = run(server_process, "--job", "crash", str(PROGRAMS / "plain_tqdm.py"), "crash")
     assert result.returncode == 1
     assert result.stderr.rstrip().endswith("RuntimeError: disk full")
-    the_run = tasks(server, "crash")["crash"]
+    the_run = tasks(server_process, "crash")["crash"]
     assert (the_run["state"], the_run["error"]) == (
         "failed",
         "RuntimeError: disk full (exit code 1)",
     )
-    crashed = bars(server, "crash")["crashing loop"]
+    crashed = bars(server_process, "crash")["crashing loop"]
     assert (crashed["state"], crashed["n"], crashed["error"]) == (
         "failed",
         4,
@@ -93,28 +92,35 @@ def test_an_uncaught_exception_fails_the_run_and_its_bar(server: ServerProcess) 
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_every_multiprocessing_worker_is_patched(server: ServerProcess, method: str) -> None:
-    result = run(server, "--job", f"pool-{method}", str(PROGRAMS / "pool_tqdm.py"), method)
+def test_every_multiprocessing_worker_is_patched(
+    server_process: ServerProcess, method: str
+) -> None:
+    result = run(server_process, "--job", f"pool-{method}", str(PROGRAMS / "pool_tqdm.py"), method)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[0, 1, 2, 3]"
-    found = bars(server, f"pool-{method}")
+    found = bars(server_process, f"pool-{method}")
     assert {desc: (t["state"], t["n"]) for desc, t in found.items()} == {
         f"worker {i}": ("completed", 30) for i in range(4)
     }
     assert {t["meta"]["parent"] for t in found.values()} == {f"pool-{method}"}
 
 
-def test_module_mode_and_python_subprocesses(server: ServerProcess) -> None:
+def test_module_mode_and_python_subprocesses(server_process: ServerProcess) -> None:
     result = run(
-        server, "--job", "module", "-m", "tests.programs.spawn_child", cwd=PROGRAMS.parent.parent
+        server_process,
+        "--job",
+        "module",
+        "-m",
+        "tests.programs.spawn_child",
+        cwd=PROGRAMS.parent.parent,
     )
     assert result.returncode == 0, result.stderr
-    assert set(bars(server, "module")) == {"parent", "plain loop", "auto range"}
+    assert set(bars(server_process, "module")) == {"parent", "plain loop", "auto range"}
 
 
-def test_any_command_that_starts_python_is_patched(server: ServerProcess) -> None:
+def test_any_command_that_starts_python_is_patched(server_process: ServerProcess) -> None:
     result = run(
-        server,
+        server_process,
         "--job",
         "shell",
         "--",
@@ -123,11 +129,13 @@ def test_any_command_that_starts_python_is_patched(server: ServerProcess) -> Non
         f'"{sys.executable}" "{PROGRAMS / "plain_tqdm.py"}" 5',
     )
     assert result.returncode == 5
-    assert set(bars(server, "shell")) == {"plain loop", "auto range"}
-    assert tasks(server, "shell")["shell"]["error"] == "exit code 5"
+    assert set(bars(server_process, "shell")) == {"plain loop", "auto range"}
+    assert tasks(server_process, "shell")["shell"]["error"] == "exit code 5"
 
 
-def start_sleepy(server: ServerProcess, job: str, *, terminal: bool) -> subprocess.Popen[str]:
+def start_sleepy(
+    server_process: ServerProcess, job: str, *, terminal: bool
+) -> subprocess.Popen[str]:
     """``progressista run`` of a slow loop in a session of its own, once the loop is going.
 
     With ``terminal``, the session gets a pseudo-terminal as its controlling terminal and the
@@ -144,7 +152,7 @@ def start_sleepy(server: ServerProcess, job: str, *, terminal: bool) -> subproce
             *PROGRESSISTA,
             "run",
             "--url",
-            server.url.rstrip("/"),
+            server_process.url.rstrip("/"),
             "--job",
             job,
             str(PROGRAMS / "sleepy_tqdm.py"),
@@ -166,19 +174,19 @@ def start_sleepy(server: ServerProcess, job: str, *, terminal: bool) -> subproce
     return runner
 
 
-def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess) -> None:
-    runner = start_sleepy(server, "ctrl-c", terminal=True)
+def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server_process: ServerProcess) -> None:
+    runner = start_sleepy(server_process, "ctrl-c", terminal=True)
     os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C does: the whole group gets it
     _, err = runner.communicate(timeout=30)
     assert runner.returncode == -signal.SIGINT
     assert "KeyboardInterrupt" in err
-    the_run = tasks(server, "ctrl-c")["ctrl-c"]
+    the_run = tasks(server_process, "ctrl-c")["ctrl-c"]
     assert the_run["state"] == "failed"
     assert the_run["error"].startswith("KeyboardInterrupt")
-    assert bars(server, "ctrl-c")["sleepy"]["state"] == "failed"
+    assert bars(server_process, "ctrl-c")["sleepy"]["state"] == "failed"
 
 
-def test_usage_errors_are_one_line(server: ServerProcess) -> None:
+def test_usage_errors_are_one_line(server_process: ServerProcess) -> None:
     for args, message in [
         ([], "progressista: run: what should I run? (see progressista run --help)\n"),
         (["missing.py"], "progressista: cannot run 'missing.py': no such file\n"),
@@ -188,34 +196,38 @@ def test_usage_errors_are_one_line(server: ServerProcess) -> None:
             "progressista: run: unknown option '--frobnicate' (see progressista run --help)\n",
         ),
     ]:
-        result = run(server, *args)
+        result = run(server_process, *args)
         assert (result.returncode, result.stderr) == (2, message), args
 
 
-def test_death_by_sigkill_passes_through(server: ServerProcess, tmp_path: Path) -> None:
+def test_death_by_sigkill_passes_through(server_process: ServerProcess, tmp_path: Path) -> None:
     script = tmp_path / "oom.py"
     script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
-    result = run(server, "--job", "killed", str(script))
+    result = run(server_process, "--job", "killed", str(script))
     assert result.returncode == -signal.SIGKILL
     assert "Traceback" not in result.stderr
-    assert tasks(server, "killed")["killed"]["error"] == "killed by SIGKILL"
+    assert tasks(server_process, "killed")["killed"]["error"] == "killed by SIGKILL"
 
 
-def test_sigint_sent_to_the_runner_alone_reaches_the_program(server: ServerProcess) -> None:
-    runner = start_sleepy(server, "int-runner", terminal=False)  # SIGINT meant for the runner
+def test_sigint_sent_to_the_runner_alone_reaches_the_program(server_process: ServerProcess) -> None:
+    runner = start_sleepy(
+        server_process, "int-runner", terminal=False
+    )  # SIGINT meant for the runner
     runner.send_signal(signal.SIGINT)  # the runner only, not its process group
     runner.communicate(timeout=30)
     assert runner.returncode == -signal.SIGINT
 
 
-def test_a_bad_job_name_is_one_line(server: ServerProcess) -> None:
-    result = run(server, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
+def test_a_bad_job_name_is_one_line(server_process: ServerProcess) -> None:
+    result = run(server_process, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
     assert result.returncode == 2
-    assert result.stderr.startswith("progressista: --job '..': task_id '..' must be printable")
+    assert result.stderr == (
+        "progressista: --job '..' cannot name the run's task: it must not be '.' or '..'\n"
+    )
 
 
 def test_a_failing_sitecustomize_it_shadows_is_reported(
-    server: ServerProcess, tmp_path: Path
+    server_process: ServerProcess, tmp_path: Path
 ) -> None:
     (tmp_path / "sitecustomize.py").write_text("import no_such_module_here\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
@@ -225,7 +237,7 @@ def test_a_failing_sitecustomize_it_shadows_is_reported(
             *PROGRESSISTA,
             "run",
             "--url",
-            server.url.rstrip("/"),
+            server_process.url.rstrip("/"),
             "--job",
             "chained",
             str(PROGRAMS / "plain_tqdm.py"),

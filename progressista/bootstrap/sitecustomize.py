@@ -7,6 +7,7 @@ must never break the program it runs in: any failure is one line on stderr.
 
 import os
 import sys
+import types
 
 
 def _patch() -> None:
@@ -24,9 +25,11 @@ def _patch() -> None:
 def _report_crash_to(path: str) -> None:
     previous = sys.excepthook
 
-    def excepthook(kind, error, tb):  # type: ignore[no-untyped-def]
+    def excepthook(
+        kind: type[BaseException], error: BaseException, tb: types.TracebackType | None
+    ) -> None:
         try:
-            from progressista.client.bar import describe_exception
+            from progressista.client.event import describe_exception
 
             with open(path, "w", encoding="utf-8") as report:
                 report.write(describe_exception(error))

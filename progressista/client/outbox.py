@@ -13,11 +13,12 @@ import threading
 import weakref
 from collections.abc import Callable, Collection
 from types import CodeType
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..schema import Event
+from .tuning import BACKOFF_CAP, MAX_BATCH, MAX_PENDING_FINALS, MIN_GAP, TENTATIVE_HOLD
 
-__all__ = ["FinalEvent", "Location", "Outbox", "Source", "WeakSource"]
+__all__ = ["Bar", "FinalEvent", "Location", "Outbox", "Source", "WeakSource"]
 
 #: Where code was running: ``(id(frame), frame.f_code, line)``.
 Location = tuple[int, CodeType, int]
@@ -27,6 +28,23 @@ class Source(Protocol):
     """Something whose current state can be turned into an event: an open bar, or a final one."""
 
     def remote_event(self) -> Event: ...
+
+
+class Bar(Source, Protocol):
+    """What the outbox needs from an open bar (RemoteTqdm is one), and nothing more."""
+
+    @property
+    def remote_thread(self) -> int:
+        """The id of the thread the bar was created in: an uncaught exception there ends it."""
+        ...
+
+    def remote_final_event(self, status: str = "close", error: str | None = None) -> Event:
+        """The event that ends the bar; no update may follow it."""
+        ...
+
+    def remote_moved(self, outbox: Outbox) -> None:
+        """From now on, send updates and the close to ``outbox`` (its transport lives on)."""
+        ...
 
 
 class FinalEvent:
@@ -70,7 +88,7 @@ class WeakSource:
 
     __slots__ = ("_bar",)
 
-    def __init__(self, bar: Source) -> None:
+    def __init__(self, bar: Bar) -> None:
         self._bar = weakref.ref(bar)
 
     def remote_event(self) -> Event:
@@ -78,14 +96,6 @@ class WeakSource:
         if bar is None:
             raise LookupError("the bar was garbage-collected")
         return bar.remote_event()
-
-
-#: Sends closer together than this are merged, even when bars close one after another.
-MIN_GAP = 0.05
-
-#: Seconds a tentative close waits before it is sent as completed: time for an exception that
-#: is still unwinding (through ``finally`` blocks, ``with`` exits) to reach the crash handler.
-TENTATIVE_HOLD = 2.0
 
 
 class Outbox:
@@ -102,14 +112,14 @@ class Outbox:
         clock: Callable[[], float],
         random: Callable[[], float],
         on_ready: Callable[[], None] = lambda: None,
-        max_batch: int = 1000,
-        max_bars: int = 10_000,
-        backoff_cap: float = 30.0,
+        max_batch: int = MAX_BATCH,
+        max_finals: int = MAX_PENDING_FINALS,
+        backoff_cap: float = BACKOFF_CAP,
     ) -> None:
         self.push_every = push_every
         self.keepalive = keepalive
         self.max_batch = max_batch
-        self.max_bars = max_bars
+        self.max_finals = max_finals
         self.backoff_cap = backoff_cap
         self._clock = clock
         self._random = random
@@ -118,10 +128,12 @@ class Outbox:
         # Re-entrant: a SIGTERM handler that flushes may run while this thread holds it.
         self._lock = threading.RLock()
         self._pending: dict[str, Source] = {}
+        #: How many of the pending states are final ones (the only kind that is capped).
+        self._finals = 0
         #: Open bars, weakly: an abandoned bar must stay collectable so tqdm's __del__ closes it.
         #: A plain dict of references under the lock, not a WeakValueDictionary: bars open and
         #: close from any thread (and from GC) while the sender walks this for keepalives.
-        self._open: dict[str, weakref.ref[Any]] = {}
+        self._open: dict[str, weakref.ref[Bar]] = {}
         self._urgent = False
         self._everything_once = False
         self._failures = 0
@@ -130,8 +142,9 @@ class Outbox:
         self._last_send = float("-inf")
         self._next_keepalive = now + keepalive
         self._warned: set[int] = set()
-        #: Bars dropped because more than max_bars were pending at once.
+        #: Final states dropped because more than ``max_finals`` waited at once.
         self.dropped = 0
+        self._dropped_told = 0
 
     def renew_lock(self) -> None:
         """In a forked child: a fresh lock, since the parent's may have been held at the fork."""
@@ -139,7 +152,7 @@ class Outbox:
 
     # Called by bars -------------------------------------------------------------------------
 
-    def opened(self, key: str, bar: Source) -> None:
+    def opened(self, key: str, bar: Bar) -> None:
         """Track an open bar for keepalives."""
         with self._lock:
             self._open[key] = weakref.ref(bar)
@@ -150,14 +163,30 @@ class Outbox:
         with self._lock:
             pending = self._pending
             wake = not pending or (urgent and not self._urgent)
+            previous = pending.get(key)
             pending[key] = source
-            if len(pending) > self.max_bars:
-                del pending[next(iter(pending))]
-                self.dropped += 1
+            self._finals += isinstance(source, FinalEvent) - isinstance(previous, FinalEvent)
+            if self._finals > self.max_finals:
+                self._drop_oldest_final()
             if urgent:
                 self._urgent = True
         if wake:
             self._on_ready()
+
+    def _drop_oldest_final(self) -> None:
+        """Memory stays bounded while the server is away: the oldest final state goes."""
+        for key, source in self._pending.items():
+            if isinstance(source, FinalEvent):
+                del self._pending[key]
+                self._finals -= 1
+                self.dropped += 1
+                return
+
+    def newly_dropped(self) -> int:
+        """Final states dropped since the last call: the transport says so, once per burst."""
+        with self._lock:
+            count, self._dropped_told = self.dropped - self._dropped_told, self.dropped
+        return count
 
     def closed(self, key: str, final: FinalEvent, *, urgent: bool) -> None:
         """Queue a bar's final state and stop keeping it alive."""
@@ -165,7 +194,7 @@ class Outbox:
         final.created = self._clock()
         self.put(key, final, urgent=urgent)
 
-    def settle_tentative(self, key: str, final: FinalEvent, error: str | None) -> bool:
+    def resolve_tentative(self, key: str, final: FinalEvent, error: str | None) -> bool:
         """Decide a tentative close still waiting here: failed with ``error``, or completed.
 
         False when it already went out (too late to change).
@@ -179,13 +208,7 @@ class Outbox:
 
     # Called by the crash handler --------------------------------------------------------------
 
-    def fail(
-        self,
-        thread: int | None,
-        error: str,
-        path: Collection[Location],
-        make_event: Callable[[Source], Event],
-    ) -> int:
+    def fail(self, thread: int | None, error: str, path: Collection[Location]) -> int:
         """Turn the bars of ``thread`` that an uncaught exception ended into failures.
 
         ``path`` holds the locations the exception's traceback passed through. Open bars, and
@@ -205,14 +228,14 @@ class Outbox:
                     self._pending[key] = FinalEvent(event, thread=thread)
                     marked += 1
         for key, bar in self.open_bars():
-            if getattr(bar, "remote_thread", None) == thread:
-                event = dict(make_event(bar), status="error", error=error)
+            if bar.remote_thread == thread:
+                event = bar.remote_final_event("error", error)
                 self.forget(key)
                 self.put(key, FinalEvent(event, thread=thread), urgent=True)
                 marked += 1
         return marked
 
-    def open_bars(self) -> list[tuple[str, Any]]:
+    def open_bars(self) -> list[tuple[str, Bar]]:
         """The bars still open and alive, copied under the lock; dead references are pruned."""
         with self._lock:
             entries = list(self._open.items())
@@ -253,6 +276,7 @@ class Outbox:
             }
             for key in tentative:
                 del self._pending[key]
+            self._finals -= len(tentative)
         return tentative
 
     def adopt(self, key: str, source: Source) -> None:
@@ -264,10 +288,11 @@ class Outbox:
         with self._lock:
             self._open.pop(key, None)
 
-    def close_open_bars(self, make_event: Callable[[Source], Event]) -> None:
-        """At exit: queue every bar still open with status ``close``, as tqdm would close it."""
+    def close_open_bars(self, ending: Callable[[Bar], tuple[str, str | None]]) -> None:
+        """At exit: queue every bar still open, ended as ``ending`` says (status, error)."""
         for key, bar in self.open_bars():
-            event = dict(make_event(bar), status="close")
+            status, error = ending(bar)
+            event = bar.remote_final_event(status, error)
             self.forget(key)
             self.put(key, FinalEvent(event), urgent=True)
 
@@ -275,13 +300,14 @@ class Outbox:
         """Give every open bar to ``other``: its updates and its close go there from now on."""
         for key, bar in self.open_bars():
             self.forget(key)
-            bar._remote_outbox = other
+            bar.remote_moved(other)
             other.opened(key, bar)
 
     def hand_over(self, other: Outbox) -> None:
         """Move every pending state and open bar to ``other``, whose transport lives on."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            self._finals = 0
         self.move_open_bars(other)
         for key, source in pending.items():
             other.put(key, source, urgent=True)
@@ -352,6 +378,7 @@ class Outbox:
                 keys = list(pending)[: self.max_batch]
                 batch = {key: pending.pop(key) for key in keys}
                 self._pending = {**pending, **held}
+            self._finals -= sum(isinstance(source, FinalEvent) for source in batch.values())
             self._urgent = self._urgent and bool(self._pending)
             self._last_send = now
             self._next_send = now + self.push_every
@@ -382,8 +409,11 @@ class Outbox:
     def requeue(self, batch: dict[str, Source]) -> None:
         """Put back a batch whose send was interrupted; newer states of its bars win."""
         with self._lock:
+            pending = self._pending
             for key, source in batch.items():
-                self._pending.setdefault(key, source)
+                if key not in pending:
+                    pending[key] = source
+                    self._finals += isinstance(source, FinalEvent)
 
     def shrink(self, batch: dict[str, Source]) -> None:
         """The server found the batch too large: retry at once in halves."""

@@ -1,0 +1,99 @@
+"""One ``POST /progress`` exchange, for either transport: what goes out, what the reply means.
+
+The thread sender (``http.client``) and the event-loop sender (aiohttp) differ only in how bytes
+travel; the request they build and what they make of the server's answer are decided here, and
+reported to the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from ..schema import Event
+from ..settings import ClientSettings
+from .event import encode_batch
+from .outbox import Outbox, Source
+from .warning import warn
+
+__all__ = ["apply_reply", "build_body", "parse_retry_after", "request_headers"]
+
+log = logging.getLogger("progressista.client")
+
+
+def request_headers(settings: ClientSettings) -> dict[str, str]:
+    """What every POST /progress carries, from either transport."""
+    headers = {"Content-Type": "application/json", "User-Agent": "progressista"}
+    if settings.token:
+        headers["Authorization"] = f"Bearer {settings.token}"
+    return headers
+
+
+def build_body(batch: dict[str, Source]) -> bytes | None:
+    """The JSON body for a batch, or None when no bar in it has anything to send.
+
+    Each bar's event is read here, at send time, so it is the latest state. A bar that cannot
+    produce or encode one (closed meanwhile, garbage-collected, holding an odd value) is left
+    out: it must not keep the others from the server.
+    """
+    events: list[Event] = []
+    for source in batch.values():
+        try:
+            events.append(source.remote_event())
+        except LookupError:  # closed or collected since it was queued: its final state follows
+            pass
+        except Exception:
+            log.debug("could not read a bar's state", exc_info=True)
+    if not events:
+        return None
+    body, _ = encode_batch(events)
+    return body
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header; None for one that is absent or unusable.
+
+    Only a finite, non-negative number of seconds is used (``inf``, ``nan``, ``-5`` and
+    ``soon`` are ignored: the computed backoff applies); the outbox caps it like its own backoff.
+    An HTTP date is not worth its parsing here: the computed backoff serves as well.
+    """
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _refusal(url: str, status: int, reply: bytes) -> str:
+    try:
+        reason = json.loads(reply)["error"]
+    except (ValueError, KeyError, TypeError):
+        reason = reply[:200].decode(errors="replace") or "no reason given"
+    return (
+        f"the server at {url} refused progress updates with HTTP {status}: "
+        f"{reason}. Bars keep working; their remote state is dropped until this is fixed."
+    )
+
+
+def apply_reply(
+    outbox: Outbox,
+    url: str,
+    batch: dict[str, Source],
+    status: int,
+    retry_after: str | None,
+    reply: bytes,
+) -> bool:
+    """Tell the outbox how the server answered; False when the batch must be retried."""
+    if status < 300:
+        outbox.delivered()
+    elif status == 413 and len(batch) > 1:
+        outbox.shrink(batch)
+    elif status == 429 or status >= 500:
+        outbox.retry(batch, parse_retry_after(retry_after))
+        return False
+    elif outbox.refused(status):
+        warn(_refusal(url, status, reply))
+    return True
