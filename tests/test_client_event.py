@@ -175,3 +175,27 @@ def test_the_final_rate_is_the_one_the_console_prints() -> None:
 def test_numbers_that_are_not_python_numbers_are_read_as_numbers() -> None:
     event = event_from({"n": Decimal("2.5"), "total": Decimal("10")})
     assert (event["n"], event["total"]) == (2.5, 10.0)
+
+
+def test_updates_carry_what_changed_and_everything_after_a_failed_send() -> None:
+    import io
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=10, desc="Loading", file=io.StringIO(), mininterval=0)
+    maker = EventMaker("t", {"host": "h"})
+    start = maker.event(bar, "start", generation=0)
+    assert {"desc", "total", "unit", "meta"} <= set(start)
+    bar.update(1)
+    update = maker.event(bar, "update", generation=0)
+    assert set(update) == {"task_id", "n", "elapsed", "rate", "timestamp", "seq"}
+    bar.set_description("Saving")
+    assert maker.event(bar, "update", generation=0)["desc"] == "Saving"
+    again = maker.event(bar, "update", generation=1)  # the outbox saw a failure meanwhile
+    assert {"desc", "total", "unit", "meta", "postfix"} <= set(again)
+    bar.close()
+    final = maker.event(bar, "close", generation=1)
+    assert final["status"] == "close" and final["meta"] == {"host": "h"}
+    assert [start["seq"], update["seq"], again["seq"]] == sorted(
+        {start["seq"], update["seq"], again["seq"]}
+    )

@@ -222,3 +222,43 @@ def test_at_exit_open_bars_are_closed(clock: FakeClock) -> None:
     box.close_open_bars(lambda b: ("close", None))
     assert box.take()["a"].remote_event() == {"task_id": "b", "n": 5, "status": "close"}
     assert box.idle
+
+
+def test_every_changed_bar_goes_in_one_round_of_back_to_back_batches(clock: FakeClock) -> None:
+    box = outbox(clock, push_every=0.5, max_batch=1000)
+    bars = [Bar(i) for i in range(2500)]
+    for i, each in enumerate(bars):
+        box.put(f"b{i}", WeakSource(each))
+    sizes = []
+    while box.pending:
+        assert box.delay() == 0.0  # no waiting between the batches of a round
+        sizes.append(len(box.take()))
+        box.delivered()
+        clock.advance(0.01)
+    assert sizes == [1000, 1000, 500]
+    box.put("b0", WeakSource(bars[0]))
+    assert box.delay() == pytest.approx(0.5 - 0.03)  # the next round, push_every after this one
+
+
+def test_a_bar_that_changes_again_mid_round_waits_for_the_next_round(clock: FakeClock) -> None:
+    box = outbox(clock, push_every=0.5, max_batch=2)
+    bars = [Bar(i) for i in range(4)]
+    for i, each in enumerate(bars):
+        box.put(f"b{i}", WeakSource(each))
+    assert list(box.take()) == ["b0", "b1"]
+    box.put("b0", WeakSource(bars[0]))  # changed again while the round goes on
+    assert box.delay() == 0.0
+    assert list(box.take()) == ["b2", "b3"]
+    assert box.delay() == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert list(box.take()) == ["b0"]
+
+
+def test_a_failure_ends_the_round_and_asks_for_every_field_again(clock: FakeClock) -> None:
+    box = outbox(clock, push_every=0.5, max_batch=2, random=lambda: 0.5)
+    for i in range(4):
+        box.put(f"b{i}", Bar(i))
+    generation = box.generation
+    box.retry(box.take())
+    assert box.generation == generation + 1
+    assert box.delay() == pytest.approx(0.5)  # the backoff, not the rest of the round

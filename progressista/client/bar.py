@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,17 +50,6 @@ class _TqdmLock:
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         return tqdm.get_lock()  # type: ignore[no-untyped-call]  # types-tqdm leaves it untyped
-
-
-#: Every remote bar, weakly, so that a forked child can renew their locks (see below).
-_remote_bars: weakref.WeakSet[RemoteTqdm] = weakref.WeakSet()
-_fork_hook_installed = False
-
-
-def _renew_locks_after_fork() -> None:
-    """A lock the parent's sender held at the fork stays held for ever in the child."""
-    for bar in list(_remote_bars):
-        bar.remote_renew_lock()
 
 
 class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the stubs
@@ -114,8 +102,6 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             )
             key = given_task_id(task_id) if task_id else default_task_id()
             self._remote_maker = EventMaker(key, build_meta(settings, meta))
-            # Orders the sender thread's reads against close(): no update may outrank the end.
-            self._remote_lock = threading.Lock()
             self.remote_thread = threading.get_ident()
             outbox = self._remote_outbox_for(settings)
         super().__init__(*args, **kwargs)
@@ -123,7 +109,6 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             self.remote_task_id = self._remote_maker.task_id
             self._remote_outbox = outbox
             self._remote_handle = WeakSource(self)
-            _track(self)
             outbox.opened(self.remote_task_id, self)
             outbox.put(self.remote_task_id, self._remote_handle)
 
@@ -156,17 +141,21 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         Raises LookupError once the bar is closed: its final event, queued by close(), is the
         only one that may follow.
         """
-        with self._remote_lock:
-            if self._remote_closed:
-                raise LookupError("the bar is closed")
-            maker = self._remote_maker
-            return maker.event(self, "update" if maker.started else "start")
+        maker = self._remote_maker
+        # No lock (this runs for every changed bar, every push): the seq is taken before the
+        # check, and close() sets the flag before taking its own, so an update that passes the
+        # check is always outranked by the close.
+        seq = maker.next_seq()
+        if self._remote_closed:
+            raise LookupError("the bar is closed")
+        outbox = self._remote_outbox
+        generation = outbox.generation if outbox is not None else 0
+        return maker.event(self, "update" if maker.started else "start", generation, seq)
 
     def remote_final_event(self, status: str = "close", error: str | None = None) -> Event:
         """The event that ends the bar, numbered after every event sent before it."""
-        with self._remote_lock:
-            self._remote_closed = True
-            event = self._remote_maker.event(self, status)
+        self._remote_closed = True
+        event = self._remote_maker.event(self, status)
         if error is not None:
             event["error"] = error[:MAX_ERROR_CHARS]
         return event
@@ -174,10 +163,6 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     def remote_moved(self, outbox: Outbox) -> None:
         """From now on this bar's updates and close go to ``outbox``."""
         self._remote_outbox = outbox
-
-    def remote_renew_lock(self) -> None:
-        """In a forked child: a fresh lock, since the parent's sender may have held this one."""
-        self._remote_lock = threading.Lock()
 
     # tqdm's hooks ---------------------------------------------------------------------------
 
@@ -245,14 +230,6 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     def __del__(self) -> None:
         self._remote_from_gc = True
         super().__del__()
-
-
-def _track(bar: RemoteTqdm) -> None:
-    global _fork_hook_installed
-    if not _fork_hook_installed:
-        _fork_hook_installed = True
-        os.register_at_fork(after_in_child=_renew_locks_after_fork)
-    _remote_bars.add(bar)
 
 
 def trange(*args: Any, **kwargs: Any) -> RemoteTqdm:

@@ -29,6 +29,7 @@ from ..schema import (
     check_task_id,
 )
 from ..settings import ClientSettings
+from .tuning import FULL_STATE_EVERY
 
 __all__ = [
     "EventMaker",
@@ -213,22 +214,56 @@ def event_from(format_dict: Mapping[str, Any]) -> Event:
     }
 
 
+_INFINITY = math.inf
+
+
+def _seconds(value: object) -> float | int | None:
+    """A duration or rate for the wire (finite, ≥ 0) or None; the common case inline-fast."""
+    if type(value) is float and 0.0 <= value < _INFINITY:
+        return value
+    return _count_or_none(value)
+
+
+def _smoothed_rate(bar: Any) -> object:
+    """tqdm's smoothed rate, ``_ema_dn() / _ema_dt()``, at a third of the cost.
+
+    Both averages are fed together, so their bias corrections (``1 - beta ** calls``) are equal
+    and cancel: the rate is the ratio of their last values. A closed bar's ``_ema_dt`` is a
+    lambda (tqdm's way to print the overall average at close), hence the fallback.
+    """
+    try:
+        dt = bar._ema_dt.last
+        return bar._ema_dn.last / dt if dt else None
+    except AttributeError:
+        dt = bar._ema_dt()
+        return bar._ema_dn() / dt if dt else None
+
+
 class EventMaker:
     """Builds one bar's events, cheaply: the sender asks for every changed bar every push.
 
     With ten thousand bars that is twenty thousand events a second on the worker's own
     interpreter, so this reads the few attributes ``format_dict`` would gather (the same ones,
-    with the same meaning) and cleans a text only when the bar holds a new one. ``seq`` starts at
-    the microseconds since the epoch, so a restarted worker's events rank above the old ones.
+    with the same meaning), cleans a text only when the bar holds a new one, and sends the
+    fields that rarely change (description, postfix, total, unit, labels) only when they did:
+    the server keeps what an event leaves out. Every field goes again after a failed or
+    reconnected send (the server may have restarted and forgotten the bar), when the caller's
+    ``generation`` says so, and at least every ``FULL_STATE_EVERY`` seconds (a task deleted
+    on the dashboard comes back whole). ``seq`` starts at the microseconds since the epoch, so a
+    restarted worker's events rank above the old ones.
     """
 
     __slots__ = (
         "_desc",
         "_desc_of",
+        "_full_at",
+        "_generation",
         "_postfix",
         "_postfix_of",
-        "_unit",
+        "_seqs",
+        "_total_of",
         "_unit_of",
+        "_units",
         "meta",
         "seq",
         "started",
@@ -238,64 +273,98 @@ class EventMaker:
     def __init__(self, task_id: str, meta: dict[str, Any]) -> None:
         self.task_id = task_id
         self.meta = meta
+        #: The last seq given out; ``next_seq()`` is atomic, so two threads never share one.
         self.seq = time.time_ns() // 1000
+        self._seqs = itertools.count(self.seq + 1)
         #: Whether the server has been sent this bar's ``start``.
         self.started = False
-        self._desc_of: object = None
+        self._generation = -1
+        self._full_at = -_INFINITY
+        self._desc_of: object = _UNSET
         self._desc = ""
-        self._postfix_of: object = None
+        self._postfix_of: object = _UNSET
         self._postfix = ""
-        self._unit_of: object = None
-        self._unit = "it"
+        self._total_of: object = _UNSET
+        self._unit_of: tuple[object, object, object] | None = None
+        self._units: Event = {}
 
-    def event(self, bar: Any, status: str) -> Event:
-        """The event for ``bar`` now, numbered after every earlier one. ``Any``: a tqdm."""
+    def next_seq(self) -> int:
+        """The next event's ``seq``: taken first, so an event that lost a race is outranked."""
+        self.seq = seq = next(self._seqs)
+        return seq
+
+    def event(self, bar: Any, status: str, generation: int = 0, seq: int | None = None) -> Event:
+        """The event for ``bar`` now, numbered ``seq`` (by default the next). ``Any``: a tqdm.
+
+        ``status`` other than ``update`` (start, close, error) carries every field.
+        """
         try:
-            fields = self._fields(bar)
+            event = self._read(bar, status != "update" or generation != self._generation)
         except Exception:  # a tqdm variant without these attributes: its public dict
             log.debug("reading a bar's attributes failed; using format_dict", exc_info=True)
-            fields = event_from(bar.format_dict)
-        self.seq += 1
+            event = event_from(bar.format_dict)
+            event["meta"] = self.meta
+            self._desc_of = self._postfix_of = self._total_of = _UNSET  # all of it next time
+            self._unit_of = None
+        self._generation = generation
         self.started = True
-        fields["task_id"] = self.task_id
-        fields["status"] = status
-        fields["seq"] = self.seq
-        fields["timestamp"] = time.time()
-        fields["meta"] = self.meta
-        return fields
+        event["task_id"] = self.task_id
+        if status != "update":  # the server's default: left out of most events
+            event["status"] = status
+        event["seq"] = self.next_seq() if seq is None else seq
+        return event
 
-    def _fields(self, bar: Any) -> Event:
+    def _read(self, bar: Any, everything: bool) -> Event:
+        now = time.time()
+        if now - self._full_at > FULL_STATE_EVERY:
+            everything = True
+        if everything:
+            self._full_at = now
         n = bar.n
         if type(n) is not int or n < 0 or n > MAX_SEQ:
             n = _count(n)
-        desc = bar.desc
-        if desc is not self._desc_of:
-            self._desc, self._desc_of = _desc(desc), desc
-        postfix = bar.postfix
-        if postfix is not self._postfix_of:
-            self._postfix, self._postfix_of = clean_text(postfix, MAX_TEXT_CHARS), postfix
-        unit = bar.unit
-        if unit is not self._unit_of:
-            self._unit, self._unit_of = clean_text(unit or "it", MAX_UNIT_CHARS), unit
         elapsed = bar._time() - bar.start_t
-        dt = bar._ema_dt()
-        rate = bar._ema_dn() / dt if dt else None
+        rate = _smoothed_rate(bar)
         if rate is None and elapsed:
             rate = _console_rate(None, n, bar.initial, elapsed)
-        total = bar.total
-        return {
+        event: Event = {
             "n": n,
-            "total": total
-            if type(total) is int and 0 <= total <= MAX_SEQ
-            else _count_or_none(total),
-            "desc": self._desc,
-            "postfix": self._postfix,
-            "unit": self._unit,
-            "unit_scale": _scale(bar.unit_scale),
-            "unit_divisor": _divisor(bar.unit_divisor),
-            "elapsed": _count_or_none(elapsed),
-            "rate": _count_or_none(rate),
+            "elapsed": _seconds(elapsed),
+            "rate": _seconds(rate),
+            "timestamp": now,
         }
+        total = bar.total
+        if everything or total != self._total_of:
+            self._total_of = total
+            event["total"] = (
+                total if type(total) is int and 0 <= total <= MAX_SEQ else _count_or_none(total)
+            )
+        # The caches below save cleaning a text per event; a full event (a close, say, which
+        # may run in another thread than the sender's) cleans afresh rather than trust them.
+        desc = bar.desc
+        if everything or desc is not self._desc_of:
+            event["desc"] = self._desc = _desc(desc)
+            self._desc_of = desc
+        postfix = bar.postfix
+        if everything or postfix is not self._postfix_of:
+            event["postfix"] = self._postfix = clean_text(postfix, MAX_TEXT_CHARS)
+            self._postfix_of = postfix
+        units = (bar.unit, bar.unit_scale, bar.unit_divisor)
+        if everything or units != self._unit_of:
+            self._units = {
+                "unit": clean_text(units[0] or "it", MAX_UNIT_CHARS),
+                "unit_scale": _scale(units[1]),
+                "unit_divisor": _divisor(units[2]),
+            }
+            self._unit_of = units
+            event.update(self._units)
+        if everything:
+            event["meta"] = self.meta
+        return event
+
+
+#: Never equal to what a bar holds: the first event carries the field.
+_UNSET = object()
 
 
 def describe_exception(error: BaseException) -> str:

@@ -232,8 +232,7 @@ def _start_afresh_in_child() -> None:
     """After a fork: the parent's threads do not exist here, and its pending state is its own.
 
     A lock the parent's sender thread held at the fork would stay held for ever in the child:
-    inherited outboxes get fresh ones (and bars renew theirs, see :mod:`.bar`), so using an
-    inherited bar cannot deadlock.
+    inherited outboxes get fresh ones, so using an inherited bar cannot deadlock.
     """
     global _process
     parent = _process

@@ -9,6 +9,7 @@ randomness are injected, so tests walk it through failures without sleeping.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Callable, Collection
@@ -140,6 +141,11 @@ class Outbox:
         now = clock()
         self._next_send = now
         self._last_send = float("-inf")
+        #: Bars still to send in the current round: its batches go back to back.
+        self._round_left = 0
+        #: Changes when the server may have lost what it was sent (a failed attempt, a new
+        #: connection): bars then send every field again, not only what changed.
+        self.generation = 0
         self._next_keepalive = now + keepalive
         self._warned: set[int] = set()
         #: Final states dropped because more than ``max_finals`` waited at once.
@@ -315,13 +321,21 @@ class Outbox:
     # Called by the transport ------------------------------------------------------------------
 
     def delay(self) -> float | None:
-        """Seconds until the next send should start; None when there is nothing to send."""
+        """Seconds until the next send should start; None when there is nothing to send.
+
+        Zero while a round is under way: every bar that had changed when a round began goes out
+        in consecutive batches, so no state waits more than about ``push_every`` however many
+        bars change (as long as the server keeps up).
+        """
         now = self._clock()
         if not self.pending:
             return max(0.0, self._next_keepalive - now) if self._has_open() else None
         with self._lock:
-            if self._urgent and self._failures == 0:
-                return max(0.0, self._last_send + MIN_GAP - now)
+            if self._failures == 0:
+                if self._round_left > 0:
+                    return 0.0
+                if self._urgent:
+                    return max(0.0, self._last_send + MIN_GAP - now)
             return max(0.0, self._next_send - now)
 
     @property
@@ -348,14 +362,18 @@ class Outbox:
     def take(self, everything: bool = False) -> dict[str, Source]:
         """The next batch (at most ``max_batch`` bars), removed from the pending set.
 
-        Tentative closes younger than TENTATIVE_HOLD stay behind unless ``everything``.
+        The first batch of a round counts the bars pending then; the round's next batches
+        (``delay()`` is zero until it is done) take the rest of those, oldest first, before any
+        bar that changed again meanwhile. Tentative closes younger than TENTATIVE_HOLD stay
+        behind unless ``everything``.
         """
         now = self._clock()
-        if now >= self._next_keepalive:
+        if self._round_left <= 0 and now >= self._next_keepalive:
             self._next_keepalive = now + self.keepalive
             for key, bar in self.open_bars():
                 with self._lock:
-                    self._pending.setdefault(key, WeakSource(bar))
+                    if key not in self._pending:
+                        self._pending[key] = WeakSource(bar)
         with self._lock:
             pending = self._pending
             everything = everything or self._everything_once
@@ -372,16 +390,21 @@ class Outbox:
                 }
                 if held:
                     pending = {key: s for key, s in pending.items() if key not in held}
-            if len(pending) <= self.max_batch:
+            starting = self._round_left <= 0
+            if starting:
+                self._round_left = len(pending)
+                self._next_send = now + self.push_every
+            size = min(self.max_batch, self._round_left) if not everything else self.max_batch
+            if len(pending) <= size:
                 batch, self._pending = pending, held
             else:
-                keys = list(pending)[: self.max_batch]
+                keys = list(itertools.islice(pending, size))
                 batch = {key: pending.pop(key) for key in keys}
-                self._pending = {**pending, **held}
+                self._pending = {**pending, **held} if held else pending
+            self._round_left = max(0, self._round_left - len(batch)) if self._pending else 0
             self._finals -= sum(isinstance(source, FinalEvent) for source in batch.values())
             self._urgent = self._urgent and bool(self._pending)
             self._last_send = now
-            self._next_send = now + self.push_every
         return batch
 
     def delivered(self) -> None:
@@ -397,8 +420,13 @@ class Outbox:
         return self._back_off(retry_after)
 
     def _back_off(self, retry_after: float | None = None) -> float:
-        """Count a failure and push the next send back: capped, doubling, with jitter."""
+        """Count a failure and push the next send back: capped, doubling, with jitter.
+
+        The round ends: the next one, after the backoff, starts with whatever is pending then.
+        """
         self._failures += 1
+        self._round_left = 0
+        self.generation += 1
         backoff: float = min(self.backoff_cap, self.push_every * 2 ** (self._failures - 1))
         backoff *= 0.5 + self._random()  # jitter, so that workers do not retry in step
         if retry_after is not None:
@@ -419,7 +447,13 @@ class Outbox:
         """The server found the batch too large: retry at once in halves."""
         self.requeue(batch)
         self.max_batch = max(1, len(batch) // 2)
+        self._round_left = 0
+        self.generation += 1
         self._next_send = self._clock()
+
+    def reconnected(self) -> None:
+        """A new connection replaced one that had gone stale: the server may have restarted."""
+        self.generation += 1
 
     def refused(self, status: int) -> bool:
         """The server rejected the batch for good (a 4xx): drop it, back off like a failure.

@@ -47,6 +47,10 @@ def _before_fork() -> None:
     _prepared.wait(1.0)
 
 
+class _StaleConnection(Exception):
+    """A request on a kept-alive connection failed: it may just have been closed meanwhile."""
+
+
 class ThreadSender:
     """Delivers one outbox to one server from a daemon thread."""
 
@@ -129,7 +133,17 @@ class ThreadSender:
             self.outbox.delivered()
             return True
         try:
-            status, retry_after, reply = self._post(body)
+            try:
+                status, retry_after, reply = self._post(body)
+            except _StaleConnection:
+                # The kept-alive connection had been closed (a server restart, an idle timeout):
+                # a server that restarted has forgotten the bars, so they go again in full.
+                self.outbox.reconnected()
+                body = build_body(batch)
+                if body is None:
+                    self.outbox.delivered()
+                    return True
+                status, retry_after, reply = self._post(body)
         except Exception as error:  # OSError, http.client.HTTPException and kin
             log.debug("cannot reach %s: %r", self.settings.url, error)
             self.outbox.retry(batch)
@@ -146,22 +160,21 @@ class ThreadSender:
             )
 
     def _post(self, body: bytes) -> tuple[int, str | None, bytes]:
-        """One request on the kept-alive connection; a stale one is replaced once."""
-        for attempt in (1, 2):
-            fresh = self._connection is None
-            connection = self._connect()
-            try:
-                connection.request("POST", self._path, body, self._headers)
-                response = connection.getresponse()
-                reply = response.read()
-                if response.getheader("Connection", "").lower() == "close":
-                    self._close_connection()
-                return response.status, response.getheader("Retry-After"), reply
-            except Exception:
-                self._close_connection()
-                if fresh or attempt == 2:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One request; raises _StaleConnection if a kept-alive connection turned out closed."""
+        fresh = self._connection is None
+        connection = self._connect()
+        try:
+            connection.request("POST", self._path, body, self._headers)
+            response = connection.getresponse()
+            reply = response.read()
+        except Exception as error:
+            self._close_connection()
+            if fresh:
+                raise
+            raise _StaleConnection from error
+        if response.getheader("Connection", "").lower() == "close":
+            self._close_connection()
+        return response.status, response.getheader("Retry-After"), reply
 
     def _connect(self) -> HTTPConnection:
         if self._connection is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BACKOFF_CAP",
+    "FULL_STATE_EVERY",
     "MAX_BATCH",
     "MAX_PENDING_FINALS",
     "MIN_GAP",
@@ -33,6 +34,11 @@ MAX_BATCH = 1000
 #: each). Open bars are never dropped: their pending slot is bounded by the bars that exist.
 #: Past this, the oldest final state is dropped, and the user is told once.
 MAX_PENDING_FINALS = 10_000
+
+#: Seconds: an open bar's update carries only what changed (count, time, rate) but, at least
+#: this often, every field, so that a server that lost the task (deleted on the dashboard)
+#: has it whole again soon.
+FULL_STATE_EVERY = 15.0
 
 #: Seconds: the retry backoff never exceeds this, and neither does a server's ``Retry-After``.
 BACKOFF_CAP = 30.0
