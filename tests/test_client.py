@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 import warnings
 from typing import Any
 
@@ -18,7 +19,7 @@ from progressista.client.outbox import Outbox
 from progressista.server import ServerSettings, create_app
 from progressista.settings import ClientSettings
 
-from .conftest import NEVER, eventually
+from .conftest import NEVER, FakeClock, eventually
 from .remote import FAST, bar, flush_off_loop, posts, task_with, tasks, url_of
 
 pytestmark = pytest.mark.usefixtures("fresh_client")
@@ -322,3 +323,60 @@ async def test_the_sender_survives_an_unexpected_error(
     first.close()
     await task_with(server, "before", state="completed")
     assert calls["n"] > 1
+
+
+async def test_a_loop_left_by_an_exception_the_program_catches_is_failed_at_once(
+    server: TestServer,
+) -> None:
+    import contextlib
+    import inspect
+
+    with contextlib.suppress(KeyError):
+        for i in bar(server, range(10), task_id="caught"):
+            if i == 3:
+                line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]  # CPython
+                raise KeyError("row 3")
+    assert await flush_off_loop()  # a close still undecided would go out as completed
+    task = (await tasks(server))["caught"]
+    assert (task["state"], task["n"]) == ("failed", 3)
+    # From 3.12 sys.monitoring names the exception; before, the place says what happened.
+    named = "KeyError: 'row 3'"
+    placed = f"an exception left the loop at test_client.py:{line}"
+    assert task["error"] == (named if sys.version_info >= (3, 12) else placed)
+
+
+async def test_break_and_return_complete_the_bar_at_once(server: TestServer) -> None:
+    def first_even(numbers: RemoteTqdm) -> int:
+        for number in numbers:
+            if number % 2 == 0:
+                return int(number)
+        return -1
+
+    broken = bar(server, range(10), task_id="broken")
+    for i in broken:
+        if i == 4:
+            break
+    returned = bar(server, range(1, 10), task_id="returned")
+    assert first_even(returned) == 2
+    # Decided when the loop let go of the bar: no close is left undecided for a crash handler.
+    assert (broken._remote_final, returned._remote_final) == (None, None)
+    assert await flush_off_loop()
+    found = await tasks(server)
+    assert (found["broken"]["state"], found["broken"]["n"]) == ("completed", 4)
+    assert (found["returned"]["state"], found["returned"]["n"]) == ("completed", 1)
+
+
+async def test_the_final_rate_is_the_one_the_console_printed_last(server: TestServer) -> None:
+    clock = FakeClock(1000.0)
+    console = io.StringIO()
+    progress = bar(server, total=3, task_id="rate", file=console, mininterval=0, miniters=1)
+    progress._time = clock  # type: ignore[attr-defined]  # not in the stubs; tqdm tests set it
+    progress.start_t = progress.last_print_t = clock()
+    for step in (0.1, 0.1, 10.72):  # quick, then one slow item: smoothing and average differ
+        clock.advance(step)
+        progress.update(1)
+    progress.close()
+    task = await task_with(server, "rate", state="completed")
+    assert task["rate"] == pytest.approx(3 / 10.92)
+    last_line = console.getvalue().rstrip("\n").split("\r")[-1]
+    assert "3/3 [00:10<00:00,  3.64s/it]" in last_line  # 10.92 s / 3 items, as sent

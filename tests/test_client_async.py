@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -94,17 +93,34 @@ async def test_thousands_of_bars_share_one_task_one_session_and_few_posts(
     assert sender._session is None
 
 
-async def test_an_unreachable_server_costs_at_most_the_flush_timeout(
-    monkeypatch: Any, refused_url: str
+async def test_async_with_does_not_wait_for_a_server_that_refuses(
+    monkeypatch: pytest.MonkeyPatch, refused_url: str
+) -> None:
+    # Longer than the test's own timeout: a block that waited would fail the test.
+    monkeypatch.setenv("PROGRESSISTA_FLUSH_TIMEOUT", "1000")
+    for block in range(5):
+        async with bar(refused_url, total=1, task_id=f"lost-{block}") as progress:
+            progress.update(1)
+        assert not await progress.aclose()
+    (sender,) = loop_senders(asyncio.get_running_loop())
+    assert sender.reach.known_down and sender.reach.reason == "connection refused"
+
+
+async def test_a_hung_server_is_waited_for_once_in_all(
+    monkeypatch: pytest.MonkeyPatch, hung_url: str
 ) -> None:
     monkeypatch.setenv("PROGRESSISTA_FLUSH_TIMEOUT", "0.3")
-    url = refused_url
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    async with bar(url, total=1, task_id="lost") as progress:
+    async with bar(hung_url, total=1, task_id="first") as progress:
         progress.update(1)
+    (sender,) = loop_senders(asyncio.get_running_loop())
+    assert sender.reach.unresponsive  # the first block's wait ran out: the budget is spent
+    spent = sender.reach.waited
+    for block in range(3):
+        async with bar(hung_url, total=1, task_id=f"then-{block}") as progress:
+            progress.update(1)
         assert not await progress.aclose()
-    assert loop.time() - started < 1.5
+    assert sender.reach.waited == spent  # the later blocks did not wait at all
+    assert sender.reach.allowance(10.0, at_exit=True) == pytest.approx(0.0, abs=0.01)
 
 
 async def test_outside_a_loop_the_bar_uses_the_thread_sender() -> None:

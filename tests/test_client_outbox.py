@@ -33,6 +33,9 @@ class Bar:
     def remote_moved(self, outbox: Outbox) -> None:
         self.outbox = outbox
 
+    def remote_progress(self) -> tuple[int, int | None]:
+        return self.n, None
+
 
 def outbox(clock: FakeClock, **kwargs: Any) -> Outbox:
     settings: dict[str, Any] = {"push_every": 1.0, "keepalive": 15.0, "random": lambda: 0.5}
@@ -219,7 +222,7 @@ def test_at_exit_open_bars_are_closed(clock: FakeClock) -> None:
     box = outbox(clock)
     bar = Bar(5)
     box.opened("a", bar)
-    box.close_open_bars(lambda b: ("close", None))
+    box.close_open_bars(lambda b: None)
     assert box.take()["a"].remote_event() == {"task_id": "b", "n": 5, "status": "close"}
     assert box.idle
 

@@ -250,3 +250,71 @@ def test_a_failing_sitecustomize_it_shadows_is_reported(
     assert result.returncode == 0
     assert "Error in sitecustomize" in result.stderr
     assert "No module named 'no_such_module_here'" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_shards_that_raised_or_were_terminated_are_failures(
+    server_process: ServerProcess, method: str
+) -> None:
+    job = f"shards-{method}"
+    result = run(server_process, "--job", job, str(PROGRAMS / "shards.py"), method)
+    assert result.returncode == 0, result.stderr
+    assert "shard 0 failed: bad row 120" in result.stdout
+    found = bars(server_process, job)
+    raised, terminated = found["shard 0"], found["shard 1"]
+    assert (raised["state"], raised["n"]) == ("failed", 120)
+    assert raised["error"] in (
+        "ValueError: bad row 120",  # CPython 3.12+ names the exception the pool caught
+        "an exception left the loop at shards.py:14",
+    )
+    assert (terminated["state"], terminated["n"], terminated["error"]) == (
+        "failed",
+        100,
+        "cut short: the process was terminated (SIGTERM) at 100/200",
+    )
+
+
+def test_the_run_task_says_what_ran_and_how_it_went(server_process: ServerProcess) -> None:
+    result = run(server_process, "--job", "described", str(PROGRAMS / "plain_tqdm.py"))
+    assert result.returncode == 0, result.stderr
+    the_run = tasks(server_process, "described")["described"]
+    assert (the_run["state"], the_run["n"], the_run["total"], the_run["unit"]) == (
+        "completed",
+        2,
+        2,
+        "bars",
+    )
+    assert the_run["postfix"] == "1 process, 2 bars, 0 open"
+    meta = the_run["meta"]
+    assert (meta["role"], meta["processes"], meta["bars"], meta["bars_open"]) == ("run", 1, 2, 0)
+    assert meta["exit_status"] == 0 and "signal" not in meta
+    assert meta["command"].endswith("plain_tqdm.py") and meta["program_pid"] > 0
+
+
+def test_bars_of_a_program_killed_by_a_signal_fail_at_once(
+    server_process: ServerProcess, tmp_path: Path
+) -> None:
+    script = tmp_path / "oom.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from tqdm import tqdm\n"
+        "bar = tqdm(total=100, desc='loading', mininterval=0)\n"
+        "bar.update(40)\n"
+        "from progressista.client import flush\n"
+        "flush()  # the server has the bar at 40 before the kill\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = run(server_process, "--job", "oom", str(script))
+    assert result.returncode == -signal.SIGKILL
+    loading = bars(server_process, "oom")["loading"]
+    assert (loading["state"], loading["n"], loading["error"]) == (
+        "failed",
+        40,
+        "killed by SIGKILL",
+    )
+    the_run = tasks(server_process, "oom")["oom"]
+    assert (the_run["error"], the_run["meta"]["signal"], the_run["meta"]["exit_status"]) == (
+        "killed by SIGKILL",
+        "SIGKILL",
+        -9,
+    )

@@ -18,8 +18,12 @@ def _patch() -> None:
         return
     install()
     report = os.environ.get("PROGRESSISTA_RUN_REPORT")
-    if report and os.environ.get("PROGRESSISTA_RUN_PID") == str(os.getppid()):
-        _report_crash_to(report)
+    if report:
+        from progressista.report import start_reporting
+
+        start_reporting(report)
+        if os.environ.get("PROGRESSISTA_RUN_PID") == str(os.getppid()):
+            _report_crash_to(report)
 
 
 def _report_crash_to(path: str) -> None:
@@ -30,9 +34,9 @@ def _report_crash_to(path: str) -> None:
     ) -> None:
         try:
             from progressista.client.event import describe_exception
+            from progressista.report import write_crash
 
-            with open(path, "w", encoding="utf-8") as report:
-                report.write(describe_exception(error))
+            write_crash(path, describe_exception(error))
         except Exception:
             pass
         previous(kind, error, tb)

@@ -12,15 +12,24 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from types import FrameType
 from typing import Any
 
 from tqdm import tqdm
 
 from ..schema import MAX_ERROR_CHARS, Event
-from ..settings import ClientSettings
-from .event import EventMaker, build_meta, default_task_id, describe_exception, given_task_id
-from .lifecycle import sender_for
+from ..settings import ClientSettings, SettingError
+from .ending import Site, is_failure, iteration_site, loop_release, watch_unwinding
+from .event import (
+    EventMaker,
+    build_meta,
+    default_task_id,
+    describe_exception,
+    given_task_id,
+    progress_of,
+)
+from .lifecycle import report, sender_for, warn_once
 from .outbox import FinalEvent, Location, Outbox, WeakSource
 
 __all__ = ["RemoteTqdm", "trange"]
@@ -28,17 +37,8 @@ __all__ = ["RemoteTqdm", "trange"]
 _TQDM_ITER = tqdm.__iter__.__code__
 
 
-def _loop_location() -> Location | None:
-    """Where the ``for`` loop over a bar stood when it abandoned the bar's generator."""
-    frame = sys._getframe(1)
-    while frame.f_code is not _TQDM_ITER:
-        if frame.f_back is None:
-            return None
-        frame = frame.f_back
-    consumer = frame.f_back
-    if consumer is None:
-        return None
-    return (id(consumer), consumer.f_code, consumer.f_lineno)
+def _location(frame: FrameType | None) -> Location | None:
+    return None if frame is None else (id(frame), frame.f_code, frame.f_lineno)
 
 
 class _TqdmLock:
@@ -80,8 +80,10 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     _remote_closed = False
     _remote_from_gc = False
     _remote_exit_error: BaseException | str | None = None
-    #: A tentative close not yet decided (see Outbox.resolve_tentative).
+    #: A close not yet decided (tentative or refinable, see Outbox.resolve_tentative).
     _remote_final: FinalEvent | None = None
+    #: Where the current loop over the bar asked for its iterator (see ending.loop_release).
+    _remote_site: Site | None = None
 
     def __init__(
         self,
@@ -96,10 +98,19 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         **kwargs: Any,
     ) -> None:
         outbox = None
+        settings = None
         if remote and kwargs.get("disable") is not True:  # a disabled bar is not remote either
-            settings = ClientSettings.from_env(
-                os.environ, url=url, token=token, push_every=push_every, job=job
-            )
+            try:
+                settings = ClientSettings.from_env(
+                    os.environ, url=url, token=token, push_every=push_every, job=job
+                )
+            except SettingError as error:
+                # A monitoring setting must not stop the job: the bar stays a plain tqdm.
+                warn_once(
+                    f"{error}. Bars are not sent to a server until this is fixed; tqdm still "
+                    "draws them."
+                )
+        if settings is not None:
             key = given_task_id(task_id) if task_id else default_task_id()
             self._remote_maker = EventMaker(key, build_meta(settings, meta))
             self.remote_thread = threading.get_ident()
@@ -111,6 +122,7 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             self._remote_handle = WeakSource(self)
             outbox.opened(self.remote_task_id, self)
             outbox.put(self.remote_task_id, self._remote_handle)
+            report("open", self.remote_task_id)
 
     @staticmethod
     def _remote_outbox_for(settings: ClientSettings) -> Outbox:
@@ -132,6 +144,11 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     def remote_meta(self) -> dict[str, Any]:
         """The labels this bar carries on the server (empty for a bar that is not remote)."""
         return self._remote_maker.meta if self.remote_task_id is not None else {}
+
+    def remote_relabel(self, **labels: str | int | float | bool | None) -> None:
+        """Add or change labels of this bar on the server, with its next update."""
+        if self.remote_task_id is not None:
+            self._remote_maker.relabel(labels)
 
     # The outbox's view of the bar (outbox.Bar) ----------------------------------------------
 
@@ -160,11 +177,22 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             event["error"] = error[:MAX_ERROR_CHARS]
         return event
 
+    def remote_progress(self) -> tuple[int | float, int | float | None]:
+        """Where the bar stands: (n, total), as the last event says."""
+        return progress_of(self)
+
     def remote_moved(self, outbox: Outbox) -> None:
         """From now on this bar's updates and close go to ``outbox``."""
         self._remote_outbox = outbox
 
     # tqdm's hooks ---------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        """tqdm's own iterator, untouched (the hot path); only where the loop began is noted,
+        once per loop, so that close() can tell ``break`` from an exception."""
+        if self._remote_outbox is not None:
+            self._remote_site = iteration_site()
+        return super().__iter__()
 
     def display(self, *args: Any, **kwargs: Any) -> Any:
         shown = super().display(*args, **kwargs)  # any front end's signature (notebook's too)
@@ -180,18 +208,26 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             return
         error = self._remote_exit_error
         tentative = self._remote_from_gc
+        unwound: FrameType | None = None  # the frame an exception is unwinding, if one is
         origin = None
         if error is None and not tentative:
             in_flight = sys.exc_info()[1]
             if isinstance(in_flight, GeneratorExit):
-                # The loop over this bar was abandoned: by break, or by an exception in the loop
-                # body that tqdm cannot see. Wait for the crash handler before calling it done.
-                tentative = True
-                origin = _loop_location()
+                # The loop over this bar was abandoned: the frame releasing it says whether by
+                # break or return (done), by an exception (failed), or cannot say (tentative:
+                # the crash handler may still call it a failure).
+                verdict, frame = loop_release(_TQDM_ITER, self._remote_site)
+                origin = _location(frame)
+                if verdict == "exception" and frame is not None:
+                    unwound = frame
+                    where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+                    error = f"an exception left the loop at {where}"
+                tentative = verdict == "unknown"
             elif in_flight is not None and not isinstance(
                 in_flight, StopIteration | StopAsyncIteration
             ):  # (tqdm_asyncio closes a finished bar inside `except StopIteration`)
-                error = in_flight  # the wrapped iterable raised, or close() during an except
+                if is_failure(in_flight):
+                    error = in_flight  # the wrapped iterable raised, or close() during an except
         self._remote_closed = True  # the repaint inside super().close() must not re-queue it
         super().close()
         if error is not None:
@@ -204,10 +240,26 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             tentative=tentative and error is None,
             thread=self.remote_thread,
             origin=origin,
+            refinable=unwound is not None,
         )
-        if final.tentative:
+        if final.tentative or final.refinable:
             self._remote_final = final
-        outbox.closed(self._remote_maker.task_id, final, urgent=not final.tentative)
+        report("closed", self._remote_maker.task_id)
+        # A refinable failure waits for the next round, time for its exception to be named.
+        outbox.closed(
+            self._remote_maker.task_id, final, urgent=not final.tentative and not final.refinable
+        )
+        if unwound is not None:
+            key = self._remote_maker.task_id
+            watch_unwinding(unwound, lambda exception: self._remote_unwound(key, final, exception))
+
+    def _remote_unwound(self, key: str, final: FinalEvent, exception: BaseException) -> None:
+        """The exception that left the loop is known (CPython 3.12+): name it, or, for
+        ``sys.exit(0)``, take the failure back."""
+        outbox = self._remote_outbox
+        if outbox is not None:
+            error = describe_exception(exception) if is_failure(exception) else None
+            outbox.resolve_tentative(key, final, error)
 
     def fail(self, error: BaseException | str) -> None:
         """Close the bar as failed, with ``error`` (an exception, or a sentence) as the reason."""
@@ -215,15 +267,19 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         self.close()
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        failed = isinstance(exc_value, BaseException) and not isinstance(exc_value, GeneratorExit)
+        # sys.exit(0) and GeneratorExit end a block without failing it; any other exception
+        # (sys.exit(3) and Ctrl-C included) fails the bar.
+        failed = isinstance(exc_value, BaseException) and is_failure(exc_value)
         if failed:
             self._remote_exit_error = exc_value
         final, outbox = self._remote_final, self._remote_outbox
         if final is not None and outbox is not None:
-            # A loop over this bar inside the block was abandoned first (a tentative close): the
-            # block's end says how. An exception leaving it fails the bar; none completes it now.
-            error = describe_exception(exc_value) if failed else None
-            outbox.resolve_tentative(self._remote_maker.task_id, final, error)
+            # A loop over this bar inside the block was abandoned first (a close not decided
+            # yet): the block's end says how. An exception leaving it fails the bar, with its
+            # text; none completes it now.
+            if failed or final.tentative:
+                error = describe_exception(exc_value) if failed else None
+                outbox.resolve_tentative(self._remote_maker.task_id, final, error)
             self._remote_final = None
         super().__exit__(exc_type, exc_value, traceback)
 

@@ -41,6 +41,7 @@ __all__ = [
     "event_from",
     "given_task_id",
     "hostname",
+    "progress_of",
 ]
 
 log = logging.getLogger("progressista.client")
@@ -140,15 +141,19 @@ def build_meta(settings: ClientSettings, extra: Mapping[str, Any] | None) -> dic
             continue
         for key, value in items:
             meta[clean_text(key, 200)] = _label(value)
-    import json
-
-    # Compact JSON, as the server measures it; the last labels go first rather than have every
-    # batch refused.
-    while meta and len(json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()) > (
-        MAX_META_BYTES
-    ):
+    # The last labels go first rather than have every batch refused.
+    while meta and not _fits(meta):
         meta.popitem()
     return meta
+
+
+def _fits(meta: Mapping[str, Any]) -> bool:
+    """Whether labels are within the server's limit, measured as it does (compact JSON)."""
+    import json
+
+    return len(json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()) <= (
+        MAX_META_BYTES
+    )
 
 
 def _count(value: object) -> int | float:
@@ -168,6 +173,11 @@ def _count_or_none(value: object) -> int | float | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return number if math.isfinite(number) and number >= 0 else None
+
+
+def progress_of(bar: Any) -> tuple[int | float, int | float | None]:
+    """A tqdm's (n, total) as the wire has them. ``Any``: a tqdm."""
+    return _count(bar.n), _count_or_none(bar.total)
 
 
 def _desc(value: object) -> str:
@@ -287,6 +297,15 @@ class EventMaker:
         self._total_of: object = _UNSET
         self._unit_of: tuple[object, object, object] | None = None
         self._units: Event = {}
+
+    def relabel(self, labels: Mapping[str, Any]) -> None:
+        """Add or change labels; the next event carries them (and every other field)."""
+        meta = dict(self.meta)
+        for key, value in labels.items():
+            meta[clean_text(key, 200)] = _label(value)
+        if _fits(meta):
+            self.meta = meta
+            self._full_at = -_INFINITY
 
     def next_seq(self) -> int:
         """The next event's ``seq``: taken first, so an event that lost a race is outranked."""

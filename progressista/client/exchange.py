@@ -15,9 +15,17 @@ from ..schema import Event
 from ..settings import ClientSettings
 from .event import encode_batch
 from .outbox import Outbox, Source
+from .reachability import Reachability
+from .tuning import REQUEST_TIMEOUT
 from .warning import warn
 
-__all__ = ["apply_reply", "build_body", "parse_retry_after", "request_headers"]
+__all__ = [
+    "apply_failure",
+    "apply_reply",
+    "build_body",
+    "parse_retry_after",
+    "request_headers",
+]
 
 log = logging.getLogger("progressista.client")
 
@@ -78,22 +86,56 @@ def _refusal(url: str, status: int, reply: bytes) -> str:
     )
 
 
+def _say(message: str | None) -> None:
+    if message is not None:
+        warn(message)
+
+
+def describe_failure(error: BaseException) -> str:
+    """Why an attempt failed, in the words a user would search for.
+
+    aiohttp wraps the operating system's error (``os_error``), http.client raises it as is.
+    """
+    cause: BaseException | None = error
+    for _ in range(3):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, TimeoutError) or type(cause).__name__.endswith("TimeoutError"):
+            return f"no reply within {REQUEST_TIMEOUT:g} s"
+        if cause is None:
+            break
+        cause = getattr(cause, "os_error", None) or cause.__cause__
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def apply_failure(
+    outbox: Outbox, reach: Reachability, batch: dict[str, Source], error: BaseException
+) -> None:
+    """The server could not be reached: keep the batch, back off, warn if it has lasted."""
+    log.debug("cannot reach %s: %r", reach.url, error)
+    outbox.retry(batch)
+    _say(reach.failed(describe_failure(error)))
+
+
 def apply_reply(
     outbox: Outbox,
-    url: str,
+    reach: Reachability,
     batch: dict[str, Source],
     status: int,
     retry_after: str | None,
     reply: bytes,
 ) -> bool:
     """Tell the outbox how the server answered; False when the batch must be retried."""
+    if status == 429 or status >= 500:
+        outbox.retry(batch, parse_retry_after(retry_after))
+        _say(reach.failed(f"HTTP {status}"))
+        return False
+    _say(reach.succeeded())
     if status < 300:
         outbox.delivered()
     elif status == 413 and len(batch) > 1:
         outbox.shrink(batch)
-    elif status == 429 or status >= 500:
-        outbox.retry(batch, parse_retry_after(retry_after))
-        return False
     elif outbox.refused(status):
-        warn(_refusal(url, status, reply))
+        warn(_refusal(reach.url, status, reply))
     return True

@@ -21,19 +21,54 @@ from typing import Any
 from ..settings import ClientSettings
 from .event import describe_exception
 from .outbox import Bar, Location
+from .reachability import Reachability
 from .sender import ThreadSender
 from .tuning import TERMINATE_FLUSH
 from .warning import warn
 
-__all__ = ["before_exit", "flush", "install_hooks", "sender_for", "warn_once"]
+__all__ = [
+    "before_exit",
+    "flush",
+    "install_hooks",
+    "reachability_for",
+    "report",
+    "sender_for",
+    "set_reporter",
+    "warn_once",
+]
 
 #: A server as senders are shared: its URL and its token.
 ServerKey = tuple[str, str | None]
 
 
-def _ended_at_exit(bar: Bar) -> tuple[str, str | None]:
-    """How a bar still open when the process exits is reported."""
-    return "close", None
+def _amount(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _ending(terminated_by: str | None) -> Callable[[Bar], str | None]:
+    """How a bar still open when the process ends is reported: None (completed) or the failure.
+
+    A bar that reached its total is done. Otherwise it was cut short when the process was
+    terminated, when its thread was still running (a daemon thread), or when it had a total it
+    did not reach; a bar without a total whose thread had finished is taken as done.
+    """
+    running = {thread.ident for thread in threading.enumerate()}
+    running.discard(threading.main_thread().ident)  # it is the one running the exit
+
+    def ending(bar: Bar) -> str | None:
+        n, total = bar.remote_progress()
+        if total is not None and n >= total:
+            return None
+        at = f"{_amount(n)}/{_amount(total)}" if total is not None else _amount(n)
+        if terminated_by is not None:
+            return f"cut short: the process was terminated ({terminated_by}) at {at}"
+        if bar.remote_thread in running:
+            return f"cut short: the process exited while its thread was still at {at}"
+        if total is not None:
+            return f"cut short: the process exited with the bar open at {at}"
+        return None
+
+    return ending
 
 
 class Process:
@@ -41,6 +76,8 @@ class Process:
 
     def __init__(self) -> None:
         self.senders: dict[ServerKey, ThreadSender] = {}
+        #: What is known of each server, shared by its thread and event-loop senders.
+        self.servers: dict[ServerKey, Reachability] = {}
         #: Senders an exit flush has stopped that may still be delivering.
         self.stopping: list[ThreadSender] = []
         self.lock = threading.Lock()
@@ -55,6 +92,9 @@ class Process:
         self.warned: set[str] = set()
         #: The main thread ended with an uncaught KeyboardInterrupt (see finish()).
         self.interrupted = False
+        #: Told when a bar opens or closes and when the exit flush is done (``progressista
+        #: run`` listens, to fail the bars of a process that dies without its exit flush).
+        self.reporter: Callable[[str, str | None], None] | None = None
 
     def sender_for(self, settings: ClientSettings) -> ThreadSender:
         key = (settings.url, settings.token)
@@ -65,67 +105,112 @@ class Process:
                 if sender is None:
                     install_hooks()
                     self.install_worker_hooks()
-                    sender = self.senders[key] = ThreadSender(settings)
+                    reach = self.reachability_for(settings)
+                    sender = self.senders[key] = ThreadSender(settings, reach)
         return sender
 
+    def reachability_for(self, settings: ClientSettings) -> Reachability:
+        key = (settings.url, settings.token)
+        reach = self.servers.get(key)
+        if reach is None:
+            reach = self.servers.setdefault(
+                key, Reachability(settings.url, settings.flush_timeout, time.monotonic)
+            )
+        return reach
+
     def flush(self, timeout: float | None) -> bool:
-        """Deliver what is pending now, bars staying open (see :func:`flush`)."""
+        """Deliver what is pending now, bars staying open (see :func:`flush`).
+
+        Waits only as long as the server's reachability allows: not at all while its last
+        attempt failed, and within what is left of the shared ``flush_timeout`` budget.
+        """
         senders = list(self.senders.values())
         if not senders:
             return True
         if timeout is None:
             timeout = max(sender.settings.flush_timeout for sender in senders)
-        deadline = time.monotonic() + timeout
         for sender in senders:
             sender.outbox.hurry()
             sender.wake()
-        while time.monotonic() < deadline:
-            if all(sender.outbox.pending == 0 and not sender.busy for sender in senders):
+        allowed = max(sender.reach.allowance(timeout) for sender in senders)
+        if allowed <= 0:
+            return not any(sender.undelivered for sender in senders)
+        started = time.monotonic()
+        while True:
+            waiting = [sender for sender in senders if sender.undelivered]
+            if not waiting:
                 return True
+            waited = time.monotonic() - started
+            if waited >= allowed or all(sender.reach.known_down for sender in waiting):
+                for sender in waiting:
+                    sender.reach.spent(waited, delivered=False)
+                return False
             time.sleep(0.005)
-        return False
 
-    def finish(self, timeout: float | None = None) -> bool:
-        """The exit flush: close every open bar, deliver, and stop the senders."""
+    def finish(self, timeout: float | None = None, terminated_by: str | None = None) -> bool:
+        """The exit flush: end every open bar, deliver, and stop the senders.
+
+        ``terminated_by`` names the signal that ends the process, if one does: its unfinished
+        bars were cut short.
+        """
         for callback in list(self.exit_callbacks):
             callback()
+        ending = _ending(terminated_by)
         if threading.current_thread() is not threading.main_thread():
-            return self.stop_senders(timeout)
+            try:
+                return self.stop_senders(timeout, ending)
+            finally:
+                report("exit", None)
         self.flushing = True
         try:
-            return self.stop_senders(timeout)
+            return self.stop_senders(timeout, ending)
         finally:
+            report("exit", None)
             self.flushing = False
             if self.terminate_after_flush:
                 _die_by_sigterm()
             if self.interrupted:
                 _still_unhandled_interrupt()
 
-    def stop_senders(self, timeout: float | None) -> bool:
-        """Stop every sender, giving each its last batch, and wait for them at most ``timeout``."""
+    def stop_senders(self, timeout: float | None, ending: Callable[[Bar], str | None]) -> bool:
+        """Stop every sender, giving each its last batch, and wait as long as allowed.
+
+        The wait is ``timeout`` (default ``flush_timeout``) at most, less what earlier waits for
+        an unresponsive server spent, and one short attempt when the server's last attempt
+        failed. What cannot be delivered is reported once.
+        """
         senders = list(self.senders.values())
         self.senders.clear()
         for sender in senders:
-            sender.stop(_ended_at_exit)
+            sender.stop(ending)
         # A flush may interrupt another (a SIGTERM handler during the exit flush): it must wait for
         # the senders that one stopped, not find the registry empty and report success.
         self.stopping.extend(senders)
         waiting = [sender for sender in self.stopping if not sender.wait(0)]
-        if not waiting:
-            self.stopping.clear()
-            return all(sender.outbox.pending == 0 for sender in senders)
         if timeout is None:
-            timeout = max(sender.settings.flush_timeout for sender in waiting)
-        deadline = time.monotonic() + timeout
-        done = True
+            timeout = max((sender.settings.flush_timeout for sender in waiting), default=0.0)
+        started = time.monotonic()
         for sender in waiting:
-            done = sender.wait(max(0.0, deadline - time.monotonic())) and done
-            done = done and sender.outbox.pending == 0
+            allowed = sender.reach.allowance(timeout, at_exit=True)
+            finished = sender.wait(max(0.0, allowed - (time.monotonic() - started)))
+            if not finished:
+                sender.reach.spent(time.monotonic() - started, delivered=False)
         self.stopping[:] = [sender for sender in self.stopping if not sender.wait(0)]
+        done = True
+        for sender in {id(sender): sender for sender in [*senders, *waiting]}.values():
+            lost = sender.undelivered
+            if lost:
+                done = False
+                message = sender.reach.undelivered_at_exit(lost)
+                if message is not None:
+                    warn(message)
         return done
 
-    def fail_bars(self, thread: int | None, error: BaseException) -> None:
-        """An exception escaped ``thread``: the bars it ended are failures."""
+    def fail_bars(
+        self, thread: int | None, error: BaseException, *, open_bars: bool = True
+    ) -> None:
+        """An exception escaped ``thread``: the bars it ended are failures (and, with
+        ``open_bars``, every bar the thread still has open: the thread is over)."""
         text = describe_exception(error)
         path: set[Location] = set()
         tb = error.__traceback__
@@ -133,7 +218,7 @@ class Process:
             path.add((id(tb.tb_frame), tb.tb_frame.f_code, tb.tb_lineno))
             tb = tb.tb_next
         for sender in list(self.senders.values()):
-            sender.outbox.fail(thread, text, path)
+            sender.outbox.fail(thread, text, path, open_bars=open_bars)
 
     def install_hooks(self) -> None:
         """Once per process: crash hooks, the exit flush, and a fresh start in forked children."""
@@ -160,6 +245,7 @@ class Process:
 
         sys.excepthook = excepthook
         threading.excepthook = thread_excepthook
+        _watch_notebook_cells()
         atexit.register(lambda: _process.finish())
         os.register_at_fork(after_in_child=_start_afresh_in_child)
 
@@ -188,6 +274,23 @@ class Process:
             signal.signal(signal.SIGTERM, _terminated)
 
 
+def _watch_notebook_cells() -> None:
+    """In IPython (a notebook), a cell's uncaught exception never reaches ``sys.excepthook``;
+    the shell reports it after the cell. The bars it ended get its text then. Bars still open
+    stay open: the kernel lives on, and they may be used by the next cell."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None:
+        return
+
+    def after_cell(result: Any) -> None:
+        error = getattr(result, "error_in_exec", None)
+        if isinstance(error, BaseException):
+            _process.fail_bars(threading.main_thread().ident, error, open_bars=False)
+
+    shell.events.register("post_run_cell", after_cell)
+
+
 def _terminated(signum: int, frame: FrameType | None) -> None:
     """SIGTERM in a multiprocessing worker: deliver for a moment, then die by it as asked."""
     import signal
@@ -201,7 +304,9 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
         return
     # Flush from another thread, joined with a timeout: whatever lock the interrupted code holds,
     # this handler cannot deadlock on it, only time out.
-    helper = threading.Thread(target=_process.finish, args=(TERMINATE_FLUSH,), daemon=True)
+    helper = threading.Thread(
+        target=_process.finish, args=(TERMINATE_FLUSH, "SIGTERM"), daemon=True
+    )
     helper.start()
     helper.join(TERMINATE_FLUSH + 0.5)
     _die_by_sigterm()
@@ -242,6 +347,8 @@ def _start_afresh_in_child() -> None:
     child.hooks_installed = parent.hooks_installed  # the hooks above call whatever is current
     child.exit_callbacks = parent.exit_callbacks
     child.warned = parent.warned
+    child.interrupted = parent.interrupted
+    child.reporter = parent.reporter
     _process = child
 
 
@@ -258,10 +365,30 @@ def install_hooks() -> None:
     _process.install_hooks()
 
 
+def reachability_for(settings: ClientSettings) -> Reachability:
+    """What this process knows about the server ``settings`` name (one object per server)."""
+    return _process.reachability_for(settings)
+
+
 def before_exit(callback: Callable[[], None]) -> None:
     """Run ``callback`` at the start of every exit flush (once registered, for good)."""
     if callback not in _process.exit_callbacks:
         _process.exit_callbacks.append(callback)
+
+
+def set_reporter(reporter: Callable[[str, str | None], None] | None) -> None:
+    """Have ``reporter(what, task_id)`` told "open"/"closed" for each bar and "exit" when the
+    exit flush is done. For ``progressista run``; a reporter must be quick and never raise."""
+    _process.reporter = reporter
+
+
+def report(what: str, task_id: str | None) -> None:
+    reporter = _process.reporter
+    if reporter is not None:
+        try:
+            reporter(what, task_id)
+        except Exception:  # a report is a courtesy to the runner, never worth a crash
+            pass
 
 
 def warn_once(message: str) -> None:

@@ -17,8 +17,8 @@ import time
 import aiohttp
 
 from ..settings import ClientSettings
-from .exchange import apply_reply, build_body, request_headers
-from .lifecycle import before_exit, install_hooks, sender_for
+from .exchange import apply_failure, apply_reply, build_body, request_headers
+from .lifecycle import before_exit, install_hooks, reachability_for, sender_for
 from .outbox import Outbox, Source
 from .tuning import REQUEST_TIMEOUT
 
@@ -33,6 +33,8 @@ class LoopSender:
     def __init__(self, loop: asyncio.AbstractEventLoop, settings: ClientSettings) -> None:
         self.loop = loop
         self.settings = settings
+        #: What the process knows about this server (shared with its sender thread).
+        self.reach = reachability_for(settings)
         self.outbox = Outbox(
             push_every=settings.push_every,
             keepalive=settings.keepalive,
@@ -46,7 +48,8 @@ class LoopSender:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, Source] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._drained = asyncio.Event()
+        #: Set after every attempt, delivered or not: what a waiting aclose() wakes up for.
+        self._attempted = asyncio.Event()
 
     def _ready(self) -> None:
         try:
@@ -59,7 +62,6 @@ class LoopSender:
             self.loop.call_soon_threadsafe(self._start)
 
     def _start(self) -> None:
-        self._drained.clear()
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = self.loop.create_task(self._run(), name="progressista-sender")
@@ -97,24 +99,28 @@ class LoopSender:
                         timer.cancel()
                     continue
                 await self._send(self.outbox.take())
-                if self.outbox.pending == 0:
-                    self._drained.set()
         except asyncio.CancelledError:
             # The loop is shutting down. Bars still open go to the process's sender thread: if
             # the program is dying of an exception, the crash handler (which runs after the loop
             # is gone) can still mark them failed, and otherwise the exit flush closes them.
-            # Closed bars' final states go out now, within the flush bound.
             # Tentative closes too (a bar garbage-collected as an exception unwound through its
-            # `async for`): the crash handler has not had its say yet.
+            # `async for`): the crash handler has not had its say yet. Closed bars' final
+            # states go out now, as long as the server's reachability allows; what is left goes
+            # to the sender thread (see _after_run), whose exit flush tries once more.
             thread_outbox = sender_for(self.settings).outbox
             self.outbox.move_open_bars(thread_outbox)
             for key, final in self.outbox.take_tentative().items():
                 thread_outbox.adopt(key, final)
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._flush_all(), self.settings.flush_timeout)
+            allowed = self.reach.allowance(self.settings.flush_timeout)
+            if allowed > 0:
+                started = self.loop.time()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(self._flush_all(), allowed)
+                if self.undelivered:
+                    self.reach.spent(self.loop.time() - started, delivered=False)
             raise
         finally:
-            self._drained.set()
+            self._attempted.set()
             await self._close_session()
 
     async def _flush_all(self) -> None:
@@ -136,30 +142,46 @@ class LoopSender:
                 reply = await response.read()
                 status, reply_after = response.status, response.headers.get("Retry-After")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
-            log.debug("cannot reach %s: %r", self.settings.url, error)
-            self.outbox.retry(batch)
+            apply_failure(self.outbox, self.reach, batch, error)
             return False
         except BaseException:  # cancelled mid-request (the loop is shutting down): keep it
             self.outbox.requeue(batch)
             raise
         finally:
             self._in_flight = None
-        return apply_reply(self.outbox, self.settings.url, batch, status, reply_after, reply)
+            self._attempted.set()
+        return apply_reply(self.outbox, self.reach, batch, status, reply_after, reply)
 
     async def _close_session(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
 
+    @property
+    def undelivered(self) -> int:
+        """Bars whose latest state is not delivered yet: pending, or in the batch being sent."""
+        return len(self.outbox.pending_keys() | set(self._in_flight or ()))
+
     async def drain(self, timeout: float) -> bool:
-        """Send what is pending now and wait for it, at most ``timeout`` seconds."""
-        if self.outbox.pending == 0:
+        """Send what is pending now and wait for it, as long as the server's reachability
+        allows (never while its last attempt failed; at most ``timeout`` seconds)."""
+        if self.undelivered == 0:
             return True
         self._start()
         self.outbox.hurry()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout)
-        return self.outbox.pending == 0
+        allowed = self.reach.allowance(timeout)
+        if allowed <= 0:
+            return False  # the server's last attempt failed: the bar is sent when it is back
+        started = self.loop.time()
+        while self.undelivered:
+            waited = self.loop.time() - started
+            if waited >= allowed or self.reach.known_down:
+                self.reach.spent(waited, delivered=False)
+                return False
+            self._attempted.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._attempted.wait(), allowed - waited)
+        return True
 
 
 #: Senders by loop. A plain dict, pruned of closed loops whenever a sender is looked up (and at

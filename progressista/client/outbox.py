@@ -43,6 +43,10 @@ class Bar(Source, Protocol):
         """The event that ends the bar; no update may follow it."""
         ...
 
+    def remote_progress(self) -> tuple[int | float, int | float | None]:
+        """Where the bar stands (n, total), to tell a finished bar from a cut-short one."""
+        ...
+
     def remote_moved(self, outbox: Outbox) -> None:
         """From now on, send updates and the close to ``outbox`` (its transport lives on)."""
         ...
@@ -57,9 +61,11 @@ class FinalEvent:
     was when it was abandoned (frame id, code, line): the crash handler blames the bar only if
     the uncaught exception's traceback passes there, so a ``break`` followed later by an
     unrelated crash is not a failure. ``thread`` is the id of the thread the bar ran in.
+    ``refinable`` marks a failure whose exception is not known yet (a loop seen to be unwound
+    by one): the crash handler, if the exception reaches it, puts its text in.
     """
 
-    __slots__ = ("created", "event", "origin", "tentative", "thread")
+    __slots__ = ("created", "event", "origin", "refinable", "tentative", "thread")
 
     def __init__(
         self,
@@ -68,11 +74,13 @@ class FinalEvent:
         tentative: bool = False,
         thread: int | None = 0,
         origin: Location | None = None,
+        refinable: bool = False,
     ) -> None:
         self.event = event
         self.tentative = tentative
         self.thread = thread
         self.origin = origin
+        self.refinable = refinable
         #: When the outbox received it (its clock); a tentative close waits TENTATIVE_HOLD.
         self.created = 0.0
 
@@ -201,39 +209,47 @@ class Outbox:
         self.put(key, final, urgent=urgent)
 
     def resolve_tentative(self, key: str, final: FinalEvent, error: str | None) -> bool:
-        """Decide a tentative close still waiting here: failed with ``error``, or completed.
+        """Decide a close still waiting here: failed with ``error``, or completed (None).
 
-        False when it already went out (too late to change).
+        For a tentative close (loop abandoned, cause unknown) or a refinable one (an exception,
+        not known which). False when it already went out (too late to change).
         """
         with self._lock:  # re-entrant: the check and the put are one step for the sender
             if self._pending.get(key) is not final:
                 return False
-            event = final.event if error is None else dict(final.event, status="error", error=error)
+            event = {k: v for k, v in final.event.items() if k != "error"}
+            if error is None:
+                event["status"] = "close"
+            else:
+                event.update(status="error", error=error)
             self.put(key, FinalEvent(event, thread=final.thread), urgent=True)
         return True
 
     # Called by the crash handler --------------------------------------------------------------
 
-    def fail(self, thread: int | None, error: str, path: Collection[Location]) -> int:
+    def fail(
+        self, thread: int | None, error: str, path: Collection[Location], *, open_bars: bool = True
+    ) -> int:
         """Turn the bars of ``thread`` that an uncaught exception ended into failures.
 
-        ``path`` holds the locations the exception's traceback passed through. Open bars, and
-        tentative closes not yet sent that were abandoned on that path, get status ``error`` with
-        ``error`` as their text. Returns how many bars were marked.
+        ``path`` holds the locations the exception's traceback passed through. Closes not sent
+        yet whose loop was abandoned on that path, and (with ``open_bars``) every bar of the
+        thread still open, get status ``error`` with ``error`` as their text. Returns how many
+        bars were marked.
         """
         marked = 0
         with self._lock:
             for key, source in list(self._pending.items()):
                 if (
                     isinstance(source, FinalEvent)
-                    and source.tentative
+                    and (source.tentative or source.refinable)
                     and source.thread == thread
                     and (source.origin is None or source.origin in path)
                 ):
                     event = dict(source.event, status="error", error=error)
                     self._pending[key] = FinalEvent(event, thread=thread)
                     marked += 1
-        for key, bar in self.open_bars():
+        for key, bar in self.open_bars() if open_bars else ():
             if bar.remote_thread == thread:
                 event = bar.remote_final_event("error", error)
                 self.forget(key)
@@ -294,11 +310,11 @@ class Outbox:
         with self._lock:
             self._open.pop(key, None)
 
-    def close_open_bars(self, ending: Callable[[Bar], tuple[str, str | None]]) -> None:
-        """At exit: queue every bar still open, ended as ``ending`` says (status, error)."""
+    def close_open_bars(self, ending: Callable[[Bar], str | None]) -> None:
+        """At exit: queue every bar still open, completed, or failed with what ``ending`` says."""
         for key, bar in self.open_bars():
-            status, error = ending(bar)
-            event = bar.remote_final_event(status, error)
+            error = ending(bar)
+            event = bar.remote_final_event("close" if error is None else "error", error)
             self.forget(key)
             self.put(key, FinalEvent(event), urgent=True)
 
@@ -347,6 +363,10 @@ class Outbox:
     def pending(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def pending_keys(self) -> set[str]:
+        with self._lock:
+            return set(self._pending)
 
     def hurry(self) -> None:
         """Send everything pending as soon as the transport can (someone awaits delivery).

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..settings import ClientSettings
-from .exchange import apply_reply, build_body, request_headers
+from .exchange import apply_failure, apply_reply, build_body, request_headers
 from .outbox import Bar, Outbox, Source
+from .reachability import Reachability
 from .tuning import REQUEST_TIMEOUT
 from .warning import warn
 
@@ -54,8 +55,10 @@ class _StaleConnection(Exception):
 class ThreadSender:
     """Delivers one outbox to one server from a daemon thread."""
 
-    def __init__(self, settings: ClientSettings) -> None:
+    def __init__(self, settings: ClientSettings, reach: Reachability) -> None:
         self.settings = settings
+        #: What the process knows about this server (shared with its event-loop senders).
+        self.reach = reach
         self._wake = threading.Event()
         self.outbox = Outbox(
             push_every=settings.push_every,
@@ -73,8 +76,8 @@ class ThreadSender:
         self._headers = request_headers(settings)
         self._connection: HTTPConnection | None = None
         self._stopping = False
-        #: A batch is being sent right now (a flush waits for it).
-        self.busy = False
+        #: Bars in the batch being sent right now (a flush waits for them).
+        self.in_flight: set[str] = set()
         self._finished = threading.Event()
         global _fork_guard_installed
         if not _fork_guard_installed:
@@ -112,11 +115,7 @@ class ThreadSender:
                 self._wake.wait(delay)
                 self._wake.clear()
                 return False
-            self.busy = True
-            try:
-                self._send(self.outbox.take())
-            finally:
-                self.busy = False
+            self._send(self.outbox.take())
             return False
         except Exception:
             # A bug here must neither take the worker down nor silence every bar for the rest
@@ -128,6 +127,13 @@ class ThreadSender:
     def _send(self, batch: dict[str, Source]) -> bool:
         """POST one batch and tell the outbox how it went; False when it must be retried."""
         self._report_dropped()
+        self.in_flight = set(batch)
+        try:
+            return self._deliver(batch)
+        finally:
+            self.in_flight = set()
+
+    def _deliver(self, batch: dict[str, Source]) -> bool:
         body = build_body(batch)
         if body is None:
             self.outbox.delivered()
@@ -145,10 +151,9 @@ class ThreadSender:
                     return True
                 status, retry_after, reply = self._post(body)
         except Exception as error:  # OSError, http.client.HTTPException and kin
-            log.debug("cannot reach %s: %r", self.settings.url, error)
-            self.outbox.retry(batch)
+            apply_failure(self.outbox, self.reach, batch, error)
             return False
-        return apply_reply(self.outbox, self.settings.url, batch, status, retry_after, reply)
+        return apply_reply(self.outbox, self.reach, batch, status, retry_after, reply)
 
     def _report_dropped(self) -> None:
         dropped = self.outbox.newly_dropped()
@@ -192,7 +197,7 @@ class ThreadSender:
                 pass
             self._connection = None
 
-    def stop(self, ending: Callable[[Bar], tuple[str, str | None]]) -> None:
+    def stop(self, ending: Callable[[Bar], str | None]) -> None:
         """Send what is pending (open bars ended as ``ending`` says) and end the thread."""
         self.outbox.close_open_bars(ending)
         self._stopping = True
@@ -201,3 +206,8 @@ class ThreadSender:
     def wait(self, timeout: float) -> bool:
         """Wait for the thread to end; False if it is still busy (say, with a hung server)."""
         return self._finished.wait(timeout)
+
+    @property
+    def undelivered(self) -> int:
+        """Bars whose latest state is not delivered yet: pending, or in the batch being sent."""
+        return len(self.outbox.pending_keys() | self.in_flight)
