@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
 from progressista.client import ProgressistaWarning, RemoteTqdm, trange
+from progressista.client.exchange import parse_retry_after
 from progressista.client.lifecycle import sender_for
 from progressista.client.outbox import Outbox
 from progressista.server import ServerSettings, create_app
@@ -380,3 +381,109 @@ async def test_the_final_rate_is_the_one_the_console_printed_last(server: TestSe
     assert task["rate"] == pytest.approx(3 / 10.92)
     last_line = console.getvalue().rstrip("\n").split("\r")[-1]
     assert "3/3 [00:10<00:00,  3.64s/it]" in last_line  # 10.92 s / 3 items, as sent
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("0", 0.0),
+        ("86400", 86400.0),  # the outbox caps it like its own backoff
+        ("inf", None),
+        ("nan", None),
+        ("-5", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_is_validated(value: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(value) == seconds
+
+
+async def test_no_retry_after_can_kill_the_sender(aiohttp_server: AiohttpServer) -> None:
+    from aiohttp import web
+
+    answers = ["inf", "nan", "-5", "soon", "1e400"]
+    received: list[dict[str, Any]] = []
+
+    async def odd(request: web.Request) -> web.Response:
+        batch = await request.json()
+        if answers:
+            return web.json_response(
+                {"error": "busy"}, status=503, headers={"Retry-After": answers.pop(0)}
+            )
+        received.extend(batch)
+        return web.json_response({"accepted": len(batch), "ignored": 0}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/progress", odd)
+    server = await aiohttp_server(app)
+    with bar(server, total=2, task_id="odd-retry") as progress:
+        progress.update(2)
+    await eventually(lambda: any(e.get("status") == "close" for e in received))
+    assert answers == []
+
+
+async def test_a_lone_surrogate_in_one_bar_costs_no_other_bar_its_state(
+    server: TestServer,
+) -> None:
+    odd_name = "report-\udcff.csv"  # os.listdir's undecodable byte
+    with (
+        bar(
+            server,
+            total=2,
+            task_id="odd",
+            desc=odd_name,
+            meta={"file": odd_name, odd_name: 1},
+        ) as odd,
+        bar(server, total=2, task_id="plain") as plain,
+    ):
+        odd.set_postfix_str(odd_name)
+        odd.update(2)
+        plain.update(2)
+    found = await task_with(server, "odd", state="completed")
+    await task_with(server, "plain", state="completed", n=2)
+    assert (found["desc"], found["postfix"], found["meta"]["file"]) == (
+        "report-\ufffd.csv",
+        "report-\ufffd.csv",
+        "report-\ufffd.csv",
+    )
+
+
+async def test_events_the_server_refuses_do_not_hold_back_the_others(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    from aiohttp import web
+
+    accepted: dict[str, dict[str, Any]] = {}
+
+    async def strict(request: web.Request) -> web.Response:
+        # An older, stricter server: it refuses any description containing "poison".
+        batch = await request.json()
+        bad = [i for i, event in enumerate(batch) if "poison" in event.get("desc", "")]
+        if bad:
+            details = [{"index": i, "field": "desc", "message": "not allowed"} for i in bad]
+            return web.json_response({"error": "invalid", "details": details}, status=400)
+        accepted.update({event["task_id"]: event for event in batch})
+        return web.json_response({"accepted": len(batch), "ignored": 0}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/progress", strict)
+    server = await aiohttp_server(app)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with (
+            bar(server, total=1, task_id="poisoned", desc="poison"),
+            bar(server, total=1, task_id="healthy", desc="fine") as healthy,
+        ):
+            healthy.update(1)
+        await eventually(lambda: accepted.get("healthy", {}).get("status") == "close")
+    assert "poisoned" not in accepted
+    refused = [str(w.message) for w in caught if issubclass(w.category, ProgressistaWarning)]
+    assert refused == [
+        "the server refused the state of 1 bar (desc: not allowed); the other bars are sent "
+        "as usual."
+    ]

@@ -265,3 +265,21 @@ def test_a_failure_ends_the_round_and_asks_for_every_field_again(clock: FakeCloc
     box.retry(box.take())
     assert box.generation == generation + 1
     assert box.delay() == pytest.approx(0.5)  # the backoff, not the rest of the round
+
+
+@pytest.mark.parametrize("retry_after", [86400.0, float("inf"), 1e308])
+def test_a_retry_after_past_the_cap_waits_the_cap(clock: FakeClock, retry_after: float) -> None:
+    box = outbox(clock, backoff_cap=30.0)
+    box.put("a", Bar())
+    assert box.retry(box.take(), retry_after=retry_after) == 30.0
+    assert box.delay() == 30.0
+
+
+def test_a_day_long_outage_never_overflows_the_backoff(clock: FakeClock) -> None:
+    box = outbox(clock, backoff_cap=30.0, random=lambda: 0.5)
+    backoffs = []
+    for _ in range(5000):  # a failure every 30 s for more than a day
+        box.put("a", Bar())
+        backoffs.append(box.retry(box.take()))
+    assert backoffs[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert set(backoffs[6:]) == {30.0}

@@ -20,6 +20,7 @@ from .tuning import REQUEST_TIMEOUT
 from .warning import warn
 
 __all__ = [
+    "Body",
     "apply_failure",
     "apply_reply",
     "build_body",
@@ -38,7 +39,17 @@ def request_headers(settings: ClientSettings) -> dict[str, str]:
     return headers
 
 
-def build_body(batch: dict[str, Source]) -> bytes | None:
+class Body:
+    """A batch as bytes, and the pending keys of its events in order (a 400 names indexes)."""
+
+    __slots__ = ("data", "keys")
+
+    def __init__(self, data: bytes, keys: list[str]) -> None:
+        self.data = data
+        self.keys = keys
+
+
+def build_body(batch: dict[str, Source]) -> Body | None:
     """The JSON body for a batch, or None when no bar in it has anything to send.
 
     Each bar's event is read here, at send time, so it is the latest state. A bar that cannot
@@ -46,17 +57,21 @@ def build_body(batch: dict[str, Source]) -> bytes | None:
     out: it must not keep the others from the server.
     """
     events: list[Event] = []
-    for source in batch.values():
+    keys: list[str] = []
+    for key, source in batch.items():
         try:
             events.append(source.remote_event())
+            keys.append(key)
         except LookupError:  # closed or collected since it was queued: its final state follows
             pass
         except Exception:
             log.debug("could not read a bar's state", exc_info=True)
     if not events:
         return None
-    body, _ = encode_batch(events)
-    return body
+    data, unencodable = encode_batch(events)
+    if unencodable:
+        keys = [key for index, key in enumerate(keys) if index not in set(unencodable)]
+    return Body(data, keys)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -122,6 +137,7 @@ def apply_reply(
     outbox: Outbox,
     reach: Reachability,
     batch: dict[str, Source],
+    body: Body,
     status: int,
     retry_after: str | None,
     reply: bytes,
@@ -136,6 +152,36 @@ def apply_reply(
         outbox.delivered()
     elif status == 413 and len(batch) > 1:
         outbox.shrink(batch)
+    elif status == 400 and _drop_refused_events(outbox, batch, body, reply):
+        pass
     elif outbox.refused(status):
         warn(_refusal(reach.url, status, reply))
+    return True
+
+
+def _drop_refused_events(
+    outbox: Outbox, batch: dict[str, Source], body: Body, reply: bytes
+) -> bool:
+    """A 400 that names the invalid events: drop those bars' states, send the others again.
+
+    One bar the server will not take (an older server with a stricter rule, say) must not cost
+    every other bar its update. False when the reply names no event (then the batch is dropped).
+    """
+    try:
+        details = json.loads(reply)["details"]
+        bad = {int(detail["index"]) for detail in details if detail.get("index") is not None}
+        messages = [f"{detail.get('field')}: {detail.get('message')}" for detail in details]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+    refused = {body.keys[index] for index in bad if 0 <= index < len(body.keys)}
+    if not refused:
+        return False
+    outbox.requeue({key: source for key, source in batch.items() if key not in refused})
+    if outbox.refused(400):
+        warn(
+            f"the server refused the state of {len(refused)} bar"
+            f"{'s' if len(refused) != 1 else ''} ({'; '.join(messages[:3])}); "
+            "the other bars are sent as usual."
+        )
+    outbox.hurry()
     return True

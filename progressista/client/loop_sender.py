@@ -20,7 +20,7 @@ from ..settings import ClientSettings
 from .exchange import apply_failure, apply_reply, build_body, request_headers
 from .lifecycle import before_exit, install_hooks, reachability_for, sender_for
 from .outbox import Outbox, Source
-from .tuning import REQUEST_TIMEOUT
+from .tuning import BACKOFF_CAP, REQUEST_TIMEOUT
 
 __all__ = ["LoopSender", "loop_sender_for", "loop_senders"]
 
@@ -92,7 +92,7 @@ class LoopSender:
                     return  # every bar closed and delivered: stop until the next bar
                 if delay > 0:
                     self._wake.clear()
-                    timer = self.loop.call_later(delay, self._wake.set)
+                    timer = self.loop.call_later(min(delay, BACKOFF_CAP), self._wake.set)
                     try:
                         await self._wake.wait()
                     finally:
@@ -138,7 +138,7 @@ class LoopSender:
             )
         self._in_flight = batch  # if the loop stops mid-request, this is what to send again
         try:
-            async with self._session.post(self._url, data=body) as response:
+            async with self._session.post(self._url, data=body.data) as response:
                 reply = await response.read()
                 status, reply_after = response.status, response.headers.get("Retry-After")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
@@ -150,7 +150,7 @@ class LoopSender:
         finally:
             self._in_flight = None
             self._attempted.set()
-        return apply_reply(self.outbox, self.reach, batch, status, reply_after, reply)
+        return apply_reply(self.outbox, self.reach, batch, body, status, reply_after, reply)
 
     async def _close_session(self) -> None:
         session, self._session = self._session, None

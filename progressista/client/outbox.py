@@ -447,10 +447,13 @@ class Outbox:
         self._failures += 1
         self._round_left = 0
         self.generation += 1
-        backoff: float = min(self.backoff_cap, self.push_every * 2 ** (self._failures - 1))
-        backoff *= 0.5 + self._random()  # jitter, so that workers do not retry in step
-        if retry_after is not None:
-            backoff = max(backoff, retry_after)
+        # The exponent stops growing long before a float would overflow (a day-long outage).
+        doubled = self.push_every * 2 ** min(self._failures - 1, 30)
+        backoff: float = min(self.backoff_cap, doubled) * (0.5 + self._random())  # jitter
+        if retry_after is not None and 0 <= retry_after:
+            # The server's wish, within the same cap: a Retry-After of a day (or infinity) must
+            # not silence every bar for the rest of the run once the server is back.
+            backoff = max(backoff, min(retry_after, self.backoff_cap))
         self._next_send = self._clock() + backoff
         return backoff
 

@@ -22,7 +22,7 @@ from ..settings import ClientSettings
 from .exchange import apply_failure, apply_reply, build_body, request_headers
 from .outbox import Bar, Outbox, Source
 from .reachability import Reachability
-from .tuning import REQUEST_TIMEOUT
+from .tuning import BACKOFF_CAP, REQUEST_TIMEOUT
 from .warning import warn
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class ThreadSender:
                 # Exit flush: no waiting for the schedule, and one failure ends it.
                 return self.outbox.pending == 0 or not self._send(self.outbox.take(everything=True))
             if delay is None or delay > 0:
-                self._wake.wait(delay)
+                self._wake.wait(None if delay is None else min(delay, BACKOFF_CAP))
                 self._wake.clear()
                 return False
             self._send(self.outbox.take())
@@ -140,7 +140,7 @@ class ThreadSender:
             return True
         try:
             try:
-                status, retry_after, reply = self._post(body)
+                status, retry_after, reply = self._post(body.data)
             except _StaleConnection:
                 # The kept-alive connection had been closed (a server restart, an idle timeout):
                 # a server that restarted has forgotten the bars, so they go again in full.
@@ -149,11 +149,11 @@ class ThreadSender:
                 if body is None:
                     self.outbox.delivered()
                     return True
-                status, retry_after, reply = self._post(body)
+                status, retry_after, reply = self._post(body.data)
         except Exception as error:  # OSError, http.client.HTTPException and kin
             apply_failure(self.outbox, self.reach, batch, error)
             return False
-        return apply_reply(self.outbox, self.reach, batch, status, retry_after, reply)
+        return apply_reply(self.outbox, self.reach, batch, body, status, retry_after, reply)
 
     def _report_dropped(self) -> None:
         dropped = self.outbox.newly_dropped()
