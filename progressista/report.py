@@ -1,10 +1,12 @@
 """What the processes of a ``progressista run`` tell the runner, through one append-only file.
 
 Every Python the run starts appends JSON lines: ``start`` when it begins, ``open`` and
-``closed`` for each bar, ``exit`` once its exit flush is done, and the main program's uncaught
-exception as ``crash``. The runner reads them as they come: to show the run as what it is (its
-processes and bars), and, when a process dies without its exit flush (killed by a signal), to
-fail the bars it left open instead of leaving them active until they go stale.
+``closed`` for each bar, ``exit`` once its exit flush is done (and ``unresponsive`` before it
+when it waited its whole flush timeout for a server that never answered), and the main
+program's uncaught exception as ``crash``. The runner reads them as they come: to show the run
+as what it is (its processes and bars), and, when a process dies without its exit flush
+(killed by a signal), to fail the bars it left open instead of leaving them active until they
+go stale.
 
 One ``os.write`` of a short line to a file opened with ``O_APPEND`` lands whole, whatever the
 number of processes writing.
@@ -61,6 +63,8 @@ class RunReport:
     closed: set[str] = field(default_factory=set)
     exited: set[int] = field(default_factory=set)
     crash: str = ""
+    #: A process spent its time waiting for a server that never answered (its URL).
+    unresponsive: str = ""
     _offset: int = 0
     _partial: bytes = b""
 
@@ -96,6 +100,8 @@ class RunReport:
             self.exited.add(pid)
         if isinstance(record.get("crash"), str):
             self.crash = record["crash"]
+        if isinstance(record.get("unresponsive"), str):
+            self.unresponsive = record["unresponsive"]
 
     @property
     def open_bars(self) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 
 from .client.bar import RemoteTqdm
-from .client.lifecycle import flush, sender_for
+from .client.lifecycle import flush, reachability_for, sender_for
 from .client.outbox import FinalEvent
 from .report import RunReport
 from .schema import check_task_id
@@ -154,6 +154,11 @@ class RunTask:
     def refresh(self) -> None:
         """Take in what the run's processes reported; show it if it changed."""
         self.report.read()
+        if self.report.unresponsive == self.settings.url:
+            # One budget for the whole run: a process already waited the flush timeout for
+            # this server, so the runner's own exit must not wait again.
+            server = reachability_for(self.settings)
+            server.spent(self.settings.flush_timeout, delivered=False)
         counts = (len(self.report.processes), len(self.report.bars), len(self.report.closed))
         if counts == self._shown:
             return

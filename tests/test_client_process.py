@@ -217,9 +217,14 @@ def test_a_hung_server_costs_one_flush_timeout_and_one_warning(hung_url: str) ->
         PROGRESSISTA_FLUSH_TIMEOUT="1",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr == (
+    lost = (
         "progressista:0: ProgressistaWarning: the final state of 1 bar could not be delivered "
-        f"to the server at {hung_url} (it did not answer in time).\n"
+        f"to the server at {hung_url}"
+    )
+    # Why depends on whether the first request had timed out before the exit: both say hung.
+    assert result.stderr in (
+        f"{lost} (it did not answer in time).\n",
+        f"{lost} (no reply within 5 s).\n",
     )
 
 

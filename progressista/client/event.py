@@ -315,70 +315,78 @@ class EventMaker:
     def event(self, bar: Any, status: str, generation: int = 0, seq: int | None = None) -> Event:
         """The event for ``bar`` now, numbered ``seq`` (by default the next). ``Any``: a tqdm.
 
-        ``status`` other than ``update`` (start, close, error) carries every field.
+        ``status`` other than ``update`` (start, close, error) carries every field. Written as
+        one function, its common path inline: it runs for every changed bar, every push.
         """
         try:
-            event = self._read(bar, status != "update" or generation != self._generation)
+            now = time.time()
+            everything = (
+                status != "update"
+                or generation != self._generation
+                or now - self._full_at > FULL_STATE_EVERY
+            )
+            n = bar.n
+            if type(n) is not int or n < 0 or n > MAX_SEQ:
+                n = _count(n)
+            elapsed = bar._time() - bar.start_t
+            try:  # tqdm's smoothed rate, _ema_dn() / _ema_dt(), see _smoothed_rate
+                dt = bar._ema_dt.last
+                rate = bar._ema_dn.last / dt if dt else None
+            except AttributeError:
+                rate = _smoothed_rate(bar)
+            if rate is None and elapsed:
+                rate = _console_rate(None, n, bar.initial, elapsed)
+            if type(elapsed) is not float or not 0.0 <= elapsed < _INFINITY:
+                elapsed = _count_or_none(elapsed)
+            if type(rate) is not float or not 0.0 <= rate < _INFINITY:
+                rate = _count_or_none(rate)
+            event: Event = {
+                "task_id": self.task_id,
+                "n": n,
+                "elapsed": elapsed,
+                "rate": rate,
+                "timestamp": now,
+            }
+            total = bar.total
+            if everything or total != self._total_of:
+                self._total_of = total
+                event["total"] = (
+                    total if type(total) is int and 0 <= total <= MAX_SEQ else _count_or_none(total)
+                )
+            # The caches below save cleaning a text per event; a full event (a close, say,
+            # which may run in another thread than the sender's) cleans afresh.
+            desc = bar.desc
+            if everything or desc is not self._desc_of:
+                event["desc"] = self._desc = _desc(desc)
+                self._desc_of = desc
+            postfix = bar.postfix
+            if everything or postfix is not self._postfix_of:
+                event["postfix"] = self._postfix = clean_text(postfix, MAX_TEXT_CHARS)
+                self._postfix_of = postfix
+            units = (bar.unit, bar.unit_scale, bar.unit_divisor)
+            if everything or units != self._unit_of:
+                self._units = {
+                    "unit": clean_text(units[0] or "it", MAX_UNIT_CHARS),
+                    "unit_scale": _scale(units[1]),
+                    "unit_divisor": _divisor(units[2]),
+                }
+                self._unit_of = units
+                event.update(self._units)
+            if everything:
+                self._full_at = now
+                event["meta"] = self.meta
         except Exception:  # a tqdm variant without these attributes: its public dict
             log.debug("reading a bar's attributes failed; using format_dict", exc_info=True)
             event = event_from(bar.format_dict)
+            event["task_id"] = self.task_id
             event["meta"] = self.meta
             self._desc_of = self._postfix_of = self._total_of = _UNSET  # all of it next time
             self._unit_of = None
         self._generation = generation
         self.started = True
-        event["task_id"] = self.task_id
         if status != "update":  # the server's default: left out of most events
             event["status"] = status
         event["seq"] = self.next_seq() if seq is None else seq
-        return event
-
-    def _read(self, bar: Any, everything: bool) -> Event:
-        now = time.time()
-        if now - self._full_at > FULL_STATE_EVERY:
-            everything = True
-        if everything:
-            self._full_at = now
-        n = bar.n
-        if type(n) is not int or n < 0 or n > MAX_SEQ:
-            n = _count(n)
-        elapsed = bar._time() - bar.start_t
-        rate = _smoothed_rate(bar)
-        if rate is None and elapsed:
-            rate = _console_rate(None, n, bar.initial, elapsed)
-        event: Event = {
-            "n": n,
-            "elapsed": _seconds(elapsed),
-            "rate": _seconds(rate),
-            "timestamp": now,
-        }
-        total = bar.total
-        if everything or total != self._total_of:
-            self._total_of = total
-            event["total"] = (
-                total if type(total) is int and 0 <= total <= MAX_SEQ else _count_or_none(total)
-            )
-        # The caches below save cleaning a text per event; a full event (a close, say, which
-        # may run in another thread than the sender's) cleans afresh rather than trust them.
-        desc = bar.desc
-        if everything or desc is not self._desc_of:
-            event["desc"] = self._desc = _desc(desc)
-            self._desc_of = desc
-        postfix = bar.postfix
-        if everything or postfix is not self._postfix_of:
-            event["postfix"] = self._postfix = clean_text(postfix, MAX_TEXT_CHARS)
-            self._postfix_of = postfix
-        units = (bar.unit, bar.unit_scale, bar.unit_divisor)
-        if everything or units != self._unit_of:
-            self._units = {
-                "unit": clean_text(units[0] or "it", MAX_UNIT_CHARS),
-                "unit_scale": _scale(units[1]),
-                "unit_divisor": _divisor(units[2]),
-            }
-            self._unit_of = units
-            event.update(self._units)
-        if everything:
-            event["meta"] = self.meta
         return event
 
 

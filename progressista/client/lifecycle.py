@@ -204,6 +204,9 @@ class Process:
                 message = sender.reach.undelivered_at_exit(lost)
                 if message is not None:
                     warn(message)
+                if sender.reach.unresponsive:
+                    # progressista run shares one waiting budget across its processes.
+                    report("unresponsive", sender.reach.url)
         return done
 
     def fail_bars(

@@ -139,6 +139,8 @@ class Outbox:
         self._pending: dict[str, Source] = {}
         #: How many of the pending states are final ones (the only kind that is capped).
         self._finals = 0
+        #: Keys whose pending state is a tentative close (held back a moment, see take()).
+        self._tentative: set[str] = set()
         #: Open bars, weakly: an abandoned bar must stay collectable so tqdm's __del__ closes it.
         #: A plain dict of references under the lock, not a WeakValueDictionary: bars open and
         #: close from any thread (and from GC) while the sender walks this for keepalives.
@@ -180,6 +182,10 @@ class Outbox:
             previous = pending.get(key)
             pending[key] = source
             self._finals += isinstance(source, FinalEvent) - isinstance(previous, FinalEvent)
+            if isinstance(source, FinalEvent) and source.tentative:
+                self._tentative.add(key)
+            elif previous is not None:
+                self._tentative.discard(key)
             if self._finals > self.max_finals:
                 self._drop_oldest_final()
             if urgent:
@@ -192,6 +198,7 @@ class Outbox:
         for key, source in self._pending.items():
             if isinstance(source, FinalEvent):
                 del self._pending[key]
+                self._tentative.discard(key)
                 self._finals -= 1
                 self.dropped += 1
                 return
@@ -248,6 +255,7 @@ class Outbox:
                 ):
                     event = dict(source.event, status="error", error=error)
                     self._pending[key] = FinalEvent(event, thread=thread)
+                    self._tentative.discard(key)
                     marked += 1
         for key, bar in self.open_bars() if open_bars else ():
             if bar.remote_thread == thread:
@@ -299,6 +307,7 @@ class Outbox:
             for key in tentative:
                 del self._pending[key]
             self._finals -= len(tentative)
+            self._tentative.clear()
         return tentative
 
     def adopt(self, key: str, source: Source) -> None:
@@ -330,6 +339,7 @@ class Outbox:
         with self._lock:
             pending, self._pending = self._pending, {}
             self._finals = 0
+            self._tentative.clear()
         self.move_open_bars(other)
         for key, source in pending.items():
             other.put(key, source, urgent=True)
@@ -399,15 +409,12 @@ class Outbox:
             everything = everything or self._everything_once
             self._everything_once = False
             held: dict[str, Source] = {}
-            if not everything:
+            if not everything and self._tentative:
                 young = now - TENTATIVE_HOLD
-                held = {
-                    key: source
-                    for key, source in pending.items()
-                    if isinstance(source, FinalEvent)
-                    and source.tentative
-                    and source.created > young
-                }
+                for key in self._tentative:
+                    source = pending[key]
+                    if isinstance(source, FinalEvent) and source.created > young:
+                        held[key] = source
                 if held:
                     pending = {key: s for key, s in pending.items() if key not in held}
             starting = self._round_left <= 0
@@ -423,6 +430,8 @@ class Outbox:
                 self._pending = {**pending, **held} if held else pending
             self._round_left = max(0, self._round_left - len(batch)) if self._pending else 0
             self._finals -= sum(isinstance(source, FinalEvent) for source in batch.values())
+            if self._tentative:
+                self._tentative.difference_update(batch)
             self._urgent = self._urgent and bool(self._pending)
             self._last_send = now
         return batch
@@ -464,7 +473,10 @@ class Outbox:
             for key, source in batch.items():
                 if key not in pending:
                     pending[key] = source
-                    self._finals += isinstance(source, FinalEvent)
+                    if isinstance(source, FinalEvent):
+                        self._finals += 1
+                        if source.tentative:
+                            self._tentative.add(key)
 
     def shrink(self, batch: dict[str, Source]) -> None:
         """The server found the batch too large: retry at once in halves."""

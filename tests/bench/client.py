@@ -239,6 +239,58 @@ def async_posts(server_url: str, seconds: float) -> dict[str, float]:
     return {"posts": count, "intervals": window / 0.5, "per_interval": count / (window / 0.5)}
 
 
+ASYNC_BLOCKS = """
+import asyncio, io
+from progressista.client import AsyncRemoteTqdm
+async def main():
+    for block in range(5):
+        async with AsyncRemoteTqdm(total=1, file=io.StringIO(), task_id=f"block-{block}") as bar:
+            bar.update(1)
+asyncio.run(main())
+"""
+
+SHORT_SCRIPT = "import time\nfrom tqdm import tqdm\nfor _ in tqdm(range(5)):\n    time.sleep(0.1)\n"
+
+
+def wall(argv: list[str], url: str) -> float:
+    """Seconds a whole process takes, start to exit."""
+    started = time.perf_counter()
+    subprocess.run(
+        argv,
+        env={**os.environ, "PROGRESSISTA_URL": url, "PROGRESSISTA_FLUSH_TIMEOUT": "2"},
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    return time.perf_counter() - started
+
+
+def outage_costs(up: str, down: str, hung: str, repeats: int, scratch: str) -> dict[str, Any]:
+    """What a server that refuses or never answers adds to whole programs, next to one that is
+    up, measured alternately: five sequential ``async with`` blocks, and ``progressista run``
+    of a 0.5 s script."""
+    script = os.path.join(scratch, "short.py")
+    with open(script, "w") as handle:
+        handle.write(SHORT_SCRIPT)
+    programs = {
+        "async_blocks": [sys.executable, "-c", ASYNC_BLOCKS],
+        "run_short": [sys.executable, "-m", "progressista.cli", "run", "--url", "{url}", script],
+    }
+    results: dict[str, Any] = {}
+    for name, argv in programs.items():
+        times: dict[str, list[float]] = {"up": [], "down": [], "hung": []}
+        for _ in range(repeats):
+            for state, url in (("up", up), ("down", down), ("hung", hung)):
+                times[state].append(wall([arg.replace("{url}", url) for arg in argv], url))
+        medians = {state: statistics.median(values) for state, values in times.items()}
+        results[name] = {
+            **medians,
+            "down_extra": medians["down"] - medians["up"],
+            "hung_extra": medians["hung"] - medians["up"],
+        }
+    return results
+
+
 MANY_BARS = """
 import asyncio, json, os, sys, time
 BARS, SECONDS, JOB, KIND, REMOTE = {bars}, {seconds}, {job!r}, {kind!r}, {remote}
@@ -379,6 +431,13 @@ def main() -> int:
                 url, kind, 2 if options.quick else 5, 10_000, 6.0 if options.quick else 10.0
             )
     results["down"] = overhead(nobody(), repeats, n)
+    with running_server(["--log-level", "warning"]) as server, hung_server() as hung:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            results["outage"] = outage_costs(
+                server.url.rstrip("/"), nobody(), hung, 3 if options.quick else 5, scratch
+            )
     with hung_server() as hung:
         results["hung"] = overhead(hung, repeats, n)
         results["memory_default"] = memory_growth(hung, 10**6 if options.quick else 10**7, 0.1)
@@ -451,6 +510,20 @@ def report(results: dict[str, Any], n: int) -> None:
             posts["per_interval"] <= 1.0,
         )
     )
+    for name, label in (
+        ("async_blocks", "five sequential `async with` blocks"),
+        ("run_short", "`progressista run` of a 0.5 s script"),
+    ):
+        cost = results["outage"][name]
+        rows.append(
+            (
+                f"{label}: time added by a server refusing / hung",
+                f"{cost['down_extra']:+.2f} s / {cost['hung_extra']:+.2f} s "
+                f"(up: {cost['up']:.2f} s in all)",
+                "≤ 0.5 s / ≤ 2 s (flush timeout)",
+                cost["down_extra"] <= 0.5 and cost["hung_extra"] <= 2.0 + 0.25,
+            )
+        )
     for kind, label in (("thread", "threads"), ("async", "one asyncio loop")):
         many = results[f"many_{kind}"]
         rows.append(
