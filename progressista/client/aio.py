@@ -24,9 +24,11 @@ class AsyncRemoteTqdm(RemoteTqdm, tqdm_asyncio):  # type: ignore[type-arg]  # ge
     """``tqdm.asyncio.tqdm`` that also shows up on a Progressista server.
 
     ``async for``, ``gather`` and ``as_completed`` work as in tqdm. Prefer ``async with`` (or
-    ``await bar.aclose()``): it waits until the final state is delivered (at most
-    ``flush_timeout``) and reports an exception that ends the block as a failure. Created outside
-    a running loop, a bar falls back to the threaded sender.
+    ``await bar.aclose()``): it reports an exception that ends the block as a failure and, while
+    the server answers, waits until the final state is delivered; it never waits for a server
+    whose last attempt failed, and all waits for one that never answers share one
+    ``flush_timeout`` (see :mod:`.reachability`). Created outside a running loop, a bar falls
+    back to the threaded sender.
     """
 
     @staticmethod
@@ -38,9 +40,10 @@ class AsyncRemoteTqdm(RemoteTqdm, tqdm_asyncio):  # type: ignore[type-arg]  # ge
         return loop_sender_for(loop, settings).outbox
 
     async def aclose(self) -> bool:
-        """Close the bar and wait until the server has its final state.
+        """Close the bar and wait until the server has its final state, as long as allowed.
 
-        Returns False when that could not happen within ``flush_timeout`` (server away).
+        Returns False when it is not delivered yet (the server is away): it still goes out when
+        the server answers again, or at exit.
         """
         self.close()
         try:

@@ -25,6 +25,7 @@ __all__ = [
     "apply_reply",
     "build_body",
     "parse_retry_after",
+    "report_dropped",
     "request_headers",
 ]
 
@@ -99,6 +100,16 @@ def _refusal(url: str, status: int, reply: bytes) -> str:
         f"the server at {url} refused progress updates with HTTP {status}: "
         f"{reason}. Bars keep working; their remote state is dropped until this is fixed."
     )
+
+
+def report_dropped(outbox: Outbox, url: str) -> None:
+    """Say once that closed bars' final states had to be dropped while the server was away."""
+    dropped = outbox.drop_news()
+    if dropped:
+        warn(
+            f"{dropped} closed bars' final states were dropped while waiting for the server at "
+            f"{url}: more than {outbox.max_finals} waited at once (the oldest go first)."
+        )
 
 
 def _say(message: str | None) -> None:

@@ -17,7 +17,13 @@ import time
 import aiohttp
 
 from ..settings import ClientSettings
-from .exchange import apply_failure, apply_reply, build_body, request_headers
+from .exchange import (
+    apply_failure,
+    apply_reply,
+    build_body,
+    report_dropped,
+    request_headers,
+)
 from .lifecycle import before_exit, install_hooks, reachability_for, sender_for
 from .outbox import Outbox, Source
 from .tuning import BACKOFF_CAP, REQUEST_TIMEOUT
@@ -128,6 +134,7 @@ class LoopSender:
             pass
 
     async def _send(self, batch: dict[str, Source]) -> bool:
+        report_dropped(self.outbox, self.settings.url)
         body = build_body(batch)
         if body is None:
             self.outbox.delivered()

@@ -160,7 +160,7 @@ class Outbox:
         self._warned: set[int] = set()
         #: Final states dropped because more than ``max_finals`` waited at once.
         self.dropped = 0
-        self._dropped_told = 0
+        self._dropped_told = False
 
     def renew_lock(self) -> None:
         """In a forked child: a fresh lock, since the parent's may have been held at the fork."""
@@ -203,11 +203,16 @@ class Outbox:
                 self.dropped += 1
                 return
 
-    def newly_dropped(self) -> int:
-        """Final states dropped since the last call: the transport says so, once per burst."""
+    def drop_news(self) -> int:
+        """How many final states were dropped, the first time any were; 0 ever after.
+
+        The transport warns with it: once, however long the outage lasts.
+        """
         with self._lock:
-            count, self._dropped_told = self.dropped - self._dropped_told, self.dropped
-        return count
+            if not self.dropped or self._dropped_told:
+                return 0
+            self._dropped_told = True
+            return self.dropped
 
     def closed(self, key: str, final: FinalEvent, *, urgent: bool) -> None:
         """Queue a bar's final state and stop keeping it alive."""

@@ -19,11 +19,16 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..settings import ClientSettings
-from .exchange import apply_failure, apply_reply, build_body, request_headers
+from .exchange import (
+    apply_failure,
+    apply_reply,
+    build_body,
+    report_dropped,
+    request_headers,
+)
 from .outbox import Bar, Outbox, Source
 from .reachability import Reachability
 from .tuning import BACKOFF_CAP, REQUEST_TIMEOUT
-from .warning import warn
 
 if TYPE_CHECKING:
     from http.client import HTTPConnection
@@ -126,7 +131,7 @@ class ThreadSender:
 
     def _send(self, batch: dict[str, Source]) -> bool:
         """POST one batch and tell the outbox how it went; False when it must be retried."""
-        self._report_dropped()
+        report_dropped(self.outbox, self.settings.url)
         self.in_flight = set(batch)
         try:
             return self._deliver(batch)
@@ -154,15 +159,6 @@ class ThreadSender:
             apply_failure(self.outbox, self.reach, batch, error)
             return False
         return apply_reply(self.outbox, self.reach, batch, body, status, retry_after, reply)
-
-    def _report_dropped(self) -> None:
-        dropped = self.outbox.newly_dropped()
-        if dropped:
-            warn(
-                f"{dropped} closed bars' final states were dropped while waiting for the "
-                f"server at {self.settings.url}: more than {self.outbox.max_finals} waited at "
-                "once."
-            )
 
     def _post(self, body: bytes) -> tuple[int, str | None, bytes]:
         """One request; raises _StaleConnection if a kept-alive connection turned out closed."""
