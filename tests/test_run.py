@@ -144,8 +144,12 @@ def start_sleepy(
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
     main, tty = pty.openpty() if terminal else (None, None)
 
-    def take_terminal() -> None:  # in the child, after setsid(): fd 0 is the pty
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    def in_child() -> None:  # after setsid()
+        # Ctrl-C as a person's shell would deliver it, even when this test's own shell ignores
+        # SIGINT (nohup, a background job): the run, like its program, inherits the disposition.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if terminal:  # fd 0 is the pty
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     runner = subprocess.Popen(
         [
@@ -163,7 +167,7 @@ def start_sleepy(
         env=env,
         stdin=tty if terminal else subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=take_terminal if terminal else None,
+        preexec_fn=in_child,
     )
     if tty is not None:
         os.close(tty)
