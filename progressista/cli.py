@@ -98,15 +98,16 @@ def _other(args: list[str]) -> int:
     options = parser.parse_args(args)
     if options.command == "notify-test":
         return _notify_test(options.destination)
-    url = _server_url(options.url)
     if options.command == "demo":
         from .demo import demo as run_demo
+        from .settings import ClientSettings
 
-        return run_demo(url, options.seconds)
+        return run_demo(ClientSettings.from_env(os.environ, url=options.url).url, options.seconds)
+    from .settings import ViewerSettings
     from .terminal import watch as run_watch
 
-    token = options.token or os.environ.get("PROGRESSISTA_READ_TOKEN") or None
-    return run_watch(url, token)
+    viewer = ViewerSettings.from_env(os.environ, url=options.url, read_token=options.token)
+    return run_watch(viewer.url, viewer.read_token)
 
 
 def _notify_test(destination: str) -> int:
@@ -121,12 +122,6 @@ def _notify_test(destination: str) -> int:
         return 1
     print("sent: check that it arrived", file=sys.stderr)
     return 0
-
-
-def _server_url(given: str | None) -> str:
-    from .settings import ClientSettings
-
-    return ClientSettings.from_env(os.environ, url=given).url
 
 
 def _run(args: list[str]) -> int:

@@ -63,8 +63,29 @@ def demo(url: str, seconds: float = 20.0) -> int:
     return 0
 
 
-def _bar(url: str, position: int, **kwargs: object) -> RemoteTqdm:
-    return RemoteTqdm(url=url, position=position, leave=True, meta={"demo": True}, **kwargs)  # type: ignore[arg-type]
+def _bar(
+    url: str,
+    position: int,
+    *,
+    desc: str,
+    task_id: str,
+    total: int | None = None,
+    unit: str = "it",
+    unit_scale: bool = False,
+    unit_divisor: int = 1000,
+) -> RemoteTqdm:
+    return RemoteTqdm(
+        url=url,
+        position=position,
+        leave=True,
+        meta={"demo": True},
+        desc=desc,
+        task_id=task_id,
+        total=total,
+        unit=unit,
+        unit_scale=unit_scale,
+        unit_divisor=unit_divisor,
+    )
 
 
 def _download(url: str, pace: float, position: int) -> None:

@@ -18,13 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from .client.bar import RemoteTqdm, check_task_id
-from .client.sender import flush
+from .client.bar import RemoteTqdm
+from .client.lifecycle import flush, reachability_for, sender_for
+from .client.outbox import FinalEvent
+from .report import RunReport
+from .schema import check_task_id
 from .settings import ClientSettings, SettingError, env_name
 
 __all__ = ["Launch", "default_job", "run"]
@@ -87,51 +90,141 @@ def run(
         environ, url=url, token=token, meta={**base.meta, **(meta or {})}
     )
     job = job or settings.job or default_job(launch)
-    try:
-        check_task_id(job)  # the job names the run's own task
-    except ValueError as error:
-        raise SettingError(f"--job {job!r}: {error}") from None
+    problem = check_task_id(job)  # the job names the run's own task
+    if problem is not None:
+        raise SettingError(f"--job {job!r} cannot name the run's task: it {problem}")
     if launch.kind == "script" and not Path(launch.target).is_file():
         raise SettingError(f"cannot run {launch.target!r}: no such file")
     argv = launch.argv()
-    report_fd, report = tempfile.mkstemp(prefix="progressista-run-", suffix=".txt")
+    report_fd, report_path = tempfile.mkstemp(prefix="progressista-run-", suffix=".jsonl")
     os.close(report_fd)
     command = shlex.join(argv[1:] if launch.kind != "command" else argv)
-    bar = RemoteTqdm(
-        total=None,
-        desc=f"run {command}"[:1000],
-        unit="s",
-        task_id=job,
-        job=job,
-        url=settings.url,
-        token=settings.token,
-        meta={**settings.meta, "role": "run", "command": command[:500]},
-        file=open(os.devnull, "w"),
-    )
+    task = RunTask(settings, job, command, RunReport(report_path))
     try:
         try:
-            child = subprocess.Popen(argv, env=child_environment(environ, settings, job, report))
-        except OSError as error:
-            bar.fail(f"cannot start {argv[0]}: {error.strerror}")
-            raise SettingError(f"cannot start {argv[0]!r}: {error.strerror}") from None
-        status = _wait_forwarding_signals(child)
-        crash = Path(report).read_text(encoding="utf-8").strip()
-        if status == 0:
-            bar.close()
-        else:
-            reason = (
-                f"exit code {status}" if status > 0 else f"killed by {signal.Signals(-status).name}"
+            child = subprocess.Popen(
+                argv, env=child_environment(environ, settings, job, report_path)
             )
-            bar.fail(f"{crash} ({reason})" if crash else reason)
+        except OSError as error:
+            task.bar.fail(f"cannot start {argv[0]}: {error.strerror}")
+            raise SettingError(f"cannot start {argv[0]!r}: {error.strerror}") from None
+        task.started(child.pid)
+        status = _wait_forwarding_signals(child, task.refresh)
+        task.finished(status, child.pid)
         return status
     finally:
         flush()
-        bar.fp.close()
-        os.unlink(report)
+        task.bar.fp.close()
+        os.unlink(report_path)
 
 
-def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
-    """Wait for the child; pass on termination requests, leave Ctrl-C to the terminal.
+class RunTask:
+    """The run as a task of its own, the parent of the job's bars: what it runs, for how long,
+    how many processes and bars it has, and how it ended.
+
+    On the wire (``task_id`` = the job): ``desc`` "run <command>"; ``n`` the bars finished so
+    far and ``unit`` "bars" (``total`` null until the end, then every bar opened); ``postfix``
+    the same counts in words; ``elapsed`` the run's time; ``meta`` ``role: "run"``, ``command``,
+    ``program_pid``, ``processes``, ``bars``, ``bars_open``, and at the end ``exit_status`` (the
+    exit code, or the negative signal number) with ``signal`` (its name) when one killed it.
+    The last event is ``close`` for exit code 0, else ``error`` with what happened.
+    """
+
+    def __init__(self, settings: ClientSettings, job: str, command: str, report: RunReport):
+        self.settings = settings
+        self.report = report
+        self.bar = RemoteTqdm(
+            total=None,
+            desc=f"run {command}"[:1000],
+            unit="bars",
+            task_id=job,
+            job=job,
+            url=settings.url,
+            token=settings.token,
+            meta={**settings.meta, "role": "run", "command": command[:500]},
+            file=open(os.devnull, "w"),  # closed by run()
+            mininterval=0,
+        )
+        self._shown: tuple[int, int, int] | None = None
+
+    def started(self, pid: int) -> None:
+        self.bar.remote_relabel(program_pid=pid)
+        self.bar.refresh()
+
+    def refresh(self) -> None:
+        """Take in what the run's processes reported; show it if it changed."""
+        self.report.read()
+        if self.report.unresponsive == self.settings.url:
+            # One budget for the whole run: a process already waited the flush timeout for
+            # this server, so the runner's own exit must not wait again.
+            server = reachability_for(self.settings)
+            server.spent(self.settings.flush_timeout, delivered=False)
+        counts = (len(self.report.processes), len(self.report.bars), len(self.report.closed))
+        if counts == self._shown:
+            return
+        self._shown = counts
+        processes, bars, closed = counts
+        self.bar.remote_relabel(processes=processes, bars=bars, bars_open=bars - closed)
+        self.bar.n = closed
+        self.bar.set_postfix_str(
+            f"{processes} process{'es' if processes != 1 else ''}, {bars} bar"
+            f"{'s' if bars != 1 else ''}, {bars - closed} open"
+        )
+
+    def finished(self, status: int, pid: int) -> None:
+        """The program ended with ``status``: fail what its dead processes left open, and end
+        the run's own task."""
+        self.refresh()
+        signal_name = _signal_name(-status) if status < 0 else None
+        self._fail_orphans(pid, signal_name)
+        labels: dict[str, str | int] = {"exit_status": status}
+        if signal_name is not None:
+            labels["signal"] = signal_name
+        self.bar.remote_relabel(**labels)
+        self.bar.total = len(self.report.bars)
+        if status == 0:
+            self.bar.close()
+            return
+        reason = f"exit code {status}" if status > 0 else f"killed by {signal_name}"
+        crash = self.report.crash
+        self.bar.fail(f"{crash} ({reason})" if crash else reason)
+
+    def _fail_orphans(self, pid: int, signal_name: str | None) -> None:
+        """Bars left open by processes that died without their exit flush are failures now,
+        rather than active until they go stale: the program itself, killed by a signal, or any
+        other process of the run that is gone without a word (a worker killed for memory)."""
+        dead = self.report.died_abruptly()
+        if signal_name is not None:
+            dead.add(pid)
+        outbox = sender_for(self.settings).outbox
+        for task_id in self.report.left_open_by(dead):
+            owner = self.report.bars[task_id]
+            reason = (
+                f"killed by {signal_name}"
+                if owner == pid and signal_name is not None
+                else f"cut short: its process ({owner}) ended without closing it"
+            )
+            event = {
+                "task_id": task_id,
+                "status": "error",
+                "error": reason,
+                # Microseconds since the epoch: above every seq the dead process gave this bar.
+                "seq": time.time_ns() // 1000,
+                "timestamp": time.time(),
+            }
+            outbox.put(task_id, FinalEvent(event), urgent=True)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _wait_forwarding_signals(child: subprocess.Popen[bytes], tick: Callable[[], None]) -> int:
+    """Wait for the child, calling ``tick`` every second; pass on termination requests, leave
+    Ctrl-C to the terminal.
 
     Ctrl-C reaches the whole foreground process group, the child included, so the runner only
     has to survive it and report what the child did. A SIGINT that cannot have come from the
@@ -156,7 +249,11 @@ def _wait_forwarding_signals(child: subprocess.Popen[bytes]) -> int:
         signal.SIGHUP: signal.signal(signal.SIGHUP, forward),
     }
     try:
-        return child.wait()
+        while True:
+            try:
+                return child.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                tick()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -1,4 +1,4 @@
-"""Every server setting in one place: defaults, environment variables, command-line flags.
+"""Every setting, server and client, in one place: defaults, variables, command-line flags.
 
 Precedence is argument > command-line flag > ``PROGRESSISTA_*`` environment variable > default.
 Nothing is read at import time: :meth:`ServerSettings.from_env` and :func:`parse_args` read the
@@ -15,7 +15,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ENV_PREFIX", "ClientSettings", "ServerSettings", "SettingError", "parse_args"]
+__all__ = [
+    "ENV_PREFIX",
+    "ClientSettings",
+    "ServerSettings",
+    "SettingError",
+    "ViewerSettings",
+    "parse_args",
+]
 
 ENV_PREFIX = "PROGRESSISTA_"
 
@@ -369,71 +376,145 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_KEEPALIVE = 15.0
 
 
-def _json_object(text: str, source: str) -> dict[str, Any]:
+def parse_url(text: str) -> str:
+    """A server's base URL: ``http://`` or ``https://`` and a host; the trailing ``/`` dropped."""
+    from urllib.parse import urlsplit
+
+    url = text.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"{text!r} is not a server URL; give one like http://127.0.0.1:8000 or "
+            "https://progress.example.org"
+        )
+    return url
+
+
+def parse_labels(text: str) -> dict[str, Any]:
+    """Labels from a JSON object, such as ``{"team": "data", "tier": 2}``."""
     import json
 
     try:
         value = json.loads(text)
     except ValueError as error:
-        raise SettingError(f"{source} must be a JSON object: {error}") from None
+        raise ValueError(f'must be a JSON object like {{"team": "data"}}: {error}') from None
     if not isinstance(value, dict):
-        raise SettingError(f'{source} must be a JSON object, like {{"team": "data"}}')
+        raise ValueError(f'must be a JSON object like {{"team": "data"}}, not {text!r}')
     return value
+
+
+def _given_or_environment(
+    cls: type[Any], environ: Mapping[str, str], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Field values for ``cls``: each override not None, else its variable parsed, else nothing.
+
+    Every field's metadata says how to parse its ``PROGRESSISTA_*`` variable; an error names the
+    variable. An override that is a string goes through the same parser, naming the keyword.
+    """
+    values: dict[str, Any] = {}
+    for setting in dataclasses.fields(cls):
+        given = overrides.get(setting.name)
+        if given is not None:
+            values[setting.name] = (
+                _parse(setting, given, setting.name) if isinstance(given, str) else given
+            )
+            continue
+        variable = env_name(setting.name)
+        text = environ.get(variable, "")
+        if text != "":
+            values[setting.name] = _parse(setting, text, variable)
+    unknown = set(overrides) - {setting.name for setting in dataclasses.fields(cls)}
+    if unknown:
+        raise TypeError(f"unknown setting {sorted(unknown)[0]!r} for {cls.__name__}")
+    return values
+
+
+def _positive_seconds(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0
+        ):
+            raise SettingError(
+                f"{name} (PROGRESSISTA_{name.upper()}) must be a positive number of seconds, "
+                f"not {value!r}"
+            )
 
 
 @dataclass(frozen=True)
 class ClientSettings:
     """How a worker's bars reach the server (DESIGN §5).
 
-    Read when a bar is built, from arguments first, then ``PROGRESSISTA_URL``,
-    ``PROGRESSISTA_TOKEN``, ``PROGRESSISTA_PUSH_EVERY``, ``PROGRESSISTA_FLUSH_TIMEOUT``,
-    ``PROGRESSISTA_KEEPALIVE``, ``PROGRESSISTA_JOB`` and ``PROGRESSISTA_META``.
+    Read when a bar is built: keyword arguments first, then each field's ``PROGRESSISTA_*``
+    variable (``PROGRESSISTA_URL``, ``PROGRESSISTA_PUSH_EVERY``…), then the default.
     """
 
-    #: The server's base URL.
-    url: str = DEFAULT_URL
-    #: The server's write token, sent as ``Authorization: Bearer``.
-    token: str | None = None
-    #: Seconds between batches; the state of every bar that changed goes in the next one.
-    push_every: float = 0.5
-    #: At interpreter exit, how long pending state may take to reach the server.
-    flush_timeout: float = 2.0
-    #: Open bars that did not change are re-sent this often, so the server can tell a slow bar
-    #: from a dead worker (the server's ``stale_after`` defaults to 60 s).
-    keepalive: float = DEFAULT_KEEPALIVE
-    #: The job label every bar carries in ``meta``; groups a run's bars on the dashboard.
-    job: str | None = None
-    #: Labels every bar carries (``PROGRESSISTA_META``, a JSON object), under the bar's own.
-    meta: Mapping[str, Any] = field(default_factory=dict)
+    url: str = _setting(DEFAULT_URL, "the server's base URL", parse_url)
+    token: str | None = _setting(
+        None, "the server's write token, sent as Authorization: Bearer", str, secret=True
+    )
+    push_every: float = _setting(
+        0.5,
+        "seconds between batches; every bar that changed goes in the next one",
+        parse_duration,
+    )
+    flush_timeout: float = _setting(
+        2.0,
+        "seconds that waiting for an unresponsive server may add to a program, exit included",
+        parse_duration,
+    )
+    keepalive: float = _setting(
+        DEFAULT_KEEPALIVE,
+        "an open bar that did not change is re-sent this often, so the server can tell a slow "
+        "bar from a dead worker (its stale_after defaults to 60 s)",
+        parse_duration,
+    )
+    job: str | None = _setting(
+        None, "the job label every bar carries in meta; groups a run's bars", str
+    )
+    meta: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "labels every bar carries, as a JSON object, under the bar's own",
+            "parse": parse_labels,
+            "choices": None,
+            "secret": False,
+        },
+    )
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("http://", "https://")):
-            raise SettingError(
-                f"the server URL must start with http:// or https://, not {self.url!r}"
-            )
-        for name in ("push_every", "flush_timeout", "keepalive"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise SettingError(f"{name} must be a positive number of seconds, not {value!r}")
+        parse_url(self.url)  # a URL given as an argument is checked like the variable
+        _positive_seconds(self, "push_every", "flush_timeout", "keepalive")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> ClientSettings:
+        """Settings from the environment, with ``overrides`` (None meaning "not given") on top.
+
+        Raises :class:`SettingError` naming the variable or keyword that cannot be used.
+        """
+        return cls(**_given_or_environment(cls, environ, overrides))
+
+
+@dataclass(frozen=True)
+class ViewerSettings:
+    """How ``progressista watch`` (a reader, not a worker) reaches the server."""
+
+    url: str = _setting(DEFAULT_URL, "the server's base URL", parse_url)
+    read_token: str | None = _setting(
+        None, "the server's read token, sent as Authorization: Bearer", str, secret=True
+    )
+
+    def __post_init__(self) -> None:
+        parse_url(self.url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> ViewerSettings:
         """Settings from the environment, with ``overrides`` (None meaning "not given") on top."""
-        values: dict[str, Any] = {}
-        for setting in dataclasses.fields(cls):
-            text = environ.get(env_name(setting.name), "")
-            if text == "":
-                continue
-            if setting.name in ("url", "token", "job"):
-                values[setting.name] = text.rstrip("/") if setting.name == "url" else text
-            elif setting.name == "meta":
-                values["meta"] = _json_object(text, env_name("meta"))
-            else:
-                try:
-                    values[setting.name] = parse_duration(text)
-                except ValueError as error:
-                    raise SettingError(f"{env_name(setting.name)}: {error}") from None
-        values.update({name: value for name, value in overrides.items() if value is not None})
-        if "url" in values:
-            values["url"] = str(values["url"]).rstrip("/")
-        return cls(**values)
+        return cls(**_given_or_environment(cls, environ, overrides))

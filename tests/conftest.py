@@ -16,6 +16,9 @@ from pytest_aiohttp import AiohttpClient
 from progressista.server import ServerSettings, create_app
 from progressista.server.keys import STORE
 
+#: The client tests' servers, bars and readers (fixtures and helpers): see tests/remote.py.
+pytest_plugins = ["tests.remote"]
+
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 

@@ -6,24 +6,35 @@ from typing import Any
 
 import pytest
 
-from progressista.client.outbox import MIN_GAP, TENTATIVE_HOLD, FinalEvent, Outbox
+from progressista.client.outbox import FinalEvent, Outbox, WeakSource
+from progressista.client.tuning import MIN_GAP, TENTATIVE_HOLD
 from progressista.schema import Event
 
 from .conftest import FakeClock
 
 
 class Bar:
-    """A stand-in for an open bar: its state is whatever n says."""
+    """A stand-in for an open bar (an outbox.Bar): its state is whatever n says."""
 
     def __init__(self, n: int = 0, thread: int = 1) -> None:
         self.n = n
         self.remote_thread = thread
+        self.outbox: Outbox | None = None
 
     def remote_event(self) -> Event:
         return {"task_id": "b", "n": self.n}
 
-    def remote_final_event(self) -> Event:
-        return {"task_id": "b", "n": self.n, "status": "close"}
+    def remote_final_event(self, status: str = "close", error: str | None = None) -> Event:
+        event: Event = {"task_id": "b", "n": self.n, "status": status}
+        if error is not None:
+            event["error"] = error
+        return event
+
+    def remote_moved(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+
+    def remote_progress(self) -> tuple[int, int | None]:
+        return self.n, None
 
 
 def outbox(clock: FakeClock, **kwargs: Any) -> Outbox:
@@ -130,12 +141,24 @@ def test_a_refusal_warns_once_per_status_and_drops_the_batch(clock: FakeClock) -
 
 
 def test_memory_is_bounded_by_bars_not_updates(clock: FakeClock) -> None:
-    box = outbox(clock, max_bars=3)
+    box = outbox(clock, max_finals=3)
     for i in range(5):
         box.put(f"bar-{i}", FinalEvent({"n": i}))
     assert box.pending == 3
-    assert box.dropped == 2
-    assert list(box.take()) == ["bar-2", "bar-3", "bar-4"]
+    assert box.drop_news() == 2  # the transport warns, once
+    box.put("bar-5", FinalEvent({"n": 5}))
+    assert box.drop_news() == 0  # however many more go
+    assert list(box.take()) == ["bar-3", "bar-4", "bar-5"]
+
+
+def test_open_bars_are_never_dropped_however_many(clock: FakeClock) -> None:
+    box = outbox(clock, max_finals=3)
+    bars = [Bar(i) for i in range(20)]
+    for i, open_bar in enumerate(bars):
+        box.put(f"open-{i}", WeakSource(open_bar))
+    box.put("closed", FinalEvent({"n": 1}))
+    assert box.pending == 21
+    assert box.drop_news() == 0
 
 
 def test_open_bars_are_resent_as_keepalives(clock: FakeClock) -> None:
@@ -150,11 +173,27 @@ def test_open_bars_are_resent_as_keepalives(clock: FakeClock) -> None:
     assert box.delay() == 15.0
 
 
+def test_a_server_with_a_short_stale_after_gets_keepalives_as_often_as_it_asks(
+    clock: FakeClock,
+) -> None:
+    box = outbox(clock, keepalive=15.0)
+    bar = Bar()
+    box.opened("a", bar)
+    box.delivered(keepalive=2.0)  # the server's 202 asked for one every 2 s
+    assert box.delay() == 2.0
+    clock.advance(2)
+    assert list(box.take()) == ["a"]
+    box.delivered(keepalive=60.0)  # never more seldom than the worker's own setting
+    assert box.keepalive == 15.0
+    box.delivered(keepalive=0.0)  # nor absurdly often
+    assert box.keepalive == 15.0
+    box.delivered()  # a server that asks nothing gets the worker's own
+    assert box.keepalive == 15.0
+
+
 def test_a_pending_update_does_not_keep_a_bar_alive(clock: FakeClock) -> None:
     import gc
     import weakref
-
-    from progressista.client.outbox import WeakSource
 
     box = outbox(clock)
     bar = Bar(3)
@@ -188,7 +227,7 @@ def test_a_crash_fails_open_bars_and_abandoned_loops_on_its_path(clock: FakeCloc
     box.put("loop", FinalEvent({"status": "close"}, tentative=True, thread=1, origin=here))
     box.put("break", FinalEvent({"status": "close"}, tentative=True, thread=1, origin=elsewhere))
     box.put("clean", FinalEvent({"status": "close"}, thread=1))
-    marked = box.fail(1, "KeyError: 'x'", {here}, lambda bar: bar.remote_final_event())  # type: ignore[attr-defined]
+    marked = box.fail(1, "KeyError: 'x'", {here})
     assert marked == 2
     sent = {key: source.remote_event() for key, source in box.take().items()}
     assert sent["loop"] == {"status": "error", "error": "KeyError: 'x'"}
@@ -202,9 +241,67 @@ def test_at_exit_open_bars_are_closed(clock: FakeClock) -> None:
     box = outbox(clock)
     bar = Bar(5)
     box.opened("a", bar)
-    box.close_open_bars(lambda b: b.remote_final_event())  # type: ignore[attr-defined]
+    box.close_open_bars(lambda b: None)
     assert box.take()["a"].remote_event() == {"task_id": "b", "n": 5, "status": "close"}
     assert box.idle
+
+
+def test_every_changed_bar_goes_in_one_round_of_back_to_back_batches(clock: FakeClock) -> None:
+    box = outbox(clock, push_every=0.5, max_batch=1000)
+    bars = [Bar(i) for i in range(2500)]
+    for i, each in enumerate(bars):
+        box.put(f"b{i}", WeakSource(each))
+    sizes = []
+    while box.pending:
+        assert box.delay() == 0.0  # no waiting between the batches of a round
+        sizes.append(len(box.take()))
+        box.delivered()
+        clock.advance(0.01)
+    assert sizes == [1000, 1000, 500]
+    box.put("b0", WeakSource(bars[0]))
+    assert box.delay() == pytest.approx(0.5 - 0.03)  # the next round, push_every after this one
+
+
+def test_a_bar_that_changes_again_mid_round_waits_for_the_next_round(clock: FakeClock) -> None:
+    box = outbox(clock, push_every=0.5, max_batch=2)
+    bars = [Bar(i) for i in range(4)]
+    for i, each in enumerate(bars):
+        box.put(f"b{i}", WeakSource(each))
+    assert list(box.take()) == ["b0", "b1"]
+    box.put("b0", WeakSource(bars[0]))  # changed again while the round goes on
+    assert box.delay() == 0.0
+    assert list(box.take()) == ["b2", "b3"]
+    assert box.delay() == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert list(box.take()) == ["b0"]
+
+
+def test_a_failure_ends_the_round_and_asks_for_every_field_again(clock: FakeClock) -> None:
+    box = outbox(clock, push_every=0.5, max_batch=2, random=lambda: 0.5)
+    for i in range(4):
+        box.put(f"b{i}", Bar(i))
+    generation = box.generation
+    box.retry(box.take())
+    assert box.generation == generation + 1
+    assert box.delay() == pytest.approx(0.5)  # the backoff, not the rest of the round
+
+
+@pytest.mark.parametrize("retry_after", [86400.0, float("inf"), 1e308])
+def test_a_retry_after_past_the_cap_waits_the_cap(clock: FakeClock, retry_after: float) -> None:
+    box = outbox(clock, backoff_cap=30.0)
+    box.put("a", Bar())
+    assert box.retry(box.take(), retry_after=retry_after) == 30.0
+    assert box.delay() == 30.0
+
+
+def test_a_day_long_outage_never_overflows_the_backoff(clock: FakeClock) -> None:
+    box = outbox(clock, backoff_cap=30.0, random=lambda: 0.5)
+    backoffs = []
+    for _ in range(5000):  # a failure every 30 s for more than a day
+        box.put("a", Bar())
+        backoffs.append(box.retry(box.take()))
+    assert backoffs[:6] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0]
+    assert set(backoffs[6:]) == {30.0}
 
 
 def test_a_tentative_close_waits_for_the_crash_handler_then_goes_as_completed(

@@ -230,16 +230,20 @@ async def test_a_job_lists_its_tasks_nested_under_their_parents(client: Client) 
     assert shape(tree) == [("etl", [("worker-1", [("worker-1/inner", [])]), ("worker-2", [])])]
 
 
-async def test_a_leave_false_bar_leaves_the_board_soon_but_still_counts(
+async def test_a_completed_leave_false_bar_leaves_the_board_soon_but_still_counts(
     client: Client, clock: FakeClock
 ) -> None:
     inner = {"job": "etl", "leave": False}
     await post(client, [shard("outer", 1, 2), event("inner", n=5, total=5, meta=inner)])
     await post(client, event("inner", status="close", meta=inner))
+    await post(client, event("broken", n=1, total=5, meta=inner))
+    await post(client, event("broken", status="error", error="boom", meta=inner))
     clock.advance(11)
     await cleanup(client, clock)
-    assert sorted(client.app[STORE].table.tasks) == ["outer"]
-    assert (await job(client, "etl"))["tasks"]["completed"] == 1
+    # tqdm erases both; the board keeps the failure for its full retention, for someone to see.
+    assert sorted(client.app[STORE].table.tasks) == ["broken", "outer"]
+    counts = (await job(client, "etl"))["tasks"]
+    assert (counts["completed"], counts["failed"]) == (1, 1)
 
 
 async def test_viewers_hear_of_job_changes(client: Client) -> None:

@@ -35,8 +35,8 @@ NOWHERE = "http://127.0.0.1:9"
 
 
 def labels(bar: object) -> dict[str, object]:
-    meta: dict[str, object] = getattr(bar, "_remote_meta")  # noqa: B009 - typed as plain tqdm
-    return meta
+    assert isinstance(bar, RemoteTqdm)
+    return bar.remote_meta
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +104,7 @@ def test_a_keyword_given_by_the_caller_wins_over_the_default() -> None:
 def test_code_that_subclasses_tqdm_after_the_patch_gets_remote_bars() -> None:
     patch.install(url=NOWHERE)
 
-    class Mine(tqdm.tqdm):  # type: ignore[type-arg]
+    class Mine(tqdm.tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the stubs
         pass
 
     bar = Mine(total=1, file=io.StringIO())

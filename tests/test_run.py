@@ -18,18 +18,12 @@ import pytest
 
 from . import child
 from .conftest import WAIT
-from .server_process import ServerProcess, running_server
+from .server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 PROGRESSISTA = [sys.executable, "-m", "progressista.cli"]
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with running_server(["--log-level", "warning"]) as process:
-        yield process
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -41,7 +35,7 @@ def environment(**extra: str) -> dict[str, str]:
 
 
 def run(
-    server: ServerProcess, *args: str, env: dict[str, str] | None = None, **kwargs: Any
+    server_process: ServerProcess, *args: str, env: dict[str, str] | None = None, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:
     """``progressista run`` to its end, with no terminal; nothing it started outlives the test.
 
@@ -49,7 +43,7 @@ def run(
     ends at the test's timeout, after which its session is killed all the same.
     """
     return child.run(
-        [*PROGRESSISTA, "run", "--url", server.url.rstrip("/"), *args],
+        [*PROGRESSISTA, "run", "--url", server_process.url.rstrip("/"), *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -58,49 +52,53 @@ def run(
     )
 
 
-def tasks(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
-    return server.tasks(f"?job={job}")
+def tasks(server_process: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
+    return server_process.tasks(f"?job={job}")
 
 
-def bars(server: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
+def bars(server_process: ServerProcess, job: str) -> dict[str, dict[str, Any]]:
     """The job's bars by description, without the run's own task."""
-    return {t["desc"]: t for t in tasks(server, job).values() if t["meta"].get("role") != "run"}
+    return {
+        t["desc"]: t for t in tasks(server_process, job).values() if t["meta"].get("role") != "run"
+    }
 
 
-def test_a_plain_tqdm_script_shows_its_bars_under_its_job(server: ServerProcess) -> None:
-    result = run(server, "--job", "plain", "--meta", "team=data", str(PROGRAMS / "plain_tqdm.py"))
+def test_a_plain_tqdm_script_shows_its_bars_under_its_job(server_process: ServerProcess) -> None:
+    result = run(
+        server_process, "--job", "plain", "--meta", "team=data", str(PROGRAMS / "plain_tqdm.py")
+    )
     assert result.returncode == 0, result.stderr
     assert "plain loop: 100%" in result.stderr  # the console output is tqdm's own
-    found = bars(server, "plain")
+    found = bars(server_process, "plain")
     assert {desc: (t["state"], t["n"]) for desc, t in found.items()} == {
         "plain loop": ("completed", 50),
         "auto range": ("completed", 20),
     }
     for task in found.values():
         assert (task["meta"]["parent"], task["meta"]["team"]) == ("plain", "data")
-    the_run = tasks(server, "plain")["plain"]
+    the_run = tasks(server_process, "plain")["plain"]
     assert (the_run["state"], the_run["meta"]["role"]) == ("completed", "run")
     assert the_run["desc"].startswith("run ") and "plain_tqdm.py" in the_run["desc"]
 
 
-def test_an_exit_code_fails_the_run_and_passes_through(server: ServerProcess) -> None:
-    result = run(server, "--job", "three", str(PROGRAMS / "plain_tqdm.py"), "3")
+def test_an_exit_code_fails_the_run_and_passes_through(server_process: ServerProcess) -> None:
+    result = run(server_process, "--job", "three", str(PROGRAMS / "plain_tqdm.py"), "3")
     assert result.returncode == 3
-    the_run = tasks(server, "three")["three"]
+    the_run = tasks(server_process, "three")["three"]
     assert (the_run["state"], the_run["error"]) == ("failed", "exit code 3")
-    assert {t["state"] for t in bars(server, "three").values()} == {"completed"}
+    assert {t["state"] for t in bars(server_process, "three").values()} == {"completed"}
 
 
-def test_an_uncaught_exception_fails_the_run_and_its_bar(server: ServerProcess) -> None:
-    result = run(server, "--job", "crash", str(PROGRAMS / "plain_tqdm.py"), "crash")
+def test_an_uncaught_exception_fails_the_run_and_its_bar(server_process: ServerProcess) -> None:
+    result = run(server_process, "--job", "crash", str(PROGRAMS / "plain_tqdm.py"), "crash")
     assert result.returncode == 1
     assert result.stderr.rstrip().endswith("RuntimeError: disk full")
-    the_run = tasks(server, "crash")["crash"]
+    the_run = tasks(server_process, "crash")["crash"]
     assert (the_run["state"], the_run["error"]) == (
         "failed",
         "RuntimeError: disk full (exit code 1)",
     )
-    crashed = bars(server, "crash")["crashing loop"]
+    crashed = bars(server_process, "crash")["crashing loop"]
     assert (crashed["state"], crashed["n"], crashed["error"]) == (
         "failed",
         4,
@@ -109,28 +107,35 @@ def test_an_uncaught_exception_fails_the_run_and_its_bar(server: ServerProcess) 
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_every_multiprocessing_worker_is_patched(server: ServerProcess, method: str) -> None:
-    result = run(server, "--job", f"pool-{method}", str(PROGRAMS / "pool_tqdm.py"), method)
+def test_every_multiprocessing_worker_is_patched(
+    server_process: ServerProcess, method: str
+) -> None:
+    result = run(server_process, "--job", f"pool-{method}", str(PROGRAMS / "pool_tqdm.py"), method)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[0, 1, 2, 3]"
-    found = bars(server, f"pool-{method}")
+    found = bars(server_process, f"pool-{method}")
     assert {desc: (t["state"], t["n"]) for desc, t in found.items()} == {
         f"worker {i}": ("completed", 30) for i in range(4)
     }
     assert {t["meta"]["parent"] for t in found.values()} == {f"pool-{method}"}
 
 
-def test_module_mode_and_python_subprocesses(server: ServerProcess) -> None:
+def test_module_mode_and_python_subprocesses(server_process: ServerProcess) -> None:
     result = run(
-        server, "--job", "module", "-m", "tests.programs.spawn_child", cwd=PROGRAMS.parent.parent
+        server_process,
+        "--job",
+        "module",
+        "-m",
+        "tests.programs.spawn_child",
+        cwd=PROGRAMS.parent.parent,
     )
     assert result.returncode == 0, result.stderr
-    assert set(bars(server, "module")) == {"parent", "plain loop", "auto range"}
+    assert set(bars(server_process, "module")) == {"parent", "plain loop", "auto range"}
 
 
-def test_any_command_that_starts_python_is_patched(server: ServerProcess) -> None:
+def test_any_command_that_starts_python_is_patched(server_process: ServerProcess) -> None:
     result = run(
-        server,
+        server_process,
         "--job",
         "shell",
         "--",
@@ -139,13 +144,13 @@ def test_any_command_that_starts_python_is_patched(server: ServerProcess) -> Non
         f'"{sys.executable}" "{PROGRAMS / "plain_tqdm.py"}" 5',
     )
     assert result.returncode == 5
-    assert set(bars(server, "shell")) == {"plain loop", "auto range"}
-    assert tasks(server, "shell")["shell"]["error"] == "exit code 5"
+    assert set(bars(server_process, "shell")) == {"plain loop", "auto range"}
+    assert tasks(server_process, "shell")["shell"]["error"] == "exit code 5"
 
 
 @contextlib.contextmanager
 def sleepy_run(
-    server: ServerProcess, job: str, *, terminal: bool
+    server_process: ServerProcess, job: str, *, terminal: bool
 ) -> Iterator[subprocess.Popen[str]]:
     """``progressista run`` of a slow loop in a session of its own, once the loop is going.
 
@@ -164,7 +169,7 @@ def sleepy_run(
                 *PROGRESSISTA,
                 "run",
                 "--url",
-                server.url.rstrip("/"),
+                server_process.url.rstrip("/"),
                 "--job",
                 job,
                 str(PROGRAMS / "sleepy_tqdm.py"),
@@ -189,19 +194,19 @@ def sleepy_run(
                 os.close(fd)
 
 
-def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server: ServerProcess) -> None:
-    with sleepy_run(server, "ctrl-c", terminal=True) as runner:
+def test_ctrl_c_reaches_the_program_and_the_run_dies_by_it(server_process: ServerProcess) -> None:
+    with sleepy_run(server_process, "ctrl-c", terminal=True) as runner:
         os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C does: the whole group gets it
         _, err = runner.communicate(timeout=WAIT)
     assert runner.returncode == -signal.SIGINT
     assert "KeyboardInterrupt" in err
-    the_run = tasks(server, "ctrl-c")["ctrl-c"]
+    the_run = tasks(server_process, "ctrl-c")["ctrl-c"]
     assert the_run["state"] == "failed"
     assert the_run["error"].startswith("KeyboardInterrupt")
-    assert bars(server, "ctrl-c")["sleepy"]["state"] == "failed"
+    assert bars(server_process, "ctrl-c")["sleepy"]["state"] == "failed"
 
 
-def test_usage_errors_are_one_line(server: ServerProcess) -> None:
+def test_usage_errors_are_one_line(server_process: ServerProcess) -> None:
     for args, message in [
         ([], "progressista: run: what should I run? (see progressista run --help)\n"),
         (["missing.py"], "progressista: cannot run 'missing.py': no such file\n"),
@@ -211,38 +216,110 @@ def test_usage_errors_are_one_line(server: ServerProcess) -> None:
             "progressista: run: unknown option '--frobnicate' (see progressista run --help)\n",
         ),
     ]:
-        result = run(server, *args)
+        result = run(server_process, *args)
         assert (result.returncode, result.stderr) == (2, message), args
 
 
-def test_death_by_sigkill_passes_through(server: ServerProcess, tmp_path: Path) -> None:
+def test_death_by_sigkill_passes_through(server_process: ServerProcess, tmp_path: Path) -> None:
     script = tmp_path / "oom.py"
     script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
-    result = run(server, "--job", "killed", str(script))
+    result = run(server_process, "--job", "killed", str(script))
     assert result.returncode == -signal.SIGKILL
     assert "Traceback" not in result.stderr
-    assert tasks(server, "killed")["killed"]["error"] == "killed by SIGKILL"
+    assert tasks(server_process, "killed")["killed"]["error"] == "killed by SIGKILL"
 
 
-def test_sigint_sent_to_the_runner_alone_reaches_the_program(server: ServerProcess) -> None:
-    with sleepy_run(server, "int-runner", terminal=False) as runner:  # SIGINT for the runner
+def test_sigint_sent_to_the_runner_alone_reaches_the_program(server_process: ServerProcess) -> None:
+    with sleepy_run(
+        server_process, "int-runner", terminal=False
+    ) as runner:  # SIGINT for the runner
         runner.send_signal(signal.SIGINT)  # the runner only, not its process group
         runner.communicate(timeout=WAIT)
     assert runner.returncode == -signal.SIGINT
 
 
-def test_a_bad_job_name_is_one_line(server: ServerProcess) -> None:
-    result = run(server, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
+def test_a_bad_job_name_is_one_line(server_process: ServerProcess) -> None:
+    result = run(server_process, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
     assert result.returncode == 2
-    assert result.stderr.startswith("progressista: --job '..': task_id '..' must be printable")
+    assert result.stderr == (
+        "progressista: --job '..' cannot name the run's task: it must not be '.' or '..'\n"
+    )
 
 
 def test_a_failing_sitecustomize_it_shadows_is_reported(
-    server: ServerProcess, tmp_path: Path
+    server_process: ServerProcess, tmp_path: Path
 ) -> None:
     (tmp_path / "sitecustomize.py").write_text("import no_such_module_here\n")
     env = environment(PYTHONPATH=str(tmp_path))
-    result = run(server, "--job", "chained", str(PROGRAMS / "plain_tqdm.py"), env=env)
+    result = run(server_process, "--job", "chained", str(PROGRAMS / "plain_tqdm.py"), env=env)
     assert result.returncode == 0
     assert "Error in sitecustomize" in result.stderr
     assert "No module named 'no_such_module_here'" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_shards_that_raised_or_were_terminated_are_failures(
+    server_process: ServerProcess, method: str
+) -> None:
+    job = f"shards-{method}"
+    result = run(server_process, "--job", job, str(PROGRAMS / "shards.py"), method)
+    assert result.returncode == 0, result.stderr
+    assert "shard 0 failed: bad row 120" in result.stdout
+    found = bars(server_process, job)
+    raised, terminated = found["shard 0"], found["shard 1"]
+    assert (raised["state"], raised["n"]) == ("failed", 120)
+    assert raised["error"] in (
+        "ValueError: bad row 120",  # CPython 3.12+ names the exception the pool caught
+        "an exception left the loop at shards.py:14",
+    )
+    assert (terminated["state"], terminated["n"], terminated["error"]) == (
+        "failed",
+        100,
+        "cut short: the process was terminated (SIGTERM) at 100/200",
+    )
+
+
+def test_the_run_task_says_what_ran_and_how_it_went(server_process: ServerProcess) -> None:
+    result = run(server_process, "--job", "described", str(PROGRAMS / "plain_tqdm.py"))
+    assert result.returncode == 0, result.stderr
+    the_run = tasks(server_process, "described")["described"]
+    assert (the_run["state"], the_run["n"], the_run["total"], the_run["unit"]) == (
+        "completed",
+        2,
+        2,
+        "bars",
+    )
+    assert the_run["postfix"] == "1 process, 2 bars, 0 open"
+    meta = the_run["meta"]
+    assert (meta["role"], meta["processes"], meta["bars"], meta["bars_open"]) == ("run", 1, 2, 0)
+    assert meta["exit_status"] == 0 and "signal" not in meta
+    assert meta["command"].endswith("plain_tqdm.py") and meta["program_pid"] > 0
+
+
+def test_bars_of_a_program_killed_by_a_signal_fail_at_once(
+    server_process: ServerProcess, tmp_path: Path
+) -> None:
+    script = tmp_path / "oom.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from tqdm import tqdm\n"
+        "bar = tqdm(total=100, desc='loading', mininterval=0)\n"
+        "bar.update(40)\n"
+        "from progressista.client import flush\n"
+        "flush()  # the server_process has the bar at 40 before the kill\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    result = run(server_process, "--job", "oom", str(script))
+    assert result.returncode == -signal.SIGKILL
+    loading = bars(server_process, "oom")["loading"]
+    assert (loading["state"], loading["n"], loading["error"]) == (
+        "failed",
+        40,
+        "killed by SIGKILL",
+    )
+    the_run = tasks(server_process, "oom")["oom"]
+    assert (the_run["error"], the_run["meta"]["signal"], the_run["meta"]["exit_status"]) == (
+        "killed by SIGKILL",
+        "SIGKILL",
+        -9,
+    )

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from progressista.settings import ServerSettings, SettingError, env_name, parse_args
+from progressista.settings import (
+    ClientSettings,
+    ServerSettings,
+    SettingError,
+    ViewerSettings,
+    env_name,
+    parse_args,
+)
 
 
 def test_defaults_bind_to_loopback() -> None:
@@ -137,3 +144,72 @@ def test_bad_values_name_their_source(
 def test_describe_hides_secrets() -> None:
     described = ServerSettings(write_token="w", read_token=None).describe()
     assert (described["write_token"], described["read_token"]) == ("<set>", None)
+
+
+def test_client_settings_read_every_variable_from_field_metadata() -> None:
+    environ = {
+        "PROGRESSISTA_URL": "https://progress.example.org/",
+        "PROGRESSISTA_TOKEN": "w",
+        "PROGRESSISTA_PUSH_EVERY": "0.25",
+        "PROGRESSISTA_FLUSH_TIMEOUT": "1m",
+        "PROGRESSISTA_KEEPALIVE": "30s",
+        "PROGRESSISTA_JOB": "nightly",
+        "PROGRESSISTA_META": '{"team": "data"}',
+    }
+    assert set(environ) == {env_name(f.name) for f in dataclasses.fields(ClientSettings)}
+    assert ClientSettings.from_env(environ) == ClientSettings(
+        url="https://progress.example.org",
+        token="w",
+        push_every=0.25,
+        flush_timeout=60,
+        keepalive=30,
+        job="nightly",
+        meta={"team": "data"},
+    )
+
+
+def test_client_keywords_win_and_none_means_not_given() -> None:
+    settings = ClientSettings.from_env(
+        {"PROGRESSISTA_URL": "http://a:1", "PROGRESSISTA_PUSH_EVERY": "2"},
+        url="http://b:2/",
+        push_every=None,
+    )
+    assert (settings.url, settings.push_every) == ("http://b:2", 2.0)
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"PROGRESSISTA_URL": "not-a-url"},
+            "PROGRESSISTA_URL: 'not-a-url' is not a server URL; give one like "
+            "http://127.0.0.1:8000 or https://progress.example.org",
+        ),
+        (
+            {"PROGRESSISTA_PUSH_EVERY": "abc"},
+            "PROGRESSISTA_PUSH_EVERY: 'abc' is not a duration; use seconds or a unit: "
+            "90, 90s, 15m, 2h, 1d",
+        ),
+        (
+            {"PROGRESSISTA_FLUSH_TIMEOUT": "0"},
+            "flush_timeout (PROGRESSISTA_FLUSH_TIMEOUT) must be a positive number of seconds, "
+            "not 0.0",
+        ),
+        (
+            {"PROGRESSISTA_META": "[1]"},
+            """PROGRESSISTA_META: must be a JSON object like {"team": "data"}, not '[1]'""",
+        ),
+    ],
+)
+def test_bad_client_values_name_their_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingError) as caught:
+        ClientSettings.from_env(environ)
+    assert str(caught.value) == message
+
+
+def test_the_read_token_is_read_with_the_other_settings() -> None:
+    viewer = ViewerSettings.from_env({"PROGRESSISTA_READ_TOKEN": "r"}, url="http://x:1/")
+    assert (viewer.url, viewer.read_token) == ("http://x:1", "r")
+    assert ViewerSettings.from_env(
+        {"PROGRESSISTA_READ_TOKEN": "r"}, read_token="given"
+    ).read_token == ("given")

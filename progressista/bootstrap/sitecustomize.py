@@ -7,6 +7,7 @@ must never break the program it runs in: any failure is one line on stderr.
 
 import os
 import sys
+import types
 
 
 def _patch() -> None:
@@ -17,19 +18,25 @@ def _patch() -> None:
         return
     install()
     report = os.environ.get("PROGRESSISTA_RUN_REPORT")
-    if report and os.environ.get("PROGRESSISTA_RUN_PID") == str(os.getppid()):
-        _report_crash_to(report)
+    if report:
+        from progressista.report import start_reporting
+
+        start_reporting(report)
+        if os.environ.get("PROGRESSISTA_RUN_PID") == str(os.getppid()):
+            _report_crash_to(report)
 
 
 def _report_crash_to(path: str) -> None:
     previous = sys.excepthook
 
-    def excepthook(kind, error, tb):  # type: ignore[no-untyped-def]
+    def excepthook(
+        kind: type[BaseException], error: BaseException, tb: types.TracebackType | None
+    ) -> None:
         try:
-            from progressista.client.bar import describe_exception
+            from progressista.client.event import describe_exception
+            from progressista.report import write_crash
 
-            with open(path, "w", encoding="utf-8") as report:
-                report.write(describe_exception(error))
+            write_crash(path, describe_exception(error))
         except Exception:
             pass
         previous(kind, error, tb)

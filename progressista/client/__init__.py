@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .bar import RemoteTqdm, trange
-from .sender import ProgressistaWarning, flush
+from .lifecycle import flush
+from .warning import ProgressistaWarning
 
 if TYPE_CHECKING:
     from .aio import AsyncRemoteTqdm

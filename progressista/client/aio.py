@@ -1,218 +1,36 @@
 """AsyncRemoteTqdm: tqdm's asyncio bar, batched on the caller's own event loop.
 
-One sender task and one ``aiohttp.ClientSession`` per event loop, shared by every bar on it: no
-thread, and never a blocking call on the loop. The task stops (closing its session) once every
-bar is closed and delivered, and starts again with the next bar; when the loop shuts down it gets
-``flush_timeout`` seconds to deliver what is pending, so ``asyncio.run`` leaves no unclosed session
-and no pending task behind.
+Its state goes to the loop's sender task (:mod:`.loop_sender`), not to a thread; created outside
+a running loop, a bar falls back to the process's sender thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import random
-import time
 from typing import Any
 
-import aiohttp
 from tqdm.asyncio import tqdm_asyncio
 
 from ..settings import ClientSettings
+from . import nesting
 from .bar import RemoteTqdm
-from .outbox import Outbox, Source
-from .sender import (
-    REQUEST_TIMEOUT,
-    build_events,
-    encode,
-    install_hooks,
-    request_headers,
-    sender_for,
-    settle,
-)
+from .lifecycle import sender_for
+from .loop_sender import loop_sender_for, loop_senders
+from .outbox import Outbox
 
-__all__ = ["AsyncRemoteTqdm", "LoopSender"]
-
-log = logging.getLogger("progressista.client")
-
-
-class LoopSender:
-    """Delivers one outbox to one server from a task on one event loop."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, settings: ClientSettings) -> None:
-        self.loop = loop
-        self.settings = settings
-        self.outbox = Outbox(
-            push_every=settings.push_every,
-            keepalive=settings.keepalive,
-            clock=time.monotonic,  # the default loop's clock, without holding the loop
-            random=random.Random().random,  # never the caller's global sequence
-            on_ready=self._ready,
-        )
-        self._url = settings.url + "/progress"
-        self._headers = request_headers(settings)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._in_flight: dict[str, Source] | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._drained = asyncio.Event()
-
-    def _ready(self) -> None:
-        try:
-            running = asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            running = False
-        if running:
-            self._start()
-        elif not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._start)
-
-    def _start(self) -> None:
-        self._drained.clear()
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = self.loop.create_task(self._run(), name="progressista-sender")
-            self._task.add_done_callback(self._after_run)
-
-    def _after_run(self, task: asyncio.Task[None]) -> None:
-        """The task ended: start again if work arrived meanwhile, or hand the work over.
-
-        A bar may open while the task is closing its session after going idle; it must not be
-        left with nobody to send for it. A task cancelled before its first step (``asyncio.run``
-        whose main coroutine returned without awaiting after its last bar changed) never ran its
-        shutdown flush: the process's sender thread delivers instead, at exit at the latest.
-        """
-        if self._task is task:
-            self._task = None
-        if self.outbox.idle:
-            return
-        if task.cancelled() or self.loop.is_closed():
-            self.outbox.hand_over(sender_for(self.settings).outbox)
-        else:
-            self._start()
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                delay = self.outbox.delay()
-                if delay is None:
-                    return  # every bar closed and delivered: stop until the next bar
-                if delay > 0:
-                    self._wake.clear()
-                    timer = self.loop.call_later(delay, self._wake.set)
-                    try:
-                        await self._wake.wait()
-                    finally:
-                        timer.cancel()
-                    continue
-                await self._send(self.outbox.take())
-                if self.outbox.pending == 0:
-                    self._drained.set()
-        except asyncio.CancelledError:
-            # The loop is shutting down. Bars still open go to the process's sender thread: if
-            # the program is dying of an exception, the crash handler (which runs after the loop
-            # is gone) can still mark them failed, and otherwise the exit flush closes them.
-            # Closed bars' final states go out now, within the flush bound.
-            # Tentative closes too (a bar garbage-collected as an exception unwound through its
-            # `async for`): the crash handler has not had its say yet.
-            thread_outbox = sender_for(self.settings).outbox
-            self.outbox.move_open_bars(thread_outbox)
-            for key, final in self.outbox.take_tentative().items():
-                thread_outbox.adopt(key, final)
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._flush_all(), self.settings.flush_timeout)
-            raise
-        finally:
-            self._drained.set()
-            await self._close_session()
-
-    async def _flush_all(self) -> None:
-        while self.outbox.pending and await self._send(self.outbox.take(everything=True)):
-            pass
-
-    async def _send(self, batch: dict[str, Source]) -> bool:
-        events = build_events(batch)
-        if not events:
-            self.outbox.delivered()
-            return True
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT), headers=self._headers
-            )
-        self._in_flight = batch  # if the loop stops mid-request, this is what to send again
-        try:
-            async with self._session.post(self._url, data=encode(events)) as response:
-                reply = await response.read()
-                status, reply_after = response.status, response.headers.get("Retry-After")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as error:
-            log.debug("cannot reach %s: %r", self.settings.url, error)
-            self.outbox.retry(batch)
-            return False
-        except BaseException:  # cancelled mid-request (the loop is shutting down): keep it
-            self.outbox.requeue(batch)
-            raise
-        finally:
-            self._in_flight = None
-        return settle(self.outbox, self.settings.url, batch, status, reply_after, reply)
-
-    async def _close_session(self) -> None:
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    async def drain(self, timeout: float) -> bool:
-        """Send what is pending now and wait for it, at most ``timeout`` seconds."""
-        if self.outbox.pending == 0:
-            return True
-        self._start()
-        self.outbox.hurry()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), timeout)
-        return self.outbox.pending == 0
-
-
-#: Senders by loop. A plain dict, pruned of closed loops whenever a sender is looked up (and at
-#: exit): a sender's task and events refer to its loop, so weak keys would never let go.
-_loop_senders: dict[asyncio.AbstractEventLoop, dict[tuple[str, str | None], LoopSender]] = {}
-
-
-def release_closed_loops() -> None:
-    """Forget the senders of closed loops, handing any work they left to the sender thread.
-
-    A loop closed without cancelling its tasks (``run_until_complete`` then ``close()``) leaves
-    its sender's pending state behind; this is where it still gets delivered.
-    """
-    for loop in [loop for loop in list(_loop_senders) if loop.is_closed()]:
-        for sender in _loop_senders.pop(loop, {}).values():
-            if sender._in_flight:  # its POST never finished: the loop stopped under it
-                sender.outbox.requeue(sender._in_flight)
-                sender._in_flight = None
-            if not sender.outbox.idle:
-                sender.outbox.hand_over(sender_for(sender.settings).outbox)
-
-
-def loop_sender_for(loop: asyncio.AbstractEventLoop, settings: ClientSettings) -> LoopSender:
-    install_hooks()  # the exit flush and crash handling serve asyncio bars too
-    release_closed_loops()
-    senders = _loop_senders.setdefault(loop, {})
-    key = (settings.url, settings.token)
-    sender = senders.get(key)
-    if sender is None:
-        sender = senders[key] = LoopSender(loop, settings)
-    return sender
+__all__ = ["AsyncRemoteTqdm"]
 
 
 class AsyncRemoteTqdm(RemoteTqdm, tqdm_asyncio):  # type: ignore[type-arg]  # generic only in stubs
     """``tqdm.asyncio.tqdm`` that also shows up on a Progressista server.
 
     ``async for``, ``gather`` and ``as_completed`` work as in tqdm. Prefer ``async with`` (or
-    ``await bar.aclose()``): it waits until the final state is delivered (at most
-    ``flush_timeout``) and reports an exception that ends the block as a failure. Created outside
-    a running loop, a bar falls back to the threaded sender.
+    ``await bar.aclose()``): it reports an exception that ends the block as a failure and, while
+    the server answers, waits until the final state is delivered; it never waits for a server
+    whose last attempt failed, and all waits for one that never answers share one
+    ``flush_timeout`` (see :mod:`.reachability`). Created outside a running loop, a bar falls
+    back to the threaded sender.
     """
-
-    _remote_loop_sender: LoopSender | None = None
 
     @staticmethod
     def _remote_outbox_for(settings: ClientSettings) -> Outbox:
@@ -223,20 +41,26 @@ class AsyncRemoteTqdm(RemoteTqdm, tqdm_asyncio):  # type: ignore[type-arg]  # ge
         return loop_sender_for(loop, settings).outbox
 
     async def aclose(self) -> bool:
-        """Close the bar and wait until the server has its final state.
+        """Close the bar and wait until the server has its final state, as long as allowed.
 
-        Returns False when that could not happen within ``flush_timeout`` (server away).
+        Returns False when it is not delivered yet (the server is away): it still goes out when
+        the server answers again, or at exit.
         """
         self.close()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # pragma: no cover - aclose is awaited, so a loop runs
             return False
-        senders = _loop_senders.get(loop, {})
-        for sender in senders.values():
+        for sender in loop_senders(loop):
             if sender.outbox is self._remote_outbox:
                 return await sender.drain(sender.settings.flush_timeout)
         return self._remote_outbox is None
+
+    def __aiter__(self) -> AsyncRemoteTqdm:
+        if self._remote_outbox is not None:
+            self._remote_looping = True
+            nesting.looping(self)
+        return self
 
     async def __aenter__(self) -> AsyncRemoteTqdm:
         return self

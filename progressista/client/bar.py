@@ -3,157 +3,43 @@
 Only ``display()`` (every throttled repaint, ``set_description``, ``set_postfix``, ``reset``) and
 ``close()`` are hooked, as tqdm's own front ends do: ``update()`` and ``__iter__`` are the hot
 path and stay tqdm's. ``display()`` just marks the bar as changed in its sender's outbox; the
-sender builds the event from ``format_dict`` when it sends, so a repaint costs one dict store.
+sender builds the event when it sends (:class:`.event.EventMaker`), so a repaint costs one dict
+store.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
 import os
 import sys
 import threading
-import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from types import FrameType
 from typing import Any
 
 from tqdm import tqdm
 
-from ..schema import (
-    MAX_ERROR_CHARS,
-    MAX_META_BYTES,
-    MAX_SEQ,
-    MAX_TASK_ID_CHARS,
-    MAX_TEXT_CHARS,
-    MAX_UNIT_CHARS,
-    Event,
+from ..schema import MAX_ERROR_CHARS, Event
+from ..settings import ClientSettings, SettingError
+from . import nesting
+from .ending import Site, is_failure, iteration_site, loop_release, watch_unwinding
+from .event import (
+    EventMaker,
+    build_meta,
+    default_task_id,
+    describe_exception,
+    given_task_id,
+    progress_of,
 )
-from ..settings import ClientSettings
+from .lifecycle import report, sender_for, warn_once
 from .outbox import FinalEvent, Location, Outbox, WeakSource
-from .sender import sender_for
 
 __all__ = ["RemoteTqdm", "trange"]
-
-_bar_numbers = itertools.count(1)
-
-
-def hostname() -> str:
-    """This machine's name, without importing socket (which costs the client import time)."""
-    try:
-        return os.uname().nodename
-    except AttributeError:  # pragma: no cover - Windows
-        import socket
-
-        return socket.gethostname()
-
-
-def _program() -> str:
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    return name if name and name != "-c" else "python"
-
-
-def default_task_id() -> str:
-    """Unique per bar and readable: which program, which process, which bar, which machine."""
-    return f"{_program()}-{os.getpid()}-{next(_bar_numbers)}@{hostname()}"
-
-
-def check_task_id(task_id: str) -> str:
-    if not isinstance(task_id, str) or not 1 <= len(task_id) <= MAX_TASK_ID_CHARS:
-        raise ValueError(f"task_id must be a string of 1 to {MAX_TASK_ID_CHARS} characters")
-    if not task_id.isprintable() or task_id in (".", ".."):
-        raise ValueError(f"task_id {task_id!r} must be printable and not '.' or '..'")
-    return task_id
-
-
-def _label(value: Any) -> str | int | float | bool | None:
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int) and abs(value) < 2**63:
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    return str(value)
-
-
-def build_meta(settings: ClientSettings, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The bar's labels: host, pid and job, then the caller's; cut to fit the server's limit."""
-    meta: dict[str, Any] = {"host": hostname(), "pid": os.getpid()}
-    if settings.job:
-        meta["job"] = settings.job
-    for labels in (settings.meta, extra or {}):
-        for key, value in labels.items():
-            meta[str(key)] = _label(value)
-    import json
-
-    while meta and len(json.dumps(meta, ensure_ascii=False).encode()) > MAX_META_BYTES:
-        meta.popitem()  # drop the last labels rather than have every batch refused
-    return meta
-
-
-def _count(value: Any) -> int | float:
-    """A finite number ≥ 0 for the wire, whatever tqdm holds (it allows negative updates)."""
-    number = _count_or_none(value)
-    return 0 if number is None else number
-
-
-def _count_or_none(value: Any) -> int | float | None:
-    """Like _count, with None for what is not a finite number ≥ 0."""
-    if value is None:
-        return None
-    if type(value) is int:
-        return min(value, MAX_SEQ) if value >= 0 else None
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if math.isfinite(number) and number >= 0 else None
-
-
-def _text(value: Any, limit: int) -> str:
-    text = value if isinstance(value, str) else ("" if value is None else str(value))
-    return text[:limit]
-
-
-def event_from(format_dict: Mapping[str, Any]) -> Event:
-    """The wire fields of a bar, from tqdm's ``format_dict``, always valid for the server."""
-    desc = _text(format_dict.get("prefix"), MAX_TEXT_CHARS + 2)
-    if desc.endswith(": "):  # set_description() appends it; tqdm shows it either way
-        desc = desc[:-2]
-    unit_scale = format_dict.get("unit_scale")
-    divisor = _count_or_none(format_dict.get("unit_divisor"))
-    return {
-        "n": _count(format_dict.get("n")),
-        "total": _count_or_none(format_dict.get("total")),
-        "desc": desc[:MAX_TEXT_CHARS],
-        "postfix": _text(format_dict.get("postfix"), MAX_TEXT_CHARS),
-        "unit": _text(format_dict.get("unit") or "it", MAX_UNIT_CHARS),
-        "unit_scale": unit_scale if isinstance(unit_scale, bool) else _count(unit_scale),
-        "unit_divisor": divisor if divisor else 1000,
-        "elapsed": _count_or_none(format_dict.get("elapsed")),
-        "rate": _count_or_none(format_dict.get("rate")),
-    }
-
 
 _TQDM_ITER = tqdm.__iter__.__code__
 
 
-def _loop_location() -> Location | None:
-    """Where the ``for`` loop over a bar stood when it abandoned the bar's generator."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code is not _TQDM_ITER:
-        frame = frame.f_back  # type: ignore[assignment]
-    consumer = frame.f_back if frame is not None else None
-    if consumer is None:
-        return None
-    return (id(consumer), consumer.f_code, consumer.f_lineno)
-
-
-def describe_exception(error: BaseException) -> str:
-    """One line naming the exception, as the dashboard shows it for a failed bar."""
-    import traceback  # only when a bar fails: not worth its import time for every worker
-
-    text = "".join(traceback.format_exception_only(type(error), error)).strip()
-    return text[:MAX_ERROR_CHARS]
+def _location(frame: FrameType | None) -> Location | None:
+    return None if frame is None else (id(frame), frame.f_code, frame.f_lineno)
 
 
 class _TqdmLock:
@@ -164,7 +50,7 @@ class _TqdmLock:
     """
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
-        return tqdm.get_lock()  # type: ignore[no-untyped-call]
+        return tqdm.get_lock()  # type: ignore[no-untyped-call]  # types-tqdm leaves it untyped
 
 
 class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the stubs
@@ -187,15 +73,20 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     """
 
     _lock = _TqdmLock()
+    #: The bar's id on the server; None for a bar that is not remote.
     remote_task_id: str | None = None
+    #: The thread the bar was created in (the crash handler fails that thread's bars).
     remote_thread: int = 0
     _remote_outbox: Outbox | None = None
     _remote_closed = False
-    _remote_started = False
     _remote_from_gc = False
     _remote_exit_error: BaseException | str | None = None
-    #: A tentative close not yet settled (see Outbox.settle_tentative).
+    #: A close not yet decided (tentative or refinable, see Outbox.resolve_tentative).
     _remote_final: FinalEvent | None = None
+    #: Where the current loop over the bar asked for its iterator (see ending.loop_release).
+    _remote_site: Site | None = None
+    #: Whether a loop over the bar (for or async for) has begun: bars opened in it nest in it.
+    _remote_looping = False
 
     def __init__(
         self,
@@ -210,24 +101,46 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         **kwargs: Any,
     ) -> None:
         outbox = None
+        settings = None
         if remote and kwargs.get("disable") is not True:  # a disabled bar is not remote either
-            settings = ClientSettings.from_env(
-                os.environ, url=url, token=token, push_every=push_every, job=job
-            )
-            self.remote_task_id = check_task_id(task_id) if task_id else default_task_id()
-            self._remote_meta = build_meta(settings, meta)
-            # Microseconds since the epoch: a restarted worker's events rank above the old ones.
-            self._remote_seq = time.time_ns() // 1000
-            # Orders the sender thread's reads against close(): no update may outrank the end.
-            self._remote_lock = threading.Lock()
+            try:
+                settings = ClientSettings.from_env(
+                    os.environ, url=url, token=token, push_every=push_every, job=job
+                )
+            except SettingError as error:
+                # A monitoring setting must not stop the job: the bar stays a plain tqdm.
+                warn_once(
+                    f"{error}. Bars are not sent to a server until this is fixed; tqdm still "
+                    "draws them."
+                )
+        if settings is not None:
+            key = given_task_id(task_id) if task_id else default_task_id()
+            self._remote_maker = EventMaker(key, build_meta(settings, meta))
             self.remote_thread = threading.get_ident()
             outbox = self._remote_outbox_for(settings)
         super().__init__(*args, **kwargs)
-        if outbox is not None and self.remote_task_id is not None and not self.disable:
+        if outbox is not None and not self.disable:
+            self._remote_maker.relabel(self._remote_nesting(meta))
+            self.remote_task_id = self._remote_maker.task_id
             self._remote_outbox = outbox
             self._remote_handle = WeakSource(self)
             outbox.opened(self.remote_task_id, self)
             outbox.put(self.remote_task_id, self._remote_handle)
+            nesting.opened(self)
+            report("open", self.remote_task_id)
+
+    def _remote_nesting(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``leave: false`` for a bar tqdm erases when it ends, and the ``parent`` it is nested
+        in (:mod:`.nesting`), unless the caller's own labels say."""
+        # tqdm's rule: leave=None keeps only the outermost bar.
+        leave = bool(self.leave) if self.leave is not None else abs(getattr(self, "pos", 0)) == 0
+        labels: dict[str, Any] = {}
+        if not leave:
+            labels["leave"] = False
+        parent = nesting.parent_of(leave=leave)
+        if parent is not None:
+            labels["parent"] = parent
+        return {key: value for key, value in labels.items() if key not in (given or {})}
 
     @staticmethod
     def _remote_outbox_for(settings: ClientSettings) -> Outbox:
@@ -242,8 +155,20 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         takes tqdm's lock again rather than the one it would otherwise inherit silently.
         """
         if "_lock" not in vars(cls):
-            cls._lock = tqdm.get_lock()  # type: ignore[no-untyped-call]
+            cls._lock = tqdm.get_lock()  # type: ignore[no-untyped-call]  # untyped in types-tqdm
         return cls._lock
+
+    @property
+    def remote_meta(self) -> dict[str, Any]:
+        """The labels this bar carries on the server (empty for a bar that is not remote)."""
+        return self._remote_maker.meta if self.remote_task_id is not None else {}
+
+    def remote_relabel(self, **labels: str | int | float | bool | None) -> None:
+        """Add or change labels of this bar on the server, with its next update."""
+        if self.remote_task_id is not None:
+            self._remote_maker.relabel(labels)
+
+    # The outbox's view of the bar (outbox.Bar) ----------------------------------------------
 
     def remote_event(self) -> Event:
         """The open bar's current state as an event (called by the sender when it sends).
@@ -251,36 +176,59 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         Raises LookupError once the bar is closed: its final event, queued by close(), is the
         only one that may follow.
         """
-        with self._remote_lock:
-            if self._remote_closed:
-                raise LookupError("the bar is closed")
-            return self._next_event("update" if self._remote_started else "start")
+        maker = self._remote_maker
+        # No lock (this runs for every changed bar, every push): the seq is taken before the
+        # check, and close() sets the flag before taking its own, so an update that passes the
+        # check is always outranked by the close.
+        seq = maker.next_seq()
+        if self._remote_closed:
+            raise LookupError("the bar is closed")
+        outbox = self._remote_outbox
+        generation = outbox.generation if outbox is not None else 0
+        return maker.event(self, "update" if maker.started else "start", generation, seq)
 
     def remote_final_event(self, status: str = "close", error: str | None = None) -> Event:
         """The event that ends the bar, numbered after every event sent before it."""
-        with self._remote_lock:
-            self._remote_closed = True
-            event = self._next_event(status)
+        self._remote_closed = True
+        event = self._remote_maker.event(self, status)
         if error is not None:
-            event["error"] = error
+            event["error"] = error[:MAX_ERROR_CHARS]
         return event
 
-    def _next_event(self, status: str) -> Event:
-        event = event_from(self.format_dict)
-        self._remote_seq += 1
-        event["task_id"] = self.remote_task_id
-        event["status"] = status
-        event["seq"] = self._remote_seq
-        event["timestamp"] = time.time()
-        event["meta"] = self._remote_meta
-        self._remote_started = True
-        return event
+    def remote_progress(self) -> tuple[int | float, int | float | None]:
+        """Where the bar stands: (n, total), as the last event says."""
+        return progress_of(self)
+
+    @property
+    def remote_is_open(self) -> bool:
+        """Whether the bar is remote and not closed yet."""
+        return self.remote_task_id is not None and not self._remote_closed
+
+    @property
+    def remote_is_looping(self) -> bool:
+        """Whether a loop over the bar has begun (it ends when the bar closes)."""
+        return self._remote_looping
+
+    def remote_moved(self, outbox: Outbox) -> None:
+        """From now on this bar's updates and close go to ``outbox``."""
+        self._remote_outbox = outbox
+
+    # tqdm's hooks ---------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Any]:
+        """tqdm's own iterator, untouched (the hot path); only where the loop began is noted,
+        once per loop, so that close() can tell ``break`` from an exception."""
+        if self._remote_outbox is not None:
+            self._remote_site = iteration_site()
+            self._remote_looping = True
+            nesting.looping(self)
+        return super().__iter__()
 
     def display(self, *args: Any, **kwargs: Any) -> Any:
         shown = super().display(*args, **kwargs)  # any front end's signature (notebook's too)
         outbox = self._remote_outbox
         if outbox is not None and not self._remote_closed:
-            outbox.put(self.remote_task_id, self._remote_handle)  # type: ignore[arg-type]
+            outbox.put(self._remote_maker.task_id, self._remote_handle)
         return shown
 
     def close(self) -> None:
@@ -290,23 +238,31 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             return
         error = self._remote_exit_error
         tentative = self._remote_from_gc
+        unwound: FrameType | None = None  # the frame an exception is unwinding, if one is
         origin = None
         if error is None and not tentative:
             in_flight = sys.exc_info()[1]
             if isinstance(in_flight, GeneratorExit):
-                # The loop over this bar was abandoned: by break, or by an exception in the loop
-                # body that tqdm cannot see. Wait for the crash handler before calling it done.
-                tentative = True
-                origin = _loop_location()
+                # The loop over this bar was abandoned: the frame releasing it says whether by
+                # break or return (done), by an exception (failed), or cannot say (tentative:
+                # the crash handler may still call it a failure).
+                verdict, frame = loop_release(_TQDM_ITER, self._remote_site)
+                origin = _location(frame)
+                if verdict == "exception" and frame is not None:
+                    unwound = frame
+                    where = f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+                    error = f"an exception left the loop at {where}"
+                tentative = verdict == "unknown"
             elif in_flight is not None and not isinstance(
                 in_flight, StopIteration | StopAsyncIteration
             ):  # (tqdm_asyncio closes a finished bar inside `except StopIteration`)
-                error = in_flight  # the wrapped iterable raised, or close() during an except
+                if is_failure(in_flight):
+                    error = in_flight  # the wrapped iterable raised, or close() during an except
         self._remote_closed = True  # the repaint inside super().close() must not re-queue it
         super().close()
         if error is not None:
             reason = error if isinstance(error, str) else describe_exception(error)
-            event = self.remote_final_event("error", reason[:MAX_ERROR_CHARS])
+            event = self.remote_final_event("error", reason)
         else:
             event = self.remote_final_event("close")
         final = FinalEvent(
@@ -314,10 +270,26 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
             tentative=tentative and error is None,
             thread=self.remote_thread,
             origin=origin,
+            refinable=unwound is not None,
         )
-        if final.tentative:
+        if final.tentative or final.refinable:
             self._remote_final = final
-        outbox.closed(self.remote_task_id, final, urgent=not final.tentative)  # type: ignore[arg-type]
+        report("closed", self._remote_maker.task_id)
+        # A refinable failure waits for the next round, time for its exception to be named.
+        outbox.closed(
+            self._remote_maker.task_id, final, urgent=not final.tentative and not final.refinable
+        )
+        if unwound is not None:
+            key = self._remote_maker.task_id
+            watch_unwinding(unwound, lambda exception: self._remote_unwound(key, final, exception))
+
+    def _remote_unwound(self, key: str, final: FinalEvent, exception: BaseException) -> None:
+        """The exception that left the loop is known (CPython 3.12+): name it, or, for
+        ``sys.exit(0)``, take the failure back."""
+        outbox = self._remote_outbox
+        if outbox is not None:
+            error = describe_exception(exception) if is_failure(exception) else None
+            outbox.resolve_tentative(key, final, error)
 
     def fail(self, error: BaseException | str) -> None:
         """Close the bar as failed, with ``error`` (an exception, or a sentence) as the reason."""
@@ -325,15 +297,19 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         self.close()
 
     def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
-        failed = isinstance(exc_value, BaseException) and not isinstance(exc_value, GeneratorExit)
+        # sys.exit(0) and GeneratorExit end a block without failing it; any other exception
+        # (sys.exit(3) and Ctrl-C included) fails the bar.
+        failed = isinstance(exc_value, BaseException) and is_failure(exc_value)
         if failed:
             self._remote_exit_error = exc_value
         final, outbox = self._remote_final, self._remote_outbox
-        if final is not None and outbox is not None and self.remote_task_id is not None:
-            # A loop over this bar inside the block was abandoned first (a tentative close): the
-            # block's end says how. An exception leaving it fails the bar; none completes it now.
-            error = describe_exception(exc_value) if failed else None
-            outbox.settle_tentative(self.remote_task_id, final, error)
+        if final is not None and outbox is not None:
+            # A loop over this bar inside the block was abandoned first (a close not decided
+            # yet): the block's end says how. An exception leaving it fails the bar, with its
+            # text; none completes it now.
+            if failed or final.tentative:
+                error = describe_exception(exc_value) if failed else None
+                outbox.resolve_tentative(self._remote_maker.task_id, final, error)
             self._remote_final = None
         super().__exit__(exc_type, exc_value, traceback)
 

@@ -9,15 +9,17 @@ randomness are injected, so tests walk it through failures without sleeping.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Callable, Collection
 from types import CodeType
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..schema import Event
+from .tuning import BACKOFF_CAP, MAX_BATCH, MAX_PENDING_FINALS, MIN_GAP, TENTATIVE_HOLD
 
-__all__ = ["FinalEvent", "Location", "Outbox", "Source", "WeakSource"]
+__all__ = ["Bar", "FinalEvent", "Location", "Outbox", "Source", "WeakSource"]
 
 #: Where code was running: ``(id(frame), frame.f_code, line)``.
 Location = tuple[int, CodeType, int]
@@ -29,6 +31,27 @@ class Source(Protocol):
     def remote_event(self) -> Event: ...
 
 
+class Bar(Source, Protocol):
+    """What the outbox needs from an open bar (RemoteTqdm is one), and nothing more."""
+
+    @property
+    def remote_thread(self) -> int:
+        """The id of the thread the bar was created in: an uncaught exception there ends it."""
+        ...
+
+    def remote_final_event(self, status: str = "close", error: str | None = None) -> Event:
+        """The event that ends the bar; no update may follow it."""
+        ...
+
+    def remote_progress(self) -> tuple[int | float, int | float | None]:
+        """Where the bar stands (n, total), to tell a finished bar from a cut-short one."""
+        ...
+
+    def remote_moved(self, outbox: Outbox) -> None:
+        """From now on, send updates and the close to ``outbox`` (its transport lives on)."""
+        ...
+
+
 class FinalEvent:
     """The last state of a closed bar, frozen when it closed.
 
@@ -38,9 +61,11 @@ class FinalEvent:
     was when it was abandoned (frame id, code, line): the crash handler blames the bar only if
     the uncaught exception's traceback passes there, so a ``break`` followed later by an
     unrelated crash is not a failure. ``thread`` is the id of the thread the bar ran in.
+    ``refinable`` marks a failure whose exception is not known yet (a loop seen to be unwound
+    by one): the crash handler, if the exception reaches it, puts its text in.
     """
 
-    __slots__ = ("created", "event", "origin", "tentative", "thread")
+    __slots__ = ("created", "event", "origin", "refinable", "tentative", "thread")
 
     def __init__(
         self,
@@ -49,11 +74,13 @@ class FinalEvent:
         tentative: bool = False,
         thread: int | None = 0,
         origin: Location | None = None,
+        refinable: bool = False,
     ) -> None:
         self.event = event
         self.tentative = tentative
         self.thread = thread
         self.origin = origin
+        self.refinable = refinable
         #: When the outbox received it (its clock); a tentative close waits TENTATIVE_HOLD.
         self.created = 0.0
 
@@ -70,7 +97,7 @@ class WeakSource:
 
     __slots__ = ("_bar",)
 
-    def __init__(self, bar: Source) -> None:
+    def __init__(self, bar: Bar) -> None:
         self._bar = weakref.ref(bar)
 
     def remote_event(self) -> Event:
@@ -78,14 +105,6 @@ class WeakSource:
         if bar is None:
             raise LookupError("the bar was garbage-collected")
         return bar.remote_event()
-
-
-#: Sends closer together than this are merged, even when bars close one after another.
-MIN_GAP = 0.05
-
-#: Seconds a tentative close waits before it is sent as completed: time for an exception that
-#: is still unwinding (through ``finally`` blocks, ``with`` exits) to reach the crash handler.
-TENTATIVE_HOLD = 2.0
 
 
 class Outbox:
@@ -102,14 +121,16 @@ class Outbox:
         clock: Callable[[], float],
         random: Callable[[], float],
         on_ready: Callable[[], None] = lambda: None,
-        max_batch: int = 1000,
-        max_bars: int = 10_000,
-        backoff_cap: float = 30.0,
+        max_batch: int = MAX_BATCH,
+        max_finals: int = MAX_PENDING_FINALS,
+        backoff_cap: float = BACKOFF_CAP,
     ) -> None:
         self.push_every = push_every
         self.keepalive = keepalive
+        #: The keepalive the worker asked for; a server may ask for less (see follow_server).
+        self._own_keepalive = keepalive
         self.max_batch = max_batch
-        self.max_bars = max_bars
+        self.max_finals = max_finals
         self.backoff_cap = backoff_cap
         self._clock = clock
         self._random = random
@@ -118,20 +139,30 @@ class Outbox:
         # Re-entrant: a SIGTERM handler that flushes may run while this thread holds it.
         self._lock = threading.RLock()
         self._pending: dict[str, Source] = {}
+        #: How many of the pending states are final ones (the only kind that is capped).
+        self._finals = 0
+        #: Keys whose pending state is a tentative close (held back a moment, see take()).
+        self._tentative: set[str] = set()
         #: Open bars, weakly: an abandoned bar must stay collectable so tqdm's __del__ closes it.
         #: A plain dict of references under the lock, not a WeakValueDictionary: bars open and
         #: close from any thread (and from GC) while the sender walks this for keepalives.
-        self._open: dict[str, weakref.ref[Any]] = {}
+        self._open: dict[str, weakref.ref[Bar]] = {}
         self._urgent = False
         self._everything_once = False
         self._failures = 0
         now = clock()
         self._next_send = now
         self._last_send = float("-inf")
+        #: Bars still to send in the current round: its batches go back to back.
+        self._round_left = 0
+        #: Changes when the server may have lost what it was sent (a failed attempt, a new
+        #: connection): bars then send every field again, not only what changed.
+        self.generation = 0
         self._next_keepalive = now + keepalive
         self._warned: set[int] = set()
-        #: Bars dropped because more than max_bars were pending at once.
+        #: Final states dropped because more than ``max_finals`` waited at once.
         self.dropped = 0
+        self._dropped_told = False
 
     def renew_lock(self) -> None:
         """In a forked child: a fresh lock, since the parent's may have been held at the fork."""
@@ -139,7 +170,7 @@ class Outbox:
 
     # Called by bars -------------------------------------------------------------------------
 
-    def opened(self, key: str, bar: Source) -> None:
+    def opened(self, key: str, bar: Bar) -> None:
         """Track an open bar for keepalives."""
         with self._lock:
             self._open[key] = weakref.ref(bar)
@@ -150,14 +181,40 @@ class Outbox:
         with self._lock:
             pending = self._pending
             wake = not pending or (urgent and not self._urgent)
+            previous = pending.get(key)
             pending[key] = source
-            if len(pending) > self.max_bars:
-                del pending[next(iter(pending))]
-                self.dropped += 1
+            self._finals += isinstance(source, FinalEvent) - isinstance(previous, FinalEvent)
+            if isinstance(source, FinalEvent) and source.tentative:
+                self._tentative.add(key)
+            elif previous is not None:
+                self._tentative.discard(key)
+            if self._finals > self.max_finals:
+                self._drop_oldest_final()
             if urgent:
                 self._urgent = True
         if wake:
             self._on_ready()
+
+    def _drop_oldest_final(self) -> None:
+        """Memory stays bounded while the server is away: the oldest final state goes."""
+        for key, source in self._pending.items():
+            if isinstance(source, FinalEvent):
+                del self._pending[key]
+                self._tentative.discard(key)
+                self._finals -= 1
+                self.dropped += 1
+                return
+
+    def drop_news(self) -> int:
+        """How many final states were dropped, the first time any were; 0 ever after.
+
+        The transport warns with it: once, however long the outage lasts.
+        """
+        with self._lock:
+            if not self.dropped or self._dropped_told:
+                return 0
+            self._dropped_told = True
+            return self.dropped
 
     def closed(self, key: str, final: FinalEvent, *, urgent: bool) -> None:
         """Queue a bar's final state and stop keeping it alive."""
@@ -165,54 +222,57 @@ class Outbox:
         final.created = self._clock()
         self.put(key, final, urgent=urgent)
 
-    def settle_tentative(self, key: str, final: FinalEvent, error: str | None) -> bool:
-        """Decide a tentative close still waiting here: failed with ``error``, or completed.
+    def resolve_tentative(self, key: str, final: FinalEvent, error: str | None) -> bool:
+        """Decide a close still waiting here: failed with ``error``, or completed (None).
 
-        False when it already went out (too late to change).
+        For a tentative close (loop abandoned, cause unknown) or a refinable one (an exception,
+        not known which). False when it already went out (too late to change).
         """
         with self._lock:  # re-entrant: the check and the put are one step for the sender
             if self._pending.get(key) is not final:
                 return False
-            event = final.event if error is None else dict(final.event, status="error", error=error)
+            event = {k: v for k, v in final.event.items() if k != "error"}
+            if error is None:
+                event["status"] = "close"
+            else:
+                event.update(status="error", error=error)
             self.put(key, FinalEvent(event, thread=final.thread), urgent=True)
         return True
 
     # Called by the crash handler --------------------------------------------------------------
 
     def fail(
-        self,
-        thread: int | None,
-        error: str,
-        path: Collection[Location],
-        make_event: Callable[[Source], Event],
+        self, thread: int | None, error: str, path: Collection[Location], *, open_bars: bool = True
     ) -> int:
         """Turn the bars of ``thread`` that an uncaught exception ended into failures.
 
-        ``path`` holds the locations the exception's traceback passed through. Open bars, and
-        tentative closes not yet sent that were abandoned on that path, get status ``error`` with
-        ``error`` as their text. Returns how many bars were marked.
+        ``path`` holds the locations the exception's traceback passed through. Closes not sent
+        yet whose loop was abandoned on that path, and (with ``open_bars``) every bar of the
+        thread still open, get status ``error`` with ``error`` as their text. Returns how many
+        bars were marked.
         """
         marked = 0
         with self._lock:
             for key, source in list(self._pending.items()):
                 if (
                     isinstance(source, FinalEvent)
-                    and source.tentative
+                    and (source.tentative or source.refinable)
                     and source.thread == thread
                     and (source.origin is None or source.origin in path)
                 ):
                     event = dict(source.event, status="error", error=error)
                     self._pending[key] = FinalEvent(event, thread=thread)
+                    self._tentative.discard(key)
                     marked += 1
-        for key, bar in self.open_bars():
-            if getattr(bar, "remote_thread", None) == thread:
-                event = dict(make_event(bar), status="error", error=error)
+        for key, bar in self.open_bars() if open_bars else ():
+            if bar.remote_thread == thread:
+                event = bar.remote_final_event("error", error)
                 self.forget(key)
                 self.put(key, FinalEvent(event, thread=thread), urgent=True)
                 marked += 1
         return marked
 
-    def open_bars(self) -> list[tuple[str, Any]]:
+    def open_bars(self) -> list[tuple[str, Bar]]:
         """The bars still open and alive, copied under the lock; dead references are pruned."""
         with self._lock:
             entries = list(self._open.items())
@@ -253,6 +313,8 @@ class Outbox:
             }
             for key in tentative:
                 del self._pending[key]
+            self._finals -= len(tentative)
+            self._tentative.clear()
         return tentative
 
     def adopt(self, key: str, source: Source) -> None:
@@ -264,10 +326,11 @@ class Outbox:
         with self._lock:
             self._open.pop(key, None)
 
-    def close_open_bars(self, make_event: Callable[[Source], Event]) -> None:
-        """At exit: queue every bar still open with status ``close``, as tqdm would close it."""
+    def close_open_bars(self, ending: Callable[[Bar], str | None]) -> None:
+        """At exit: queue every bar still open, completed, or failed with what ``ending`` says."""
         for key, bar in self.open_bars():
-            event = dict(make_event(bar), status="close")
+            error = ending(bar)
+            event = bar.remote_final_event("close" if error is None else "error", error)
             self.forget(key)
             self.put(key, FinalEvent(event), urgent=True)
 
@@ -275,13 +338,15 @@ class Outbox:
         """Give every open bar to ``other``: its updates and its close go there from now on."""
         for key, bar in self.open_bars():
             self.forget(key)
-            bar._remote_outbox = other
+            bar.remote_moved(other)
             other.opened(key, bar)
 
     def hand_over(self, other: Outbox) -> None:
         """Move every pending state and open bar to ``other``, whose transport lives on."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            self._finals = 0
+            self._tentative.clear()
         self.move_open_bars(other)
         for key, source in pending.items():
             other.put(key, source, urgent=True)
@@ -289,13 +354,21 @@ class Outbox:
     # Called by the transport ------------------------------------------------------------------
 
     def delay(self) -> float | None:
-        """Seconds until the next send should start; None when there is nothing to send."""
+        """Seconds until the next send should start; None when there is nothing to send.
+
+        Zero while a round is under way: every bar that had changed when a round began goes out
+        in consecutive batches, so no state waits more than about ``push_every`` however many
+        bars change (as long as the server keeps up).
+        """
         now = self._clock()
         if not self.pending:
             return max(0.0, self._next_keepalive - now) if self._has_open() else None
         with self._lock:
-            if self._urgent and self._failures == 0:
-                return max(0.0, self._last_send + MIN_GAP - now)
+            if self._failures == 0:
+                if self._round_left > 0:
+                    return 0.0
+                if self._urgent:
+                    return max(0.0, self._last_send + MIN_GAP - now)
             return max(0.0, self._next_send - now)
 
     @property
@@ -307,6 +380,10 @@ class Outbox:
     def pending(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def pending_keys(self) -> set[str]:
+        with self._lock:
+            return set(self._pending)
 
     def hurry(self) -> None:
         """Send everything pending as soon as the transport can (someone awaits delivery).
@@ -322,44 +399,64 @@ class Outbox:
     def take(self, everything: bool = False) -> dict[str, Source]:
         """The next batch (at most ``max_batch`` bars), removed from the pending set.
 
-        Tentative closes younger than TENTATIVE_HOLD stay behind unless ``everything``.
+        The first batch of a round counts the bars pending then; the round's next batches
+        (``delay()`` is zero until it is done) take the rest of those, oldest first, before any
+        bar that changed again meanwhile. Tentative closes younger than TENTATIVE_HOLD stay
+        behind unless ``everything``.
         """
         now = self._clock()
-        if now >= self._next_keepalive:
+        if self._round_left <= 0 and now >= self._next_keepalive:
             self._next_keepalive = now + self.keepalive
             for key, bar in self.open_bars():
                 with self._lock:
-                    self._pending.setdefault(key, WeakSource(bar))
+                    if key not in self._pending:
+                        self._pending[key] = WeakSource(bar)
         with self._lock:
             pending = self._pending
             everything = everything or self._everything_once
             self._everything_once = False
             held: dict[str, Source] = {}
-            if not everything:
+            if not everything and self._tentative:
                 young = now - TENTATIVE_HOLD
-                held = {
-                    key: source
-                    for key, source in pending.items()
-                    if isinstance(source, FinalEvent)
-                    and source.tentative
-                    and source.created > young
-                }
+                for key in self._tentative:
+                    source = pending[key]
+                    if isinstance(source, FinalEvent) and source.created > young:
+                        held[key] = source
                 if held:
                     pending = {key: s for key, s in pending.items() if key not in held}
-            if len(pending) <= self.max_batch:
+            starting = self._round_left <= 0
+            if starting:
+                self._round_left = len(pending)
+                self._next_send = now + self.push_every
+            size = min(self.max_batch, self._round_left) if not everything else self.max_batch
+            if len(pending) <= size:
                 batch, self._pending = pending, held
             else:
-                keys = list(pending)[: self.max_batch]
+                keys = list(itertools.islice(pending, size))
                 batch = {key: pending.pop(key) for key in keys}
-                self._pending = {**pending, **held}
+                self._pending = {**pending, **held} if held else pending
+            self._round_left = max(0, self._round_left - len(batch)) if self._pending else 0
+            self._finals -= sum(isinstance(source, FinalEvent) for source in batch.values())
+            if self._tentative:
+                self._tentative.difference_update(batch)
             self._urgent = self._urgent and bool(self._pending)
             self._last_send = now
-            self._next_send = now + self.push_every
         return batch
 
-    def delivered(self) -> None:
-        """The last batch reached the server."""
+    def delivered(self, keepalive: float | None = None) -> None:
+        """The last batch reached the server, which may have asked for a shorter ``keepalive``.
+
+        A server whose ``stale_after`` is short suggests one with each reply, so that a slow
+        bar does not flap to stale there; a worker's own shorter setting always wins.
+        """
         self._failures = 0
+        wanted = self._own_keepalive
+        if keepalive is not None and MIN_GAP <= keepalive < wanted:
+            wanted = keepalive
+        if wanted != self.keepalive:
+            with self._lock:
+                self.keepalive = wanted
+                self._next_keepalive = min(self._next_keepalive, self._clock() + wanted)
 
     def retry(self, batch: dict[str, Source], retry_after: float | None = None) -> float:
         """The server could not be reached or was overloaded: keep the batch, back off.
@@ -370,26 +467,46 @@ class Outbox:
         return self._back_off(retry_after)
 
     def _back_off(self, retry_after: float | None = None) -> float:
-        """Count a failure and push the next send back: capped, doubling, with jitter."""
+        """Count a failure and push the next send back: capped, doubling, with jitter.
+
+        The round ends: the next one, after the backoff, starts with whatever is pending then.
+        """
         self._failures += 1
-        backoff: float = min(self.backoff_cap, self.push_every * 2 ** (self._failures - 1))
-        backoff *= 0.5 + self._random()  # jitter, so that workers do not retry in step
-        if retry_after is not None:
-            backoff = max(backoff, retry_after)
+        self._round_left = 0
+        self.generation += 1
+        # The exponent stops growing long before a float would overflow (a day-long outage).
+        doubled = self.push_every * 2 ** min(self._failures - 1, 30)
+        backoff: float = min(self.backoff_cap, doubled) * (0.5 + self._random())  # jitter
+        if retry_after is not None and 0 <= retry_after:
+            # The server's wish, within the same cap: a Retry-After of a day (or infinity) must
+            # not silence every bar for the rest of the run once the server is back.
+            backoff = max(backoff, min(retry_after, self.backoff_cap))
         self._next_send = self._clock() + backoff
         return backoff
 
     def requeue(self, batch: dict[str, Source]) -> None:
         """Put back a batch whose send was interrupted; newer states of its bars win."""
         with self._lock:
+            pending = self._pending
             for key, source in batch.items():
-                self._pending.setdefault(key, source)
+                if key not in pending:
+                    pending[key] = source
+                    if isinstance(source, FinalEvent):
+                        self._finals += 1
+                        if source.tentative:
+                            self._tentative.add(key)
 
     def shrink(self, batch: dict[str, Source]) -> None:
         """The server found the batch too large: retry at once in halves."""
         self.requeue(batch)
         self.max_batch = max(1, len(batch) // 2)
+        self._round_left = 0
+        self.generation += 1
         self._next_send = self._clock()
+
+    def reconnected(self) -> None:
+        """A new connection replaced one that had gone stale: the server may have restarted."""
+        self.generation += 1
 
     def refused(self, status: int) -> bool:
         """The server rejected the batch for good (a 4xx): drop it, back off like a failure.

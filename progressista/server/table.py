@@ -28,7 +28,7 @@ from typing import Final
 
 from ..schema import STATES
 from .job import JobIndex
-from .task import Lifetimes, Task
+from .task import Lifetimes, Task, lingers
 
 __all__ = ["REMOVED", "Changes", "TaskTable"]
 
@@ -255,7 +255,7 @@ class TaskTable:
         if created is not None and (old is None or old.created_at != task.created_at):
             created.pop(task_id, None)
             created[task_id] = None
-        if task.closed_at is not None and task.meta.get("leave") is False:
+        if task.closed_at is not None and lingers(task):
             if task_id not in self._transient:
                 self._transient[task_id] = None
         elif old is not None:

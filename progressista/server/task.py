@@ -306,6 +306,13 @@ def went_stale(task: Task) -> tuple[Task, int]:
     return stale, _STATE | (_ETA if task.eta is not None else 0)
 
 
+def lingers(task: Task) -> bool:
+    """Whether a closed task leaves the board soon after it ends: a completed ``leave=False``
+    bar, as tqdm erases it. A failed one stays for the full retention: tqdm erases that too,
+    but a failure is what someone looking at the board needs to find."""
+    return task.state == "completed" and task.meta.get("leave") is False
+
+
 class Lifetimes:
     """How long tasks live in each state (DESIGN §2); durations in seconds, None = no limit.
 
@@ -327,7 +334,7 @@ class Lifetimes:
         self.abandon_after = abandon_after
         self.retention = retention
         self.max_age = max_age
-        #: How long a closed ``leave=False`` bar stays on the board (it still counts in its
+        #: How long a completed ``leave=False`` bar stays on the board (it still counts in its
         #: job): tqdm erases such a bar when it ends.
         self.linger = linger
 
@@ -343,9 +350,7 @@ class Lifetimes:
         """When a task is removed whatever happens: retention after closing, or ``max_age``."""
         ends = math.inf
         if task.closed_at is not None and task.state in CLOSED_STATES:
-            ends = task.closed_at + (
-                self.linger if task.meta.get("leave") is False else self.retention
-            )
+            ends = task.closed_at + (self.linger if lingers(task) else self.retention)
         else:
             ends = self.abandoned_at(task)
         if self.max_age is not None:

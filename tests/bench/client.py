@@ -3,7 +3,10 @@
 Loops are timed in a fresh subprocess per measurement so that one configuration's background
 thread cannot slow another's, alternating plain and remote runs; figures are medians. The server
 is a real process ("up"), a port nobody listens on ("down"), or a socket that accepts connections
-and never answers ("hung").
+and never answers ("hung"). Also: what an outage adds to whole programs, and a worker with ten
+thousand bars (threads, and one asyncio loop): its loop speed next to plain tqdm's (wall clock,
+and per CPU second of the worker, which a busy machine disturbs less) and how old each bar's
+state on the server gets.
 
 Run ``python -m tests.bench.client --quick`` for a short smoke run.
 """
@@ -277,6 +280,187 @@ def async_posts(server_url: str, seconds: float) -> dict[str, float]:
     return {"posts": count, "intervals": window / 0.5, "per_interval": count / (window / 0.5)}
 
 
+ASYNC_BLOCKS = """
+import asyncio, io
+from progressista.client import AsyncRemoteTqdm
+async def main():
+    for block in range(5):
+        async with AsyncRemoteTqdm(total=1, file=io.StringIO(), task_id=f"block-{block}") as bar:
+            bar.update(1)
+asyncio.run(main())
+"""
+
+SHORT_SCRIPT = "import time\nfrom tqdm import tqdm\nfor _ in tqdm(range(5)):\n    time.sleep(0.1)\n"
+
+
+def wall(argv: list[str], url: str) -> float:
+    """Seconds a whole process takes, start to exit."""
+    started = time.perf_counter()
+    subprocess.run(
+        argv,
+        env={**os.environ, "PROGRESSISTA_URL": url, "PROGRESSISTA_FLUSH_TIMEOUT": "2"},
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    return time.perf_counter() - started
+
+
+def outage_costs(up: str, down: str, hung: str, repeats: int, scratch: str) -> dict[str, Any]:
+    """What a server that refuses or never answers adds to whole programs, next to one that is
+    up, measured alternately: five sequential ``async with`` blocks, and ``progressista run``
+    of a 0.5 s script."""
+    script = os.path.join(scratch, "short.py")
+    with open(script, "w") as handle:
+        handle.write(SHORT_SCRIPT)
+    programs = {
+        "async_blocks": [sys.executable, "-c", ASYNC_BLOCKS],
+        "run_short": [sys.executable, "-m", "progressista.cli", "run", "--url", "{url}", script],
+    }
+    results: dict[str, Any] = {}
+    for name, argv in programs.items():
+        times: dict[str, list[float]] = {"up": [], "down": [], "hung": []}
+        for _ in range(repeats):
+            for state, url in (("up", up), ("down", down), ("hung", hung)):
+                times[state].append(wall([arg.replace("{url}", url) for arg in argv], url))
+        medians = {state: statistics.median(values) for state, values in times.items()}
+        results[name] = {
+            **medians,
+            "down_extra": medians["down"] - medians["up"],
+            "hung_extra": medians["hung"] - medians["up"],
+        }
+    return results
+
+
+MANY_BARS = """
+import asyncio, json, os, sys, time
+BARS, SECONDS, JOB, KIND, REMOTE = {bars}, {seconds}, {job!r}, {kind!r}, {remote}
+sink = open(os.devnull, "w")
+if KIND == "thread":
+    from progressista.client import RemoteTqdm
+    from tqdm import tqdm
+    Bar = RemoteTqdm if REMOTE else tqdm
+else:
+    from progressista.client import AsyncRemoteTqdm
+    from tqdm.asyncio import tqdm_asyncio
+    Bar = AsyncRemoteTqdm if REMOTE else tqdm_asyncio
+def make():
+    # position=0: tqdm would otherwise look for a free line among every bar, for every bar.
+    # The same ids every run: each run's events outrank the last one's (seq is a clock).
+    return [Bar(total=10**9, file=sink, position=0,
+                **({{"job": JOB, "task_id": f"{{JOB}}-{{i}}"}} if REMOTE else {{}}))
+            for i in range(BARS)]
+
+def report(updates, elapsed):
+    cpu = time.process_time() - cpu_started  # every thread of the worker, the sender's too
+    print(json.dumps({{"updates_per_s": updates / elapsed, "updates_per_cpu_s": updates / cpu}}),
+          flush=True)
+    os._exit(0)  # no exit flush, no closing of ten thousand bars: only the loop is measured
+
+if KIND == "thread":
+    bars = make()
+    print("go", flush=True)
+    updates, started, cpu_started = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < SECONDS:
+        for bar in bars:
+            bar.update(1)
+        updates += BARS
+    report(updates, time.perf_counter() - started)
+else:
+    async def main():
+        global cpu_started
+        bars = make()
+        print("go", flush=True)
+        updates, started, cpu_started = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - started < SECONDS:
+            for i, bar in enumerate(bars):
+                bar.update(1)
+                if i % 100 == 0:
+                    await asyncio.sleep(0)  # an asyncio program awaits something, often
+            updates += BARS
+        report(updates, time.perf_counter() - started)
+    asyncio.run(main())
+"""
+
+
+def many_bars_once(
+    server_url: str, kind: str, remote: bool, bars: int, seconds: float, job: str
+) -> dict[str, Any]:
+    """One worker with ``bars`` bars updated in a loop; for a remote one, how old each bar's
+    state on the server gets, from ``GET /tasks`` (age: reply received minus the event's
+    client timestamp, so the time /tasks itself takes counts against the client)."""
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            MANY_BARS.format(bars=bars, seconds=seconds, job=job, kind=kind, remote=remote),
+        ],
+        env={**os.environ, "PROGRESSISTA_URL": server_url},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stdout is not None
+    assert worker.stdout.readline().strip() == "go"
+    started = time.monotonic()
+    ages: list[float] = []
+    worst_per_poll: list[float] = []
+    reads: list[float] = []  # how long each GET /tasks took: counted in the ages above
+    if remote:
+        time.sleep(2.0)  # the first round: every bar's start event
+        while time.monotonic() - started < seconds - 1.0:
+            asked = time.time()
+            with urllib.request.urlopen(f"{server_url}/tasks?job={job}", timeout=30) as reply:
+                found = json.load(reply)["tasks"]
+            now = time.time()
+            reads.append(now - asked)
+            poll = [now - task["timestamp"] for task in found.values()]
+            if len(poll) < bars:  # a bar the server does not have is as stale as can be
+                poll.append(float("inf"))
+            ages.extend(poll)
+            worst_per_poll.append(max(poll))
+            time.sleep(0.5)
+    output, _ = worker.communicate(timeout=120)
+    result: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    if remote:
+        ages.sort()
+        result["worst_age"] = max(worst_per_poll)
+        result["median_worst_age"] = statistics.median(worst_per_poll)
+        result["p99_age"] = ages[int(len(ages) * 0.99)]
+        result["read_s"] = statistics.median(reads)
+    return result
+
+
+def many_bars(
+    server_url: str, kind: str, repeats: int, bars: int, seconds: float
+) -> dict[str, Any]:
+    """Plain and remote workers alternated; loop-speed ratios and server-side ages."""
+    ratios, cpu_ratios, worst, median_worst, p99, reads = [], [], [], [], [], []
+    for _ in range(repeats):
+        plain = many_bars_once(server_url, kind, False, bars, seconds, "")
+        remote = many_bars_once(server_url, kind, True, bars, seconds, f"many-{kind}")
+        ratios.append(remote["updates_per_s"] / plain["updates_per_s"])
+        cpu_ratios.append(remote["updates_per_cpu_s"] / plain["updates_per_cpu_s"])
+        worst.append(remote["worst_age"])
+        median_worst.append(remote["median_worst_age"])
+        p99.append(remote["p99_age"])
+        reads.append(remote["read_s"])
+        print(
+            f"  {kind}: plain {plain['updates_per_s']:,.0f} updates/s, remote "
+            f"{remote['updates_per_s']:,.0f}/s (per CPU second {cpu_ratios[-1]:.3f}); "
+            f"oldest state {remote['worst_age']:.2f} s",
+            file=sys.stderr,
+        )
+    return {
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "cpu_ratio": statistics.median(cpu_ratios),
+        "worst_age": max(worst),
+        "median_worst_age": statistics.median(median_worst),
+        "p99_age": statistics.median(p99),
+        "read_s": statistics.median(reads),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -289,7 +473,23 @@ def main() -> int:
         results["up"] = overhead(url, repeats, n)
         results["delivery"] = delivery(url, 20 if options.quick else 100)
         results["async"] = async_posts(url, 5 if options.quick else 10)
+    for kind in ("thread", "async"):
+        with running_server(["--log-level", "warning"]) as server:  # 10,000 tasks of its own
+            results[f"many_{kind}"] = many_bars(
+                server.url.rstrip("/"),
+                kind,
+                2 if options.quick else 5,
+                10_000,
+                6.0 if options.quick else 10.0,
+            )
     results["down"] = overhead(nobody(), repeats, n)
+    with running_server(["--log-level", "warning"]) as server, hung_server() as hung:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            results["outage"] = outage_costs(
+                server.url.rstrip("/"), nobody(), hung, 3 if options.quick else 5, scratch
+            )
     with hung_server() as hung:
         results["hung"] = overhead(hung, repeats, n)
         results["hung_exit"] = hung_exit(hung, 5 if options.quick else 20)
@@ -372,6 +572,40 @@ def report(results: dict[str, Any], n: int) -> None:
             posts["per_interval"] <= 1.0,
         )
     )
+    for name, label in (
+        ("async_blocks", "five sequential `async with` blocks"),
+        ("run_short", "`progressista run` of a 0.5 s script"),
+    ):
+        cost = results["outage"][name]
+        rows.append(
+            (
+                f"{label}: time added by a server refusing / hung",
+                f"{cost['down_extra']:+.2f} s / {cost['hung_extra']:+.2f} s "
+                f"(up: {cost['up']:.2f} s in all)",
+                "≤ 0.5 s / ≤ 2 s (flush timeout)",
+                cost["down_extra"] <= 0.5 and cost["hung_extra"] <= 2.0 + 0.25,
+            )
+        )
+    for kind, label in (("thread", "threads"), ("async", "one asyncio loop")):
+        many = results[f"many_{kind}"]
+        rows.append(
+            (
+                f"10,000 bars ({label}), tight loop: speed / tqdm",
+                f"{many['ratio']:.3f} (per CPU second of the worker: {many['cpu_ratio']:.3f})",
+                "≥ 0.95",
+                many["ratio"] >= 0.95,
+            )
+        )
+        rows.append(
+            (
+                f"10,000 bars ({label}): age of a bar's state on the server",
+                f"worst {many['worst_age']:.2f} s, median of each poll's worst "
+                f"{many['median_worst_age']:.2f} s, p99 {many['p99_age']:.2f} s (each "
+                f"GET /tasks of 10,000 tasks, {many['read_s'] * 1000:.0f} ms, counted in)",
+                "≤ 1 s",
+                many["worst_age"] <= 1.0,
+            )
+        )
     print(f"| measure (N = {n:,}) | result | target | met |")
     print("| --- | --- | --- | --- |")
     for name, value, target, met in rows:
