@@ -25,6 +25,7 @@ from types import FrameType
 
 from .client.bar import RemoteTqdm, check_task_id
 from .client.sender import flush
+from .schema import MAX_TASK_ID_CHARS
 from .settings import ClientSettings, SettingError, env_name
 
 __all__ = ["Launch", "default_job", "run"]
@@ -86,11 +87,19 @@ def run(
     settings = ClientSettings.from_env(
         environ, url=url, token=token, meta={**base.meta, **(meta or {})}
     )
-    job = job or settings.job or default_job(launch)
+    if job is not None:
+        source, hint = "--job", ""
+    elif settings.job:
+        job, source, hint = settings.job, env_name("job"), ""
+    else:
+        job, source, hint = default_job(launch), "the default job", "; give one with --job"
     try:
         check_task_id(job)  # the job names the run's own task
-    except ValueError as error:
-        raise SettingError(f"--job {job!r}: {error}") from None
+    except ValueError:
+        raise SettingError(
+            f"{source} {job!r}: a job name is 1 to {MAX_TASK_ID_CHARS} printable characters, "
+            f"and not '.' or '..'{hint}"
+        ) from None
     if launch.kind == "script" and not Path(launch.target).is_file():
         raise SettingError(f"cannot run {launch.target!r}: no such file")
     argv = launch.argv()

@@ -423,15 +423,20 @@ def _parse(setting: dataclasses.Field[Any], text: str, source: str) -> Any:
     return value
 
 
-def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerSettings:
+def parse_args(
+    argv: Sequence[str], environ: Mapping[str, str], prog: str = "python -m progressista.server"
+) -> ServerSettings:
     """Settings for ``python -m progressista.server``: flags win over the environment.
 
-    Raises :class:`SettingError` naming the flag or variable that could not be used.
+    Raises :class:`SettingError` naming the flag or variable that could not be used. ``prog``
+    is how the usage names the command (``progressista serve`` runs this too).
     """
     import argparse  # here, not at the top: the client imports this module and needs no CLI
 
     parser = argparse.ArgumentParser(
-        prog="python -m progressista.server",
+        prog=prog,
+        # One line: a mistyped flag gets it and the error, not a screenful of flags (see -h).
+        usage="%(prog)s [-h] [--SETTING VALUE ...]",
         description="Serve the Progressista dashboard and ingest API.",
         epilog="Every flag can also be given as an environment variable, e.g. "
         "--stale-after as PROGRESSISTA_STALE_AFTER. Durations take s, m, h or d; sizes KiB "

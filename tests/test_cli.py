@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,12 +26,23 @@ pytestmark = pytest.mark.slow
 PROGRESSISTA = [sys.executable, "-m", "progressista.cli"]
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+def cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``progressista ARGS`` to its end, with the test's PROGRESSISTA_* settings left out and
+    ``env`` added."""
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")
+    }
     # The demo's last flush must not be cut short by a busy machine: delivery is what is tested.
-    env["PROGRESSISTA_FLUSH_TIMEOUT"] = str(WAIT)
-    return subprocess.run(
-        [*PROGRESSISTA, *args], capture_output=True, text=True, timeout=timeout, env=env
+    environment["PROGRESSISTA_FLUSH_TIMEOUT"] = str(WAIT)
+    return child.run(
+        [*PROGRESSISTA, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**environment, **(env or {})},
     )
 
 
@@ -51,7 +63,9 @@ def test_version_and_help() -> None:
     top = cli("--help").stdout
     for command in ("serve", "run", "demo", "watch"):
         assert command in top
-    assert "python -m progressista.server" in cli("serve", "--help").stdout
+    assert cli("serve", "--help").stdout.startswith(
+        "usage: progressista serve [-h] [--SETTING VALUE ...]\n"
+    )
     assert "(script.py | -m module | -- command)" in cli("run", "--help").stdout
     assert "--seconds" in cli("demo", "--help").stdout
     assert "terminal" in cli("watch", "--help").stdout
@@ -88,6 +102,175 @@ def test_an_unreachable_server_is_named_as_such(command: str) -> None:
     assert result.stderr.startswith(f"progressista: cannot reach the server at {url} (")
     assert "Connection refused" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def misuse(
+    *args: str, error: str, usage: str | None = None, env: dict[str, str] | None = None
+) -> Any:
+    """A misuse of the command line and what it must print: the error line, after argparse's
+    one-line usage when the mistake is argparse's to report."""
+    return pytest.param(args, env or {}, usage, error, id=" ".join(args) or "(nothing)")
+
+
+SERVE_USAGE = "usage: progressista serve [-h] [--SETTING VALUE ...]"
+TOP_USAGE = "usage: progressista [-h] [--version] COMMAND ..."
+WATCH_USAGE = "usage: progressista watch [-h] [--token TOKEN] [URL]"
+DEMO_USAGE = "usage: progressista demo [-h] [--url URL] [--seconds SECONDS]"
+NOT_A_URL = "must start with http:// or https://, not 'ftp://x'"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "usage", "error"),
+    [
+        misuse(
+            "serve",
+            "--bogus",
+            usage=SERVE_USAGE,
+            error="progressista serve: error: unrecognized arguments: --bogus",
+        ),
+        misuse("serve", "--port", "abc", error="progressista: --port: 'abc' is not a whole number"),
+        misuse(
+            "serve",
+            "--port",
+            "70000",
+            error="progressista: --port: must be 0 to 65535, not '70000'",
+        ),
+        misuse(
+            "serve",
+            "--log-level",
+            "loud",
+            error="progressista: --log-level: must be debug, info, warning or error, not 'loud'",
+        ),
+        misuse(
+            "serve",
+            env={"PROGRESSISTA_LOG_LEVEL": "loud"},
+            error="progressista: PROGRESSISTA_LOG_LEVEL: must be debug, info, warning or error, "
+            "not 'loud'",
+        ),
+        misuse(
+            "serve",
+            "--stale-after",
+            "0",
+            error="progressista: --stale-after: must be more than 0, not '0'",
+        ),
+        misuse(
+            "serve",
+            env={"PROGRESSISTA_STALE_AFTER": "0"},
+            error="progressista: PROGRESSISTA_STALE_AFTER: must be more than 0, not '0'",
+        ),
+        misuse(
+            "serve",
+            "--store",
+            "nowhere",
+            error="progressista: --store: must be 'memory' or a Redis URL (redis://host:6379/0), "
+            "not 'nowhere'",
+        ),
+        misuse(
+            "--bogus", usage=TOP_USAGE, error="progressista: error: unrecognized arguments: --bogus"
+        ),
+        misuse(
+            usage=TOP_USAGE,
+            error="progressista: error: give a command: serve, run, demo, watch or notify-test "
+            "(see progressista --help)",
+        ),
+        misuse(
+            "watch",
+            "--bogus",
+            usage=WATCH_USAGE,
+            error="progressista watch: error: unrecognized arguments: --bogus",
+        ),
+        misuse(
+            "watch",
+            "--token",
+            "",
+            usage=WATCH_USAGE,
+            error="progressista watch: error: argument --token: is empty; leave it out to use "
+            "$PROGRESSISTA_READ_TOKEN",
+        ),
+        misuse(
+            "watch",
+            "ftp://x",
+            usage=WATCH_USAGE,
+            error=f"progressista watch: error: argument URL: {NOT_A_URL}",
+        ),
+        misuse(
+            "demo",
+            "--bogus",
+            usage=DEMO_USAGE,
+            error="progressista demo: error: unrecognized arguments: --bogus",
+        ),
+        misuse(
+            "demo",
+            "--seconds",
+            "0",
+            usage=DEMO_USAGE,
+            error="progressista demo: error: argument --seconds: must be more than 0, not '0'",
+        ),
+        misuse(
+            "demo",
+            "--url",
+            "http://",
+            usage=DEMO_USAGE,
+            error="progressista demo: error: argument --url: must name a host, like "
+            "http://127.0.0.1:8000, not 'http://'",
+        ),
+        misuse(
+            "demo",
+            env={"PROGRESSISTA_URL": "ftp://x"},
+            error=f"progressista: PROGRESSISTA_URL: {NOT_A_URL}",
+        ),
+        misuse(
+            "run",
+            "--job",
+            "",
+            "x.py",
+            error="progressista: --job is empty; leave it out to use $PROGRESSISTA_JOB, or the "
+            "program and the time",
+        ),
+        misuse(
+            "run",
+            "--token=",
+            "x.py",
+            error="progressista: --token is empty; leave it out to use $PROGRESSISTA_TOKEN",
+        ),
+        misuse("run", "--url", "ftp://x", "x.py", error=f"progressista: --url: {NOT_A_URL}"),
+        misuse(
+            "run",
+            "x.py",
+            env={"PROGRESSISTA_JOB": ".."},
+            error="progressista: PROGRESSISTA_JOB '..': a job name is 1 to 200 printable "
+            "characters, and not '.' or '..'",
+        ),
+        misuse(
+            "notify-test",
+            usage="usage: progressista notify-test [-h] URL",
+            error="progressista notify-test: error: the following arguments are required: URL",
+        ),
+    ],
+)
+def test_a_misuse_is_at_most_two_lines_and_exit_status_2(
+    args: tuple[str, ...], env: dict[str, str], usage: str | None, error: str
+) -> None:
+    result = cli(*args, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ([] if usage is None else [usage]) + [error]
+
+
+def test_the_server_module_names_itself_in_its_usage() -> None:
+    result = child.run(
+        [sys.executable, "-m", "progressista.server", "--bogus"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2,
+        [
+            "usage: python -m progressista.server [-h] [--SETTING VALUE ...]",
+            "python -m progressista.server: error: unrecognized arguments: --bogus",
+        ],
+    )
 
 
 def read_until(fd: int, wanted: list[str], timeout: float = WAIT) -> str:

@@ -234,7 +234,10 @@ def test_sigint_sent_to_the_runner_alone_reaches_the_program(server: ServerProce
 def test_a_bad_job_name_is_one_line(server: ServerProcess) -> None:
     result = run(server, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
     assert result.returncode == 2
-    assert result.stderr.startswith("progressista: --job '..': task_id '..' must be printable")
+    assert result.stderr == (
+        "progressista: --job '..': a job name is 1 to 200 printable characters, "
+        "and not '.' or '..'\n"
+    )
 
 
 def test_a_failing_sitecustomize_it_shadows_is_reported(
