@@ -94,6 +94,8 @@ def _seconds(text: str) -> float:
 
 
 def _other(args: list[str]) -> int:
+    from .connection import TIMEOUT
+
     parser = argparse.ArgumentParser(
         prog="progressista",
         description="Remote tqdm progress bars on one live web page.",
@@ -145,6 +147,13 @@ def _other(args: list[str]) -> int:
         type=_not_empty("$PROGRESSISTA_READ_TOKEN"),
         help="the read token (default: $PROGRESSISTA_READ_TOKEN)",
     )
+    watch.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=TIMEOUT,
+        help=f"give up on a server that does not answer within this long (default: {TIMEOUT:g})",
+    )
     options, unknown = parser.parse_known_args(args)
     if unknown:
         # Said by the command it was given to, with that command's usage.
@@ -161,7 +170,7 @@ def _other(args: list[str]) -> int:
     from .terminal import watch as run_watch
 
     token = options.token or os.environ.get("PROGRESSISTA_READ_TOKEN") or None
-    return run_watch(_server_url(options.url), token)
+    return run_watch(_server_url(options.url), token, timeout=options.timeout)
 
 
 def _notify_test(destination: str) -> int:

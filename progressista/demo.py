@@ -15,31 +15,32 @@ import urllib.request
 from collections.abc import Callable
 
 from .client import RemoteTqdm, flush
+from .connection import TIMEOUT, timed_out, unreachable
 
 __all__ = ["demo", "reachable"]
 
 
 def reachable(url: str) -> str | None:
-    """None when the server answers ``/healthz``; otherwise why not, in a few words."""
+    """None when the server answers ``/healthz``; otherwise why not, in one line."""
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=3) as response:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=TIMEOUT) as response:
             response.read()
         return None
     except urllib.error.HTTPError as error:
-        return f"HTTP {error.code} from /healthz"
+        return f"the server at {url} answered /healthz with HTTP {error.code}"
     except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        return str(getattr(reason, "strerror", None) or reason)
+        if timed_out(error):
+            return f"the server at {url} does not answer (no reply within {TIMEOUT:g} s)"
+        problem = unreachable(url, error)
+        if "Connection refused" in problem:
+            problem += "; start one with: progressista serve"
+        return problem
 
 
 def demo(url: str, seconds: float = 20.0) -> int:
     problem = reachable(url)
     if problem is not None:
-        print(
-            f"progressista: cannot reach the server at {url} ({problem}); "
-            "start one with: progressista serve",
-            file=sys.stderr,
-        )
+        print(f"progressista: {problem}", file=sys.stderr)
         return 1
     job = f"demo-{time.strftime('%H%M%S')}"
     print(f"Sending demo bars to {url}/ (job {job}); open it in a browser.", file=sys.stderr)

@@ -104,6 +104,34 @@ def test_an_unreachable_server_is_named_as_such(command: str) -> None:
     assert len(result.stderr.splitlines()) == 1
 
 
+@pytest.mark.parametrize("command", ["demo", "watch"])
+def test_a_host_name_that_does_not_resolve_is_named_as_such(command: str) -> None:
+    url = "http://progressista.invalid:8000"  # .invalid never resolves (RFC 2606)
+    # The name server's own delays must not read as a server that does not answer.
+    args = ["demo", "--url", url] if command == "demo" else ["watch", url, "--timeout", str(WAIT)]
+    result = cli(*args, timeout=WAIT * 2)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"progressista: cannot reach the server at {url} "
+        "(the host name progressista.invalid does not resolve"
+    )
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_watch_gives_up_on_a_server_that_accepts_and_never_answers() -> None:
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()  # connections complete in the kernel's backlog, and nothing answers
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        result = cli("watch", url, "--timeout", "0.5", timeout=WAIT)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        f"progressista: the server at {url} does not answer (no reply within 0.5 s; "
+        "wait longer with --timeout)\n",
+    )
+
+
 def misuse(
     *args: str, error: str, usage: str | None = None, env: dict[str, str] | None = None
 ) -> Any:
@@ -114,7 +142,7 @@ def misuse(
 
 SERVE_USAGE = "usage: progressista serve [-h] [--SETTING VALUE ...]"
 TOP_USAGE = "usage: progressista [-h] [--version] COMMAND ..."
-WATCH_USAGE = "usage: progressista watch [-h] [--token TOKEN] [URL]"
+WATCH_USAGE = "usage: progressista watch [-h] [--token TOKEN] [--timeout SECONDS] [URL]"
 DEMO_USAGE = "usage: progressista demo [-h] [--url URL] [--seconds SECONDS]"
 NOT_A_URL = "must start with http:// or https://, not 'ftp://x'"
 
@@ -178,6 +206,13 @@ NOT_A_URL = "must start with http:// or https://, not 'ftp://x'"
             "--bogus",
             usage=WATCH_USAGE,
             error="progressista watch: error: unrecognized arguments: --bogus",
+        ),
+        misuse(
+            "watch",
+            "--timeout",
+            "0",
+            usage=WATCH_USAGE,
+            error="progressista watch: error: argument --timeout: must be more than 0, not '0'",
         ),
         misuse(
             "watch",
