@@ -112,12 +112,17 @@ def _other(args: list[str]) -> int:
     demo = commands.add_parser(
         "demo",
         help="send a few realistic bars, some failing, to a server",
-        description="Send a few realistic bars, some of them failing, to a server.",
+        description="Send a few realistic bars, some of them failing, to a server, as one job.",
     )
     demo.add_argument(
         "--url",
         type=_url,
         help="the server (default: $PROGRESSISTA_URL or http://127.0.0.1:8000)",
+    )
+    demo.add_argument(
+        "--token",
+        type=_not_empty("$PROGRESSISTA_TOKEN"),
+        help="the server's write token (default: $PROGRESSISTA_TOKEN)",
     )
     demo.add_argument(
         "--seconds", type=_seconds, default=20.0, help="about how long the demo runs (default: 20)"
@@ -165,8 +170,10 @@ def _other(args: list[str]) -> int:
         return _notify_test(options.destination)
     if options.command == "demo":
         from .demo import demo as run_demo
+        from .settings import ClientSettings
 
-        return run_demo(_server_url(options.url), options.seconds)
+        settings = ClientSettings.from_env(os.environ, url=options.url, token=options.token)
+        return run_demo(settings, options.seconds)
     from .terminal import watch as run_watch
 
     token = options.token or os.environ.get("PROGRESSISTA_READ_TOKEN") or None

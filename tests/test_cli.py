@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -77,10 +78,20 @@ def test_a_bad_command_is_one_clear_line() -> None:
     assert result.stderr.splitlines()[-1].startswith("progressista: error: argument COMMAND")
 
 
-def test_demo_sends_realistic_bars_some_failing(server: ServerProcess) -> None:
+def announced_job(stderr: str) -> str:
+    match = re.search(r"\(job (demo-[0-9]{6})\)", stderr)
+    assert match, stderr
+    return match.group(1)
+
+
+def test_demo_sends_realistic_bars_some_failing_as_the_job_it_announces(
+    server: ServerProcess,
+) -> None:
     result = cli("demo", "--url", server.url.rstrip("/"), "--seconds", "1")
     assert result.returncode == 0, result.stderr
+    job = announced_job(result.stderr)
     found = [task for task in server.tasks().values() if task["meta"].get("demo")]
+    assert {task["meta"]["job"] for task in found} == {job}
     states = {t["desc"]: t["state"] for t in found}
     assert states == {
         "Downloading dataset.tar": "completed",
@@ -91,6 +102,31 @@ def test_demo_sends_realistic_bars_some_failing(server: ServerProcess) -> None:
     }
     failed = {t["desc"]: t["error"] for t in found if t["state"] == "failed"}
     assert failed["Resizing images"] == "OSError: cannot identify image file 'img_0312.jpg'"
+
+
+def test_demo_fails_in_one_line_when_the_server_refuses_its_token() -> None:
+    with running_server(
+        ["--log-level", "warning"], env={"PROGRESSISTA_WRITE_TOKEN": "right"}
+    ) as guarded:
+        url = guarded.url.rstrip("/")
+        advice = "give its write token with --token or PROGRESSISTA_TOKEN"
+        without = cli("demo", "--url", url)
+        assert (without.returncode, without.stderr) == (
+            1,
+            f"progressista: the server at {url} refused bars without a token (HTTP 401); "
+            f"{advice}\n",
+        )
+        wrong = cli("demo", "--url", url, "--token", "wrong")
+        assert (wrong.returncode, wrong.stderr) == (
+            1,
+            f"progressista: the server at {url} refused the token (HTTP 401); {advice}\n",
+        )
+        assert guarded.tasks() == {}
+        # The token from the variable, as the help says.
+        right = cli("demo", "--url", url, "--seconds", "0.1", env={"PROGRESSISTA_TOKEN": "right"})
+        assert right.returncode == 0, right.stderr
+        job = announced_job(right.stderr)
+        assert {task["meta"]["job"] for task in guarded.tasks().values()} == {job}
 
 
 @pytest.mark.parametrize("command", ["demo", "watch"])
@@ -143,7 +179,7 @@ def misuse(
 SERVE_USAGE = "usage: progressista serve [-h] [--SETTING VALUE ...]"
 TOP_USAGE = "usage: progressista [-h] [--version] COMMAND ..."
 WATCH_USAGE = "usage: progressista watch [-h] [--token TOKEN] [--timeout SECONDS] [URL]"
-DEMO_USAGE = "usage: progressista demo [-h] [--url URL] [--seconds SECONDS]"
+DEMO_USAGE = "usage: progressista demo [-h] [--url URL] [--token TOKEN] [--seconds SECONDS]"
 NOT_A_URL = "must start with http:// or https://, not 'ftp://x'"
 
 
@@ -233,6 +269,14 @@ NOT_A_URL = "must start with http:// or https://, not 'ftp://x'"
             "--bogus",
             usage=DEMO_USAGE,
             error="progressista demo: error: unrecognized arguments: --bogus",
+        ),
+        misuse(
+            "demo",
+            "--token",
+            "",
+            usage=DEMO_USAGE,
+            error="progressista demo: error: argument --token: is empty; leave it out to use "
+            "$PROGRESSISTA_TOKEN",
         ),
         misuse(
             "demo",
