@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -438,3 +439,29 @@ def test_watch_shows_a_line_per_job_above_the_bars() -> None:
     lines = screen.splitlines()
     assert lines[1] == "▶ job nightly-etl (run 2): 3 of 10 done, 1 failed  56% · ETA 02:05"
     assert lines[2].startswith("▶ Loading:  50%")
+
+
+def test_make_help_shows_where_make_run_serves_and_how_to_change_it() -> None:
+    root = Path(__file__).resolve().parent.parent
+    # An outer make's flags and a HOST or PORT in the environment change nothing.
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    env = {key: value for key, value in os.environ.items() if key not in outer}
+    env.update(HOST="example.org", PORT="1")
+
+    def make_help(*args: str) -> str:
+        result = child.run(
+            ["make", "-s", "help", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        output: str = result.stdout
+        return output
+
+    default = make_help()
+    assert "on 127.0.0.1:8000 (change: make run PORT=9000 HOST=0.0.0.0)" in default
+    assert "$(" not in default
+    assert "on 127.0.0.1:9000 " in make_help("PORT=9000")
