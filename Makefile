@@ -4,14 +4,19 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# Where `make run` serves; change them on the command line: make run PORT=9000 HOST=0.0.0.0.
+# Not from the environment (?=): some shells and platforms set HOST or PORT for their own ends,
+# and they must not move the server, or expose it.
+HOST := 127.0.0.1
+PORT := 8000
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-fast tqdm-suite lint fmt bench dist clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' -v host='$(HOST)' -v port='$(PORT)' \
+		'{gsub(/[$$][(]HOST[)]/, host, $$2); gsub(/[$$][(]PORT[)]/, port, $$2); \
+		printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +26,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 setup: $(STAMP) ## create .venv and install the package with its dev tools
 
-run: $(STAMP) ## start the server (in-memory store) on $(HOST):$(PORT)
+run: $(STAMP) ## start the server (in-memory store) on $(HOST):$(PORT) (change: make run PORT=9000 HOST=0.0.0.0)
 	$(BIN)/python -m progressista.server --host $(HOST) --port $(PORT)
 
 test: $(STAMP) ## run the whole test suite, tqdm's own tests with RemoteTqdm included

@@ -1,22 +1,25 @@
-"""The ``progressista`` command: serve, run, demo, watch.
+"""The ``progressista`` command: serve, run, demo, watch, notify-test.
 
-Errors are one line on stderr and a non-zero exit: 2 for a command used wrongly, 1 when the
-server cannot be reached. ``run`` exits with its program's status, dying by the same signal when
-the program did.
+A command used wrongly exits with 2 and at most two lines on stderr: one, or argparse's one-line
+usage and the error. A server that cannot be reached (or refuses) exits with 1 and one line.
+``run`` exits with its program's status, dying by the same signal when the program did.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
-from .settings import SettingError
+from .settings import SettingError, parse_duration, url_problem
 
 __all__ = ["main"]
+
+COMMANDS = "serve, run, demo, watch or notify-test"
 
 RUN_USAGE = """\
 usage: progressista run [--url URL] [--token TOKEN] [--job NAME] [--meta KEY=VALUE ...]
@@ -36,6 +39,13 @@ options:
   -- command ...     run any command; the Pythons it starts are patched
 """
 
+#: What ``run`` uses when a flag is left out.
+RUN_DEFAULTS = {
+    "--url": "$PROGRESSISTA_URL or http://127.0.0.1:8000",
+    "--token": "$PROGRESSISTA_TOKEN",
+    "--job": "$PROGRESSISTA_JOB, or the program and the time",
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
@@ -43,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] == "serve":
             from .server.__main__ import main as serve
 
-            return serve(args[1:])
+            return serve(args[1:], prog="progressista serve")
         if args and args[0] == "run":
             return _run(args[1:])
         return _other(args)
@@ -54,13 +64,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _url(text: str) -> str:
+    """A server URL given on the command line (argparse names the argument)."""
+    problem = url_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, not {text!r}")
+    return text.rstrip("/")
+
+
+def _not_empty(instead: str) -> Callable[[str], str]:
+    """A value that must not be empty (``--token "$UNSET"``): leaving it out means ``instead``."""
+
+    def check(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError(f"is empty; leave it out to use {instead}")
+        return text
+
+    return check
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text!r}")
+    return seconds
+
+
 def _other(args: list[str]) -> int:
+    from .connection import TIMEOUT
+
     parser = argparse.ArgumentParser(
         prog="progressista",
         description="Remote tqdm progress bars on one live web page.",
     )
     parser.add_argument("--version", action="version", version=f"progressista {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Not required: argparse would report a missing command before an unknown option.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser(
         "serve", help="run the server (python -m progressista.server)", add_help=False
     )
@@ -70,13 +112,20 @@ def _other(args: list[str]) -> int:
     demo = commands.add_parser(
         "demo",
         help="send a few realistic bars, some failing, to a server",
-        description="Send a few realistic bars, some of them failing, to a server.",
+        description="Send a few realistic bars, some of them failing, to a server, as one job.",
     )
     demo.add_argument(
-        "--url", help="the server (default: $PROGRESSISTA_URL or http://127.0.0.1:8000)"
+        "--url",
+        type=_url,
+        help="the server (default: $PROGRESSISTA_URL or http://127.0.0.1:8000)",
     )
     demo.add_argument(
-        "--seconds", type=float, default=20.0, help="about how long the demo runs (default: 20)"
+        "--token",
+        type=_not_empty("$PROGRESSISTA_TOKEN"),
+        help="the server's write token (default: $PROGRESSISTA_TOKEN)",
+    )
+    demo.add_argument(
+        "--seconds", type=_seconds, default=20.0, help="about how long the demo runs (default: 20)"
     )
     notify_test = commands.add_parser(
         "notify-test",
@@ -92,22 +141,44 @@ def _other(args: list[str]) -> int:
         description="Mirror a server's live bars in this terminal (for SSH sessions).",
     )
     watch.add_argument(
-        "url", nargs="?", help="the server (default: $PROGRESSISTA_URL or http://127.0.0.1:8000)"
+        "url",
+        metavar="URL",
+        nargs="?",
+        type=_url,
+        help="the server (default: $PROGRESSISTA_URL or http://127.0.0.1:8000)",
     )
-    watch.add_argument("--token", help="the read token (default: $PROGRESSISTA_READ_TOKEN)")
-    options = parser.parse_args(args)
+    watch.add_argument(
+        "--token",
+        type=_not_empty("$PROGRESSISTA_READ_TOKEN"),
+        help="the read token (default: $PROGRESSISTA_READ_TOKEN)",
+    )
+    watch.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=TIMEOUT,
+        help=f"give up on a server that does not answer within this long (default: {TIMEOUT:g})",
+    )
+    options, unknown = parser.parse_known_args(args)
+    if unknown:
+        # Said by the command it was given to, with that command's usage.
+        given_to = commands.choices[options.command] if args[:1] == [options.command] else parser
+        given_to.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if options.command is None:
+        parser.error(f"give a command: {COMMANDS} (see progressista --help)")
     if options.command == "notify-test":
         return _notify_test(options.destination)
     if options.command == "demo":
         from .demo import demo as run_demo
         from .settings import ClientSettings
 
-        return run_demo(ClientSettings.from_env(os.environ, url=options.url).url, options.seconds)
+        settings = ClientSettings.from_env(os.environ, url=options.url, token=options.token)
+        return run_demo(settings, options.seconds)
     from .settings import ViewerSettings
     from .terminal import watch as run_watch
 
     viewer = ViewerSettings.from_env(os.environ, url=options.url, read_token=options.token)
-    return run_watch(viewer.url, viewer.read_token)
+    return run_watch(viewer.url, viewer.read_token, timeout=options.timeout)
 
 
 def _notify_test(destination: str) -> int:
@@ -115,8 +186,8 @@ def _notify_test(destination: str) -> int:
 
     try:
         problem = send_test(destination)
-    except MissingApprise as error:
-        raise SettingError(str(error)) from None
+    except (MissingApprise, ValueError) as error:
+        raise SettingError(f"notify-test: {error}") from None
     if problem is not None:
         print(f"progressista: the notification was not sent: {problem}", file=sys.stderr)
         return 1
@@ -155,6 +226,10 @@ def _run(args: list[str]) -> int:
                 value = args[i]
             if name == "--meta":
                 meta.append(value)
+            elif not value:  # `--job "$UNSET"` is a mistake, not a request for the default
+                raise SettingError(f"{name} is empty; leave it out to use {RUN_DEFAULTS[name]}")
+            elif name == "--url" and (problem := url_problem(value)) is not None:
+                raise SettingError(f"--url: {problem}, not {value!r}")
             else:
                 options[name[2:]] = value
             i += 1

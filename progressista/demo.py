@@ -1,7 +1,7 @@
 """``progressista demo``: a few realistic bars, some of them failing, sent to a server.
 
-For trying the dashboard out. Every bar runs in its own thread, as workers would; the console
-shows them as tqdm does.
+For trying the dashboard out. Every bar runs in its own thread, as workers would, and carries
+the job the demo announces; the console shows them as tqdm does.
 """
 
 from __future__ import annotations
@@ -13,46 +13,67 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .client import RemoteTqdm, flush
+from .client.exchange import request_headers
+from .connection import TIMEOUT, timed_out, unreachable
+from .settings import ClientSettings
 
-__all__ = ["demo", "reachable"]
+__all__ = ["demo", "refusal"]
 
 
-def reachable(url: str) -> str | None:
-    """None when the server answers ``/healthz``; otherwise why not, in a few words."""
+def refusal(settings: ClientSettings) -> str | None:
+    """None when the server takes progress from us; otherwise why not, in one line.
+
+    An empty batch asks just that: the server checks the write token, stores nothing, and
+    answers 202.
+    """
+    url = settings.url
+    request = urllib.request.Request(
+        f"{url}/progress", data=b"[]", headers=request_headers(settings), method="POST"
+    )
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=3) as response:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
             response.read()
         return None
     except urllib.error.HTTPError as error:
-        return f"HTTP {error.code} from /healthz"
+        if error.code == 401:
+            refused = "the token" if settings.token else "bars without a token"
+            return (
+                f"the server at {url} refused {refused} (HTTP 401); give its write token with "
+                "--token or PROGRESSISTA_TOKEN"
+            )
+        return f"the server at {url} answered POST /progress with HTTP {error.code}"
     except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        return str(getattr(reason, "strerror", None) or reason)
+        if timed_out(error):
+            return f"the server at {url} does not answer (no reply within {TIMEOUT:g} s)"
+        problem = unreachable(url, error)
+        if "Connection refused" in problem:
+            problem += "; start one with: progressista serve"
+        return problem
 
 
-def demo(url: str, seconds: float = 20.0) -> int:
-    problem = reachable(url)
+def demo(settings: ClientSettings, seconds: float = 20.0) -> int:
+    """Send the demo's bars, as job ``demo-HHMMSS``; 1 when the server does not take them."""
+    problem = refusal(settings)
     if problem is not None:
-        print(
-            f"progressista: cannot reach the server at {url} ({problem}); "
-            "start one with: progressista serve",
-            file=sys.stderr,
-        )
+        print(f"progressista: {problem}", file=sys.stderr)
         return 1
+    url = settings.url
     job = f"demo-{time.strftime('%H%M%S')}"
     print(f"Sending demo bars to {url}/ (job {job}); open it in a browser.", file=sys.stderr)
     pace = max(seconds, 0.5) / 20.0  # every scenario below is written for 20 seconds
-    scenarios: list[Callable[[str, float, int], None]] = [
+    scenarios: list[Callable[[Bars, float, int], None]] = [
         _download,
         _training,
         _resize_images,
         _crawl,
         _export,
     ]
+    bars = Bars(settings.url, settings.token, job)
     threads = [
-        threading.Thread(target=scenario, args=(url, pace, position), name=scenario.__name__)
+        threading.Thread(target=scenario, args=(bars, pace, position), name=scenario.__name__)
         for position, scenario in enumerate(scenarios)
     ]
     for thread in threads:
@@ -63,35 +84,29 @@ def demo(url: str, seconds: float = 20.0) -> int:
     return 0
 
 
-def _bar(
-    url: str,
-    position: int,
-    *,
-    desc: str,
-    task_id: str,
-    total: int | None = None,
-    unit: str = "it",
-    unit_scale: bool = False,
-    unit_divisor: int = 1000,
-) -> RemoteTqdm:
-    return RemoteTqdm(
-        url=url,
-        position=position,
-        leave=True,
-        meta={"demo": True},
-        desc=desc,
-        task_id=task_id,
-        total=total,
-        unit=unit,
-        unit_scale=unit_scale,
-        unit_divisor=unit_divisor,
-    )
+@dataclass(frozen=True)
+class Bars:
+    """Where the demo's bars go, and the job they all carry."""
+
+    url: str
+    token: str | None
+    job: str
+
+    def __call__(self, position: int, **kwargs: object) -> RemoteTqdm:
+        return RemoteTqdm(
+            url=self.url,
+            token=self.token,
+            job=self.job,
+            position=position,
+            leave=True,
+            meta={"demo": True},
+            **kwargs,  # type: ignore[arg-type]  # tqdm's own keywords, each of its own type
+        )
 
 
-def _download(url: str, pace: float, position: int) -> None:
+def _download(bars: Bars, pace: float, position: int) -> None:
     size = 1_300_000_000
-    with _bar(
-        url,
+    with bars(
         position,
         total=size,
         desc="Downloading dataset.tar",
@@ -105,9 +120,9 @@ def _download(url: str, pace: float, position: int) -> None:
             bar.update(size // 100)
 
 
-def _training(url: str, pace: float, position: int) -> None:
-    with _bar(
-        url, position, total=3, desc="Training (epochs)", task_id=f"demo/train-{time.time_ns()}"
+def _training(bars: Bars, pace: float, position: int) -> None:
+    with bars(
+        position, total=3, desc="Training (epochs)", task_id=f"demo/train-{time.time_ns()}"
     ) as epochs:
         for epoch in range(1, 4):
             loss = 2.0 / epoch
@@ -118,10 +133,9 @@ def _training(url: str, pace: float, position: int) -> None:
             epochs.update(1)
 
 
-def _resize_images(url: str, pace: float, position: int) -> None:
+def _resize_images(bars: Bars, pace: float, position: int) -> None:
     try:
-        with _bar(
-            url,
+        with bars(
             position,
             total=500,
             desc="Resizing images",
@@ -137,10 +151,9 @@ def _resize_images(url: str, pace: float, position: int) -> None:
         pass  # the bar shows it as failed; the demo goes on
 
 
-def _crawl(url: str, pace: float, position: int) -> None:
+def _crawl(bars: Bars, pace: float, position: int) -> None:
     rng = random.Random(7)
-    with _bar(
-        url,
+    with bars(
         position,
         desc="Crawling example.org",
         unit="page",
@@ -151,10 +164,9 @@ def _crawl(url: str, pace: float, position: int) -> None:
             bar.update(1)
 
 
-def _export(url: str, pace: float, position: int) -> None:
+def _export(bars: Bars, pace: float, position: int) -> None:
     try:
-        with _bar(
-            url,
+        with bars(
             position,
             total=1000,
             desc="Exporting to warehouse",

@@ -27,7 +27,7 @@ from .client.bar import RemoteTqdm
 from .client.lifecycle import flush, reachability_for, sender_for
 from .client.outbox import FinalEvent
 from .report import RunReport
-from .schema import check_task_id
+from .schema import MAX_TASK_ID_CHARS, check_task_id
 from .settings import ClientSettings, SettingError, env_name
 
 __all__ = ["Launch", "default_job", "run"]
@@ -89,10 +89,17 @@ def run(
     settings = ClientSettings.from_env(
         environ, url=url, token=token, meta={**base.meta, **(meta or {})}
     )
-    job = job or settings.job or default_job(launch)
-    problem = check_task_id(job)  # the job names the run's own task
-    if problem is not None:
-        raise SettingError(f"--job {job!r} cannot name the run's task: it {problem}")
+    if job is not None:
+        source, hint = "--job", ""
+    elif settings.job:
+        job, source, hint = settings.job, env_name("job"), ""
+    else:
+        job, source, hint = default_job(launch), "the default job", "; give one with --job"
+    if check_task_id(job) is not None:  # the job names the run's own task
+        raise SettingError(
+            f"{source} {job!r}: a job name is 1 to {MAX_TASK_ID_CHARS} printable characters, "
+            f"and not '.' or '..'{hint}"
+        )
     if launch.kind == "script" and not Path(launch.target).is_file():
         raise SettingError(f"cannot run {launch.target!r}: no such file")
     argv = launch.argv()

@@ -2,8 +2,11 @@
 
 Precedence is argument > command-line flag > ``PROGRESSISTA_*`` environment variable > default.
 Nothing is read at import time: :meth:`ServerSettings.from_env` and :func:`parse_args` read the
-environment they are given when they are called. This module only imports the standard library, so
-the client can share it without pulling in the server's dependencies.
+environment they are given when they are called. A value that cannot be used raises
+:class:`SettingError` naming where it came from: the flag or the variable, where it is parsed (the
+only place that knows which), or the keyword argument of a value given in Python. This module
+only imports the standard library, so the client can share it without pulling in the server's
+dependencies.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "SettingError",
     "ViewerSettings",
     "parse_args",
+    "url_problem",
 ]
 
 ENV_PREFIX = "PROGRESSISTA_"
@@ -61,6 +65,14 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
+def parse_int(text: str) -> int:
+    """A whole number: ``"8000"``."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
 def parse_list(text: str) -> tuple[str, ...]:
     """A comma-separated list, blanks dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -82,16 +94,71 @@ def parse_lines_from_file(path: str) -> tuple[str, ...]:
         raise ValueError(f"cannot read {path!r}: {error.strerror}") from None
 
 
+#: What a setting's value must be, as a problem to report, or None when the value is fine.
+Check = Callable[[Any], str | None]
+
+
+def _more_than_zero(value: Any) -> str | None:
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return None
+    return "must be more than 0"
+
+
+def _zero_or_more(value: Any) -> str | None:
+    if isinstance(value, int | float) and math.isfinite(value) and value >= 0:
+        return None
+    return "must be 0 or more"
+
+
+def _off_or_more_than_zero(value: Any) -> str | None:
+    return None if value is None else _more_than_zero(value)
+
+
+def _port(value: Any) -> str | None:
+    return None if isinstance(value, int) and 0 <= value <= 65535 else "must be 0 to 65535"
+
+
+def _store(value: Any) -> str | None:
+    if value == "memory" or str(value).startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return "must be 'memory' or a Redis URL (redis://host:6379/0)"
+
+
+def _redis_prefix(value: Any) -> str | None:
+    if value and not any(c in value for c in "{}"):
+        return None
+    return "must be non-empty and without braces"
+
+
+def _one_of(choices: Sequence[str]) -> Check:
+    words = f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be {words}"
+
+    return check
+
+
+def _each_one_of(choices: Sequence[str]) -> Check:
+    words = f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+    def check(value: Any) -> str | None:
+        return None if all(item in choices for item in value) else f"must be a list of {words}"
+
+    return check
+
+
 def _setting(
     default: Any,
     help: str,
     parse: Callable[[str], Any],
     *,
-    choices: Sequence[str] | None = None,
+    check: Check | None = None,
     secret: bool = False,
     repeatable: bool = False,
 ) -> Any:
-    """A dataclass field that also knows its flag, its variable and how to parse them.
+    """A dataclass field that also knows its flag, its variable, how to parse them and what
+    a value must be (``check``).
 
     A ``repeatable`` flag may be given several times; its variable holds one value a line.
     """
@@ -100,7 +167,7 @@ def _setting(
         metadata={
             "help": help,
             "parse": parse,
-            "choices": choices,
+            "check": check,
             "secret": secret,
             "repeatable": repeatable,
         },
@@ -116,50 +183,90 @@ class ServerSettings:
     """
 
     host: str = _setting("127.0.0.1", "interface to bind; 0.0.0.0 exposes the server", str)
-    port: int = _setting(8000, "TCP port", int)
+    port: int = _setting(8000, "TCP port", parse_int, check=_port)
     stale_after: float = _setting(
-        60.0, "an active task with no event for this long becomes stale", parse_duration
+        60.0,
+        "an active task with no event for this long becomes stale",
+        parse_duration,
+        check=_more_than_zero,
     )
     abandon_after: float = _setting(
-        86400.0, "a stale task is removed after this much more silence", parse_duration
+        86400.0,
+        "a stale task is removed after this much more silence",
+        parse_duration,
+        check=_more_than_zero,
     )
     retention: float = _setting(
-        86400.0, "completed and failed tasks are removed this long after closing", parse_duration
+        86400.0,
+        "completed and failed tasks are removed this long after closing",
+        parse_duration,
+        check=_more_than_zero,
     )
     max_age: float | None = _setting(
         None,
         "remove any task this long after it was created (off by default)",
         parse_optional_duration,
+        check=_off_or_more_than_zero,
     )
     cleanup_interval: float = _setting(
-        1.0, "how often cleanup looks for expired tasks", parse_duration
+        1.0, "how often cleanup looks for expired tasks", parse_duration, check=_more_than_zero
     )
     broadcast_interval: float = _setting(
-        0.025, "changes within this window go to viewers as one message", parse_duration
+        0.025,
+        "changes within this window go to viewers as one message",
+        parse_duration,
+        check=_zero_or_more,
     )
     viewer_timeout: float = _setting(
-        10.0, "a viewer that cannot take a message for this long is disconnected", parse_duration
+        10.0,
+        "a viewer that cannot take a message for this long is disconnected",
+        parse_duration,
+        check=_more_than_zero,
     )
-    heartbeat: float = _setting(30.0, "WebSocket ping interval", parse_duration)
+    heartbeat: float = _setting(
+        30.0, "WebSocket ping interval", parse_duration, check=_more_than_zero
+    )
     job_stall_after: float = _setting(
         300.0,
         "a job whose open bars have not advanced for this long is stalled",
         parse_duration,
+        check=_more_than_zero,
     )
     job_retention: float = _setting(
-        7 * 86400.0, "finished jobs stay listed this long after they end", parse_duration
+        7 * 86400.0,
+        "finished jobs stay listed this long after they end",
+        parse_duration,
+        check=_more_than_zero,
     )
-    max_jobs: int = _setting(1000, "most job runs listed; the oldest finished go first", int)
+    max_jobs: int = _setting(
+        1000,
+        "most job runs listed; the oldest finished go first",
+        parse_int,
+        check=_more_than_zero,
+    )
     metrics_jobs: int = _setting(
-        100, "jobs with gauges in /metrics, the most recently updated", int
+        100,
+        "jobs with gauges in /metrics, the most recently updated",
+        parse_int,
+        check=_zero_or_more,
     )
     max_viewers: int = _setting(
-        10_000, "most WebSocket viewers at once; more are refused with 503", int
+        10_000,
+        "most WebSocket viewers at once; more are refused with 503",
+        parse_int,
+        check=_more_than_zero,
     )
-    max_body: int = _setting(1024**2, "largest accepted POST /progress body", parse_size)
-    max_batch: int = _setting(1000, "most events in one POST /progress", int)
+    max_body: int = _setting(
+        1024**2, "largest accepted POST /progress body", parse_size, check=_more_than_zero
+    )
+    max_batch: int = _setting(
+        1000, "most events in one POST /progress", parse_int, check=_more_than_zero
+    )
     max_tasks: int = _setting(
-        50_000, "most tasks stored; completed ones are evicted first, then new tasks get 429", int
+        50_000,
+        "most tasks stored; completed ones are evicted first, then new tasks get 429",
+        parse_int,
+        check=_more_than_zero,
     )
     write_token: str | None = _setting(
         None, "token required to POST /progress (Authorization: Bearer)", str, secret=True
@@ -181,17 +288,22 @@ class ServerSettings:
         "where tasks live: memory, or a Redis URL (redis://host:6379/0, rediss://, unix://) "
         "so they survive restarts and several servers share them",
         str,
+        check=_store,
     )
     redis_password: str | None = _setting(
         None, "the Redis password, if not in the --store URL", str, secret=True
     )
     redis_prefix: str = _setting(
-        "progressista", "prefix of every Redis key (a hash tag: one Redis Cluster slot)", str
+        "progressista",
+        "prefix of every Redis key (a hash tag: one Redis Cluster slot)",
+        str,
+        check=_redis_prefix,
     )
     redis_stream_length: int = _setting(
         2000,
         "Redis change-stream entries kept: a server that falls further behind reloads",
-        int,
+        parse_int,
+        check=_more_than_zero,
     )
     notify: tuple[str, ...] = _setting(
         (),
@@ -211,76 +323,37 @@ class ServerSettings:
         ("failed", "stalled", "completed"),
         "what is announced: failed, stalled (and recovered), completed, task-failed",
         parse_list,
+        check=_each_one_of(("failed", "stalled", "completed", "task-failed")),
     )
     public_url: str | None = _setting(
         None, "how people reach this dashboard, for the links in alerts", str
     )
     log_level: str = _setting(
-        "info", "logging level", str.lower, choices=("debug", "info", "warning", "error")
+        "info",
+        "logging level: debug, info, warning or error",
+        str.lower,
+        check=_one_of(("debug", "info", "warning", "error")),
     )
     access_log: str = _setting(
         "quiet",
         "which requests are logged: all, quiet (all but accepted POST /progress) or off",
         str.lower,
-        choices=("all", "quiet", "off"),
+        check=_one_of(("all", "quiet", "off")),
     )
 
     def __post_init__(self) -> None:
-        positive = (
-            "stale_after",
-            "abandon_after",
-            "retention",
-            "cleanup_interval",
-            "viewer_timeout",
-            "heartbeat",
-            "max_body",
-            "max_batch",
-            "max_tasks",
-            "max_viewers",
-            "job_stall_after",
-            "job_retention",
-            "max_jobs",
-            "redis_stream_length",
-        )
-        for name in positive:
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise SettingError(f"{name} must be a positive number, not {value!r}")
-        if self.broadcast_interval < 0 or not math.isfinite(self.broadcast_interval):
-            raise SettingError(
-                f"broadcast_interval must be a number ≥ 0, not {self.broadcast_interval!r}"
-            )
-        unknown = sorted(set(self.notify_on) - {"failed", "stalled", "completed", "task-failed"})
-        if unknown:
-            raise SettingError(
-                f"notify_on: unknown {unknown[0]!r}; use failed, stalled, completed, task-failed"
-            )
-        if self.metrics_jobs < 0:
-            raise SettingError(f"metrics_jobs must be 0 or more, not {self.metrics_jobs!r}")
-        if self.max_age is not None and not self.max_age > 0:
-            raise SettingError(f"max_age must be positive or None, not {self.max_age!r}")
-        if self.store != "memory" and not self.store.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise SettingError(
-                f"store must be 'memory' or a Redis URL (redis://host:6379/0), not {self.store!r}"
-            )
-        if not self.redis_prefix or any(c in self.redis_prefix for c in "{}"):
-            raise SettingError("redis_prefix must be non-empty and without braces")
-        if not 0 <= self.port <= 65535:
-            raise SettingError(f"port must be between 0 and 65535, not {self.port}")
-        for name in ("log_level", "access_log"):
-            choices = _field(name).metadata["choices"]
-            if getattr(self, name) not in choices:
-                raise SettingError(f"{name} must be one of {', '.join(choices)}")
+        _check_given(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> ServerSettings:
-        """Settings from ``PROGRESSISTA_*`` variables, then ``overrides`` on top."""
+        """Settings from ``PROGRESSISTA_*`` variables, then ``overrides`` on top.
+
+        A variable that an override replaces is not read: it cannot be wrong.
+        """
         values: dict[str, Any] = {}
         for setting in dataclasses.fields(cls):
             variable = env_name(setting.name)
-            if variable in environ and environ[variable] != "":
+            if setting.name not in overrides and environ.get(variable, "") != "":
                 values[setting.name] = _parse(setting, environ[variable], variable)
         values.update(overrides)
         return cls(**values)
@@ -320,26 +393,57 @@ def flag_name(setting: str) -> str:
     return "--" + setting.replace("_", "-")
 
 
-def _field(name: str) -> dataclasses.Field[Any]:
-    return next(f for f in dataclasses.fields(ServerSettings) if f.name == name)
+def _problem(setting: dataclasses.Field[Any], value: Any) -> str | None:
+    check: Check | None = setting.metadata.get("check")
+    return None if check is None else check(value)
+
+
+def _check_given(settings: Any) -> None:
+    """Check every field of a settings dataclass. Values from flags and variables were checked
+    when they were parsed, where their source is known (see _parse); what is left to catch here
+    is a value given in Python, named as the call that gave it."""
+    for setting in dataclasses.fields(settings):
+        value = getattr(settings, setting.name)
+        problem = _problem(setting, value)
+        if problem is not None:
+            shown = "…" if setting.metadata.get("secret") else repr(value)
+            name = type(settings).__name__
+            raise SettingError(f"{name}({setting.name}={shown}): {problem}")
 
 
 def _parse(setting: dataclasses.Field[Any], text: str, source: str) -> Any:
+    """The value of a flag or a variable; a SettingError names ``source`` (``--port`` or
+    ``PROGRESSISTA_PORT``), the only place that knows which of the two it was."""
     try:
-        return setting.metadata["parse"](text)
+        value = setting.metadata["parse"](text)
     except ValueError as error:
         raise SettingError(f"{source}: {error}") from None
+    problem = _problem(setting, value)
+    if problem is not None:
+        if setting.metadata.get("secret"):
+            raise SettingError(f"{source}: {problem}")
+        try:
+            shown = redact_url(text)  # a --store URL may hold a password
+        except ValueError:
+            shown = text
+        raise SettingError(f"{source}: {problem}, not {shown!r}")
+    return value
 
 
-def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> ServerSettings:
+def parse_args(
+    argv: Sequence[str], environ: Mapping[str, str], prog: str = "python -m progressista.server"
+) -> ServerSettings:
     """Settings for ``python -m progressista.server``: flags win over the environment.
 
-    Raises :class:`SettingError` naming the flag or variable that could not be used.
+    Raises :class:`SettingError` naming the flag or variable that could not be used. ``prog``
+    is how the usage names the command (``progressista serve`` runs this too).
     """
     import argparse  # here, not at the top: the client imports this module and needs no CLI
 
     parser = argparse.ArgumentParser(
-        prog="python -m progressista.server",
+        prog=prog,
+        # One line: a mistyped flag gets it and the error, not a screenful of flags (see -h).
+        usage="%(prog)s [-h] [--SETTING VALUE ...]",
         description="Serve the Progressista dashboard and ingest API.",
         epilog="Every flag can also be given as an environment variable, e.g. "
         "--stale-after as PROGRESSISTA_STALE_AFTER. Durations take s, m, h or d; sizes KiB "
@@ -376,22 +480,27 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_KEEPALIVE = 15.0
 
 
-def parse_url(text: str) -> str:
-    """A server's base URL: ``http://`` or ``https://`` and a host; the trailing ``/`` dropped."""
+def url_problem(url: str) -> str | None:
+    """What is wrong with a server URL (``--url``, ``PROGRESSISTA_URL``), or None."""
     from urllib.parse import urlsplit
 
-    url = text.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
     try:
         parts = urlsplit(url)
+        host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"{text!r} is not a server URL; give one like http://127.0.0.1:8000 or "
-            "https://progress.example.org"
-        )
-    return url
+        return "must be a URL, like http://127.0.0.1:8000"
+    return None if host else "must name a host, like http://127.0.0.1:8000"
+
+
+def parse_url(text: str) -> str:
+    """A server's base URL: ``http://`` or ``https://`` and a host; the trailing ``/`` dropped."""
+    problem = url_problem(text.strip())
+    if problem is not None:
+        raise ValueError(f"{problem}, not {text!r}")
+    return text.strip().rstrip("/")
 
 
 def parse_labels(text: str) -> dict[str, Any]:
@@ -433,21 +542,6 @@ def _given_or_environment(
     return values
 
 
-def _positive_seconds(owner: object, *names: str) -> None:
-    for name in names:
-        value = getattr(owner, name)
-        if not (
-            isinstance(value, int | float)
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and value > 0
-        ):
-            raise SettingError(
-                f"{name} (PROGRESSISTA_{name.upper()}) must be a positive number of seconds, "
-                f"not {value!r}"
-            )
-
-
 @dataclass(frozen=True)
 class ClientSettings:
     """How a worker's bars reach the server (DESIGN §5).
@@ -456,7 +550,7 @@ class ClientSettings:
     variable (``PROGRESSISTA_URL``, ``PROGRESSISTA_PUSH_EVERY``…), then the default.
     """
 
-    url: str = _setting(DEFAULT_URL, "the server's base URL", parse_url)
+    url: str = _setting(DEFAULT_URL, "the server's base URL", parse_url, check=url_problem)
     token: str | None = _setting(
         None, "the server's write token, sent as Authorization: Bearer", str, secret=True
     )
@@ -464,17 +558,20 @@ class ClientSettings:
         0.5,
         "seconds between batches; every bar that changed goes in the next one",
         parse_duration,
+        check=_more_than_zero,
     )
     flush_timeout: float = _setting(
         2.0,
         "seconds that waiting for an unresponsive server may add to a program, exit included",
         parse_duration,
+        check=_more_than_zero,
     )
     keepalive: float = _setting(
         DEFAULT_KEEPALIVE,
         "an open bar that did not change is re-sent this often, so the server can tell a slow "
         "bar from a dead worker (its stale_after defaults to 60 s)",
         parse_duration,
+        check=_more_than_zero,
     )
     job: str | None = _setting(
         None, "the job label every bar carries in meta; groups a run's bars", str
@@ -484,14 +581,14 @@ class ClientSettings:
         metadata={
             "help": "labels every bar carries, as a JSON object, under the bar's own",
             "parse": parse_labels,
-            "choices": None,
+            "check": None,
             "secret": False,
+            "repeatable": False,
         },
     )
 
     def __post_init__(self) -> None:
-        parse_url(self.url)  # a URL given as an argument is checked like the variable
-        _positive_seconds(self, "push_every", "flush_timeout", "keepalive")
+        _check_given(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> ClientSettings:
@@ -506,13 +603,13 @@ class ClientSettings:
 class ViewerSettings:
     """How ``progressista watch`` (a reader, not a worker) reaches the server."""
 
-    url: str = _setting(DEFAULT_URL, "the server's base URL", parse_url)
+    url: str = _setting(DEFAULT_URL, "the server's base URL", parse_url, check=url_problem)
     read_token: str | None = _setting(
         None, "the server's read token, sent as Authorization: Bearer", str, secret=True
     )
 
     def __post_init__(self) -> None:
-        parse_url(self.url)
+        _check_given(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> ViewerSettings:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import sys
 import time
@@ -18,6 +17,8 @@ from typing import IO, Any
 
 import aiohttp
 from tqdm import tqdm
+
+from .connection import TIMEOUT, unreachable
 
 __all__ = ["render", "watch"]
 
@@ -157,7 +158,7 @@ class _Screen:
         self.out.flush()
 
 
-async def _follow(url: str, token: str | None, out: IO[str]) -> int:
+async def _follow(url: str, token: str | None, out: IO[str], timeout: float) -> int:
     screen = _Screen(out)
     board = _Window()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -171,20 +172,27 @@ async def _follow(url: str, token: str | None, out: IO[str]) -> int:
         screen.draw(render(board.tasks, url, status, size.columns, size.lines, counts=board.counts))
         last_draw = time.monotonic()
 
-    async with aiohttp.ClientSession(headers=headers) as session:
+    # No timeouts of aiohttp's own: `timeout` below is the one deadline, and the heartbeat
+    # notices a connection that dies later.
+    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout()) as session:
         while True:
             # Enough of each state to fill the screen, whichever states the bars are in.
             rows = max(1, shutil.get_terminal_size((100, 40)).lines)
             try:
-                async with session.ws_connect(f"{url}/ws?limit={rows}", heartbeat=30) as socket:
+                # The whole handshake, the name lookup included, has `timeout` seconds: a
+                # server that accepts and never answers must not leave the terminal blank.
+                socket = await asyncio.wait_for(
+                    session.ws_connect(f"{url}/ws?limit={rows}", heartbeat=30), timeout
+                )
+                async with socket:
                     connected_once, backoff = True, 0.5
                     pending = False
                     while True:
                         # A change arrived too soon after the last frame: draw when due.
                         due = last_draw + FRAME - time.monotonic()
-                        timeout = max(0.0, due) if pending else None
+                        wait = max(0.0, due) if pending else None
                         try:
-                            message = await socket.receive(timeout=timeout)
+                            message = await socket.receive(timeout=wait)
                         except asyncio.TimeoutError:
                             draw("live")
                             pending = False
@@ -205,25 +213,30 @@ async def _follow(url: str, token: str | None, out: IO[str]) -> int:
                     file=sys.stderr,
                 )
                 return 1
-            except (aiohttp.ClientError, OSError) as error:
+            except asyncio.TimeoutError:
                 if not connected_once:
-                    # aiohttp wraps the OSError; its errno says it best ("Connection refused").
-                    number = getattr(getattr(error, "os_error", None), "errno", None)
-                    reason = os.strerror(number) if number else str(error)
                     print(
-                        f"progressista: cannot reach the server at {url} ({reason})",
+                        f"progressista: the server at {url} does not answer (no reply within "
+                        f"{timeout:g} s; wait longer with --timeout)",
                         file=sys.stderr,
                     )
+                    return 1
+            except (aiohttp.ClientError, OSError) as error:
+                if not connected_once:
+                    print(f"progressista: {unreachable(url, error)}", file=sys.stderr)
                     return 1
             draw("reconnecting")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
 
 
-def watch(url: str, token: str | None = None, out: IO[str] | None = None) -> int:
-    """Follow ``url``'s bars until Ctrl-C; 1 when the server cannot be reached at all."""
+def watch(
+    url: str, token: str | None = None, out: IO[str] | None = None, timeout: float = TIMEOUT
+) -> int:
+    """Follow ``url``'s bars until Ctrl-C; 1 when the server cannot be reached at all, or does
+    not answer within ``timeout`` seconds."""
     try:
-        return asyncio.run(_follow(url, token, out or sys.stdout))
+        return asyncio.run(_follow(url, token, out or sys.stdout, timeout))
     except KeyboardInterrupt:
         (out or sys.stdout).write("\n")
         return 0

@@ -21,7 +21,7 @@ from progressista.server.alert import ALERT_SETTLE, RETRY_FIRST, parse_destinati
 from progressista.server.cleanup import run_cleanup
 from progressista.server.keys import LIFETIMES, STORE
 
-from .conftest import NEVER, WAIT, Client, FakeClock, event, eventually, post
+from .conftest import NEVER, WAIT, Client, FakeClock, event, eventually, free_port, post
 
 
 class Receiver:
@@ -222,7 +222,18 @@ async def test_notify_test_sends_one_sample_message(aiohttp_server: AiohttpServe
         *command, "nonsense-scheme://x", stderr=asyncio.subprocess.PIPE
     )
     _, stderr = await asyncio.wait_for(process.communicate(), WAIT)
-    assert process.returncode == 1
-    assert stderr.decode().splitlines()[-1] == (
-        "progressista: the notification was not sent: Apprise does not understand that URL"
+    assert (process.returncode, stderr.decode()) == (  # a URL it cannot use is a misuse
+        2,
+        "progressista: notify-test: Apprise does not understand that URL "
+        "(see https://github.com/caronc/apprise/wiki for the services and their URLs)\n",
+    )
+    refused = f"json://127.0.0.1:{free_port()}/hook"  # nobody listens: the service says why
+    process = await asyncio.create_subprocess_exec(
+        *command, refused, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), WAIT)
+    assert (process.returncode, stderr.decode()) == (
+        1,
+        "progressista: the notification was not sent: the service did not take the message: "
+        "A Connection error occurred sending JSON notification to 127.0.0.1.\n",
     )

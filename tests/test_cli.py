@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,12 +28,23 @@ pytestmark = pytest.mark.slow
 PROGRESSISTA = [sys.executable, "-m", "progressista.cli"]
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+def cli(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``progressista ARGS`` to its end, with the test's PROGRESSISTA_* settings left out and
+    ``env`` added."""
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")
+    }
     # The demo's last flush must not be cut short by a busy machine: delivery is what is tested.
-    env["PROGRESSISTA_FLUSH_TIMEOUT"] = str(WAIT)
-    return subprocess.run(
-        [*PROGRESSISTA, *args], capture_output=True, text=True, timeout=timeout, env=env
+    environment["PROGRESSISTA_FLUSH_TIMEOUT"] = str(WAIT)
+    return child.run(
+        [*PROGRESSISTA, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**environment, **(env or {})},
     )
 
 
@@ -51,7 +65,9 @@ def test_version_and_help() -> None:
     top = cli("--help").stdout
     for command in ("serve", "run", "demo", "watch"):
         assert command in top
-    assert "python -m progressista.server" in cli("serve", "--help").stdout
+    assert cli("serve", "--help").stdout.startswith(
+        "usage: progressista serve [-h] [--SETTING VALUE ...]\n"
+    )
     assert "(script.py | -m module | -- command)" in cli("run", "--help").stdout
     assert "--seconds" in cli("demo", "--help").stdout
     assert "terminal" in cli("watch", "--help").stdout
@@ -63,10 +79,20 @@ def test_a_bad_command_is_one_clear_line() -> None:
     assert result.stderr.splitlines()[-1].startswith("progressista: error: argument COMMAND")
 
 
-def test_demo_sends_realistic_bars_some_failing(server: ServerProcess) -> None:
+def announced_job(stderr: str) -> str:
+    match = re.search(r"\(job (demo-[0-9]{6})\)", stderr)
+    assert match, stderr
+    return match.group(1)
+
+
+def test_demo_sends_realistic_bars_some_failing_as_the_job_it_announces(
+    server: ServerProcess,
+) -> None:
     result = cli("demo", "--url", server.url.rstrip("/"), "--seconds", "1")
     assert result.returncode == 0, result.stderr
+    job = announced_job(result.stderr)
     found = [task for task in server.tasks().values() if task["meta"].get("demo")]
+    assert {task["meta"]["job"] for task in found} == {job}
     states = {t["desc"]: t["state"] for t in found}
     assert states == {
         "Downloading dataset.tar": "completed",
@@ -79,6 +105,31 @@ def test_demo_sends_realistic_bars_some_failing(server: ServerProcess) -> None:
     assert failed["Resizing images"] == "OSError: cannot identify image file 'img_0312.jpg'"
 
 
+def test_demo_fails_in_one_line_when_the_server_refuses_its_token() -> None:
+    with running_server(
+        ["--log-level", "warning"], env={"PROGRESSISTA_WRITE_TOKEN": "right"}
+    ) as guarded:
+        url = guarded.url.rstrip("/")
+        advice = "give its write token with --token or PROGRESSISTA_TOKEN"
+        without = cli("demo", "--url", url)
+        assert (without.returncode, without.stderr) == (
+            1,
+            f"progressista: the server at {url} refused bars without a token (HTTP 401); "
+            f"{advice}\n",
+        )
+        wrong = cli("demo", "--url", url, "--token", "wrong")
+        assert (wrong.returncode, wrong.stderr) == (
+            1,
+            f"progressista: the server at {url} refused the token (HTTP 401); {advice}\n",
+        )
+        assert guarded.tasks() == {}
+        # The token from the variable, as the help says.
+        right = cli("demo", "--url", url, "--seconds", "0.1", env={"PROGRESSISTA_TOKEN": "right"})
+        assert right.returncode == 0, right.stderr
+        job = announced_job(right.stderr)
+        assert {task["meta"]["job"] for task in guarded.tasks().values()} == {job}
+
+
 @pytest.mark.parametrize("command", ["demo", "watch"])
 def test_an_unreachable_server_is_named_as_such(command: str) -> None:
     url = nobody()
@@ -88,6 +139,218 @@ def test_an_unreachable_server_is_named_as_such(command: str) -> None:
     assert result.stderr.startswith(f"progressista: cannot reach the server at {url} (")
     assert "Connection refused" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["demo", "watch"])
+def test_a_host_name_that_does_not_resolve_is_named_as_such(command: str) -> None:
+    url = "http://progressista.invalid:8000"  # .invalid never resolves (RFC 2606)
+    # The name server's own delays must not read as a server that does not answer.
+    args = ["demo", "--url", url] if command == "demo" else ["watch", url, "--timeout", str(WAIT)]
+    result = cli(*args, timeout=WAIT * 2)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"progressista: cannot reach the server at {url} "
+        "(the host name progressista.invalid does not resolve"
+    )
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_watch_gives_up_on_a_server_that_accepts_and_never_answers() -> None:
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen()  # connections complete in the kernel's backlog, and nothing answers
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        result = cli("watch", url, "--timeout", "0.5", timeout=WAIT)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        1,
+        "",
+        f"progressista: the server at {url} does not answer (no reply within 0.5 s; "
+        "wait longer with --timeout)\n",
+    )
+
+
+def misuse(
+    *args: str, error: str, usage: str | None = None, env: dict[str, str] | None = None
+) -> Any:
+    """A misuse of the command line and what it must print: the error line, after argparse's
+    one-line usage when the mistake is argparse's to report."""
+    return pytest.param(args, env or {}, usage, error, id=" ".join(args) or "(nothing)")
+
+
+SERVE_USAGE = "usage: progressista serve [-h] [--SETTING VALUE ...]"
+TOP_USAGE = "usage: progressista [-h] [--version] COMMAND ..."
+WATCH_USAGE = "usage: progressista watch [-h] [--token TOKEN] [--timeout SECONDS] [URL]"
+DEMO_USAGE = "usage: progressista demo [-h] [--url URL] [--token TOKEN] [--seconds SECONDS]"
+NOT_A_URL = "must start with http:// or https://, not 'ftp://x'"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "usage", "error"),
+    [
+        misuse(
+            "serve",
+            "--bogus",
+            usage=SERVE_USAGE,
+            error="progressista serve: error: unrecognized arguments: --bogus",
+        ),
+        misuse("serve", "--port", "abc", error="progressista: --port: 'abc' is not a whole number"),
+        misuse(
+            "serve",
+            "--port",
+            "70000",
+            error="progressista: --port: must be 0 to 65535, not '70000'",
+        ),
+        misuse(
+            "serve",
+            "--log-level",
+            "loud",
+            error="progressista: --log-level: must be debug, info, warning or error, not 'loud'",
+        ),
+        misuse(
+            "serve",
+            env={"PROGRESSISTA_LOG_LEVEL": "loud"},
+            error="progressista: PROGRESSISTA_LOG_LEVEL: must be debug, info, warning or error, "
+            "not 'loud'",
+        ),
+        misuse(
+            "serve",
+            "--stale-after",
+            "0",
+            error="progressista: --stale-after: must be more than 0, not '0'",
+        ),
+        misuse(
+            "serve",
+            env={"PROGRESSISTA_STALE_AFTER": "0"},
+            error="progressista: PROGRESSISTA_STALE_AFTER: must be more than 0, not '0'",
+        ),
+        misuse(
+            "serve",
+            "--store",
+            "nowhere",
+            error="progressista: --store: must be 'memory' or a Redis URL (redis://host:6379/0), "
+            "not 'nowhere'",
+        ),
+        misuse(
+            "--bogus", usage=TOP_USAGE, error="progressista: error: unrecognized arguments: --bogus"
+        ),
+        misuse(
+            usage=TOP_USAGE,
+            error="progressista: error: give a command: serve, run, demo, watch or notify-test "
+            "(see progressista --help)",
+        ),
+        misuse(
+            "watch",
+            "--bogus",
+            usage=WATCH_USAGE,
+            error="progressista watch: error: unrecognized arguments: --bogus",
+        ),
+        misuse(
+            "watch",
+            "--timeout",
+            "0",
+            usage=WATCH_USAGE,
+            error="progressista watch: error: argument --timeout: must be more than 0, not '0'",
+        ),
+        misuse(
+            "watch",
+            "--token",
+            "",
+            usage=WATCH_USAGE,
+            error="progressista watch: error: argument --token: is empty; leave it out to use "
+            "$PROGRESSISTA_READ_TOKEN",
+        ),
+        misuse(
+            "watch",
+            "ftp://x",
+            usage=WATCH_USAGE,
+            error=f"progressista watch: error: argument URL: {NOT_A_URL}",
+        ),
+        misuse(
+            "demo",
+            "--bogus",
+            usage=DEMO_USAGE,
+            error="progressista demo: error: unrecognized arguments: --bogus",
+        ),
+        misuse(
+            "demo",
+            "--token",
+            "",
+            usage=DEMO_USAGE,
+            error="progressista demo: error: argument --token: is empty; leave it out to use "
+            "$PROGRESSISTA_TOKEN",
+        ),
+        misuse(
+            "demo",
+            "--seconds",
+            "0",
+            usage=DEMO_USAGE,
+            error="progressista demo: error: argument --seconds: must be more than 0, not '0'",
+        ),
+        misuse(
+            "demo",
+            "--url",
+            "http://",
+            usage=DEMO_USAGE,
+            error="progressista demo: error: argument --url: must name a host, like "
+            "http://127.0.0.1:8000, not 'http://'",
+        ),
+        misuse(
+            "demo",
+            env={"PROGRESSISTA_URL": "ftp://x"},
+            error=f"progressista: PROGRESSISTA_URL: {NOT_A_URL}",
+        ),
+        misuse(
+            "run",
+            "--job",
+            "",
+            "x.py",
+            error="progressista: --job is empty; leave it out to use $PROGRESSISTA_JOB, or the "
+            "program and the time",
+        ),
+        misuse(
+            "run",
+            "--token=",
+            "x.py",
+            error="progressista: --token is empty; leave it out to use $PROGRESSISTA_TOKEN",
+        ),
+        misuse("run", "--url", "ftp://x", "x.py", error=f"progressista: --url: {NOT_A_URL}"),
+        misuse(
+            "run",
+            "x.py",
+            env={"PROGRESSISTA_JOB": ".."},
+            error="progressista: PROGRESSISTA_JOB '..': a job name is 1 to 200 printable "
+            "characters, and not '.' or '..'",
+        ),
+        misuse(
+            "notify-test",
+            usage="usage: progressista notify-test [-h] URL",
+            error="progressista notify-test: error: the following arguments are required: URL",
+        ),
+    ],
+)
+def test_a_misuse_is_at_most_two_lines_and_exit_status_2(
+    args: tuple[str, ...], env: dict[str, str], usage: str | None, error: str
+) -> None:
+    result = cli(*args, env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ([] if usage is None else [usage]) + [error]
+
+
+def test_the_server_module_names_itself_in_its_usage() -> None:
+    result = child.run(
+        [sys.executable, "-m", "progressista.server", "--bogus"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stderr.splitlines()) == (
+        2,
+        [
+            "usage: python -m progressista.server [-h] [--SETTING VALUE ...]",
+            "python -m progressista.server: error: unrecognized arguments: --bogus",
+        ],
+    )
 
 
 def read_until(fd: int, wanted: list[str], timeout: float = WAIT) -> str:
@@ -176,3 +439,29 @@ def test_watch_shows_a_line_per_job_above_the_bars() -> None:
     lines = screen.splitlines()
     assert lines[1] == "▶ job nightly-etl (run 2): 3 of 10 done, 1 failed  56% · ETA 02:05"
     assert lines[2].startswith("▶ Loading:  50%")
+
+
+def test_make_help_shows_where_make_run_serves_and_how_to_change_it() -> None:
+    root = Path(__file__).resolve().parent.parent
+    # An outer make's flags and a HOST or PORT in the environment change nothing.
+    outer = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    env = {key: value for key, value in os.environ.items() if key not in outer}
+    env.update(HOST="example.org", PORT="1")
+
+    def make_help(*args: str) -> str:
+        result = child.run(
+            ["make", "-s", "help", *args],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        output: str = result.stdout
+        return output
+
+    default = make_help()
+    assert "on 127.0.0.1:8000 (change: make run PORT=9000 HOST=0.0.0.0)" in default
+    assert "$(" not in default
+    assert "on 127.0.0.1:9000 " in make_help("PORT=9000")

@@ -405,8 +405,7 @@ def test_an_unhandled_ctrl_c_still_kills_the_worker_by_sigint(refused_url: str) 
         (
             "PROGRESSISTA_URL",
             "not-a-url",
-            "PROGRESSISTA_URL: 'not-a-url' is not a server URL; give one like "
-            "http://127.0.0.1:8000 or https://progress.example.org",
+            "PROGRESSISTA_URL: must start with http:// or https://, not 'not-a-url'",
         ),
         (
             "PROGRESSISTA_PUSH_EVERY",

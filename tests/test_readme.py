@@ -27,3 +27,7 @@ def test_every_setting_is_in_the_readme_table_with_its_flag_and_variable() -> No
         for setting in dataclasses.fields(ServerSettings)
     }
     assert rows == expected
+
+
+def test_the_readme_says_how_to_move_make_run() -> None:
+    assert "make run PORT=9000" in README

@@ -242,7 +242,8 @@ def test_a_bad_job_name_is_one_line(server_process: ServerProcess) -> None:
     result = run(server_process, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
     assert result.returncode == 2
     assert result.stderr == (
-        "progressista: --job '..' cannot name the run's task: it must not be '.' or '..'\n"
+        "progressista: --job '..': a job name is 1 to 200 printable characters, "
+        "and not '.' or '..'\n"
     )
 
 

@@ -117,20 +117,50 @@ def test_a_flag_wins_over_its_variable() -> None:
             {},
             "--stale-after: 'soon' is not a duration; use seconds or a unit: 90, 90s, 15m, 2h, 1d",
         ),
-        (
-            [],
-            {"PROGRESSISTA_PORT": "eighty"},
-            "PROGRESSISTA_PORT: invalid literal for int() with base 10: 'eighty'",
-        ),
+        ([], {"PROGRESSISTA_PORT": "eighty"}, "PROGRESSISTA_PORT: 'eighty' is not a whole number"),
+        (["--port", "abc"], {}, "--port: 'abc' is not a whole number"),
         (
             [],
             {"PROGRESSISTA_MAX_BODY": "1 GB"},
             "PROGRESSISTA_MAX_BODY: '1 GB' is not a size; "
             "use bytes or a unit: 1048576, 512KiB, 1MiB",
         ),
-        (["--retention", "0"], {}, "retention must be a positive number, not 0.0"),
-        (["--port", "70000"], {}, "port must be between 0 and 65535, not 70000"),
-        (["--access-log", "some"], {}, "access_log must be one of all, quiet, off"),
+        (["--retention", "0"], {}, "--retention: must be more than 0, not '0'"),
+        (
+            [],
+            {"PROGRESSISTA_RETENTION": "0"},
+            "PROGRESSISTA_RETENTION: must be more than 0, not '0'",
+        ),
+        (
+            ["--max-age", "-1"],
+            {},
+            "--max-age: '-1' is not a duration; use seconds or a unit: 90, 90s, 15m, 2h, 1d",
+        ),
+        (["--metrics-jobs", "-1"], {}, "--metrics-jobs: must be 0 or more, not '-1'"),
+        (["--port", "70000"], {}, "--port: must be 0 to 65535, not '70000'"),
+        (["--access-log", "some"], {}, "--access-log: must be all, quiet or off, not 'some'"),
+        (
+            [],
+            {"PROGRESSISTA_LOG_LEVEL": "loud"},
+            "PROGRESSISTA_LOG_LEVEL: must be debug, info, warning or error, not 'loud'",
+        ),
+        (
+            ["--notify-on", "failed,sometimes"],
+            {},
+            "--notify-on: must be a list of failed, stalled, completed or task-failed, "
+            "not 'failed,sometimes'",
+        ),
+        (
+            ["--store", "postgres://me:secret@db/0"],
+            {},
+            "--store: must be 'memory' or a Redis URL (redis://host:6379/0), "
+            "not 'postgres://me:***@db/0'",
+        ),
+        (
+            ["--redis-prefix", "{x}"],
+            {},
+            "--redis-prefix: must be non-empty and without braces, not '{x}'",
+        ),
     ],
 )
 def test_bad_values_name_their_source(
@@ -139,6 +169,36 @@ def test_bad_values_name_their_source(
     with pytest.raises(SettingError) as caught:
         parse_args(argv, environ)
     assert str(caught.value) == message
+
+
+def test_the_same_bad_value_names_the_flag_or_the_variable_it_came_from() -> None:
+    with pytest.raises(SettingError) as from_flag:
+        parse_args(["--stale-after", "0"], {})
+    with pytest.raises(SettingError) as from_variable:
+        parse_args([], {"PROGRESSISTA_STALE_AFTER": "0"})
+    assert str(from_flag.value) == "--stale-after: must be more than 0, not '0'"
+    assert str(from_variable.value) == "PROGRESSISTA_STALE_AFTER: must be more than 0, not '0'"
+
+
+def test_a_variable_a_flag_replaces_is_not_read() -> None:
+    settings = parse_args(["--stale-after", "5"], {"PROGRESSISTA_STALE_AFTER": "0"})
+    assert settings.stale_after == 5.0
+
+
+def test_a_bad_value_given_in_python_names_the_argument() -> None:
+    with pytest.raises(SettingError) as caught:
+        ServerSettings(stale_after=0)
+    assert str(caught.value) == "ServerSettings(stale_after=0): must be more than 0"
+    with pytest.raises(SettingError) as caught:
+        ServerSettings(log_level="loud")
+    assert str(caught.value) == (
+        "ServerSettings(log_level='loud'): must be debug, info, warning or error"
+    )
+
+
+def test_a_client_variable_an_argument_replaces_is_not_read() -> None:
+    settings = ClientSettings.from_env({"PROGRESSISTA_URL": "ftp://x"}, url="http://h:1")
+    assert settings.url == "http://h:1"
 
 
 def test_describe_hides_secrets() -> None:
@@ -182,8 +242,11 @@ def test_client_keywords_win_and_none_means_not_given() -> None:
     [
         (
             {"PROGRESSISTA_URL": "not-a-url"},
-            "PROGRESSISTA_URL: 'not-a-url' is not a server URL; give one like "
-            "http://127.0.0.1:8000 or https://progress.example.org",
+            "PROGRESSISTA_URL: must start with http:// or https://, not 'not-a-url'",
+        ),
+        (
+            {"PROGRESSISTA_URL": "http://"},
+            "PROGRESSISTA_URL: must name a host, like http://127.0.0.1:8000, not 'http://'",
         ),
         (
             {"PROGRESSISTA_PUSH_EVERY": "abc"},
@@ -192,8 +255,7 @@ def test_client_keywords_win_and_none_means_not_given() -> None:
         ),
         (
             {"PROGRESSISTA_FLUSH_TIMEOUT": "0"},
-            "flush_timeout (PROGRESSISTA_FLUSH_TIMEOUT) must be a positive number of seconds, "
-            "not 0.0",
+            "PROGRESSISTA_FLUSH_TIMEOUT: must be more than 0, not '0'",
         ),
         (
             {"PROGRESSISTA_META": "[1]"},

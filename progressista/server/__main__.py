@@ -77,9 +77,13 @@ async def serve(settings: ServerSettings) -> None:
         await runner.cleanup()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Serve; ``prog`` names the command in its usage (``progressista serve`` runs this too)."""
+    if prog is None:  # as started: python -m progressista.server, or progressista-server
+        name = os.path.basename(sys.argv[0]) if argv is None else "__main__.py"
+        prog = "python -m progressista.server" if name == "__main__.py" else name
     try:
-        settings = parse_args(sys.argv[1:] if argv is None else argv, os.environ)
+        settings = parse_args(sys.argv[1:] if argv is None else argv, os.environ, prog)
     except SettingError as error:
         print(f"progressista: {error}", file=sys.stderr)
         return 2

@@ -356,14 +356,38 @@ def _duration(seconds: float) -> str:
 
 
 def send_test(url: str) -> str | None:
-    """Send one sample message to ``url``; None when it was taken, else why not."""
+    """Send one sample message to ``url``; None when it was taken, else why not.
+
+    Raises ValueError for a URL Apprise does not understand: that is the caller's to fix.
+    """
     apprise = _apprise()
     destination = parse_destination(url, 0)
     sender = apprise.Apprise()
     if not sender.add(destination.url):
-        return "Apprise does not understand that URL"
-    ok = sender.notify(
-        title="✓ progressista test",
-        body="A test notification from Progressista: this destination works.",
-    )
-    return None if ok else "the service did not take the message (see the log above)"
+        raise ValueError(
+            "Apprise does not understand that URL "
+            "(see https://github.com/caronc/apprise/wiki for the services and their URLs)"
+        )
+    # Apprise says why a service refused only in its log, which a command line does not show.
+    said = _Said(logging.WARNING)
+    apprise_log = logging.getLogger("apprise")
+    apprise_log.addHandler(said)
+    try:
+        ok = sender.notify(
+            title="✓ progressista test",
+            body="A test notification from Progressista: this destination works.",
+        )
+    finally:
+        apprise_log.removeHandler(said)
+    if ok:
+        return None
+    return "the service did not take the message" + (f": {said.last}" if said.last else "")
+
+
+class _Said(logging.Handler):
+    """Keeps the last message logged."""
+
+    last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
