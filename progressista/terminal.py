@@ -135,12 +135,24 @@ class _Window:
         elif kind == "patch":
             for task_id in message["removed"]:
                 self.tasks.pop(task_id, None)
+            at = message.get("at")
             for task_id, fields in message["tasks"].items():
-                self.tasks[task_id] = {**self.tasks.get(task_id, {}), **fields}
+                task = self.tasks[task_id] = {**self.tasks.get(task_id, {}), **fields}
+                _complete_partial(task, fields, at)
         else:
             return
         if "counts" in message:
             self.counts = {state: all_ for state, (_, all_) in message["counts"].items()}
+
+
+def _complete_partial(task: dict[str, Any], fields: dict[str, Any], at: float | None) -> None:
+    """What a patch's partial entry leaves for the receiver (docs/protocol.md): the message's
+    ``at`` when it has no ``updated_at``, and ``percent`` from ``n`` and ``total``."""
+    if "updated_at" not in fields and at is not None:
+        task["updated_at"] = at
+    if "percent" not in fields and ("n" in fields or "total" in fields):
+        total, n = task.get("total"), task.get("n", 0)
+        task["percent"] = 100.0 * n / total if total else None
 
 
 class _Screen:

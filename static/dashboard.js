@@ -667,6 +667,15 @@
     }
   });
 
+  // A partial entry leaves out what the receiver can tell (docs/protocol.md): its updated_at
+  // when it is the message's `at`, and percent, which follows from n and total.
+  function completePartial(task, fields, at) {
+    if (at !== undefined && !Object.hasOwn(fields, "updated_at")) task.updated_at = at;
+    if (!Object.hasOwn(fields, "percent") && (Object.hasOwn(fields, "n") || Object.hasOwn(fields, "total"))) {
+      task.percent = task.total ? 100 * task.n / task.total : null;
+    }
+  }
+
   function apply(message) {
     if (message.type === "jobs") {
       applyJobs(message);
@@ -694,6 +703,7 @@
       const known = tasks.get(id);
       if (known) {
         Object.assign(known, fields);
+        completePartial(known, fields, message.at);
         if ("n" in fields && !("history" in fields)) extendHistory(known);
       } else {
         tasks.set(id, fields);

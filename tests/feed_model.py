@@ -48,8 +48,15 @@ class Board:
         elif kind == "patch":
             for task_id in message["removed"]:
                 self.tasks.pop(task_id, None)
+            at = message.get("at")
             for task_id, fields in message["tasks"].items():
-                self.tasks[task_id] = {**self.tasks.get(task_id, {}), **fields}
+                task = self.tasks[task_id] = {**self.tasks.get(task_id, {}), **fields}
+                # What a partial entry leaves to the receiver: the message's time, and percent.
+                if "updated_at" not in fields:
+                    assert at is not None, message
+                    task["updated_at"] = at
+                if "percent" not in fields and ("n" in fields or "total" in fields):
+                    task["percent"] = 100.0 * task["n"] / task["total"] if task["total"] else None
             self.sections.update(message.get("sections", {}))
             if "counts" in message:
                 self.counts = message["counts"]

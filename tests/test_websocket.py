@@ -48,13 +48,13 @@ async def test_a_viewer_gets_a_snapshot_then_patches_of_what_changed(
         assert snapshot == {"type": "snapshot", "tasks": stored(client.app), "more": False}
         clock.advance(2)
         await post(client, event("a", n=2))
-        # Only what the event changed, and what the server derives from it.
+        # Only what the event changed, and what the server derives from it but percent (the
+        # viewer's to derive from n and total); updated_at is the message's "at", given once.
         assert await receive(viewer) == {
             "type": "patch",
-            "tasks": {
-                "a": {"n": 2, "percent": 20.0, "rate": 0.5, "eta": 16.0, "updated_at": clock.now}
-            },
+            "tasks": {"a": {"n": 2, "rate": 0.5, "eta": 16.0}},
             "removed": [],
+            "at": clock.now,
         }
 
 
@@ -109,10 +109,12 @@ async def test_every_cleanup_transition_reaches_viewers(
     async with client.ws_connect("/ws") as viewer:
         await receive(viewer)
         await cleanup_after(11)
+        # Going stale does not change updated_at: the message's "at" is the task's own.
         assert await receive(viewer) == {
             "type": "patch",
             "tasks": {"quiet": {"state": "stale"}},
             "removed": [],
+            "at": clock.now - 11,
         }
         await post(client, event("quiet", n=1))
         assert (await receive(viewer))["tasks"]["quiet"]["state"] == "active"

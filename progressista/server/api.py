@@ -199,16 +199,17 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     query = Query(request.query.get("q", ""))
     limit = _positive_int(request, "limit")
     table = request.app[STORE].table
-    # A copy of the ids, taken at once: the table changes while the slices go out.
-    ids = list(table.ids_after(request.query.get("after")))
+    # Read a slice at a time (the table changes while the slices go out): a task stored when
+    # the listing began and still there when its slice is read is listed once.
+    ids = table.ids_after(request.query.get("after"))
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
     await response.write(b'{"tasks":{')
     sent = 0
     last: str | None = None
     more = False
-    for start in range(0, len(ids), TASKS_PER_MESSAGE):
-        chunk = _selected(table, ids[start : start + TASKS_PER_MESSAGE], states, job, query)
+    while not ids.done:
+        chunk = _selected(table, ids.take(TASKS_PER_MESSAGE), states, job, query)
         if limit is not None and sent + len(chunk) >= limit:
             chunk = dict(islice(chunk.items(), limit - sent))
             more = True

@@ -30,11 +30,12 @@ TASKS_PER_MESSAGE = 2000
 
 _encode = msgspec.json.encode
 
-#: Fields a partial task may carry, by bit.
+#: Fields a partial task may carry, by bit. ``percent`` is left out: a receiver derives it
+#: from ``n`` and ``total`` as the server does (the page gets it for every event otherwise).
 _SHOWN_BITS: tuple[tuple[int, str], ...] = tuple(
     (FIELD_BIT[name], name)
     for name in TASK_FIELDS
-    if name not in ("seq", "timestamp", "rev", "history")
+    if name not in ("seq", "timestamp", "rev", "history", "percent", "updated_at")
 )
 
 
@@ -54,11 +55,18 @@ def frame(payload: bytes) -> bytes:
     return header + payload
 
 
-def partial(task: Task, changed: int) -> Task | dict[str, Any]:
-    """``task`` whole when ``changed`` says everything changed, else only its changed fields."""
+def partial(task: Task, changed: int, at: float | None = None) -> Task | dict[str, Any]:
+    """``task`` whole when ``changed`` says everything changed, else only its changed fields.
+
+    Every partial entry has an ``updated_at``: its own, or else ``at``, which the message gives
+    once for all its entries (a batch is committed at one instant, so most share it).
+    """
     if changed == ALL_FIELDS:
         return task
-    return {name: getattr(task, name) for bit, name in _SHOWN_BITS if changed & bit}
+    fields = {name: getattr(task, name) for bit, name in _SHOWN_BITS if changed & bit}
+    if task.updated_at != at:
+        fields["updated_at"] = task.updated_at
+    return fields
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -77,15 +85,21 @@ def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[bytes]:
     for chunk in _chunks(items, TASKS_PER_MESSAGE):
         tasks: dict[str, Task | dict[str, Any]] = {}
         removed: list[str] = []
+        at: float | None = None
         for task_id, changed in chunk:
             task = table.tasks.get(task_id)
             if task is None:
                 removed.append(task_id)
             elif changed != REMOVED:
-                tasks[task_id] = partial(task, changed)
+                if at is None:
+                    at = task.updated_at
+                tasks[task_id] = partial(task, changed, at)
             else:  # removed, then a new task with the id: the viewer needs all of it
                 tasks[task_id] = task
-        yield _encode({"type": "patch", "tasks": tasks, "removed": removed})
+        message: dict[str, Any] = {"type": "patch", "tasks": tasks, "removed": removed}
+        if at is not None:
+            message["at"] = at
+        yield _encode(message)
 
 
 def whole(table: TaskTable, changed: Iterable[str], removed: Iterable[str]) -> Iterator[bytes]:
@@ -150,6 +164,7 @@ def view_patch(
     was_shown = {task_id for ids in before.values() for task_id in ids}
     now_shown = {task_id for ids in after.values() for task_id in ids}
     tasks: dict[str, Task | dict[str, Any]] = {}
+    at: float | None = None
     for task_id in now_shown:
         task = table.tasks[task_id]
         if task_id not in was_shown:
@@ -157,10 +172,14 @@ def view_patch(
         else:
             changed = changes.get(task_id)
             if changed is not None:
-                tasks[task_id] = partial(task, changed if changed != REMOVED else ALL_FIELDS)
+                if at is None:
+                    at = task.updated_at
+                tasks[task_id] = partial(task, changed if changed != REMOVED else ALL_FIELDS, at)
     removed = [task_id for task_id in was_shown if task_id not in now_shown]
     sections = {state: ids for state, ids in after.items() if ids != before.get(state)}
     message: dict[str, Any] = {"type": "patch", "tasks": tasks, "removed": removed}
+    if at is not None:
+        message["at"] = at
     if sections:
         message["sections"] = sections
     if counts_after != counts_before or changes_touch_totals(changes):

@@ -319,23 +319,33 @@ class Hub:
         window.ready.set()
 
     async def _send_snapshot(self, viewer: _Viewer) -> None:
-        """Every task, in pieces, each written when the viewer's socket has room."""
-        async with self._snapshot_slots:
-            table = self.table
-            base = table.rev
-            viewer.generation = table.generation
-            ids = list(table.tasks)
-            size = feed.TASKS_PER_MESSAGE
-            for start in range(0, max(len(ids), 1), size):
-                if not await self._until_drained(viewer):
-                    return
+        """Every task, in pieces, each written when the viewer's socket has room.
+
+        A slot (``max_snapshots``) is held only while a piece is encoded, never while waiting
+        for a slow viewer's socket: a hundred viewers that never read cannot keep a new one
+        from its snapshot.
+        """
+        table = self.table
+        base = table.rev
+        viewer.generation = table.generation
+        size = feed.TASKS_PER_MESSAGE
+        pieces = table.order.cursor()
+        more = True
+        while more:
+            if not await self._until_drained(viewer):
+                return
+            async with self._snapshot_slots:
+                if viewer.generation != table.generation:
+                    return  # the table was replaced meanwhile: a new snapshot is owed
+                ids = pieces.take(size)
+                more = not pieces.done
                 tasks = {
                     task_id: task
-                    for task_id in ids[start : start + size]
+                    for task_id in ids
                     if (task := table.tasks.get(task_id)) is not None
                 }
-                self._write(viewer, feed.frame(feed.snapshot(tasks, start + size < len(ids))))
-                await asyncio.sleep(0)
+                self._write(viewer, feed.frame(feed.snapshot(tasks, more)))
+            await asyncio.sleep(0)
         viewer.synced = base  # then catch up on what changed while the pieces went out
 
     async def _catch_up(self, viewer: _Viewer) -> None:
@@ -523,7 +533,8 @@ class Hub:
             and viewer.synced is not None
             and viewer.synced >= base
         ]
-        others = [v for v in self._viewers if v.subscription is None and v not in readers]
+        reading = set(readers)
+        others = [v for v in self._viewers if v.subscription is None and v not in reading]
         for viewer in others:
             if not viewer.owes:  # it missed this patch: catch up from its revision
                 viewer.owes = True

@@ -20,14 +20,14 @@ scanning a million tasks on the event loop.
 
 from __future__ import annotations
 
-import operator
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Final
 
 from ..schema import STATES
 from .job import JobIndex
+from .order import IdOrder, OrderCursor
 from .task import Lifetimes, Task, lingers
 
 __all__ = ["REMOVED", "Changes", "TaskTable"]
@@ -52,8 +52,10 @@ class TaskTable:
         removals_kept: int = 100_000,
         jobs: JobIndex | None = None,
     ) -> None:
-        #: Every task, in the order each id was first stored.
+        #: Every task, by id.
         self.tasks: dict[str, Task] = {}
+        #: The ids in the order each was first stored, readable in pieces (snapshots, paging).
+        self.order = IdOrder()
         #: The jobs the tasks make up, kept up to date with every change.
         self.jobs = jobs if jobs is not None else JobIndex()
         #: The highest revision applied: the table's version.
@@ -98,20 +100,11 @@ class TaskTable:
         """The ``limit`` ids that entered ``state`` last, newest first."""
         return list(islice(reversed(self.sections[state]), limit))
 
-    def ids_after(self, after: str | None) -> Iterator[str]:
-        """Ids in the order they were first stored, from just after ``after`` (all if None).
-
-        Finding ``after`` walks the table in C (a few milliseconds at a million tasks), so a
-        client can page through the tasks with a plain id as its cursor. An id no longer stored
-        starts from the beginning: paging then repeats tasks but never skips one.
-        """
-        start = 0
-        if after is not None:
-            try:
-                start = operator.indexOf(self.tasks, after) + 1
-            except ValueError:
-                start = 0
-        return islice(iter(self.tasks), start, None)
+    def ids_after(self, after: str | None) -> OrderCursor:
+        """A reader of the ids in the order they were first stored, from just after ``after``
+        (all if None; from the beginning if ``after`` is no longer stored, so that paging may
+        repeat tasks but never skips one)."""
+        return self.order.cursor(after)
 
     def due(self, now: float, lifetimes: Lifetimes, limit: int) -> dict[str, str]:
         """Up to ``limit`` tasks due for a transition at ``now``: id → ``"stale"``/``"remove"``.
@@ -234,6 +227,7 @@ class TaskTable:
         state = task.state
         if old is None:
             self.sections[state][task_id] = None
+            self.order.add(task_id)
             self._removed.pop(task_id, None)
         elif old.state != state:
             del self.sections[old.state][task_id]
@@ -277,6 +271,7 @@ class TaskTable:
         if rev > self.rev:
             self.rev = rev
         del self.sections[task.state][task_id]
+        self.order.remove(task_id)
         if task.state == "active":
             del self._active_by_update[task_id]
         del self._by_change[task_id]
@@ -312,6 +307,7 @@ class TaskTable:
             fresh.commit(task, 0)
         for name in (
             "tasks",
+            "order",
             "sections",
             "_active_by_update",
             "_by_change",
