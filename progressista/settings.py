@@ -59,6 +59,19 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+_EMPTY_TOKEN = "must not be empty; give a token, or leave the setting out to run without one"
+
+
+def parse_token(text: str) -> str:
+    """A token as given: never empty, which would switch auth on and accept an empty bearer."""
+    if not text.strip():
+        raise ValueError(_EMPTY_TOKEN)
+    if text != text.strip():
+        # Bearer tokens are compared stripped: such a token could never match.
+        raise ValueError("must not begin or end with whitespace")
+    return text
+
+
 def _setting(
     default: Any,
     help: str,
@@ -117,10 +130,13 @@ class ServerSettings:
         50_000, "most tasks stored; completed ones are evicted first, then new tasks get 429", int
     )
     write_token: str | None = _setting(
-        None, "token required to POST /progress (Authorization: Bearer)", str, secret=True
+        None, "token required to POST /progress (Authorization: Bearer)", parse_token, secret=True
     )
     read_token: str | None = _setting(
-        None, "token required for the dashboard, /tasks, /ws and /metrics", str, secret=True
+        None,
+        "token required for the dashboard, /tasks, /ws and /metrics",
+        parse_token,
+        secret=True,
     )
     allowed_origins: tuple[str, ...] = _setting(
         (), "extra origins allowed to open /ws (comma-separated)", parse_list
@@ -188,6 +204,10 @@ class ServerSettings:
             raise SettingError(
                 f"store must be 'memory' or a Redis URL (redis://host:6379/0), not {self.store!r}"
             )
+        for name in ("write_token", "read_token"):
+            token = getattr(self, name)
+            if token is not None and not token.strip():
+                raise SettingError(f"{flag_name(name)} {_EMPTY_TOKEN}")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}"):
             raise SettingError("redis_prefix must be non-empty and without braces")
         if not 0 <= self.port <= 65535:
@@ -203,7 +223,11 @@ class ServerSettings:
         values: dict[str, Any] = {}
         for setting in dataclasses.fields(cls):
             variable = env_name(setting.name)
-            if variable in environ and environ[variable] != "":
+            # An empty variable counts as unset, except for a token: there it is a token that
+            # went missing (PROGRESSISTA_WRITE_TOKEN=$UNSET), and auth must not quietly go off.
+            if variable in environ and (
+                environ[variable] != "" or setting.metadata["parse"] is parse_token
+            ):
                 values[setting.name] = _parse(setting, environ[variable], variable)
         values.update(overrides)
         return cls(**values)

@@ -71,3 +71,18 @@ def test_a_port_in_use_is_reported_not_a_traceback() -> None:
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_an_empty_write_token_is_one_line_and_exit_code_2() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "progressista.server", "--write-token", ""],
+        env={"PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        "progressista: --write-token: must not be empty; give a token, or leave the setting "
+        "out to run without one\n",
+    )

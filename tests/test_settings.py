@@ -118,3 +118,45 @@ def test_bad_values_name_their_source(
 def test_describe_hides_secrets() -> None:
     described = ServerSettings(write_token="w", read_token=None).describe()
     assert (described["write_token"], described["read_token"]) == ("<set>", None)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (
+            ["--write-token", ""],
+            {},
+            "--write-token: must not be empty; give a token, or leave "
+            "the setting out to run without one",
+        ),
+        (
+            ["--read-token", "  "],
+            {},
+            "--read-token: must not be empty; give a token, or leave "
+            "the setting out to run without one",
+        ),
+        # An empty variable is a token that went missing (PROGRESSISTA_WRITE_TOKEN=$UNSET), not
+        # a wish to run without one: refused too.
+        (
+            [],
+            {"PROGRESSISTA_WRITE_TOKEN": ""},
+            "PROGRESSISTA_WRITE_TOKEN: must not be empty; "
+            "give a token, or leave the setting out to run without one",
+        ),
+        (["--write-token", " w "], {}, "--write-token: must not begin or end with whitespace"),
+    ],
+)
+def test_an_empty_token_is_a_configuration_error(
+    argv: list[str], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingError) as caught:
+        parse_args(argv, environ)
+    assert str(caught.value) == message
+
+
+def test_an_empty_token_given_in_code_names_its_flag() -> None:
+    with pytest.raises(SettingError) as caught:
+        ServerSettings(read_token="")
+    assert str(caught.value) == (
+        "--read-token must not be empty; give a token, or leave the setting out to run without one"
+    )
