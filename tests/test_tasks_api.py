@@ -226,3 +226,21 @@ async def test_a_rebound_host_name_is_refused(make_client: MakeClient) -> None:
     assert (await listed.get("/tasks", headers={"Host": "evil.example"})).status == 403
     exposed = await make_client(host="0.0.0.0")
     assert (await exposed.get("/tasks", headers={"Host": "anything.example"})).status == 200
+
+
+@pytest.mark.parametrize("bound_to", ["127.0.0.2", "127.255.255.254", "::1", "localhost"])
+async def test_every_loopback_address_is_guarded_against_rebinding(
+    make_client: MakeClient, bound_to: str
+) -> None:
+    # The settings say where the server is bound; the test client itself stays on 127.0.0.1.
+    client = await make_client(host=bound_to)
+    for host, allowed in [
+        ("evil.example", False),
+        ("evil.example:8000", False),
+        ("127.0.0.2:8000", True),
+        ("127.1.2.3", True),
+        ("localhost:8000", True),
+        ("[::1]:8000", True),
+    ]:
+        response = await client.get("/tasks", headers={"Host": host})
+        assert response.status == (200 if allowed else 403), (bound_to, host)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ __all__ = [
     "cookie_value",
     "host_allowed",
     "host_guard",
+    "is_loopback",
     "origin_allowed",
     "read_allowed",
     "token_matches",
@@ -78,7 +80,14 @@ def origin_allowed(request: web.BaseRequest, allowed: Collection[str]) -> bool:
     return urlsplit(origin).netloc.lower() == request.host.lower()
 
 
-LOOPBACK_NAMES = frozenset(("localhost", "127.0.0.1", "::1"))
+def is_loopback(name: str) -> bool:
+    """``localhost`` or a loopback address: all of 127.0.0.0/8, and ::1."""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def host_allowed(request: web.BaseRequest, bound_to: str, allowed: Collection[str]) -> bool:
@@ -95,9 +104,9 @@ def host_allowed(request: web.BaseRequest, bound_to: str, allowed: Collection[st
         name = name[1:].split("]", 1)[0]
     elif name.count(":") == 1:
         name = name.rsplit(":", 1)[0]
-    if name in LOOPBACK_NAMES or name in allowed:
+    if name in allowed or is_loopback(name):
         return True
-    return not allowed and bound_to not in LOOPBACK_NAMES
+    return not allowed and not is_loopback(bound_to)
 
 
 @web.middleware
