@@ -20,6 +20,7 @@ async def test_serves_the_api_and_page_and_stops_cleanly_on_ctrl_c() -> None:
         async with aiohttp.ClientSession(server.url) as http:
             response = await http.post("/progress", json={"task_id": "real", "n": 1})
             assert (response.status, await response.json()) == (202, {"accepted": 1, "ignored": 0})
+            await http.get("/tasks?token=s3cret-by-mistake")
             page = await (await http.get("/")).text()
             assert 'data-task-id="real"' in page
             assert (await http.get("/static/dashboard.js")).status == 200
@@ -33,6 +34,8 @@ async def test_serves_the_api_and_page_and_stops_cleanly_on_ctrl_c() -> None:
         assert "'stale_after': 300.0" in log
         assert "POST /progress" not in log  # accepted posts stay out of the access log
         assert "GET / HTTP/1.1" in log
+        assert "GET /tasks?token=*** HTTP/1.1" in log
+        assert "s3cret-by-mistake" not in log
 
 
 async def test_a_flag_wins_over_the_environment() -> None:

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
 from ..settings import ServerSettings, SettingError, parse_args
-from .accesslog import QuietAccessLogger
+from .accesslog import QuietAccessLogger, SafeAccessLogger
 from .app import create_app
 from .redis_store import MissingRedis
 
@@ -37,7 +37,7 @@ async def serve(settings: ServerSettings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly (viewers get close code 1001)."""
     app = create_app(settings)
     access_log_class: type[AccessLogger] = (
-        QuietAccessLogger if settings.access_log == "quiet" else AccessLogger
+        QuietAccessLogger if settings.access_log == "quiet" else SafeAccessLogger
     )
     runner = web.AppRunner(
         app,
