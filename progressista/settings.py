@@ -45,6 +45,13 @@ def parse_optional_duration(text: str) -> float | None:
     return parse_duration(text)
 
 
+def parse_optional_count(text: str) -> int | None:
+    """A whole number, or ``auto`` (None): the server picks."""
+    if text.strip().lower() in ("", "auto"):
+        return None
+    return int(text)
+
+
 def parse_size(text: str) -> int:
     """Bytes from ``"1048576"``, ``"512KiB"`` or ``"1MiB"``."""
     match = _NUMBER_WITH_UNIT.match(text)
@@ -124,6 +131,24 @@ class ServerSettings:
     max_viewers: int = _setting(
         10_000, "most WebSocket viewers at once; more are refused with 503", int
     )
+    read_timeout: float = _setting(
+        15.0,
+        "a request must arrive within this: its headers from their first byte, its body from "
+        "the end of its headers; a slower one gets 408",
+        parse_duration,
+    )
+    keepalive_timeout: float = _setting(
+        75.0,
+        "a connection with no request under way is closed after this (keep it above the "
+        "idle timeout of a reverse proxy in front)",
+        parse_duration,
+    )
+    max_connections: int | None = _setting(
+        None,
+        "most connections open at once; past it the connection idle the longest is closed "
+        "(auto: what the file-descriptor limit allows)",
+        parse_optional_count,
+    )
     max_body: int = _setting(1024**2, "largest accepted POST /progress body", parse_size)
     max_batch: int = _setting(1000, "most events in one POST /progress", int)
     max_tasks: int = _setting(
@@ -182,6 +207,8 @@ class ServerSettings:
             "cleanup_interval",
             "viewer_timeout",
             "heartbeat",
+            "read_timeout",
+            "keepalive_timeout",
             "max_body",
             "max_batch",
             "max_tasks",
@@ -195,6 +222,10 @@ class ServerSettings:
         if self.broadcast_interval < 0 or not math.isfinite(self.broadcast_interval):
             raise SettingError(
                 f"broadcast_interval must be a number ≥ 0, not {self.broadcast_interval!r}"
+            )
+        if self.max_connections is not None and self.max_connections < 1:
+            raise SettingError(
+                f"--max-connections must be a whole number ≥ 1 or auto, not {self.max_connections}"
             )
         if self.max_age is not None and not self.max_age > 0:
             raise SettingError(f"max_age must be positive or None, not {self.max_age!r}")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,8 +71,12 @@ def running_server(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     startup_timeout: float = 20.0,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[ServerProcess]:
-    """Start the server on a free port (unless ``args`` name one) and wait for its banner."""
+    """Start the server on a free port (unless ``args`` name one) and wait for its banner.
+
+    ``preexec_fn`` runs in the child before the server starts (to set its resource limits).
+    """
     if "--port" not in args:
         args = [*args, "--port", "0"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -83,6 +87,7 @@ def running_server(
         text=True,
         env=environment,
         cwd=cwd,
+        preexec_fn=preexec_fn,
     )
     assert process.stdout is not None and process.stderr is not None
     log: list[str] = []

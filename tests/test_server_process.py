@@ -89,3 +89,41 @@ def test_an_empty_write_token_is_one_line_and_exit_code_2() -> None:
         "progressista: --write-token: must not be empty; give a token, or leave the setting "
         "out to run without one\n",
     )
+
+
+def _few_file_descriptors() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+def test_out_of_file_descriptors_is_one_log_line_not_a_flood_of_tracebacks() -> None:
+    import socket
+    import time
+    import urllib.request
+
+    args = ["--max-connections", "1000"]  # more than 64 descriptors allow: accept() fails
+    with running_server(args, preexec_fn=_few_file_descriptors) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
+        deadline = time.monotonic() + 30
+        while not any("cannot accept connections" in line for line in server.log):
+            assert time.monotonic() < deadline, "".join(server.log)[-2000:]
+            time.sleep(0.05)  # polling the log for a line, no synchronisation
+        for connection in held:
+            connection.close()
+        # The server accepts again once descriptors are free (asyncio retries every second).
+        with urllib.request.urlopen(f"{server.url}metrics", timeout=30) as response:
+            metrics = response.read().decode()
+    log = "".join(server.log)
+    assert "--max-connections 1000 is more than this process may open (64 file descriptors)" in log
+    failures = [line for line in server.log if "Too many open files" in line]
+    assert len(failures) == 1, log
+    assert (
+        "cannot accept connections: Too many open files; raise the file-descriptor limit"
+        in (failures[0])
+    )
+    assert "Traceback" not in log
+    errors = next(
+        line for line in metrics.splitlines() if line.startswith("progressista_accept_errors_total")
+    )
+    assert float(errors.split()[1]) >= 1, metrics

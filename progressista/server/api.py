@@ -19,10 +19,11 @@ from ..schema import STATES, FieldError, SchemaError
 from ..settings import parse_duration
 from . import feed
 from .auth import bearer_matches, origin_allowed, read_allowed
+from .connections import read_in_time
 from .errors import ApiError, json_response
 from .event import decode_events
 from .feed import TASKS_PER_MESSAGE
-from .keys import CLOCK, HUB, INGEST_STATS, SETTINGS, STORE
+from .keys import CLOCK, CONNECTIONS, HUB, INGEST_STATS, SETTINGS, STORE
 from .metrics import exposition
 from .store import StoreFull, StoreUnavailable
 from .table import TaskTable
@@ -80,7 +81,7 @@ async def _ingest(request: web.Request) -> web.Response:
     if length is not None and length > settings.max_body:
         raise _too_large(settings.max_body)
     try:
-        body = await request.read()
+        body = await read_in_time(request, request.read(), settings.read_timeout)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(settings.max_body) from None
     except ConnectionResetError:
@@ -341,7 +342,7 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     require_read(request)
     app = request.app
-    body = exposition(app[INGEST_STATS], app[HUB], app[STORE].table)
+    body = exposition(app[INGEST_STATS], app[HUB], app[STORE].table, app[CONNECTIONS].stats)
     return web.Response(
         body=body,
         content_type="text/plain",

@@ -16,9 +16,19 @@ from . import api, pages
 from .asset import asset_dir
 from .auth import host_guard
 from .cleanup import cleanup_loop
+from .connections import Connections
 from .errors import json_errors
 from .hub import Hub
-from .keys import CLEANUP_TASK, CLOCK, HUB, INGEST_STATS, LIFETIMES, SETTINGS, STORE
+from .keys import (
+    CLEANUP_TASK,
+    CLOCK,
+    CONNECTIONS,
+    HUB,
+    INGEST_STATS,
+    LIFETIMES,
+    SETTINGS,
+    STORE,
+)
 from .metrics import IngestStats
 from .store import MemoryStore, TaskStore
 from .task import Lifetimes
@@ -40,8 +50,14 @@ def create_app(
     in memory and time is real.
     """
     settings = settings or ServerSettings()
-    app = web.Application(client_max_size=settings.max_body, middlewares=[json_errors, host_guard])
+    app = web.Application(
+        client_max_size=settings.max_body,
+        middlewares=[json_errors, host_guard],
+        # aiohttp closes a connection that has no request under way for this long.
+        handler_args={"keepalive_timeout": settings.keepalive_timeout},
+    )
     app[SETTINGS] = settings
+    app[CONNECTIONS] = Connections(settings.read_timeout, settings.max_connections)
     app[CLOCK] = clock
     app[LIFETIMES] = Lifetimes(
         stale_after=settings.stale_after,

@@ -11,7 +11,13 @@ from aiohttp import web
 
 from ..schema import FieldError
 
-__all__ = ["ApiError", "error_response", "json_errors", "json_response"]
+__all__ = [
+    "ApiError",
+    "error_response",
+    "json_errors",
+    "json_response",
+    "one_line",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,6 +40,13 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         return error_response(self.status, self.message, self.details, self.headers)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` fit for a one-sentence error: its first line, at most ``limit`` characters."""
+    lines = text.strip().splitlines()
+    first = lines[0].strip().rstrip(":") if lines else ""
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def json_response(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -13,9 +14,13 @@ from .metrics import IngestStats
 from .store import TaskStore
 from .task import Lifetimes
 
+if TYPE_CHECKING:
+    from .connections import Connections  # which runs the application, so it imports these keys
+
 __all__ = [
     "CLEANUP_TASK",
     "CLOCK",
+    "CONNECTIONS",
     "HUB",
     "INGEST_STATS",
     "LIFETIMES",
@@ -31,3 +36,5 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 LIFETIMES = web.AppKey("lifetimes", Lifetimes)
 INGEST_STATS = web.AppKey("ingest_stats", IngestStats)
 CLEANUP_TASK = web.AppKey("cleanup_task", asyncio.Task[None])
+#: The open connections and their limits, kept by the Runner's protocols.
+CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")

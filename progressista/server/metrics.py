@@ -18,7 +18,7 @@ from ..schema import STATES
 from .hub import Hub
 from .table import TaskTable
 
-__all__ = ["IngestStats", "exposition"]
+__all__ = ["ConnectionStats", "IngestStats", "exposition"]
 
 
 @dataclass
@@ -31,11 +31,31 @@ class IngestStats:
     rejected: Counter[int] = field(default_factory=Counter)
 
 
+@dataclass
+class ConnectionStats:
+    """What happened to the server's connections since it started."""
+
+    open: int = 0
+    #: Closed because their request did not arrive within --read-timeout.
+    read_timeouts: int = 0
+    #: Closed without a request under way to make room for a new one (--max-connections).
+    evicted: int = 0
+    #: New connections closed at once: the limit was reached and every connection was busy.
+    refused: int = 0
+    #: Requests aiohttp's parser refused (answered 400).
+    malformed: int = 0
+    #: accept() failures: out of file descriptors (EMFILE) and the like.
+    accept_errors: int = 0
+
+
 class _ServerCollector(Collector):
-    def __init__(self, stats: IngestStats, hub: Hub, table: TaskTable) -> None:
+    def __init__(
+        self, stats: IngestStats, hub: Hub, table: TaskTable, connections: ConnectionStats
+    ) -> None:
         self._stats = stats
         self._hub = hub
         self._table = table
+        self._connections = connections
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -94,10 +114,36 @@ class _ServerCollector(Collector):
             "Viewers disconnected for not reading",
             value=hub.viewers_dropped,
         )
+        connections = self._connections
+        yield GaugeMetricFamily(
+            "progressista_connections", "Open HTTP connections", value=connections.open
+        )
+        closed = CounterMetricFamily(
+            "progressista_connections_closed",
+            "Connections the server closed: read_timeout (the request was too slow), evicted "
+            "(idle, to make room), refused (at --max-connections, every connection busy)",
+            labels=["reason"],
+        )
+        closed.add_metric(["read_timeout"], connections.read_timeouts)
+        closed.add_metric(["evicted"], connections.evicted)
+        closed.add_metric(["refused"], connections.refused)
+        yield closed
+        yield CounterMetricFamily(
+            "progressista_malformed_requests",
+            "Requests the HTTP parser refused (answered 400)",
+            value=connections.malformed,
+        )
+        yield CounterMetricFamily(
+            "progressista_accept_errors",
+            "Failed accept() calls (out of file descriptors)",
+            value=connections.accept_errors,
+        )
 
 
-def exposition(stats: IngestStats, hub: Hub, table: TaskTable) -> bytes:
+def exposition(
+    stats: IngestStats, hub: Hub, table: TaskTable, connections: ConnectionStats
+) -> bytes:
     """The Prometheus text format of everything above."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(stats, hub, table))
+    registry.register(_ServerCollector(stats, hub, table, connections))
     return generate_latest(registry)

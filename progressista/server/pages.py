@@ -17,6 +17,7 @@ from aiohttp import web
 from ..schema import STATES
 from . import display
 from .auth import COOKIE_NAME, cookie_value, read_allowed, token_matches
+from .connections import read_in_time
 from .keys import CLOCK, HUB, SETTINGS, STORE
 from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
 
@@ -119,7 +120,7 @@ async def login(request: web.Request) -> web.Response:
     read_token = request.app[SETTINGS].read_token
     if read_token is None:
         raise web.HTTPSeeOther("/")
-    form = await request.post()
+    form = await read_in_time(request, request.post(), request.app[SETTINGS].read_timeout)
     supplied = form.get("token")
     if not (isinstance(supplied, str) and token_matches(supplied.strip(), read_token)):
         return _page("login.html", request, {"failed": True}, status=401)
