@@ -161,3 +161,38 @@ def test_the_blank_card_has_every_key_a_card_has() -> None:
 
     task = new_task(Event(task_id="t"), 1.0)
     assert set(display.BLANK_CARD) == set(display.card(task, 2.0))
+
+
+@pytest.mark.parametrize(
+    ("part_headers", "error"),
+    [
+        (
+            "Content-Type: text/plain; charset=nosuch",
+            "the login form cannot be read: unknown encoding: nosuch",
+        ),
+        (
+            "Content-Transfer-Encoding: nosuch",
+            "the login form cannot be read: unknown content transfer encoding: nosuch",
+        ),
+        (
+            "Content-Type: text/plain; charset=utf-8",
+            "the login form cannot be read: 'utf-8' codec can't decode byte 0xff in position 0: "
+            "invalid start byte",
+        ),
+    ],
+)
+async def test_a_login_form_that_cannot_be_decoded_is_400_with_one_log_line(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, part_headers: str, error: str
+) -> None:
+    import logging
+
+    client = await make_client(read_token="r34d")  # no token needed to send a broken form
+    body = (
+        f'--b\r\nContent-Disposition: form-data; name="token"\r\n{part_headers}\r\n\r\n'.encode()
+        + b"\xff\xfe\r\n--b--\r\n"
+    )
+    response = await client.post(
+        "/login", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert (response.status, await response.json()) == (400, {"error": error, "details": []})
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -341,3 +343,37 @@ async def test_undecodable_token_bytes_are_401_not_500(make_client: MakeClient) 
         status = await reader.readline()
         writer.close()
         assert status.startswith(b"HTTP/1.1 401"), status
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "error"),
+    [
+        ("gzip", b"not gzip at all", "the body is not valid gzip (Content-Encoding: gzip)"),
+        (
+            "deflate",
+            b"\x78\x9c not deflate",
+            "the body is not valid deflate (Content-Encoding: deflate)",
+        ),
+    ],
+)
+async def test_a_body_that_does_not_decompress_is_400_with_one_log_line(
+    client: Client, caplog: pytest.LogCaptureFixture, encoding: str, body: bytes, error: str
+) -> None:
+    response = await client.post(
+        "/progress",
+        data=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+    )
+    assert (response.status, await response.json()) == (400, {"error": error, "details": []})
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert client.app[INGEST_STATS].rejected == {400: 1}
+
+
+async def test_a_compressed_body_is_accepted(client: Client) -> None:
+    response = await client.post(
+        "/progress",
+        data=gzip.compress(b'{"task_id": "zipped", "n": 3}'),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert response.status == 202
+    assert stored(client)["zipped"]["n"] == 3

@@ -20,7 +20,7 @@ from ..settings import parse_duration
 from . import feed
 from .auth import bearer_matches, origin_allowed, read_allowed
 from .connections import read_in_time
-from .errors import ApiError, json_response
+from .errors import ApiError, json_response, unreadable_body
 from .event import decode_events
 from .feed import TASKS_PER_MESSAGE
 from .keys import CLOCK, CONNECTIONS, HUB, INGEST_STATS, SETTINGS, STORE
@@ -88,6 +88,8 @@ async def _ingest(request: web.Request) -> web.Response:
         # The worker went away mid-request (killed, say): nothing to store, nobody to answer,
         # and nothing worth an error in the log.
         raise ApiError(400, "the client disconnected before sending the whole body") from None
+    except web.RequestPayloadError as error:
+        raise unreadable_body(request, error) from None
     try:
         events = decode_events(body, settings.max_batch)
     except SchemaError as error:

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
 from ..schema import FieldError
 
@@ -17,6 +18,7 @@ __all__ = [
     "json_errors",
     "json_response",
     "one_line",
+    "unreadable_body",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,6 +49,22 @@ def one_line(text: str, limit: int = 200) -> str:
     lines = text.strip().splitlines()
     first = lines[0].strip().rstrip(":") if lines else ""
     return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def unreadable_body(request: web.BaseRequest, error: Exception, what: str = "the body") -> ApiError:
+    """The 400 for a body aiohttp could not read: a corrupt gzip or deflate stream, a broken
+    chunk, a form part in a charset or transfer encoding nobody knows.
+
+    aiohttp raises these while the handler reads (as ``RequestPayloadError`` caused by the
+    parser's own error, or as the codec's ``LookupError``/``ValueError``); they are the
+    client's doing, never a 500.
+    """
+    cause = error.__cause__ if isinstance(error.__cause__, HttpProcessingError) else error
+    encoding = request.headers.get("Content-Encoding", "")
+    if isinstance(cause, ContentEncodingError) and encoding:
+        return ApiError(400, f"{what} is not valid {encoding} (Content-Encoding: {encoding})")
+    reason = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+    return ApiError(400, f"{what} cannot be read: {one_line(reason)}")
 
 
 def json_response(

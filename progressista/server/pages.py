@@ -18,6 +18,7 @@ from ..schema import STATES
 from . import display
 from .auth import COOKIE_NAME, cookie_value, read_allowed, token_matches
 from .connections import read_in_time
+from .errors import unreadable_body
 from .keys import CLOCK, HUB, SETTINGS, STORE
 from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
 
@@ -120,7 +121,13 @@ async def login(request: web.Request) -> web.Response:
     read_token = request.app[SETTINGS].read_token
     if read_token is None:
         raise web.HTTPSeeOther("/")
-    form = await read_in_time(request, request.post(), request.app[SETTINGS].read_timeout)
+    try:
+        form = await read_in_time(request, request.post(), request.app[SETTINGS].read_timeout)
+    except (ValueError, LookupError, RuntimeError, web.RequestPayloadError) as error:
+        # What the form parser raises on a body it cannot decode: an unknown charset
+        # (LookupError), undecodable bytes or a broken multipart body (ValueError), an unknown
+        # Content-Transfer-Encoding (RuntimeError), a corrupt compressed body.
+        raise unreadable_body(request, error, "the login form") from None
     supplied = form.get("token")
     if not (isinstance(supplied, str) and token_matches(supplied.strip(), read_token)):
         return _page("login.html", request, {"failed": True}, status=401)
