@@ -79,6 +79,21 @@ def parse_token(text: str) -> str:
     return text
 
 
+def parse_networks(text: str) -> tuple[str, ...]:
+    """Comma-separated addresses and networks (``10.0.0.0/8, 192.0.2.7, 2001:db8::/32``)."""
+    import ipaddress
+
+    networks = []
+    for part in parse_list(text):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{part!r} is not an address or network; use 10.0.0.0/8, 192.0.2.7, 2001:db8::/32"
+            ) from None
+    return tuple(networks)
+
+
 def _setting(
     default: Any,
     help: str,
@@ -172,6 +187,19 @@ class ServerSettings:
         "when bound to loopback, any otherwise",
         parse_list,
     )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        "reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-For or "
+        "Forwarded names the client, for the access log and the per-client limits",
+        parse_networks,
+    )
+    proxy_header: str = _setting(
+        "x-forwarded-for",
+        "the header the --trusted-proxies write the client's address in: x-forwarded-for or "
+        "forwarded",
+        str.lower,
+        choices=("x-forwarded-for", "forwarded"),
+    )
     store: str = _setting(
         "memory",
         "where tasks live: memory, or a Redis URL (redis://host:6379/0, rediss://, unix://) "
@@ -243,7 +271,7 @@ class ServerSettings:
             raise SettingError("redis_prefix must be non-empty and without braces")
         if not 0 <= self.port <= 65535:
             raise SettingError(f"port must be between 0 and 65535, not {self.port}")
-        for name in ("log_level", "access_log"):
+        for name in ("log_level", "access_log", "proxy_header"):
             choices = _field(name).metadata["choices"]
             if getattr(self, name) not in choices:
                 raise SettingError(f"{name} must be one of {', '.join(choices)}")

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from .server_process import running_server
+from .server_process import ServerProcess, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +127,21 @@ def test_out_of_file_descriptors_is_one_log_line_not_a_flood_of_tracebacks() -> 
         line for line in metrics.splitlines() if line.startswith("progressista_accept_errors_total")
     )
     assert float(errors.split()[1]) >= 1, metrics
+
+
+async def test_behind_a_trusted_proxy_the_access_log_names_the_client() -> None:
+    forwarded = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
+    with running_server(["--trusted-proxies", "127.0.0.0/8"]) as behind_proxy:
+        async with aiohttp.ClientSession(behind_proxy.url) as http:
+            assert (await http.get("/healthz?via=proxy", headers=forwarded)).status == 200
+            assert (await http.get("/healthz?via=direct")).status == 200
+    with running_server() as trusting_nobody:  # the header is anyone's to write
+        async with aiohttp.ClientSession(trusting_nobody.url) as http:
+            assert (await http.get("/healthz?via=anyone", headers=forwarded)).status == 200
+
+    def access_line(server: ServerProcess, marker: str) -> str:
+        return next(line for line in server.log if f"GET /healthz?via={marker}" in line)
+
+    assert " 203.0.113.7 [" in access_line(behind_proxy, "proxy")
+    assert " 127.0.0.1 [" in access_line(behind_proxy, "direct")
+    assert " 127.0.0.1 [" in access_line(trusting_nobody, "anyone")

@@ -38,6 +38,8 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         "PROGRESSISTA_READ_TOKEN": "r",
         "PROGRESSISTA_ALLOWED_ORIGINS": "https://a.example, https://b.example",
         "PROGRESSISTA_ALLOWED_HOSTS": "dash.example",
+        "PROGRESSISTA_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7, 2001:db8::/32",
+        "PROGRESSISTA_PROXY_HEADER": "Forwarded",
         "PROGRESSISTA_STORE": "redis://:pw@redis.internal:6379/2",
         "PROGRESSISTA_REDIS_PASSWORD": "other",
         "PROGRESSISTA_REDIS_PREFIX": "team-a",
@@ -69,6 +71,8 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         read_token="r",
         allowed_origins=("https://a.example", "https://b.example"),
         allowed_hosts=("dash.example",),
+        trusted_proxies=("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"),
+        proxy_header="forwarded",
         store="redis://:pw@redis.internal:6379/2",
         redis_password="other",
         redis_prefix="team-a",
@@ -111,6 +115,12 @@ def test_a_flag_wins_over_its_variable() -> None:
         (["--retention", "0"], {}, "retention must be a positive number, not 0.0"),
         (["--port", "70000"], {}, "port must be between 0 and 65535, not 70000"),
         (["--access-log", "some"], {}, "access_log must be one of all, quiet, off"),
+        (
+            ["--trusted-proxies", "10.0.0.0/8, proxy.internal"],
+            {},
+            "--trusted-proxies: 'proxy.internal' is not an address or network; "
+            "use 10.0.0.0/8, 192.0.2.7, 2001:db8::/32",
+        ),
     ],
 )
 def test_bad_values_name_their_source(

@@ -6,7 +6,8 @@ instead; ``--access-log all`` brings their lines back.
 
 A token belongs in the ``Authorization`` header, but people paste URLs such as
 ``/tasks?token=...``: the values of query parameters named like secrets are written as ``***``,
-in the request line and in the ``Referer``.
+in the request line and in the ``Referer``. Behind a reverse proxy listed in
+``--trusted-proxies``, the line names the client the proxy reports, not the proxy.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from urllib.parse import unquote
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
-__all__ = ["QuietAccessLogger", "SafeAccessLogger", "redact"]
+from .remote import TrustedProxies
+
+__all__ = ["QuietAccessLogger", "SafeAccessLogger", "client_address", "redact"]
 
 #: Query parameters whose names contain one of these hold secrets (token, access_token,
 #: api_key, password, auth, session, sig...).
@@ -41,16 +44,29 @@ def redact(text: str) -> str:
     return _PARAMETER.sub(_redacted, text)
 
 
+def client_address(request: web.BaseRequest) -> str:
+    """The client, as told by a trusted proxy (``--trusted-proxies``) or seen directly."""
+    proxies = getattr(request.protocol, "proxies", None)  # a Runner's protocol knows them
+    if isinstance(proxies, TrustedProxies):
+        return proxies.client(request)
+    return request.remote or "-"
+
+
 class SafeAccessLogger(AccessLogger):
-    """aiohttp's access logger, with secrets in the request line and the Referer redacted."""
+    """aiohttp's access logger, with secrets in the request line and the Referer redacted, and
+    the client named as a trusted proxy reports it."""
 
     def _format_line(
         self, request: web.BaseRequest, response: web.StreamResponse, time: float
     ) -> Iterable[tuple[str | tuple[str, str], str]]:
-        return [
-            (key, redact(value) if key in _URL_KEYS and isinstance(value, str) else value)
-            for key, value in super()._format_line(request, response, time)
-        ]
+        line = []
+        for key, value in super()._format_line(request, response, time):
+            if key == "remote_address":
+                value = client_address(request)
+            elif key in _URL_KEYS and isinstance(value, str):
+                value = redact(value)
+            line.append((key, value))
+        return line
 
 
 #: The access-log fields that carry URLs: ``%r`` and ``%{Referer}i``.

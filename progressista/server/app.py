@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -26,10 +27,12 @@ from .keys import (
     HUB,
     INGEST_STATS,
     LIFETIMES,
+    PROXIES,
     SETTINGS,
     STORE,
 )
 from .metrics import IngestStats
+from .remote import TrustedProxies
 from .store import MemoryStore, TaskStore
 from .task import Lifetimes
 
@@ -57,7 +60,13 @@ def create_app(
         handler_args={"keepalive_timeout": settings.keepalive_timeout},
     )
     app[SETTINGS] = settings
-    app[CONNECTIONS] = Connections(settings.read_timeout, settings.max_connections)
+    app[PROXIES] = TrustedProxies(
+        [ipaddress.ip_network(network) for network in settings.trusted_proxies],
+        settings.proxy_header,
+    )
+    app[CONNECTIONS] = Connections(
+        settings.read_timeout, settings.max_connections, proxies=app[PROXIES]
+    )
     app[CLOCK] = clock
     app[LIFETIMES] = Lifetimes(
         stale_after=settings.stale_after,

@@ -39,6 +39,7 @@ from .accesslog import redact
 from .errors import ApiError, error_response, one_line
 from .keys import CONNECTIONS
 from .metrics import ConnectionStats
+from .remote import TrustedProxies
 
 try:
     import resource
@@ -130,8 +131,15 @@ class Connections:
     """Every open connection, ordered by how long it has been without a request under way, and
     the limits on them. One per application; the :class:`Runner`'s protocols report to it."""
 
-    def __init__(self, read_timeout: float, max_connections: int | None) -> None:
+    def __init__(
+        self,
+        read_timeout: float,
+        max_connections: int | None,
+        proxies: TrustedProxies | None = None,
+    ) -> None:
         self.read_timeout = read_timeout
+        #: Who may name the client behind them: the access log asks the protocol for it.
+        self.proxies = proxies or TrustedProxies(())
         self.max_connections = max_connections or automatic_connection_limit()
         self.stats = ConnectionStats()
         #: Connections with no request under way, longest-waiting first: idle keep-alives and
@@ -287,6 +295,10 @@ class GuardedRequestHandler(RequestHandler):
         self._under_way = False
         self._counted_reading = False
         self.tracked = False
+
+    @property
+    def proxies(self) -> TrustedProxies:
+        return self._connections.proxies
 
     @property
     def remote(self) -> str:

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..settings import ServerSettings
 from .hub import Hub
 from .metrics import IngestStats
+from .remote import TrustedProxies
 from .store import TaskStore
 from .task import Lifetimes
 
@@ -24,6 +25,7 @@ __all__ = [
     "HUB",
     "INGEST_STATS",
     "LIFETIMES",
+    "PROXIES",
     "SETTINGS",
     "STORE",
 ]
@@ -36,5 +38,7 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 LIFETIMES = web.AppKey("lifetimes", Lifetimes)
 INGEST_STATS = web.AppKey("ingest_stats", IngestStats)
 CLEANUP_TASK = web.AppKey("cleanup_task", asyncio.Task[None])
+#: Which peers may name the client (X-Forwarded-For): for the access log and per-client limits.
+PROXIES = web.AppKey("proxies", TrustedProxies)
 #: The open connections and their limits, kept by the Runner's protocols.
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
