@@ -170,11 +170,14 @@ class ServerSettings:
         50_000, "most tasks stored; completed ones are evicted first, then new tasks get 429", int
     )
     write_token: str | None = _setting(
-        None, "token required to POST /progress (Authorization: Bearer)", parse_token, secret=True
+        None,
+        "token required to POST /progress and to discard tasks (Authorization: Bearer)",
+        parse_token,
+        secret=True,
     )
     read_token: str | None = _setting(
         None,
-        "token required for the dashboard, /tasks, /ws and /metrics",
+        "token required for the dashboard, /tasks, /ws and /metrics (the write token reads too)",
         parse_token,
         secret=True,
     )

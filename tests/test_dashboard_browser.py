@@ -474,3 +474,29 @@ def test_polling_stops_once_the_socket_opens(browser: Browser, server: ServerPro
     assert [moment for moment in polls if moment > settled] == []
     expect(page.locator("#connection")).to_have_attribute("data-state", "live")
     context.close()
+
+
+def test_a_read_only_session_sees_no_discard_controls(browser: Browser) -> None:
+    with running_server(["--read-token", "r34d", "--write-token", "wr1te"]) as server:
+        request = urllib.request.Request(
+            f"{server.url}progress",
+            data=b'[{"task_id": "kept", "status": "close"}]',
+            headers={"Content-Type": "application/json", "Authorization": "Bearer wr1te"},
+        )
+        urllib.request.urlopen(request, timeout=30).close()
+        for token, shown in [("r34d", False), ("wr1te", True)]:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(f"{server.url}login")
+            page.fill("#token", token)
+            page.click("button[type=submit]")
+            live(page)
+            discard = card(page, "kept").locator(".discard")
+            clear = section(page, "completed").locator(".clear")
+            if shown:
+                expect(discard).to_be_visible()
+                expect(clear).to_be_visible()
+            else:
+                expect(discard).to_be_hidden()
+                expect(clear).to_be_hidden()
+            context.close()

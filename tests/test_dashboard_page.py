@@ -100,6 +100,62 @@ async def test_a_read_token_puts_the_page_behind_a_login_form(make_client: MakeC
         assert (await viewer.receive_json(timeout=2))["type"] == "snapshot"
 
 
+async def test_the_login_form_takes_either_token_and_the_session_remembers_which(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(read_token="r34d", write_token="wr1te")
+    await post(client, event("a"), Authorization="Bearer wr1te")
+
+    response = await client.post("/login", data={"token": "r34d"}, allow_redirects=False)
+    cookie = response.cookies[COOKIE_NAME].value
+    assert cookie.startswith("read.") and "r34d" not in cookie
+    page = await (await client.get("/")).text()
+    assert 'data-role="read"' in page  # the page hides discard and Clear
+    response = await client.delete("/tasks/a")
+    assert response.status == 403
+
+    response = await client.post("/login", data={"token": "wr1te"}, allow_redirects=False)
+    cookie = response.cookies[COOKIE_NAME].value
+    assert cookie.startswith("write.") and "wr1te" not in cookie
+    assert 'data-role="write"' in await (await client.get("/")).text()
+    assert (await client.delete("/tasks/a")).status == 204
+
+
+async def test_a_session_cookie_cannot_be_forged_into_another_role(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(read_token="r34d", write_token="wr1te")
+    await post(client, event("a"), Authorization="Bearer wr1te")
+    response = await client.post("/login", data={"token": "r34d"}, allow_redirects=False)
+    read_proof = response.cookies[COOKIE_NAME].value.partition(".")[2]
+    for forged in (f"write.{read_proof}", "write.", "write", "admin." + read_proof):
+        client.session.cookie_jar.clear()
+        response = await client.delete("/tasks/a", cookies={COOKIE_NAME: forged})
+        assert response.status == 401, forged
+    assert (
+        "a" in await (await client.get("/tasks", headers={"Authorization": "Bearer r34d"})).text()
+    )
+
+
+async def test_with_only_a_write_token_the_open_board_offers_a_sign_in_to_discard(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(write_token="wr1te")
+    page = await (await client.get("/")).text()
+    assert 'data-role="read"' in page
+    response = await client.get("/login")
+    assert response.status == 200
+    assert 'action="/login"' in await response.text()
+    response = await client.post("/login", data={"token": "wr1te"}, allow_redirects=False)
+    assert response.cookies[COOKIE_NAME].value.startswith("write.")
+    assert 'data-role="write"' in await (await client.get("/")).text()
+
+
+async def test_an_open_board_may_discard(client: Client) -> None:
+    assert 'data-role="write"' in await (await client.get("/")).text()
+    assert (await client.get("/login", allow_redirects=False)).status == 303
+
+
 async def test_login_without_a_read_token_just_goes_to_the_page(client: Client) -> None:
     response = await client.post("/login", data={"token": "x"}, allow_redirects=False)
     assert (response.status, response.headers["Location"]) == (303, "/")

@@ -18,7 +18,7 @@ from aiohttp import web
 from ..schema import STATES, FieldError, SchemaError
 from ..settings import parse_duration
 from . import feed
-from .auth import bearer_matches, origin_allowed, read_allowed
+from .auth import READ, WRITE, discard_role, origin_allowed, require
 from .connections import read_in_time
 from .errors import ApiError, json_response, unreadable_body
 from .event import decode_events
@@ -42,17 +42,12 @@ DELETE_SLICE = 5000
 routes = web.RouteTableDef()
 
 
-def unauthorized(what: str) -> ApiError:
-    return ApiError(
-        401,
-        f"missing or wrong token: send 'Authorization: Bearer <{what} token>'",
-        headers={"WWW-Authenticate": 'Bearer realm="progressista"'},
-    )
-
-
 def require_read(request: web.Request) -> None:
-    if not read_allowed(request, request.app[SETTINGS].read_token):
-        raise unauthorized("read")
+    require(request, READ, "reading")
+
+
+def require_discard(request: web.Request) -> None:
+    require(request, discard_role(request.app[SETTINGS]), "discarding tasks")
 
 
 @routes.post("/progress")
@@ -70,8 +65,7 @@ async def ingest(request: web.Request) -> web.Response:
 async def _ingest(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
-    if settings.write_token is not None and not bearer_matches(request, settings.write_token):
-        raise unauthorized("write")
+    require(request, WRITE, "posting progress")
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(
@@ -205,7 +199,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
 @routes.delete("/tasks")
 async def delete_tasks(request: web.Request) -> web.Response:
     """Discard every task matching all given filters; refuses to run without one."""
-    require_read(request)
+    require_discard(request)
     states = _states_filter(request)
     older_than: float | None = None
     if "older_than" in request.query:
@@ -253,7 +247,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 @routes.delete("/tasks/{task_id:.+}")
 async def delete_task(request: web.Request) -> web.Response:
-    require_read(request)
+    require_discard(request)
     task_id = request.match_info["task_id"]
     if not await request.app[STORE].delete([task_id]):
         raise ApiError(404, f"no task with id {task_id!r}")

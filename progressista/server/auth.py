@@ -1,8 +1,10 @@
-"""Who may do what: the optional write and read tokens, and the WebSocket origin check.
+"""Who may do what: the read and write tokens and their roles, the Origin and Host checks.
 
-Tokens are compared in constant time and never logged. Programs send ``Authorization: Bearer
-<token>``; browsers log in once through a form and then carry a cookie that holds a keyed hash
-of the read token, not the token itself.
+Two roles, each unlocked by its token when one is configured: *read* (the dashboard, ``/tasks``,
+``/ws``, ``/metrics``) and *write* (``POST /progress``, and discarding tasks), which can read
+too. Programs send ``Authorization: Bearer <token>``; people sign in once through a form that
+takes either token and then carry a cookie that names the role and holds a keyed hash of that
+role's token, not the token. Tokens are compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -11,26 +13,38 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Collection
+from typing import Literal
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from ..settings import ServerSettings
 from .errors import ApiError, Handler
 from .keys import SETTINGS
 
 __all__ = [
     "COOKIE_NAME",
-    "bearer_matches",
+    "READ",
+    "WRITE",
+    "Role",
     "cookie_value",
+    "discard_role",
     "host_allowed",
     "host_guard",
     "is_loopback",
+    "matching_role",
+    "may",
     "origin_allowed",
-    "read_allowed",
+    "proven_role",
+    "require",
     "token_matches",
 ]
 
 COOKIE_NAME = "progressista_session"
+
+Role = Literal["read", "write"]
+READ: Role = "read"
+WRITE: Role = "write"
 
 
 def token_matches(supplied: str, expected: str) -> bool:
@@ -42,27 +56,80 @@ def token_matches(supplied: str, expected: str) -> bool:
     return hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), expected.encode())
 
 
-def cookie_value(read_token: str) -> str:
-    """What the login cookie holds: proof of the token that does not reveal it."""
-    return hmac.new(
-        read_token.encode(), b"progressista dashboard session", hashlib.sha256
+def _token(settings: ServerSettings, role: Role) -> str | None:
+    return settings.write_token if role == WRITE else settings.read_token
+
+
+def matching_role(supplied: str, settings: ServerSettings) -> Role | None:
+    """The role whose token ``supplied`` is, if any; both are compared, whichever matches."""
+    write = settings.write_token is not None and token_matches(supplied, settings.write_token)
+    read = settings.read_token is not None and token_matches(supplied, settings.read_token)
+    return WRITE if write else READ if read else None
+
+
+def cookie_value(role: Role, token: str) -> str:
+    """What the login cookie holds: the role, and proof of its token that does not reveal it
+    (so a changed token ends the sessions signed in with the old one)."""
+    proof = hmac.new(
+        token.encode(), b"progressista dashboard session: " + role.encode(), hashlib.sha256
     ).hexdigest()
+    return f"{role}.{proof}"
 
 
-def bearer_matches(request: web.BaseRequest, token: str | None) -> bool:
-    """True when no token is configured or the request carries it as a bearer token."""
-    if token is None:
-        return True
-    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and token_matches(supplied.strip(), token)
+def _cookie_role(cookie: str, settings: ServerSettings) -> Role | None:
+    for role in (READ, WRITE):
+        if cookie.startswith(f"{role}."):
+            token = _token(settings, role)
+            valid = token is not None and token_matches(cookie, cookie_value(role, token))
+            return role if valid else None
+    return None
 
 
-def read_allowed(request: web.BaseRequest, read_token: str | None) -> bool:
-    """True when the request may read: open server, bearer token, or the login cookie."""
-    if read_token is None or bearer_matches(request, read_token):
-        return True
+def proven_role(request: web.Request) -> Role | None:
+    """The role the request's credentials prove: its bearer token, else its session cookie;
+    None for none, or a wrong one."""
+    settings = request.app[SETTINGS]
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, supplied = header.partition(" ")
+        return matching_role(supplied.strip(), settings) if scheme.lower() == "bearer" else None
     cookie = request.cookies.get(COOKIE_NAME)
-    return cookie is not None and token_matches(cookie, cookie_value(read_token))
+    return None if cookie is None else _cookie_role(cookie, settings)
+
+
+def discard_role(settings: ServerSettings) -> Role:
+    """What discarding tasks takes: the write token; with none configured, anyone may write, so
+    discarding takes what reading takes."""
+    return WRITE if settings.write_token is not None else READ
+
+
+def may(request: web.Request, role: Role) -> bool:
+    """Whether the request may ``role``: no token configured for it, or it proves it."""
+    if _token(request.app[SETTINGS], role) is None:
+        return True
+    proven = proven_role(request)
+    return proven == WRITE or proven == role
+
+
+def require(request: web.Request, role: Role, action: str) -> None:
+    """Refuse the request unless it may ``role`` (``action`` says what for, in the refusal):
+    401 without the token, 403 signed in with the read token where the write one is needed."""
+    if _token(request.app[SETTINGS], role) is None:
+        return
+    proven = proven_role(request)
+    if proven == WRITE or proven == role:
+        return
+    if proven is None:
+        raise ApiError(
+            401,
+            f"missing or wrong token: send 'Authorization: Bearer <{role} token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="progressista"'},
+        )
+    raise ApiError(
+        403,
+        f"the read token may only read: {action} takes the write token, sent as "
+        "'Authorization: Bearer <write token>' or signed in with at /login",
+    )
 
 
 def origin_allowed(request: web.BaseRequest, allowed: Collection[str]) -> bool:
