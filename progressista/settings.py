@@ -181,6 +181,12 @@ class ServerSettings:
         parse_token,
         secret=True,
     )
+    max_token_failures: int = _setting(
+        20,
+        "wrong tokens a client address may send per minute; past that, its requests with a "
+        "token get 429 until its budget refills",
+        int,
+    )
     allowed_origins: tuple[str, ...] = _setting(
         (), "extra origins allowed to open /ws (comma-separated)", parse_list
     )
@@ -244,6 +250,7 @@ class ServerSettings:
             "max_batch",
             "max_tasks",
             "max_viewers",
+            "max_token_failures",
             "redis_stream_length",
         )
         for name in positive:

@@ -23,7 +23,7 @@ from .connections import read_in_time
 from .errors import ApiError, json_response, unreadable_body
 from .event import decode_events
 from .feed import TASKS_PER_MESSAGE
-from .keys import CLOCK, CONNECTIONS, HUB, INGEST_STATS, SETTINGS, STORE
+from .keys import CLOCK, CONNECTIONS, HUB, INGEST_STATS, SETTINGS, STORE, THROTTLE
 from .metrics import exposition
 from .store import StoreFull, StoreUnavailable
 from .table import TaskTable
@@ -338,7 +338,13 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     require_read(request)
     app = request.app
-    body = exposition(app[INGEST_STATS], app[HUB], app[STORE].table, app[CONNECTIONS].stats)
+    body = exposition(
+        app[INGEST_STATS],
+        app[HUB],
+        app[STORE].table,
+        app[CONNECTIONS].stats,
+        app[THROTTLE].stats,
+    )
     return web.Response(
         body=body,
         content_type="text/plain",

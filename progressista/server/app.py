@@ -30,11 +30,13 @@ from .keys import (
     PROXIES,
     SETTINGS,
     STORE,
+    THROTTLE,
 )
 from .metrics import IngestStats
 from .remote import TrustedProxies
 from .store import MemoryStore, TaskStore
 from .task import Lifetimes
+from .throttle import Throttle
 
 __all__ = ["create_app"]
 
@@ -49,8 +51,8 @@ def create_app(
     """Build the one Application: ingest, task API, WebSocket, dashboard and cleanup.
 
     ``clock`` (wall-clock seconds, for task times), ``hub_clock`` (monotonic seconds, for how
-    long a viewer has been stuck) and ``store`` are injectable for tests; by default tasks live
-    in memory and time is real.
+    long a viewer has been stuck and when a client may try a token again) and ``store`` are
+    injectable for tests; by default tasks live in memory and time is real.
     """
     settings = settings or ServerSettings()
     app = web.Application(
@@ -64,6 +66,7 @@ def create_app(
         [ipaddress.ip_network(network) for network in settings.trusted_proxies],
         settings.proxy_header,
     )
+    app[THROTTLE] = Throttle(settings.max_token_failures, clock=hub_clock)
     app[CONNECTIONS] = Connections(
         settings.read_timeout, settings.max_connections, proxies=app[PROXIES]
     )

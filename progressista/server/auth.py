@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ..settings import ServerSettings
 from .errors import ApiError, Handler
-from .keys import SETTINGS
+from .keys import PROXIES, SETTINGS, THROTTLE
 
 __all__ = [
     "COOKIE_NAME",
@@ -37,6 +37,7 @@ __all__ = [
     "origin_allowed",
     "proven_role",
     "require",
+    "throttled",
     "token_matches",
 ]
 
@@ -85,14 +86,36 @@ def _cookie_role(cookie: str, settings: ServerSettings) -> Role | None:
     return None
 
 
+def throttled(request: web.Request) -> tuple[str, int | None]:
+    """The client's address, and how many seconds it must wait before its next token (None:
+    it may try now)."""
+    client = request.app[PROXIES].client(request)
+    return client, request.app[THROTTLE].retry_after(client)
+
+
 def proven_role(request: web.Request) -> Role | None:
     """The role the request's credentials prove: its bearer token, else its session cookie;
-    None for none, or a wrong one."""
+    None for none, or a wrong one.
+
+    A bearer token is a guess like any other: a client that sent too many wrong ones gets 429
+    (:mod:`.throttle`) before its token is even compared. A cookie is not: it is a keyed hash
+    nobody can guess, and signed-in sessions keep working whoever shares their address.
+    """
     settings = request.app[SETTINGS]
     header = request.headers.get("Authorization")
     if header is not None:
+        client, wait = throttled(request)
+        if wait is not None:
+            raise ApiError(
+                429,
+                f"too many wrong tokens from {client}; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
         scheme, _, supplied = header.partition(" ")
-        return matching_role(supplied.strip(), settings) if scheme.lower() == "bearer" else None
+        role = matching_role(supplied.strip(), settings) if scheme.lower() == "bearer" else None
+        if role is None:
+            request.app[THROTTLE].failed(client)
+        return role
     cookie = request.cookies.get(COOKIE_NAME)
     return None if cookie is None else _cookie_role(cookie, settings)
 

@@ -14,6 +14,7 @@ from .metrics import IngestStats
 from .remote import TrustedProxies
 from .store import TaskStore
 from .task import Lifetimes
+from .throttle import Throttle
 
 if TYPE_CHECKING:
     from .connections import Connections  # which runs the application, so it imports these keys
@@ -28,6 +29,7 @@ __all__ = [
     "PROXIES",
     "SETTINGS",
     "STORE",
+    "THROTTLE",
 ]
 
 SETTINGS = web.AppKey("settings", ServerSettings)
@@ -40,5 +42,7 @@ INGEST_STATS = web.AppKey("ingest_stats", IngestStats)
 CLEANUP_TASK = web.AppKey("cleanup_task", asyncio.Task[None])
 #: Which peers may name the client (X-Forwarded-For): for the access log and per-client limits.
 PROXIES = web.AppKey("proxies", TrustedProxies)
+#: Wrong tokens per client address, and who must wait before trying again.
+THROTTLE = web.AppKey("throttle", Throttle)
 #: The open connections and their limits, kept by the Runner's protocols.
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")

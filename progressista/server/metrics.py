@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from ..schema import STATES
 from .hub import Hub
 from .table import TaskTable
+from .throttle import ThrottleStats
 
 __all__ = ["ConnectionStats", "IngestStats", "exposition"]
 
@@ -50,12 +51,18 @@ class ConnectionStats:
 
 class _ServerCollector(Collector):
     def __init__(
-        self, stats: IngestStats, hub: Hub, table: TaskTable, connections: ConnectionStats
+        self,
+        stats: IngestStats,
+        hub: Hub,
+        table: TaskTable,
+        connections: ConnectionStats,
+        tokens: ThrottleStats,
     ) -> None:
         self._stats = stats
         self._hub = hub
         self._table = table
         self._connections = connections
+        self._tokens = tokens
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -138,12 +145,26 @@ class _ServerCollector(Collector):
             "Failed accept() calls (out of file descriptors)",
             value=connections.accept_errors,
         )
+        yield CounterMetricFamily(
+            "progressista_token_failures",
+            "Requests and sign-ins with a wrong token",
+            value=self._tokens.failures,
+        )
+        yield CounterMetricFamily(
+            "progressista_token_throttled",
+            "Requests and sign-ins refused with 429: too many wrong tokens from their address",
+            value=self._tokens.refused,
+        )
 
 
 def exposition(
-    stats: IngestStats, hub: Hub, table: TaskTable, connections: ConnectionStats
+    stats: IngestStats,
+    hub: Hub,
+    table: TaskTable,
+    connections: ConnectionStats,
+    tokens: ThrottleStats,
 ) -> bytes:
     """The Prometheus text format of everything above."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(stats, hub, table, connections))
+    registry.register(_ServerCollector(stats, hub, table, connections, tokens))
     return generate_latest(registry)

@@ -16,10 +16,18 @@ from aiohttp import web
 
 from ..schema import STATES
 from . import display
-from .auth import COOKIE_NAME, READ, cookie_value, discard_role, matching_role, may
+from .auth import (
+    COOKIE_NAME,
+    READ,
+    cookie_value,
+    discard_role,
+    matching_role,
+    may,
+    throttled,
+)
 from .connections import read_in_time
 from .errors import unreadable_body
-from .keys import CLOCK, HUB, SETTINGS, STORE
+from .keys import CLOCK, HUB, SETTINGS, STORE, THROTTLE
 from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
 
 __all__ = ["CONTENT_SECURITY_POLICY", "routes"]
@@ -140,10 +148,16 @@ async def login(request: web.Request) -> web.Response:
         # (LookupError), undecodable bytes or a broken multipart body (ValueError), an unknown
         # Content-Transfer-Encoding (RuntimeError), a corrupt compressed body.
         raise unreadable_body(request, error, "the login form") from None
+    client, wait = throttled(request)
+    if wait is not None:  # a person at a form: the form again, saying why
+        response = _page("login.html", request, {"failed": False, "wait": wait}, status=429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     supplied = form.get("token")
     role = matching_role(supplied.strip(), settings) if isinstance(supplied, str) else None
     token = settings.write_token if role == "write" else settings.read_token
     if role is None or token is None:
+        request.app[THROTTLE].failed(client)
         return _page("login.html", request, {"failed": True}, status=401)
     response = web.HTTPSeeOther("/")
     response.set_cookie(
