@@ -188,7 +188,9 @@ class ServerSettings:
         int,
     )
     allowed_origins: tuple[str, ...] = _setting(
-        (), "extra origins allowed to open /ws (comma-separated)", parse_list
+        (),
+        "extra origins whose pages may open /ws and send POST and DELETE (comma-separated)",
+        parse_list,
     )
     allowed_hosts: tuple[str, ...] = _setting(
         (),

@@ -252,3 +252,44 @@ async def test_a_login_form_that_cannot_be_decoded_is_400_with_one_log_line(
     )
     assert (response.status, await response.json()) == (400, {"error": error, "details": []})
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_page_on_another_site_cannot_post_or_discard_with_the_session(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(read_token="r34d", write_token="wr1te")
+    await post(client, event("a"), Authorization="Bearer wr1te")
+    response = await client.post("/login", data={"token": "wr1te"}, allow_redirects=False)
+    assert response.status == 303  # the browser now holds a write session
+    foreign = {"Origin": "https://evil.example"}
+    for method, path, body in [
+        ("DELETE", "/tasks/a", None),
+        ("DELETE", "/tasks?state=active", None),
+        ("POST", "/progress", event("planted")),
+        ("POST", "/login", None),
+    ]:
+        response = await client.request(method, path, json=body, headers=foreign)
+        assert (response.status, await response.json()) == (
+            403,
+            {
+                "error": f"a page from 'https://evil.example' may not send {method} requests "
+                "here; add its origin with --allowed-origins if it is yours",
+                "details": [],
+            },
+        ), path
+    for origin in ("null", f"http://127.0.0.1.evil.example:{client.port}"):
+        response = await client.delete("/tasks/a", headers={"Origin": origin})
+        assert response.status == 403, origin
+    assert "a" in await (await client.get("/tasks")).text()
+    # The board's own page, and programs (which send no Origin), are let through.
+    own = {"Origin": f"http://127.0.0.1:{client.port}"}
+    assert (await client.post("/progress", json=event("b"), headers=own)).status == 202
+    assert (await client.delete("/tasks/a", headers=own)).status == 204
+    assert (await client.delete("/tasks/b")).status == 204
+
+
+async def test_a_listed_origin_may_discard(make_client: MakeClient) -> None:
+    client = await make_client(allowed_origins=("https://board.example",))
+    await post(client, event("a"))
+    response = await client.delete("/tasks/a", headers={"Origin": "https://board.example"})
+    assert response.status == 204

@@ -35,6 +35,7 @@ __all__ = [
     "matching_role",
     "may",
     "origin_allowed",
+    "origin_guard",
     "proven_role",
     "require",
     "throttled",
@@ -156,7 +157,8 @@ def require(request: web.Request, role: Role, action: str) -> None:
 
 
 def origin_allowed(request: web.BaseRequest, allowed: Collection[str]) -> bool:
-    """Whether a browser page from the request's ``Origin`` may open the WebSocket.
+    """Whether a browser page from the request's ``Origin`` may open the WebSocket or send
+    POST and DELETE requests.
 
     Programs send no Origin and are let through (tokens guard them). Pages must come from this
     server's own host (as the browser reached it, so TLS-terminating proxies keep working) or be
@@ -208,5 +210,28 @@ async def host_guard(request: web.Request, handler: Handler) -> web.StreamRespon
             403,
             f"this server does not answer to the host name {request.host!r}; "
             "add it with --allowed-hosts",
+        )
+    return await handler(request)
+
+
+#: Methods that change something: a page on another site must not make a browser send them
+#: with its cookie.
+UNSAFE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+
+
+@web.middleware
+async def origin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse requests that change something when a page on another site sent them (CSRF).
+
+    SameSite=Strict keeps the session cookie off such requests in today's browsers; this does
+    not rely on it, nor on the browser's CORS preflight.
+    """
+    if request.method in UNSAFE_METHODS and not origin_allowed(
+        request, request.app[SETTINGS].allowed_origins
+    ):
+        raise ApiError(
+            403,
+            f"a page from {request.headers.get('Origin')!r} may not send {request.method} "
+            "requests here; add its origin with --allowed-origins if it is yours",
         )
     return await handler(request)
