@@ -14,10 +14,11 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from typing import IO, Any
 
 import aiohttp
-from tqdm import tqdm
+from tqdm import TqdmWarning, tqdm
 
 __all__ = ["render", "watch"]
 
@@ -49,6 +50,13 @@ def _line(task: dict[str, Any], width: int, now: float) -> str:
     desc = _text(task["desc"] or task["task_id"])
 
     def meter(rate: float | None, divisor: float) -> str:
+        with warnings.catch_warnings():
+            # A count a little past its total: tqdm warns (on stderr, across the screen) that
+            # it clamps the bar; the bar is right as drawn.
+            warnings.simplefilter("ignore", TqdmWarning)
+            return meter_unwarned(rate, divisor)
+
+    def meter_unwarned(rate: float | None, divisor: float) -> str:
         return str(
             tqdm.format_meter(
                 n=task["n"],
