@@ -15,7 +15,7 @@ from aiohttp import web
 from ..settings import ServerSettings
 from . import api, pages
 from .asset import asset_dir
-from .auth import host_guard, origin_guard
+from .auth import site_guard
 from .cleanup import cleanup_loop
 from .connections import Connections
 from .errors import json_errors
@@ -57,7 +57,7 @@ def create_app(
     settings = settings or ServerSettings()
     app = web.Application(
         client_max_size=settings.max_body,
-        middlewares=[json_errors, host_guard, origin_guard],
+        middlewares=[json_errors, site_guard],
         # aiohttp closes a connection that has no request under way for this long.
         handler_args={"keepalive_timeout": settings.keepalive_timeout},
     )

@@ -9,6 +9,7 @@ role's token, not the token. Tokens are compared in constant time and never logg
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -30,14 +31,13 @@ __all__ = [
     "cookie_value",
     "discard_role",
     "host_allowed",
-    "host_guard",
     "is_loopback",
     "matching_role",
     "may",
     "origin_allowed",
-    "origin_guard",
     "proven_role",
     "require",
+    "site_guard",
     "throttled",
     "token_matches",
 ]
@@ -172,9 +172,18 @@ def origin_allowed(request: web.BaseRequest, allowed: Collection[str]) -> bool:
     return urlsplit(origin).netloc.lower() == request.host.lower()
 
 
+#: The names nearly every request to a loopback server carries: answered without parsing.
+_LOOPBACK_NAMES = frozenset(("localhost", "127.0.0.1", "::1"))
+
+
+@functools.lru_cache(maxsize=256)
 def is_loopback(name: str) -> bool:
-    """``localhost`` or a loopback address: all of 127.0.0.0/8, and ::1."""
-    if name == "localhost":
+    """``localhost`` or a loopback address: all of 127.0.0.0/8, and ::1.
+
+    Asked for every request's Host: the few names a server sees are remembered, since parsing
+    an address costs more than the rest of the check.
+    """
+    if name in _LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
@@ -201,9 +210,20 @@ def host_allowed(request: web.BaseRequest, bound_to: str, allowed: Collection[st
     return not allowed and not is_loopback(bound_to)
 
 
+#: Methods that change something: a page on another site must not make a browser send them
+#: with its cookie.
+UNSAFE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
+
+
 @web.middleware
-async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse requests sent to a host name this server does not answer to (DNS rebinding)."""
+async def site_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse what a page on another site could make a browser send.
+
+    Requests sent to a host name this server does not answer to (DNS rebinding), and requests
+    that change something sent by a page from another origin (CSRF): SameSite=Strict keeps the
+    session cookie off those in today's browsers; this relies neither on that nor on the CORS
+    preflight. One middleware for both: each costs every request, ingest included.
+    """
     settings = request.app[SETTINGS]
     if not host_allowed(request, settings.host, settings.allowed_hosts):
         raise ApiError(
@@ -211,24 +231,7 @@ async def host_guard(request: web.Request, handler: Handler) -> web.StreamRespon
             f"this server does not answer to the host name {request.host!r}; "
             "add it with --allowed-hosts",
         )
-    return await handler(request)
-
-
-#: Methods that change something: a page on another site must not make a browser send them
-#: with its cookie.
-UNSAFE_METHODS = frozenset(("POST", "PUT", "PATCH", "DELETE"))
-
-
-@web.middleware
-async def origin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse requests that change something when a page on another site sent them (CSRF).
-
-    SameSite=Strict keeps the session cookie off such requests in today's browsers; this does
-    not rely on it, nor on the browser's CORS preflight.
-    """
-    if request.method in UNSAFE_METHODS and not origin_allowed(
-        request, request.app[SETTINGS].allowed_origins
-    ):
+    if request.method in UNSAFE_METHODS and not origin_allowed(request, settings.allowed_origins):
         raise ApiError(
             403,
             f"a page from {request.headers.get('Origin')!r} may not send {request.method} "
