@@ -293,3 +293,23 @@ async def test_a_listed_origin_may_discard(make_client: MakeClient) -> None:
     await post(client, event("a"))
     response = await client.delete("/tasks/a", headers={"Origin": "https://board.example"})
     assert response.status == 204
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        # A browser's own page under Referrer-Policy: no-referrer sends Origin: null.
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "null"}, True),
+        ({"Sec-Fetch-Site": "none"}, True),
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, False),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "https://sub.127.0.0.1"}, False),
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://board.example"}, True),  # listed
+    ],
+)
+async def test_browsers_say_where_a_request_comes_from_in_sec_fetch_site(
+    make_client: MakeClient, headers: dict[str, str], allowed: bool
+) -> None:
+    client = await make_client(allowed_origins=("https://board.example",))
+    await post(client, event("a"))
+    response = await client.delete("/tasks/a", headers=headers)
+    assert response.status == (204 if allowed else 403)

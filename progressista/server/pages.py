@@ -47,7 +47,9 @@ PAGE_CHUNK = 64 * 1024
 _PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # No referrer to other sites; the page's own requests keep their Origin (under no-referrer
+    # browsers send Origin: null, and POST and DELETE from an unknown origin are refused).
+    "Referrer-Policy": "same-origin",
 }
 
 routes = web.RouteTableDef()
