@@ -61,9 +61,14 @@ T = TypeVar("T")
 #: Seconds between two log lines about the same kind of trouble (timeouts, a full server,
 #: EMFILE): an attack or an outage is reported, never written out once per connection.
 LOG_EVERY = 10.0
-#: File descriptors kept for everything but client connections: the listening socket, the event
-#: loop, log files, Redis, static files on their way out.
-RESERVED_DESCRIPTORS = 100
+#: The automatic limit is this share of the file-descriptor limit. The rest is for what the
+#: count does not see: asyncio accepts a backlog (128) of connections at a time before any of
+#: them is counted, and a connection closed to make room keeps its descriptor until a later turn
+#: of the loop, so under a flood of new connections hundreds are open beyond the count; then the
+#: listening socket, the event loop, log files, Redis, static files on their way out.
+DESCRIPTOR_SHARE = 0.5
+#: The automatic limit, whatever the descriptors allow: an idle connection costs about 7 KiB.
+MOST_CONNECTIONS = 20_000
 
 
 class OncePer:
@@ -119,12 +124,12 @@ def raise_descriptor_limit() -> None:
 
 
 def automatic_connection_limit(limit: int | None = None) -> int:
-    """What the descriptor limit allows, less what the rest of the server needs."""
+    """Half the descriptor limit, at most :data:`MOST_CONNECTIONS`."""
     if limit is None:
         limit = descriptor_limit()
     if limit is None:
-        return 10_000
-    return max(1, limit - min(RESERVED_DESCRIPTORS, limit // 4))
+        return MOST_CONNECTIONS
+    return max(1, min(MOST_CONNECTIONS, int(limit * DESCRIPTOR_SHARE)))
 
 
 class Connections:
