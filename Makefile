@@ -43,11 +43,12 @@ fmt: $(STAMP) ## format and fix imports
 	$(BIN)/ruff check --fix --select I progressista tests
 	$(BIN)/ruff format progressista tests
 
-bench: $(STAMP) ## measure server, Redis store, client and dashboard against their targets (needs wrk, redis-server, chromium)
+bench: $(STAMP) ## measure server, Redis store, client, dashboard and slow connections against their targets (needs wrk, redis-server, chromium)
 	$(BIN)/python -m tests.bench.server
 	$(BIN)/python -m tests.bench.redis
 	$(BIN)/python -m tests.bench.client
 	$(BIN)/python -m tests.bench.dashboard
+	$(BIN)/python -m tests.bench.slowloris
 
 dist: $(STAMP) ## build the sdist and wheel into dist/
 	$(BIN)/python -m build --outdir dist .
