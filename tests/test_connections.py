@@ -254,3 +254,22 @@ def test_the_automatic_limit_leaves_descriptors_for_what_it_does_not_count() -> 
     assert automatic_connection_limit(1024) == 512
     assert automatic_connection_limit(1_048_576) == 20_000  # ~7 KiB each: 140 MiB at most
     assert automatic_connection_limit(3) == 1
+
+
+async def test_a_server_bug_is_a_json_500_with_its_traceback_in_the_log(
+    client: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from progressista.server.keys import STORE
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(client.app[STORE], "apply", broken)
+    response = await client.post("/progress", json={"task_id": "a"})
+    assert (response.status, await response.json()) == (
+        500,
+        {"error": "the server failed to handle this request; its log says why", "details": []},
+    )
+    (record,) = [record for record in caplog.records if record.exc_info]
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None and "a bug" in str(record.exc_info[1])
