@@ -297,13 +297,14 @@ def _malformed(error: BaseException | None, message: str | None) -> str:
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's HTTP/1 protocol, reporting to :class:`Connections` and answering in JSON."""
 
-    __slots__ = ("_connections", "_counted_reading", "_under_way", "tracked")
+    __slots__ = ("_connections", "_counted_reading", "_refusal_logged", "_under_way", "tracked")
 
     def __init__(self, manager: web.Server, *, connections: Connections, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._connections = connections
         self._under_way = False
         self._counted_reading = False
+        self._refusal_logged = False
         self.tracked = False
 
     @property
@@ -378,8 +379,11 @@ class GuardedRequestHandler(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("the response had started: no room for an error")
         if isinstance(exc, web.RequestPayloadError):
-            status = 400  # a handler let a broken body escape: still the client's doing
-        if status < 500:
+            # A handler let a broken body escape: still the client's doing. The request has
+            # its access-log line, like any other 400.
+            status = 400
+            text = f"the request is malformed: {_malformed(exc, message)}"
+        elif status < 500:
             self._connections.stats.malformed += 1
             reason = _malformed(exc, message)
             if self._request_count == 1 and isinstance(exc, BadHttpMethod):
@@ -387,6 +391,9 @@ class GuardedRequestHandler(RequestHandler):
                 log.debug("refused a request from %s: %s", self.remote, reason)
             else:
                 log.info("refused a malformed request from %s: %s", self.remote, reason)
+            # This line says more than the access log could ("UNKNOWN / HTTP/1.0" 400): it is
+            # the request's one line.
+            self._refusal_logged = True
             text = f"the request is malformed: {reason}"
         elif status == 504:
             text = "the server took too long to answer this request"
@@ -396,6 +403,14 @@ class GuardedRequestHandler(RequestHandler):
         response = error_response(status, text)
         response.force_close()
         return response
+
+    def log_access(
+        self, request: web.BaseRequest, response: web.StreamResponse, time: float | None
+    ) -> None:
+        if self._refusal_logged:
+            self._refusal_logged = False
+            return
+        super().log_access(request, response, time)
 
     def log_exception(self, *args: Any, **kwargs: Any) -> None:
         error = kwargs.get("exc_info")
