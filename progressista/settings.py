@@ -258,7 +258,7 @@ class ServerSettings:
         for name in positive:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise SettingError(f"{name} must be a positive number, not {value!r}")
+                raise SettingError(f"{flag_name(name)} must be a positive number, not {value!r}")
         if self.broadcast_interval < 0 or not math.isfinite(self.broadcast_interval):
             raise SettingError(
                 f"broadcast_interval must be a number ≥ 0, not {self.broadcast_interval!r}"
@@ -286,7 +286,7 @@ class ServerSettings:
         for name in ("log_level", "access_log", "proxy_header"):
             choices = _field(name).metadata["choices"]
             if getattr(self, name) not in choices:
-                raise SettingError(f"{name} must be one of {', '.join(choices)}")
+                raise SettingError(f"{flag_name(name)} must be one of {', '.join(choices)}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], **overrides: Any) -> ServerSettings:

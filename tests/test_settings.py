@@ -114,9 +114,11 @@ def test_a_flag_wins_over_its_variable() -> None:
             "PROGRESSISTA_MAX_BODY: '1 GB' is not a size; "
             "use bytes or a unit: 1048576, 512KiB, 1MiB",
         ),
-        (["--retention", "0"], {}, "retention must be a positive number, not 0.0"),
+        (["--retention", "0"], {}, "--retention must be a positive number, not 0.0"),
+        (["--read-timeout", "0"], {}, "--read-timeout must be a positive number, not 0.0"),
         (["--port", "70000"], {}, "port must be between 0 and 65535, not 70000"),
-        (["--access-log", "some"], {}, "access_log must be one of all, quiet, off"),
+        (["--access-log", "some"], {}, "--access-log must be one of all, quiet, off"),
+        (["--proxy-header", "via"], {}, "--proxy-header must be one of x-forwarded-for, forwarded"),
         (
             ["--trusted-proxies", "10.0.0.0/8, proxy.internal"],
             {},
