@@ -48,7 +48,7 @@ fmt: $(STAMP) ## format and fix imports
 	$(BIN)/ruff check --fix --select I progressista tests
 	$(BIN)/ruff format progressista tests
 
-bench: $(STAMP) ## measure server, Redis store, client and dashboard against their targets (needs wrk, redis-server, chromium)
+bench: $(STAMP) ## measure server, Redis store, client, dashboard and slow connections against their targets (needs wrk, redis-server, chromium)
 	$(BIN)/python -m tests.bench.server
 	$(BIN)/python -m tests.bench.scale
 	$(BIN)/python -m tests.bench.fanout
@@ -56,6 +56,7 @@ bench: $(STAMP) ## measure server, Redis store, client and dashboard against the
 	$(BIN)/python -m tests.bench.jobs
 	$(BIN)/python -m tests.bench.client
 	$(BIN)/python -m tests.bench.dashboard
+	$(BIN)/python -m tests.bench.slowloris
 
 dist: $(STAMP) ## build the sdist and wheel into dist/
 	$(BIN)/python -m build --outdir dist .

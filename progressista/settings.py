@@ -56,6 +56,13 @@ def parse_optional_duration(text: str) -> float | None:
     return parse_duration(text)
 
 
+def parse_optional_count(text: str) -> int | None:
+    """A whole number, or ``auto`` (None): the server picks."""
+    if text.strip().lower() in ("", "auto"):
+        return None
+    return int(text)
+
+
 def parse_size(text: str) -> int:
     """Bytes from ``"1048576"``, ``"512KiB"`` or ``"1MiB"``."""
     match = _NUMBER_WITH_UNIT.match(text)
@@ -76,6 +83,34 @@ def parse_int(text: str) -> int:
 def parse_list(text: str) -> tuple[str, ...]:
     """A comma-separated list, blanks dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+_EMPTY_TOKEN = "must not be empty; give a token, or leave the setting out to run without one"
+
+
+def parse_token(text: str) -> str:
+    """A token as given: never empty, which would switch auth on and accept an empty bearer."""
+    if not text.strip():
+        raise ValueError(_EMPTY_TOKEN)
+    if text != text.strip():
+        # Bearer tokens are compared stripped: such a token could never match.
+        raise ValueError("must not begin or end with whitespace")
+    return text
+
+
+def parse_networks(text: str) -> tuple[str, ...]:
+    """Comma-separated addresses and networks (``10.0.0.0/8, 192.0.2.7, 2001:db8::/32``)."""
+    import ipaddress
+
+    networks = []
+    for part in parse_list(text):
+        try:
+            networks.append(str(ipaddress.ip_network(part, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{part!r} is not an address or network; use 10.0.0.0/8, 192.0.2.7, 2001:db8::/32"
+            ) from None
+    return tuple(networks)
 
 
 def parse_lines(text: str) -> tuple[str, ...]:
@@ -146,6 +181,18 @@ def _each_one_of(choices: Sequence[str]) -> Check:
         return None if all(item in choices for item in value) else f"must be a list of {words}"
 
     return check
+
+
+def _token(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and value.strip() and value == value.strip()):
+        return None
+    return "must be a non-empty token without surrounding whitespace"
+
+
+def _off_or_at_least_one(value: Any) -> str | None:
+    if value is None or (isinstance(value, int) and value >= 1):
+        return None
+    return "must be a whole number of at least 1, or auto"
 
 
 def _setting(
@@ -262,6 +309,27 @@ class ServerSettings:
     max_batch: int = _setting(
         1000, "most events in one POST /progress", parse_int, check=_more_than_zero
     )
+    read_timeout: float = _setting(
+        15.0,
+        "a request must arrive within this: its headers from their first byte, its body from "
+        "the end of its headers; a slower one gets 408",
+        parse_duration,
+        check=_more_than_zero,
+    )
+    keepalive_timeout: float = _setting(
+        75.0,
+        "a connection with no request under way is closed after this (keep it above the "
+        "idle timeout of a reverse proxy in front)",
+        parse_duration,
+        check=_more_than_zero,
+    )
+    max_connections: int | None = _setting(
+        None,
+        "most connections open at once; past it the connection idle the longest is closed "
+        "(auto: what the file-descriptor limit allows)",
+        parse_optional_count,
+        check=_off_or_at_least_one,
+    )
     max_tasks: int = _setting(
         50_000,
         "most tasks stored; completed ones are evicted first, then new tasks get 429",
@@ -269,19 +337,49 @@ class ServerSettings:
         check=_more_than_zero,
     )
     write_token: str | None = _setting(
-        None, "token required to POST /progress (Authorization: Bearer)", str, secret=True
+        None,
+        "token required to POST /progress and to discard tasks (Authorization: Bearer)",
+        parse_token,
+        check=_token,
+        secret=True,
     )
     read_token: str | None = _setting(
-        None, "token required for the dashboard, /tasks, /ws and /metrics", str, secret=True
+        None,
+        "token required for the dashboard, /tasks, /ws and /metrics (the write token reads too)",
+        parse_token,
+        check=_token,
+        secret=True,
+    )
+    max_token_failures: int = _setting(
+        20,
+        "wrong tokens a client address may send per minute; past that, its requests with a "
+        "token get 429 until its budget refills",
+        parse_int,
+        check=_more_than_zero,
     )
     allowed_origins: tuple[str, ...] = _setting(
-        (), "extra origins allowed to open /ws (comma-separated)", parse_list
+        (),
+        "extra origins whose pages may open /ws and send POST and DELETE (comma-separated)",
+        parse_list,
     )
     allowed_hosts: tuple[str, ...] = _setting(
         (),
         "host names the server answers to (comma-separated); by default only loopback names "
         "when bound to loopback, any otherwise",
         parse_list,
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        "reverse proxies (addresses or networks, comma-separated) whose X-Forwarded-For or "
+        "Forwarded names the client, for the access log and the per-client limits",
+        parse_networks,
+    )
+    proxy_header: str = _setting(
+        "x-forwarded-for",
+        "the header the --trusted-proxies write the client's address in: x-forwarded-for or "
+        "forwarded",
+        str.lower,
+        check=_one_of(("x-forwarded-for", "forwarded")),
     )
     store: str = _setting(
         "memory",
@@ -353,7 +451,12 @@ class ServerSettings:
         values: dict[str, Any] = {}
         for setting in dataclasses.fields(cls):
             variable = env_name(setting.name)
-            if setting.name not in overrides and environ.get(variable, "") != "":
+            # An empty variable counts as unset, except for a token: there it is a token that
+            # went missing (PROGRESSISTA_WRITE_TOKEN=$UNSET), and auth must not quietly go off.
+            if setting.name not in overrides and (
+                environ.get(variable, "") != ""
+                or (variable in environ and setting.metadata["parse"] is parse_token)
+            ):
                 values[setting.name] = _parse(setting, environ[variable], variable)
         values.update(overrides)
         return cls(**values)

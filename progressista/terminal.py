@@ -13,10 +13,11 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from typing import IO, Any
 
 import aiohttp
-from tqdm import tqdm
+from tqdm import TqdmWarning, tqdm
 
 from .connection import TIMEOUT, unreachable
 
@@ -28,27 +29,62 @@ _MARK = {"active": "▶", "stale": "…", "failed": "✗", "completed": "✓"}
 FRAME = 0.1
 
 
+def _text(value: object) -> str:
+    """``value`` as text a terminal only shows: control characters (C0, C1, DEL) and other
+    non-printables (bidi overrides, line separators) dropped, other whitespace made a space.
+
+    Whoever can post progress writes these fields; raw, an escape sequence in a description
+    would reach the viewer's terminal (clipboard writes, the window title, a cleared screen).
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else " " if c.isspace() else "" for c in text)
+
+
+#: What tqdm raises on numbers it cannot format (an infinite ETA, an overflowing bar).
+_UNFORMATTABLE = (ArithmeticError, TypeError, ValueError)
+
+
 def _line(task: dict[str, Any], width: int, now: float) -> str:
     elapsed = task["elapsed"] if task["elapsed"] is not None else now - task["created_at"]
-    desc = task["desc"] or task["task_id"]
-    try:
-        meter = tqdm.format_meter(
-            n=task["n"],
-            total=task["total"],
-            elapsed=max(elapsed, 0.0),
-            ncols=width - 2,
-            prefix=desc,
-            unit=task["unit"],
-            unit_scale=task["unit_scale"],
-            unit_divisor=task["unit_divisor"],
-            rate=task["rate"],
-            postfix=task["postfix"] or None,
+    desc = _text(task["desc"] or task["task_id"])
+
+    def meter(rate: float | None, divisor: float) -> str:
+        with warnings.catch_warnings():
+            # A count a little past its total: tqdm warns (on stderr, across the screen) that
+            # it clamps the bar; the bar is right as drawn.
+            warnings.simplefilter("ignore", TqdmWarning)
+            return meter_unwarned(rate, divisor)
+
+    def meter_unwarned(rate: float | None, divisor: float) -> str:
+        return str(
+            tqdm.format_meter(
+                n=task["n"],
+                total=task["total"],
+                elapsed=max(elapsed, 0.0),
+                ncols=width - 2,
+                prefix=desc,
+                unit=_text(task["unit"]),
+                unit_scale=task["unit_scale"],
+                unit_divisor=divisor,
+                rate=rate,
+                postfix=_text(task["postfix"]) or None,
+            )
         )
-    except (TypeError, ValueError, ZeroDivisionError):
-        meter = f"{desc}: {task['n']}/{task['total']}"
-    line = f"{_MARK.get(task['state'], '?')} {meter}"
+
+    try:
+        text = meter(task["rate"], task["unit_divisor"])
+    except _UNFORMATTABLE:
+        # Values the server accepts but tqdm cannot format (a rate of 5e-324 makes an infinite
+        # ETA): the meter without them, else the plain numbers.
+        try:
+            text = meter(None, 1000)
+        except _UNFORMATTABLE:
+            text = f"{desc}: {task['n']}/{task['total']}"
+    line = f"{_MARK.get(task['state'], '?')} {text}"
     if task["state"] == "failed" and task.get("error"):
-        line += f"\n    {str(task['error']).splitlines()[0][: width - 6]}"
+        line += f"\n    {_text(str(task['error']).splitlines()[0])[: width - 6]}"
     return line
 
 
@@ -70,13 +106,13 @@ def render(
         for task in tasks.values():
             counts[task["state"]] = counts.get(task["state"], 0) + 1
     summary = ", ".join(f"{counts.get(state, 0)} {state}" for state in _ORDER)
-    lines = [f"Progressista {url} [{status}] {summary}"[:width]]
+    lines = [_text(f"Progressista {url} [{status}] {summary}")[:width]]
     for job in _ordered_jobs(jobs or {})[: max(0, height // 3)]:
         lines.append(_job_line(job, width))
     ordered = sorted(tasks.values(), key=lambda t: (_ORDER.get(t["state"], 9), -t["created_at"]))
     total = sum(counts.values())
     for task in ordered:
-        lines.extend(_line(task, width, now).split("\n"))
+        lines.extend(_text(line) for line in _line(task, width, now).split("\n"))
         if len(lines) >= height - 1:
             lines = [*lines[: height - 2], f"… and more ({total} tasks in all)"]
             break
@@ -109,7 +145,7 @@ def _job_line(job: dict[str, Any], width: int) -> str:
     line = f"{_JOB_MARK.get(job['state'], '?')} job {job['job']}{run}: {text}"
     if details:
         line += "  " + " · ".join(details)
-    return line[:width]
+    return _text(line)[:width]  # a job's name is a writer's text
 
 
 class _Window:

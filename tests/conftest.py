@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import msgspec
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pytest_aiohttp import AiohttpClient
 
-from progressista.server import ServerSettings, create_app
+from progressista.server import Runner, ServerSettings, create_app
 from progressista.server.keys import STORE
 
 #: The client tests' servers, bars and readers (fixtures and helpers): see tests/remote.py.
@@ -74,6 +74,14 @@ def hub_clock() -> FakeClock:
     return FakeClock(1000.0)
 
 
+class GuardedTestServer(TestServer):
+    """pytest-aiohttp's test server, running the app as ``python -m progressista.server`` does:
+    with :class:`Runner`, whose connections have timeouts, a limit and JSON parser errors."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return Runner(self.app, **kwargs)
+
+
 @pytest.fixture
 def make_client(
     aiohttp_client: AiohttpClient, clock: FakeClock, hub_clock: FakeClock
@@ -83,7 +91,9 @@ def make_client(
     async def make(**settings: Any) -> Client:
         settings.setdefault("cleanup_interval", NEVER)
         app = create_app(ServerSettings(**settings), clock=clock, hub_clock=hub_clock)
-        return await aiohttp_client(app)
+        client: TestClient[web.Request, None] = await aiohttp_client(GuardedTestServer(app))
+        # pytest-aiohttp types a client built on a server as one without an app; it has ours.
+        return cast(Client, client)
 
     return make
 

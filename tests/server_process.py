@@ -97,7 +97,8 @@ def running_server(
 
     Afterwards it is stopped as by :meth:`ServerProcess.stop`, and killed if it will not stop.
     ``module`` is what ``python -m`` runs: another entry point that serves the same way (the
-    benchmarks' loop monitor) takes ``args`` as its own.
+    benchmarks' loop monitor) takes ``args`` as its own. ``preexec_fn`` runs in the child
+    before the server starts (to set its resource limits).
     """
     if "--port" not in args:
         args = [*args, "--port", "0"]

@@ -405,6 +405,55 @@ def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> Non
             assert watcher.wait(WAIT) == 0
     finally:
         os.close(main)
+    assert watcher.returncode == 0
+
+
+def test_watch_survives_what_writers_send_and_writes_none_of_their_escapes(
+    server: ServerProcess,
+) -> None:
+    server.post(
+        [
+            {
+                "task_id": "poison",
+                "n": 0,
+                "total": 1.5,
+                "unit_scale": True,
+                "unit_divisor": 5e-324,
+                "rate": 5e-324,
+            },
+            {
+                "task_id": "escapes",
+                "desc": "Copying \x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;pwned\x07\x1b[2J\x9b31m files",
+                "n": 1,
+                "total": 4,
+            },
+        ],
+    )
+    main, child = pty.openpty()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+    env.update(COLUMNS="120", LINES="40", TERM="xterm")
+    watcher = subprocess.Popen(
+        [*PROGRESSISTA, "watch", server.url.rstrip("/")],
+        stdin=child,
+        stdout=child,
+        stderr=child,
+        env=env,
+        close_fds=True,
+    )
+    os.close(child)
+    try:
+        screen = read_until(main, ["[live]", "▶ poison", "]52;c;cm0gLXJmIH4K", "files:  25%"])
+        server.post([{"task_id": "poison", "n": 1}])  # and it keeps drawing
+        screen += read_until(main, ["1.00/1.50"])
+        assert watcher.poll() is None, screen
+    finally:
+        watcher.send_signal(2)
+        watcher.wait(10)
+        os.close(main)
+    assert watcher.returncode == 0
+    own = screen.count("\x1b[H\x1b[J")  # watch's own: home, clear below
+    assert screen.count("\x1b") == 2 * own, repr(screen)
+    assert "\x07" not in screen and "\x9b" not in screen
 
 
 def test_watch_shows_a_line_per_job_above_the_bars() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -795,3 +796,29 @@ def test_a_runs_bars_fold_under_it_and_open_with_a_click(
     inner = card(page, "shard-1").locator(":scope > .kids")
     expect(inner).to_have_text("▸ 1 bar")
     expect(active.locator(".count")).to_have_text("6")  # folded bars still count
+
+
+def test_a_read_only_session_sees_no_discard_controls(browser: Browser) -> None:
+    with running_server(["--read-token", "r34d", "--write-token", "wr1te"]) as server:
+        request = urllib.request.Request(
+            f"{server.url}progress",
+            data=b'[{"task_id": "kept", "status": "close"}]',
+            headers={"Content-Type": "application/json", "Authorization": "Bearer wr1te"},
+        )
+        urllib.request.urlopen(request, timeout=30).close()
+        for token, shown in [("r34d", False), ("wr1te", True)]:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(f"{server.url}login")
+            page.fill("#token", token)
+            page.click("button[type=submit]")
+            live(page)
+            discard = card(page, "kept").locator(".discard")
+            clear = section(page, "completed").locator(".clear")
+            if shown:
+                expect(discard).to_be_visible()
+                expect(clear).to_be_visible()
+            else:
+                expect(discard).to_be_hidden()
+                expect(clear).to_be_hidden()
+            context.close()

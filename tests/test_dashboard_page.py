@@ -104,6 +104,62 @@ async def test_a_read_token_puts_the_page_behind_a_login_form(make_client: MakeC
         assert (await viewer.receive_json(timeout=WAIT))["type"] == "snapshot"
 
 
+async def test_the_login_form_takes_either_token_and_the_session_remembers_which(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(read_token="r34d", write_token="wr1te")
+    await post(client, event("a"), Authorization="Bearer wr1te")
+
+    response = await client.post("/login", data={"token": "r34d"}, allow_redirects=False)
+    cookie = response.cookies[COOKIE_NAME].value
+    assert cookie.startswith("read.") and "r34d" not in cookie
+    page = await (await client.get("/")).text()
+    assert 'data-role="read"' in page  # the page hides discard and Clear
+    response = await client.delete("/tasks/a")
+    assert response.status == 403
+
+    response = await client.post("/login", data={"token": "wr1te"}, allow_redirects=False)
+    cookie = response.cookies[COOKIE_NAME].value
+    assert cookie.startswith("write.") and "wr1te" not in cookie
+    assert 'data-role="write"' in await (await client.get("/")).text()
+    assert (await client.delete("/tasks/a")).status == 204
+
+
+async def test_a_session_cookie_cannot_be_forged_into_another_role(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(read_token="r34d", write_token="wr1te")
+    await post(client, event("a"), Authorization="Bearer wr1te")
+    response = await client.post("/login", data={"token": "r34d"}, allow_redirects=False)
+    read_proof = response.cookies[COOKIE_NAME].value.partition(".")[2]
+    for forged in (f"write.{read_proof}", "write.", "write", "admin." + read_proof):
+        client.session.cookie_jar.clear()
+        response = await client.delete("/tasks/a", cookies={COOKIE_NAME: forged})
+        assert response.status == 401, forged
+    assert (
+        "a" in await (await client.get("/tasks", headers={"Authorization": "Bearer r34d"})).text()
+    )
+
+
+async def test_with_only_a_write_token_the_open_board_offers_a_sign_in_to_discard(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(write_token="wr1te")
+    page = await (await client.get("/")).text()
+    assert 'data-role="read"' in page
+    response = await client.get("/login")
+    assert response.status == 200
+    assert 'action="/login"' in await response.text()
+    response = await client.post("/login", data={"token": "wr1te"}, allow_redirects=False)
+    assert response.cookies[COOKIE_NAME].value.startswith("write.")
+    assert 'data-role="write"' in await (await client.get("/")).text()
+
+
+async def test_an_open_board_may_discard(client: Client) -> None:
+    assert 'data-role="write"' in await (await client.get("/")).text()
+    assert (await client.get("/login", allow_redirects=False)).status == 303
+
+
 async def test_login_without_a_read_token_just_goes_to_the_page(client: Client) -> None:
     response = await client.post("/login", data={"token": "x"}, allow_redirects=False)
     assert (response.status, response.headers["Location"]) == (303, "/")
@@ -194,3 +250,99 @@ def test_the_blank_job_card_has_every_key_a_job_card_has() -> None:
     jobs.settle()
     (job,) = jobs.jobs()
     assert set(display.BLANK_JOB) == set(display.job_card(job))
+
+
+@pytest.mark.parametrize(
+    ("part_headers", "error"),
+    [
+        (
+            "Content-Type: text/plain; charset=nosuch",
+            "the login form cannot be read: unknown encoding: nosuch",
+        ),
+        (
+            "Content-Transfer-Encoding: nosuch",
+            "the login form cannot be read: unknown content transfer encoding: nosuch",
+        ),
+        (
+            "Content-Type: text/plain; charset=utf-8",
+            "the login form cannot be read: 'utf-8' codec can't decode byte 0xff in position 0: "
+            "invalid start byte",
+        ),
+    ],
+)
+async def test_a_login_form_that_cannot_be_decoded_is_400_with_one_log_line(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, part_headers: str, error: str
+) -> None:
+    import logging
+
+    client = await make_client(read_token="r34d")  # no token needed to send a broken form
+    body = (
+        f'--b\r\nContent-Disposition: form-data; name="token"\r\n{part_headers}\r\n\r\n'.encode()
+        + b"\xff\xfe\r\n--b--\r\n"
+    )
+    response = await client.post(
+        "/login", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert (response.status, await response.json()) == (400, {"error": error, "details": []})
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_page_on_another_site_cannot_post_or_discard_with_the_session(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(read_token="r34d", write_token="wr1te")
+    await post(client, event("a"), Authorization="Bearer wr1te")
+    response = await client.post("/login", data={"token": "wr1te"}, allow_redirects=False)
+    assert response.status == 303  # the browser now holds a write session
+    foreign = {"Origin": "https://evil.example"}
+    for method, path, body in [
+        ("DELETE", "/tasks/a", None),
+        ("DELETE", "/tasks?state=active", None),
+        ("POST", "/progress", event("planted")),
+        ("POST", "/login", None),
+    ]:
+        response = await client.request(method, path, json=body, headers=foreign)
+        assert (response.status, await response.json()) == (
+            403,
+            {
+                "error": f"a page from 'https://evil.example' may not send {method} requests "
+                "here; add its origin with --allowed-origins if it is yours",
+                "details": [],
+            },
+        ), path
+    for origin in ("null", f"http://127.0.0.1.evil.example:{client.port}"):
+        response = await client.delete("/tasks/a", headers={"Origin": origin})
+        assert response.status == 403, origin
+    assert "a" in await (await client.get("/tasks")).text()
+    # The board's own page, and programs (which send no Origin), are let through.
+    own = {"Origin": f"http://127.0.0.1:{client.port}"}
+    assert (await client.post("/progress", json=event("b"), headers=own)).status == 202
+    assert (await client.delete("/tasks/a", headers=own)).status == 204
+    assert (await client.delete("/tasks/b")).status == 204
+
+
+async def test_a_listed_origin_may_discard(make_client: MakeClient) -> None:
+    client = await make_client(allowed_origins=("https://board.example",))
+    await post(client, event("a"))
+    response = await client.delete("/tasks/a", headers={"Origin": "https://board.example"})
+    assert response.status == 204
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        # A browser's own page under Referrer-Policy: no-referrer sends Origin: null.
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "null"}, True),
+        ({"Sec-Fetch-Site": "none"}, True),
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, False),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "https://sub.127.0.0.1"}, False),
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://board.example"}, True),  # listed
+    ],
+)
+async def test_browsers_say_where_a_request_comes_from_in_sec_fetch_site(
+    make_client: MakeClient, headers: dict[str, str], allowed: bool
+) -> None:
+    client = await make_client(allowed_origins=("https://board.example",))
+    await post(client, event("a"))
+    response = await client.delete("/tasks/a", headers=headers)
+    assert response.status == (204 if allowed else 403)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -383,3 +385,37 @@ async def test_a_server_with_a_short_stale_after_asks_clients_for_more_keepalive
     assert await post(client, event("a")) == (202, {"accepted": 1, "ignored": 0, "keepalive": 5.0})
     client = await make_client(stale_after=60)
     assert await post(client, event("a")) == (202, {"accepted": 1, "ignored": 0})
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "error"),
+    [
+        ("gzip", b"not gzip at all", "the body is not valid gzip (Content-Encoding: gzip)"),
+        (
+            "deflate",
+            b"\x78\x9c not deflate",
+            "the body is not valid deflate (Content-Encoding: deflate)",
+        ),
+    ],
+)
+async def test_a_body_that_does_not_decompress_is_400_with_one_log_line(
+    client: Client, caplog: pytest.LogCaptureFixture, encoding: str, body: bytes, error: str
+) -> None:
+    response = await client.post(
+        "/progress",
+        data=body,
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+    )
+    assert (response.status, await response.json()) == (400, {"error": error, "details": []})
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert client.app[INGEST_STATS].rejected == {400: 1}
+
+
+async def test_a_compressed_body_is_accepted(client: Client) -> None:
+    response = await client.post(
+        "/progress",
+        data=gzip.compress(b'{"task_id": "zipped", "n": 3}'),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert response.status == 202
+    assert stored(client)["zipped"]["n"] == 3

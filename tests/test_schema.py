@@ -220,3 +220,102 @@ def test_the_fast_decoder_refuses_what_is_not_json() -> None:
         with pytest.raises(SchemaError) as caught:
             decode_events(body, 10)
         assert caught.value.summary.startswith("the body is not valid JSON: "), body
+
+
+# Whatever the server accepts must render everywhere it is shown: the page (display.card), the
+# API and the feed (JSON), `progressista watch` (terminal.render, as text only) and /metrics.
+# Hypothesis throws valid events at the extremes of every field.
+_LARGEST = 1.7976931348623157e308
+_amounts = st.one_of(
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.floats(min_value=0, max_value=_LARGEST),
+    st.sampled_from([0, 5e-324, 1e-300, 0.5, 1, 1.5, 999.5, 1e15, 1e308, _LARGEST, 2**63 - 1]),
+)
+_positive = st.one_of(
+    st.integers(min_value=1, max_value=2**63 - 1),
+    st.floats(min_value=5e-324, max_value=_LARGEST),
+    st.sampled_from([5e-324, 1e-300, 1, 1000, 1024, 1e308]),
+)
+_writers_text = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        [
+            "\x1b]52;c;cm0gLXJmIH4K\x07",
+            "\x1b[2J\x1b[H",
+            "\x9b31m",
+            "a\rb\x7f",
+            "\u202eexe",
+            "é" * 1000,
+        ]
+    ),
+)
+_accepted_events = st.fixed_dictionaries(
+    {
+        "task_id": st.text(min_size=1, max_size=200).filter(
+            lambda text: text.isprintable() and text not in (".", "..")
+        ),
+    },
+    optional={
+        "status": st.sampled_from(schema.STATUSES),
+        "n": _amounts,
+        "total": st.one_of(st.none(), _amounts),
+        "elapsed": st.one_of(st.none(), _amounts),
+        "rate": st.one_of(st.none(), _amounts),
+        "unit_scale": st.one_of(st.booleans(), _amounts),
+        "unit_divisor": _positive,
+        "seq": st.integers(min_value=0, max_value=2**63 - 1),
+        "timestamp": st.floats(min_value=-_LARGEST, max_value=_LARGEST),
+        "desc": _writers_text,
+        "postfix": _writers_text,
+        "unit": _writers_text.map(lambda text: text[:32]),
+        "meta": st.dictionaries(
+            _writers_text.map(lambda text: text[:20]),
+            st.one_of(st.none(), st.booleans(), _amounts, _writers_text),
+            max_size=3,
+        ),
+    },
+)
+
+
+def _with_error(event: dict[str, Any], error: str) -> dict[str, Any]:
+    return {**event, "status": "error", "error": error} if event.get("status") == "error" else event
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(_accepted_events, _writers_text), min_size=1, max_size=4))
+def test_any_accepted_event_renders_on_the_page_in_watch_in_the_api_and_in_metrics(
+    drafts: list[tuple[dict[str, Any], str]],
+) -> None:
+    import asyncio
+
+    import msgspec
+
+    from progressista.server import display
+    from progressista.server.hub import Hub
+    from progressista.server.metrics import ConnectionStats, IngestStats, exposition
+    from progressista.server.store import MemoryStore
+    from progressista.server.throttle import ThrottleStats
+    from progressista.terminal import render
+
+    from .test_terminal import terminal_safe
+
+    raws = [_with_error(event, error) for event, error in drafts]
+    try:
+        events = decode_events(json.dumps(raws).encode(), 10)
+    except SchemaError:  # labels over 4 KiB: the only way these drafts can be refused
+        return
+    now = 1_800_000_000.0
+
+    async def shown() -> None:
+        store = MemoryStore(100)
+        hub = Hub(store.table, interval=0.025, viewer_timeout=10)
+        await store.apply(events, now)
+        tasks = store.table.tasks
+        for task in tasks.values():
+            display.card(task, now + 5)
+        msgspec.json.encode(tasks)
+        frame = render(msgspec.to_builtins(tasks), "http://dash", "live", 100, 40, now=now + 5)
+        assert terminal_safe(frame), repr(frame)
+        exposition(IngestStats(), hub, store.table, 10, [], ConnectionStats(), ThrottleStats())
+
+    asyncio.run(shown())

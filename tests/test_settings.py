@@ -42,13 +42,19 @@ def test_every_setting_has_a_variable_and_a_flag(tmp_path: Path) -> None:
         "PROGRESSISTA_MAX_JOBS": "20",
         "PROGRESSISTA_METRICS_JOBS": "5",
         "PROGRESSISTA_MAX_VIEWERS": "7",
+        "PROGRESSISTA_READ_TIMEOUT": "5s",
+        "PROGRESSISTA_KEEPALIVE_TIMEOUT": "2m",
+        "PROGRESSISTA_MAX_CONNECTIONS": "300",
         "PROGRESSISTA_MAX_BODY": "2MiB",
         "PROGRESSISTA_MAX_BATCH": "50",
         "PROGRESSISTA_MAX_TASKS": "10",
         "PROGRESSISTA_WRITE_TOKEN": "w",
         "PROGRESSISTA_READ_TOKEN": "r",
+        "PROGRESSISTA_MAX_TOKEN_FAILURES": "5",
         "PROGRESSISTA_ALLOWED_ORIGINS": "https://a.example, https://b.example",
         "PROGRESSISTA_ALLOWED_HOSTS": "dash.example",
+        "PROGRESSISTA_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.7, 2001:db8::/32",
+        "PROGRESSISTA_PROXY_HEADER": "Forwarded",
         "PROGRESSISTA_STORE": "redis://:pw@redis.internal:6379/2",
         "PROGRESSISTA_REDIS_PASSWORD": "other",
         "PROGRESSISTA_REDIS_PREFIX": "team-a",
@@ -78,13 +84,19 @@ def test_every_setting_has_a_variable_and_a_flag(tmp_path: Path) -> None:
         max_jobs=20,
         metrics_jobs=5,
         max_viewers=7,
+        read_timeout=5,
+        keepalive_timeout=120,
+        max_connections=300,
         max_body=2 * 1024**2,
         max_batch=50,
         max_tasks=10,
         write_token="w",
         read_token="r",
+        max_token_failures=5,
         allowed_origins=("https://a.example", "https://b.example"),
         allowed_hosts=("dash.example",),
+        trusted_proxies=("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"),
+        proxy_header="forwarded",
         store="redis://:pw@redis.internal:6379/2",
         redis_password="other",
         redis_prefix="team-a",
@@ -160,6 +172,18 @@ def test_a_flag_wins_over_its_variable() -> None:
             ["--redis-prefix", "{x}"],
             {},
             "--redis-prefix: must be non-empty and without braces, not '{x}'",
+        ),
+        (["--read-timeout", "0"], {}, "--read-timeout: must be more than 0, not '0'"),
+        (
+            ["--proxy-header", "via"],
+            {},
+            "--proxy-header: must be x-forwarded-for or forwarded, not 'via'",
+        ),
+        (
+            ["--trusted-proxies", "10.0.0.0/8, proxy.internal"],
+            {},
+            "--trusted-proxies: 'proxy.internal' is not an address or network; "
+            "use 10.0.0.0/8, 192.0.2.7, 2001:db8::/32",
         ),
     ],
 )
@@ -275,3 +299,45 @@ def test_the_read_token_is_read_with_the_other_settings() -> None:
     assert ViewerSettings.from_env(
         {"PROGRESSISTA_READ_TOKEN": "r"}, read_token="given"
     ).read_token == ("given")
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (
+            ["--write-token", ""],
+            {},
+            "--write-token: must not be empty; give a token, or leave "
+            "the setting out to run without one",
+        ),
+        (
+            ["--read-token", "  "],
+            {},
+            "--read-token: must not be empty; give a token, or leave "
+            "the setting out to run without one",
+        ),
+        # An empty variable is a token that went missing (PROGRESSISTA_WRITE_TOKEN=$UNSET), not
+        # a wish to run without one: refused too.
+        (
+            [],
+            {"PROGRESSISTA_WRITE_TOKEN": ""},
+            "PROGRESSISTA_WRITE_TOKEN: must not be empty; "
+            "give a token, or leave the setting out to run without one",
+        ),
+        (["--write-token", " w "], {}, "--write-token: must not begin or end with whitespace"),
+    ],
+)
+def test_an_empty_token_is_a_configuration_error(
+    argv: list[str], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingError) as caught:
+        parse_args(argv, environ)
+    assert str(caught.value) == message
+
+
+def test_an_empty_token_given_in_code_names_its_flag() -> None:
+    with pytest.raises(SettingError) as caught:
+        ServerSettings(read_token="")
+    assert str(caught.value) == (
+        "ServerSettings(read_token=…): must be a non-empty token without surrounding whitespace"
+    )

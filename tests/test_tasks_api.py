@@ -184,27 +184,59 @@ async def test_bulk_delete_with_a_bad_duration_is_400(client: Client) -> None:
     assert body["details"][0]["field"] == "older_than"
 
 
-async def test_read_token_guards_the_task_api(make_client: MakeClient) -> None:
+async def test_reading_takes_the_read_token_and_discarding_the_write_token(
+    make_client: MakeClient,
+) -> None:
     client = await make_client(read_token="r34d", write_token="wr1te")
     await post(client, event("a"), Authorization="Bearer wr1te")
-    for method, path in [
-        ("GET", "/tasks"),
-        ("GET", "/tasks/a"),
-        ("DELETE", "/tasks/a"),
-        ("DELETE", "/tasks?state=active"),
-        ("GET", "/metrics"),
-    ]:
-        response = await client.request(method, path)
-        assert response.status == 401, path
-        assert await response.json() == {
-            "error": "missing or wrong token: send 'Authorization: Bearer <read token>'",
-            "details": [],
-        }
-        response = await client.request(method, path, headers={"Authorization": "Bearer wr1te"})
-        assert response.status == 401, path
-    response = await client.get("/tasks", headers={"Authorization": "Bearer r34d"})
-    assert response.status == 200
-    assert list((await response.json())["tasks"]) == ["a"]
+    reads = [("GET", "/tasks"), ("GET", "/tasks/a"), ("GET", "/metrics"), ("GET", "/view")]
+    discards = [("DELETE", "/tasks/a"), ("DELETE", "/tasks?state=completed")]
+    for (method, path), role in [*((r, "read") for r in reads), *((d, "write") for d in discards)]:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            response = await client.request(method, path, headers=headers)
+            assert (response.status, await response.json()) == (
+                401,
+                {
+                    "error": f"missing or wrong token: send 'Authorization: Bearer <{role} token>'",
+                    "details": [],
+                },
+            ), path
+    for method, path in reads:  # the write token reads too
+        for token in ("r34d", "wr1te"):
+            response = await client.request(
+                method, path, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert response.status == 200, (path, token)
+    read_only = {
+        "error": "the read token may only read: discarding tasks takes the write token, sent as "
+        "'Authorization: Bearer <write token>' or signed in with at /login",
+        "details": [],
+    }
+    for method, path in discards:
+        response = await client.request(method, path, headers={"Authorization": "Bearer r34d"})
+        assert (response.status, await response.json()) == (403, read_only), path
+    response = await client.post(
+        "/progress", json=event("b"), headers={"Authorization": "Bearer r34d"}
+    )
+    assert (response.status, (await response.json())["error"]) == (
+        403,
+        "the read token may only read: posting progress takes the write token, sent as "
+        "'Authorization: Bearer <write token>' or signed in with at /login",
+    )
+    assert sorted(stored(client.app)) == ["a"]
+    response = await client.delete("/tasks/a", headers={"Authorization": "Bearer wr1te"})
+    assert response.status == 204
+    assert stored(client.app) == {}
+
+
+async def test_without_a_write_token_discarding_takes_the_read_token(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(read_token="r34d")
+    await post(client, event("a"))  # writing is open: no write token configured
+    assert (await client.delete("/tasks/a")).status == 401
+    response = await client.delete("/tasks/a", headers={"Authorization": "Bearer r34d"})
+    assert response.status == 204
 
 
 async def test_health_and_readiness_are_open_to_probes(make_client: MakeClient) -> None:
@@ -254,3 +286,21 @@ async def test_a_rebound_host_name_is_refused(make_client: MakeClient) -> None:
     assert (await listed.get("/tasks", headers={"Host": "evil.example"})).status == 403
     exposed = await make_client(host="0.0.0.0")
     assert (await exposed.get("/tasks", headers={"Host": "anything.example"})).status == 200
+
+
+@pytest.mark.parametrize("bound_to", ["127.0.0.2", "127.255.255.254", "::1", "localhost"])
+async def test_every_loopback_address_is_guarded_against_rebinding(
+    make_client: MakeClient, bound_to: str
+) -> None:
+    # The settings say where the server is bound; the test client itself stays on 127.0.0.1.
+    client = await make_client(host=bound_to)
+    for host, allowed in [
+        ("evil.example", False),
+        ("evil.example:8000", False),
+        ("127.0.0.2:8000", True),
+        ("127.1.2.3", True),
+        ("localhost:8000", True),
+        ("[::1]:8000", True),
+    ]:
+        response = await client.get("/tasks", headers={"Host": host})
+        assert response.status == (200 if allowed else 403), (bound_to, host)

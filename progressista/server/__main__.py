@@ -14,10 +14,12 @@ from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
 from ..settings import DEFAULT_KEEPALIVE, ServerSettings, SettingError, parse_args
-from .accesslog import QuietAccessLogger
+from .accesslog import QuietAccessLogger, SafeAccessLogger
 from .alert import MissingApprise
 from .api import suggested_keepalive
 from .app import create_app
+from .connections import Runner, descriptor_limit, raise_descriptor_limit
+from .keys import CONNECTIONS
 from .redis_store import MissingRedis
 
 log = logging.getLogger("progressista.server")
@@ -37,11 +39,22 @@ def dashboard_url(host: str, port: int) -> str:
 
 async def serve(settings: ServerSettings) -> None:
     """Serve until SIGINT or SIGTERM, then shut down cleanly (viewers get close code 1001)."""
+    raise_descriptor_limit()
     app = create_app(settings)
+    connections = app[CONNECTIONS]
+    connections.report_accept_errors(asyncio.get_running_loop())
+    descriptors = descriptor_limit()
+    if descriptors is not None and connections.max_connections > descriptors:
+        log.warning(
+            "--max-connections %d is more than this process may open (%d file descriptors): "
+            "past that, connections are refused; raise the limit (ulimit -n)",
+            connections.max_connections,
+            descriptors,
+        )
     access_log_class: type[AccessLogger] = (
-        QuietAccessLogger if settings.access_log == "quiet" else AccessLogger
+        QuietAccessLogger if settings.access_log == "quiet" else SafeAccessLogger
     )
-    runner = web.AppRunner(
+    runner = Runner(
         app,
         access_log=None if settings.access_log == "off" else logging.getLogger("aiohttp.access"),
         access_log_class=access_log_class,

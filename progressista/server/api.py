@@ -19,12 +19,13 @@ from aiohttp import web
 from ..schema import STATES, FieldError, SchemaError
 from ..settings import DEFAULT_KEEPALIVE, parse_duration
 from . import feed
-from .auth import bearer_matches, origin_allowed, read_allowed
-from .errors import ApiError, json_response
+from .auth import READ, WRITE, discard_role, origin_allowed, require
+from .connections import read_in_time
+from .errors import ApiError, json_response, unreadable_body
 from .event import decode_events
 from .feed import TASKS_PER_MESSAGE
 from .job import JOB_STATES
-from .keys import ALERTER, CLOCK, HUB, INGEST_STATS, SETTINGS, STORE
+from .keys import ALERTER, CLOCK, CONNECTIONS, HUB, INGEST_STATS, SETTINGS, STORE, THROTTLE
 from .metrics import exposition
 from .store import StoreFull, StoreUnavailable
 from .table import TaskTable
@@ -43,17 +44,12 @@ DELETE_SLICE = 5000
 routes = web.RouteTableDef()
 
 
-def unauthorized(what: str) -> ApiError:
-    return ApiError(
-        401,
-        f"missing or wrong token: send 'Authorization: Bearer <{what} token>'",
-        headers={"WWW-Authenticate": 'Bearer realm="progressista"'},
-    )
-
-
 def require_read(request: web.Request) -> None:
-    if not read_allowed(request, request.app[SETTINGS].read_token):
-        raise unauthorized("read")
+    require(request, READ, "reading")
+
+
+def require_discard(request: web.Request) -> None:
+    require(request, discard_role(request.app[SETTINGS]), "discarding tasks")
 
 
 @routes.post("/progress")
@@ -71,8 +67,7 @@ async def ingest(request: web.Request) -> web.Response:
 async def _ingest(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
-    if settings.write_token is not None and not bearer_matches(request, settings.write_token):
-        raise unauthorized("write")
+    require(request, WRITE, "posting progress")
     content_type = request.content_type
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(
@@ -82,13 +77,15 @@ async def _ingest(request: web.Request) -> web.Response:
     if length is not None and length > settings.max_body:
         raise _too_large(settings.max_body)
     try:
-        body = await request.read()
+        body = await read_in_time(request, request.read(), settings.read_timeout)
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(settings.max_body) from None
     except ConnectionResetError:
         # The worker went away mid-request (killed, say): nothing to store, nobody to answer,
         # and nothing worth an error in the log.
         raise ApiError(400, "the client disconnected before sending the whole body") from None
+    except web.RequestPayloadError as error:
+        raise unreadable_body(request, error) from None
     try:
         events = decode_events(body, settings.max_batch)
     except SchemaError as error:
@@ -236,7 +233,7 @@ async def delete_tasks(request: web.Request) -> web.Response:
     The dashboard names the ids it showed: what matched when the person clicked, not whatever
     matches by the time the request arrives.
     """
-    require_read(request)
+    require_discard(request)
     app = request.app
     store = app[STORE]
     if request.can_read_body:
@@ -361,7 +358,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 @routes.delete("/tasks/{task_id:.+}")
 async def delete_task(request: web.Request) -> web.Response:
-    require_read(request)
+    require_discard(request)
     task_id = request.match_info["task_id"]
     if not await request.app[STORE].delete([task_id]):
         raise ApiError(404, f"no task with id {task_id!r}")
@@ -459,6 +456,8 @@ async def metrics(request: web.Request) -> web.Response:
         app[STORE].table,
         app[SETTINGS].metrics_jobs,
         alerter.stats() if alerter is not None else [],
+        app[CONNECTIONS].stats,
+        app[THROTTLE].stats,
     )
     return web.Response(
         body=body,

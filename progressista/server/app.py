@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -15,15 +16,30 @@ from ..settings import ServerSettings
 from . import api, pages
 from .alert import Alerter, parse_destination
 from .asset import asset_dir
-from .auth import host_guard
+from .auth import site_guard
 from .cleanup import cleanup_loop
+from .connections import Connections
 from .errors import json_errors
 from .hub import Hub
 from .job import JobIndex
-from .keys import ALERTER, CLEANUP_TASK, CLOCK, HUB, INGEST_STATS, LIFETIMES, SETTINGS, STORE
+from .keys import (
+    ALERTER,
+    CLEANUP_TASK,
+    CLOCK,
+    CONNECTIONS,
+    HUB,
+    INGEST_STATS,
+    LIFETIMES,
+    PROXIES,
+    SETTINGS,
+    STORE,
+    THROTTLE,
+)
 from .metrics import IngestStats
+from .remote import TrustedProxies
 from .store import MemoryStore, TaskStore
 from .task import Lifetimes
+from .throttle import Throttle
 
 __all__ = ["create_app"]
 
@@ -38,12 +54,25 @@ def create_app(
     """Build the one Application: ingest, task API, WebSocket, dashboard and cleanup.
 
     ``clock`` (wall-clock seconds, for task times), ``hub_clock`` (monotonic seconds, for how
-    long a viewer has been stuck) and ``store`` are injectable for tests; by default tasks live
-    in memory and time is real.
+    long a viewer has been stuck and when a client may try a token again) and ``store`` are
+    injectable for tests; by default tasks live in memory and time is real.
     """
     settings = settings or ServerSettings()
-    app = web.Application(client_max_size=settings.max_body, middlewares=[json_errors, host_guard])
+    app = web.Application(
+        client_max_size=settings.max_body,
+        middlewares=[json_errors, site_guard],
+        # aiohttp closes a connection that has no request under way for this long.
+        handler_args={"keepalive_timeout": settings.keepalive_timeout},
+    )
     app[SETTINGS] = settings
+    app[PROXIES] = TrustedProxies(
+        [ipaddress.ip_network(network) for network in settings.trusted_proxies],
+        settings.proxy_header,
+    )
+    app[THROTTLE] = Throttle(settings.max_token_failures, clock=hub_clock)
+    app[CONNECTIONS] = Connections(
+        settings.read_timeout, settings.max_connections, proxies=app[PROXIES]
+    )
     app[CLOCK] = clock
     app[LIFETIMES] = Lifetimes(
         stale_after=settings.stale_after,

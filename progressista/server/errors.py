@@ -8,10 +8,18 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
 from ..schema import FieldError
 
-__all__ = ["ApiError", "error_response", "json_errors", "json_response"]
+__all__ = [
+    "ApiError",
+    "error_response",
+    "json_errors",
+    "json_response",
+    "one_line",
+    "unreadable_body",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,6 +42,29 @@ class ApiError(Exception):
 
     def response(self) -> web.Response:
         return error_response(self.status, self.message, self.details, self.headers)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """``text`` fit for a one-sentence error: its first line, at most ``limit`` characters."""
+    lines = text.strip().splitlines()
+    first = lines[0].strip().rstrip(":") if lines else ""
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def unreadable_body(request: web.BaseRequest, error: Exception, what: str = "the body") -> ApiError:
+    """The 400 for a body aiohttp could not read: a corrupt gzip or deflate stream, a broken
+    chunk, a form part in a charset or transfer encoding nobody knows.
+
+    aiohttp raises these while the handler reads (as ``RequestPayloadError`` caused by the
+    parser's own error, or as the codec's ``LookupError``/``ValueError``); they are the
+    client's doing, never a 500.
+    """
+    cause = error.__cause__ if isinstance(error.__cause__, HttpProcessingError) else error
+    encoding = request.headers.get("Content-Encoding", "")
+    if isinstance(cause, ContentEncodingError) and encoding:
+        return ApiError(400, f"{what} is not valid {encoding} (Content-Encoding: {encoding})")
+    reason = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+    return ApiError(400, f"{what} cannot be read: {one_line(reason)}")
 
 
 def json_response(

@@ -19,8 +19,9 @@ from ..schema import STATES
 from .hub import Hub
 from .job import JOB_STATES
 from .table import TaskTable
+from .throttle import ThrottleStats
 
-__all__ = ["IngestStats", "exposition"]
+__all__ = ["ConnectionStats", "IngestStats", "exposition"]
 
 
 @dataclass
@@ -33,6 +34,23 @@ class IngestStats:
     rejected: Counter[int] = field(default_factory=Counter)
 
 
+@dataclass
+class ConnectionStats:
+    """What happened to the server's connections since it started."""
+
+    open: int = 0
+    #: Closed because their request did not arrive within --read-timeout.
+    read_timeouts: int = 0
+    #: Closed without a request under way to make room for a new one (--max-connections).
+    evicted: int = 0
+    #: New connections closed at once: the limit was reached and every connection was busy.
+    refused: int = 0
+    #: Requests aiohttp's parser refused (answered 400).
+    malformed: int = 0
+    #: accept() failures: out of file descriptors (EMFILE) and the like.
+    accept_errors: int = 0
+
+
 class _ServerCollector(Collector):
     def __init__(
         self,
@@ -41,12 +59,16 @@ class _ServerCollector(Collector):
         table: TaskTable,
         jobs: int,
         alerts: list[tuple[str, int, int]],
+        connections: ConnectionStats,
+        tokens: ThrottleStats,
     ) -> None:
         self._stats = stats
         self._hub = hub
         self._table = table
         self._jobs = jobs
         self._alerts = alerts
+        self._connections = connections
+        self._tokens = tokens
 
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
@@ -115,6 +137,40 @@ class _ServerCollector(Collector):
             alerts.add_metric([label, "sent"], sent)
             alerts.add_metric([label, "failed"], failed)
         yield alerts
+        connections = self._connections
+        yield GaugeMetricFamily(
+            "progressista_connections", "Open HTTP connections", value=connections.open
+        )
+        closed = CounterMetricFamily(
+            "progressista_connections_closed",
+            "Connections the server closed: read_timeout (the request was too slow), evicted "
+            "(idle, to make room), refused (at --max-connections, every connection busy)",
+            labels=["reason"],
+        )
+        closed.add_metric(["read_timeout"], connections.read_timeouts)
+        closed.add_metric(["evicted"], connections.evicted)
+        closed.add_metric(["refused"], connections.refused)
+        yield closed
+        yield CounterMetricFamily(
+            "progressista_malformed_requests",
+            "Requests the HTTP parser refused (answered 400)",
+            value=connections.malformed,
+        )
+        yield CounterMetricFamily(
+            "progressista_accept_errors",
+            "Failed accept() calls (out of file descriptors)",
+            value=connections.accept_errors,
+        )
+        yield CounterMetricFamily(
+            "progressista_token_failures",
+            "Requests and sign-ins with a wrong token",
+            value=self._tokens.failures,
+        )
+        yield CounterMetricFamily(
+            "progressista_token_throttled",
+            "Requests and sign-ins refused with 429: too many wrong tokens from their address",
+            value=self._tokens.refused,
+        )
 
     def _job_families(self) -> Iterator[Metric]:
         """Per job run, the most recently updated ``metrics_jobs`` of them. The label is
@@ -159,10 +215,12 @@ def exposition(
     hub: Hub,
     table: TaskTable,
     jobs: int,
-    alerts: Sequence[tuple[str, int, int]] = (),
+    alerts: Sequence[tuple[str, int, int]],
+    connections: ConnectionStats,
+    tokens: ThrottleStats,
 ) -> bytes:
     """The Prometheus text format of everything above (``jobs``: how many job runs get
     gauges; ``alerts``: per destination, its label and messages sent and failed)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(stats, hub, table, jobs, list(alerts)))
+    registry.register(_ServerCollector(stats, hub, table, jobs, list(alerts), connections, tokens))
     return generate_latest(registry)

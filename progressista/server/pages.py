@@ -16,9 +16,19 @@ from aiohttp import web
 
 from ..schema import STATES
 from . import display
-from .auth import COOKIE_NAME, cookie_value, read_allowed, token_matches
+from .auth import (
+    COOKIE_NAME,
+    READ,
+    cookie_value,
+    discard_role,
+    matching_role,
+    may,
+    throttled,
+)
+from .connections import read_in_time
+from .errors import unreadable_body
 from .feed import RECENT_JOBS
-from .keys import CLOCK, HUB, SETTINGS, STORE
+from .keys import CLOCK, HUB, SETTINGS, STORE, THROTTLE
 from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
 
 __all__ = ["CONTENT_SECURITY_POLICY", "routes"]
@@ -47,7 +57,9 @@ SORTS = (
 _PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # No referrer to other sites; the page's own requests keep their Origin (under no-referrer
+    # browsers send Origin: null, and POST and DELETE from an unknown origin are refused).
+    "Referrer-Policy": "same-origin",
 }
 
 routes = web.RouteTableDef()
@@ -95,7 +107,7 @@ def _window_size(request: web.Request) -> int:
 async def index(request: web.Request) -> web.StreamResponse:
     """The board, its first paint rendered here so it needs no round trip."""
     app = request.app
-    if not read_allowed(request, app[SETTINGS].read_token):
+    if not may(request, READ):
         return _page("login.html", request, {"failed": False}, status=401)
     query = Query(request.query.get("q", ""))
     limit = _window_size(request)
@@ -126,24 +138,50 @@ async def index(request: web.Request) -> web.StreamResponse:
         "limit": limit,
         "step": DEFAULT_WINDOW,
         "url": f"{request.scheme}://{request.host}",
+        # The page hides the discard controls from a session that may only read.
+        "role": "write" if may(request, discard_role(app[SETTINGS])) else "read",
     }
     return await _streamed_page("index.html", request, context)
 
 
+@routes.get("/login")
+async def login_form(request: web.Request) -> web.StreamResponse:
+    """The sign-in form, also for someone who may read and wants to sign in to discard."""
+    settings = request.app[SETTINGS]
+    if settings.read_token is None and settings.write_token is None:
+        raise web.HTTPSeeOther("/")
+    return _page("login.html", request, {"failed": False})
+
+
 @routes.post("/login")
 async def login(request: web.Request) -> web.Response:
-    """Trade the read token typed into the login form for a session cookie."""
-    read_token = request.app[SETTINGS].read_token
-    if read_token is None:
+    """Trade a token typed into the login form, read or write, for a session cookie of its
+    role."""
+    settings = request.app[SETTINGS]
+    if settings.read_token is None and settings.write_token is None:
         raise web.HTTPSeeOther("/")
-    form = await request.post()
+    try:
+        form = await read_in_time(request, request.post(), settings.read_timeout)
+    except (ValueError, LookupError, RuntimeError, web.RequestPayloadError) as error:
+        # What the form parser raises on a body it cannot decode: an unknown charset
+        # (LookupError), undecodable bytes or a broken multipart body (ValueError), an unknown
+        # Content-Transfer-Encoding (RuntimeError), a corrupt compressed body.
+        raise unreadable_body(request, error, "the login form") from None
+    client, wait = throttled(request)
+    if wait is not None:  # a person at a form: the form again, saying why
+        response = _page("login.html", request, {"failed": False, "wait": wait}, status=429)
+        response.headers["Retry-After"] = str(wait)
+        return response
     supplied = form.get("token")
-    if not (isinstance(supplied, str) and token_matches(supplied.strip(), read_token)):
+    role = matching_role(supplied.strip(), settings) if isinstance(supplied, str) else None
+    token = settings.write_token if role == "write" else settings.read_token
+    if role is None or token is None:
+        request.app[THROTTLE].failed(client)
         return _page("login.html", request, {"failed": True}, status=401)
     response = web.HTTPSeeOther("/")
     response.set_cookie(
         COOKIE_NAME,
-        cookie_value(read_token),
+        cookie_value(role, token),
         httponly=True,
         samesite="Strict",
         secure=request.secure,
