@@ -137,8 +137,10 @@ class _Run:
         self.error_host: str | None = None
         self.history: tuple[float, ...] = ()
         self.state = "running"
-        #: The stored tasks that count in (or head) this run.
-        self.ids: set[str] = set()
+        #: The stored tasks that count in (or head) this run. A dict, not a set: a dict of
+        #: strings is left alone by the garbage collector, a set is walked by every full
+        #: collection (70 ms for a million ids).
+        self.ids: dict[str, None] = {}
 
     @property
     def key(self) -> str:
@@ -411,16 +413,16 @@ class JobIndex:
         if new is None:  # removed from the board: it still counts as it last was
             if run is not None:
                 del self._member[task.task_id]
-                run.ids.discard(task.task_id)
+                run.ids.pop(task.task_id, None)
             return
         if run is None or (old is not None and run.finished_at is not None and _reruns(old, new)):
             if name is None or not isinstance(name, str):
                 return
             if run is not None:
-                run.ids.discard(new.task_id)
+                run.ids.pop(new.task_id, None)
             run = self._run_for(name, now)
             self._member[new.task_id] = run
-            run.ids.add(new.task_id)
+            run.ids[new.task_id] = None
             old = None
         elif old is not None and not self._counted_in(old, run):
             old = None

@@ -20,6 +20,7 @@ scanning a million tasks on the event loop.
 
 from __future__ import annotations
 
+import gc
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import islice
@@ -322,4 +323,5 @@ class TaskTable:
         if self._changes is not None:
             self._changes = {}
         self.generation += 1
+        gc.freeze()  # the new indexes, as at startup (app.keep_out_of_collections)
         self.publish()
