@@ -43,7 +43,7 @@ CONTENT_SECURITY_POLICY = (
 
 #: Bytes of rendered page sent at a time: the browser starts parsing while the server is still
 #: rendering, and ingest and viewers get the event loop between chunks.
-PAGE_CHUNK = 64 * 1024
+PAGE_CHUNK = 16 * 1024
 
 #: How each section may be sorted (the cards it shows): URL value, label.
 SORTS = (
