@@ -377,6 +377,33 @@ async def test_a_window_shows_the_newest_of_each_state_with_counts(client: Clien
         assert "other" not in board.tasks
 
 
+async def test_a_filtered_window_shows_the_newest_by_when_they_entered_their_state(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    client = await make_client(stale_after=10)
+    app = client.app
+    # Stored in one order, finished (and gone stale) in another: a window built by reading
+    # the tasks as they were stored must still show each state's newest first.
+    await post(client, [event(f"t{i}", n=1, meta={"job": "x"}) for i in range(6)])
+    for i in (4, 1, 5):
+        clock.advance(1)
+        await post(client, event(f"t{i}", status="close", meta={"job": "x"}))
+    clock.advance(0.5)
+    await post(client, event("t0", n=2, meta={"job": "x"}))  # spoke last: goes stale last
+    clock.advance(11)
+    await run_cleanup(app[STORE], app[LIFETIMES], clock())
+    await post(client, event("t2", n=2, meta={"job": "x"}))  # back from stale
+    async with client.ws_connect("/ws?limit=2&q=job%3Dx") as viewer:
+        view = await receive(viewer)
+        assert view["sections"] == {
+            "active": ["t2"],
+            "stale": ["t0", "t3"],
+            "completed": ["t5", "t1"],
+            "failed": [],
+        }
+        assert view["counts"]["completed"] == [3, 3]
+
+
 async def test_a_viewer_can_change_its_filter_and_window(client: Client) -> None:
     await post(client, [event("a", meta={"job": "x"}), event("b", meta={"job": "y"})])
     async with client.ws_connect("/ws?limit=10") as viewer:

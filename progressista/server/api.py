@@ -39,7 +39,7 @@ FULL_RETRY_AFTER = 10
 #: Seconds a client is asked to wait while the store cannot be reached.
 UNAVAILABLE_RETRY_AFTER = 5
 #: Tasks deleted between two yields to the event loop.
-DELETE_SLICE = 5000
+DELETE_SLICE = 2000
 
 routes = web.RouteTableDef()
 
@@ -279,17 +279,15 @@ async def _matching(request: web.Request, now: float) -> list[str]:
             "(e.g. DELETE /tasks?state=completed,failed)",
         )
     table = request.app[STORE].table
-    candidates = [
-        task_id
-        for state in (states if states is not None else STATES)
-        for task_id in table.sections[state]
-    ]
+    wanted = set(states if states is not None else STATES)
     doomed = []
-    for start in range(0, len(candidates), DELETE_SLICE):
-        for task_id in candidates[start : start + DELETE_SLICE]:
+    ids = table.order.cursor()  # read in slices: no copy of a million ids at once
+    while not ids.done:
+        for task_id in ids.take(DELETE_SLICE):
             task = table.tasks.get(task_id)
             if (
                 task is not None
+                and task.state in wanted
                 and (older_than is None or now - task.updated_at > older_than)
                 and query.matches(task)
             ):

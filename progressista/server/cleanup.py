@@ -22,7 +22,7 @@ __all__ = ["CLEANUP_STEP", "cleanup_loop", "run_cleanup"]
 log = logging.getLogger(__name__)
 
 #: Most transitions applied between two yields to the event loop.
-CLEANUP_STEP = 500
+CLEANUP_STEP = 250
 
 
 async def run_cleanup(store: TaskStore, lifetimes: Lifetimes, now: float) -> Expired:

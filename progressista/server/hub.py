@@ -56,6 +56,8 @@ SLICE = 0.005
 WINDOW_IDLE = 60.0
 #: Changed ids a filtered window follows between two yields to the loop (about 5 ms).
 FOLLOW_SLICE = 5000
+#: Tasks a filtered window's build reads between two yields to the loop (about 5 ms).
+SCAN_SLICE = 8192
 
 
 class Subscription(msgspec.Struct, forbid_unknown_fields=False):
@@ -311,11 +313,11 @@ class Hub:
         """Fill a filtered window by one scan of the board, in slices; changes meanwhile reach
         it through the flushes, which follow every window as soon as it exists."""
         if not window.query.everything:
-            for state, section in self.table.sections.items():
-                ids = list(section)
-                for start in range(0, len(ids), 10_000):
-                    window.scan(state, ids[start : start + 10_000])
-                    await asyncio.sleep(0)
+            ids = self.table.order.cursor()
+            while not ids.done:
+                window.scan(ids.take(SCAN_SLICE))
+                await asyncio.sleep(0)
+            window.finish()
         window.shown = window.newest()
         window.counts = window.current_counts()
         window.ready.set()

@@ -95,7 +95,7 @@ FIELD_BIT: Final = {name: 1 << index for index, name in enumerate(TASK_FIELDS)}
 ALL_FIELDS: Final = (1 << len(TASK_FIELDS)) - 1
 
 #: A shallow copy in C: msgspec Structs define ``__copy__``, which their type stubs omit.
-_copy: Callable[[Task], Task] = Task.__copy__  # type: ignore[attr-defined]
+_copy: Callable[[Task], Task] = Task.__copy__  # type: ignore[attr-defined]  # msgspec defines it in C; the stubs do not list it
 
 
 def _merge_function() -> Callable[[Task, Event], int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import heapq
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -88,6 +89,14 @@ def _label_text(value: object) -> str:
     return str(value)
 
 
+def _entered(task: Task) -> float:
+    """When a task entered its state, as far as its times tell: when it closed, when it last
+    spoke (it went stale a fixed time after), or when it was created (revivals aside)."""
+    if task.closed_at is not None and task.state in ("completed", "failed"):
+        return task.closed_at
+    return task.updated_at if task.state == "stale" else task.created_at
+
+
 class Window:
     """The tasks that match one filter, by state in the order they entered it, and what a
     viewer of the newest ``limit`` per state was last shown.
@@ -112,20 +121,42 @@ class Window:
         self.last_used = 0.0
         #: The table's generation it was built from (a replaced table needs a new window).
         self.generation = table.generation
+        #: While building: per state, the ``limit`` matches that entered it last.
+        self._newest: dict[str, list[tuple[float, str]]] = {state: [] for state in STATES}
 
     @property
     def key(self) -> tuple[str, int]:
         return (self.query.text, self.limit)
 
-    def scan(self, state: str, ids: Iterable[str]) -> None:
-        """Add the matching tasks among ``ids`` (in ``state``'s order) while building."""
+    def scan(self, ids: Iterable[str]) -> None:
+        """While building: add the matching tasks among ``ids``, a slice of the table read in
+        the order tasks were first stored (:class:`.order.IdOrder`: no copy of a section).
+
+        That is not quite each state's order, which the window shows the newest of; so the
+        ``limit`` newest by when they entered their state are kept aside, and put last when
+        the build is done (:meth:`finish`).
+        """
         if self.query.everything:
             return
-        tasks, matches, section = self.table.tasks, self.query.matches, self.sections[state]
+        tasks, matches, sections = self.table.tasks, self.query.matches, self.sections
+        found: dict[str, list[tuple[float, str]]] = {}
         for task_id in ids:
             task = tasks.get(task_id)
-            if task is not None and task.state == state and matches(task):
-                section[task_id] = None
+            if task is not None and matches(task):
+                state = task.state
+                sections[state][task_id] = None
+                found.setdefault(state, []).append((_entered(task), task_id))
+        for state, entries in found.items():
+            self._newest[state] = heapq.nlargest(self.limit, self._newest[state] + entries)
+
+    def finish(self) -> None:
+        """The build is done: each state's newest go last, oldest of them first."""
+        for state, newest in self._newest.items():
+            section = self.sections[state]
+            for _, task_id in sorted(newest):
+                if task_id in section:  # it may have changed state meanwhile (follow)
+                    section.move_to_end(task_id)
+        self._newest = {}
 
     def follow(self, task_ids: Iterable[str]) -> None:
         """Update a filtered window's sections for tasks that changed or went away."""

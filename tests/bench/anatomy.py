@@ -163,10 +163,8 @@ def window_follow() -> None:
         LOOP.run_until_complete(store.apply(decode_events(body, 1000), time.time()))
     table = store.table
     window = Window(table, Query("job=x"), 50)
-    for state, section in table.sections.items():
-        ids = list(section)
-        for start in range(0, len(ids), 10_000):
-            window.scan(state, ids[start : start + 10_000])
+    window.scan(table.order)
+    window.finish()
     changes = {f"storm/{i}": FIELD_BIT["state"] | FIELD_BIT["eta"] for i in range(40_000)}
     started = time.thread_time()
     window.follow(changes)

@@ -218,7 +218,7 @@ def main() -> int:
                     run_latency(
                         server,
                         viewers,
-                        lambda at, p=plan, s=server: p(at, s.url),  # type: ignore[misc]
+                        lambda at, p=plan, s=server: p(at, s.url),  # type: ignore[misc]  # defaults bind the loop variables
                         latency_seconds,
                     )
                 )
@@ -235,7 +235,7 @@ def main() -> int:
                     run_latency(
                         server,
                         1,
-                        lambda at, s=server: ProducerPlan(  # type: ignore[misc]
+                        lambda at, s=server: ProducerPlan(  # type: ignore[misc]  # defaults bind the loop variables
                             s.url,
                             producers=10,
                             tasks_per_producer=2,
