@@ -138,7 +138,8 @@ async def test_a_big_board_arrives_in_pieces_and_the_viewer_ends_with_every_task
         while not pieces or pieces[-1]["more"]:
             pieces.append(await receive(viewer))
             board.apply(pieces[-1])
-        assert [len(piece["tasks"]) for piece in pieces] == [2000, 2000, 7]
+        size = feed.TASKS_PER_MESSAGE
+        assert [len(piece["tasks"]) for piece in pieces] == [size, size, 7]
         assert board.tasks == stored(client.app)
 
 
