@@ -73,6 +73,13 @@ def _line(task: dict[str, Any], width: int, now: float) -> str:
             )
         )
 
+    if (task.get("meta") or {}).get("role") == "run":
+        # progressista run's own task: a command, its time and its processes, not a meter.
+        postfix = _text(task["postfix"])
+        text = f"{desc} [{tqdm.format_interval(max(elapsed, 0.0))}]" + (
+            f" {postfix}" if postfix else ""
+        )
+        return f"{_MARK.get(task['state'], '?')} {text}"[:width] + _error_line(task, width)
     try:
         text = meter(task["rate"], task["unit_divisor"])
     except _UNFORMATTABLE:
@@ -82,10 +89,13 @@ def _line(task: dict[str, Any], width: int, now: float) -> str:
             text = meter(None, 1000)
         except _UNFORMATTABLE:
             text = f"{desc}: {task['n']}/{task['total']}"
-    line = f"{_MARK.get(task['state'], '?')} {text}"
+    return f"{_MARK.get(task['state'], '?')} {text}" + _error_line(task, width)
+
+
+def _error_line(task: dict[str, Any], width: int) -> str:
     if task["state"] == "failed" and task.get("error"):
-        line += f"\n    {_text(str(task['error']).splitlines()[0])[: width - 6]}"
-    return line
+        return f"\n    {_text(str(task['error']).splitlines()[0])[: width - 6]}"
+    return ""
 
 
 def render(

@@ -138,23 +138,30 @@
     return Date.now() / 1000 + clockOffset;
   }
 
+  const HIDDEN_LABELS = new Set(["job", "parent", "leave"]);
+  const RUN_LABELS = new Set([...HIDDEN_LABELS, "role", "processes", "bars", "bars_open"]);
+
   function view(task) {
     const elapsed = task.elapsed !== null ? task.elapsed
       : (task.closed_at || Date.now() / 1000) - task.created_at;
     const labels = [];
     const meta = task.meta || {};
+    // As display.card: progressista run's own task has no rate or ETA, and its counts are in
+    // its postfix; the parent and leave=false show in how the board nests and drops bars.
+    const run = meta.role === "run";
+    const hidden = run ? RUN_LABELS : HIDDEN_LABELS;
     if (meta.job !== undefined && meta.job !== null) labels.push("job=" + meta.job);
     for (const [key, value] of Object.entries(meta)) {
-      if (key !== "job") labels.push(key + "=" + value);
+      if (!hidden.has(key)) labels.push(key + "=" + value);
     }
     return {
       title: task.desc || task.task_id,
       task_id: task.task_id,
       amount: amount(task),
       percent: percent(task),
-      rate: rate(task),
+      rate: run ? "" : rate(task),
       elapsed: interval(elapsed),
-      eta: task.state === "active" ? interval(task.eta) : "",
+      eta: task.state === "active" && !run ? interval(task.eta) : "",
       ago: ago(serverNow() - task.updated_at),
       postfix: task.postfix || "",
       error: task.error || "",

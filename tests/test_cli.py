@@ -514,3 +514,26 @@ def test_make_help_shows_where_make_run_serves_and_how_to_change_it() -> None:
     assert "on 127.0.0.1:8000 (change: make run PORT=9000 HOST=0.0.0.0)" in default
     assert "$(" not in default
     assert "on 127.0.0.1:9000 " in make_help("PORT=9000")
+
+
+def test_watch_shows_the_run_task_as_a_command() -> None:
+    from progressista.terminal import render
+
+    run = {
+        "task_id": "etl",
+        "desc": "run etl.py",
+        "state": "failed",
+        "error": "exit code 3",
+        "n": 2,
+        "total": 3,
+        "unit": "bars",
+        "unit_scale": False,
+        "unit_divisor": 1000,
+        "rate": 0.04,
+        "elapsed": 50.0,
+        "postfix": "1 process, 3 bars, 0 open",
+        "created_at": 0.0,
+        "meta": {"role": "run", "job": "etl"},
+    }
+    lines = render({"etl": run}, "http://x", "live", 80, 20, now=50.0).splitlines()
+    assert lines[1:3] == ["✗ run etl.py [00:50] 1 process, 3 bars, 0 open", "    exit code 3"]

@@ -346,3 +346,19 @@ async def test_browsers_say_where_a_request_comes_from_in_sec_fetch_site(
     await post(client, event("a"))
     response = await client.delete("/tasks/a", headers=headers)
     assert response.status == (204 if allowed else 403)
+
+
+def test_the_run_task_reads_as_a_command_not_a_meter() -> None:
+    from progressista.server import display
+    from progressista.server.event import Event
+    from progressista.server.task import new_task
+
+    meta = {"job": "etl", "role": "run", "command": "etl.py", "processes": 2, "bars": 3}
+    run = new_task(
+        Event(task_id="etl", desc="run etl.py", n=1, unit="bars", rate=0.05, meta=meta), 100.0
+    )
+    shown = display.card(run, 160.0)
+    assert (shown["rate"], shown["eta"], shown["labels"]) == ("", "", ["command=etl.py"])
+    bar = new_task(Event(task_id="b", n=1, total=4, rate=2.0, meta={"parent": "etl"}), 100.0)
+    assert display.card(bar, 101.0)["labels"] == []  # the nesting shows the parent
+    assert display.card(bar, 101.0)["rate"] == "2.00 it/s"

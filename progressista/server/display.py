@@ -103,25 +103,35 @@ def percent(task: Task) -> str:
     return "" if value is None else f"{value:.0f}%"
 
 
+#: Labels a card does not list: the job has a place of its own; the parent and leave=False
+#: show in how the board nests and drops bars.
+_HIDDEN_LABELS = frozenset({"job", "parent", "leave"})
+_RUN_LABELS = _HIDDEN_LABELS | {"role", "processes", "bars", "bars_open"}
+
+
 def card(task: Task, now: float) -> dict[str, Any]:
     """Everything the card template shows for one task, as text."""
     elapsed = task.elapsed
     if elapsed is None:
         elapsed = (task.closed_at or now) - task.created_at
     meta = task.meta
+    # progressista run's own task counts finished bars: no rate or ETA to speak of, and its
+    # processes and bars are in its postfix already.
+    run = meta.get("role") == "run"
+    hidden = _RUN_LABELS if run else _HIDDEN_LABELS
     return {
         "task_id": task.task_id,
         "state": task.state,
         "title": task.desc or task.task_id,
         "amount": amount(task),
         "percent": percent(task),
-        "rate": rate(task),
+        "rate": "" if run else rate(task),
         "elapsed": interval(elapsed),
-        "eta": interval(task.eta) if task.state == "active" else "",
+        "eta": interval(task.eta) if task.state == "active" and not run else "",
         "postfix": task.postfix,
         "error": task.error or "",
         "job": "" if meta.get("job") is None else str(meta["job"]),
-        "labels": [f"{key}={value}" for key, value in meta.items() if key not in ("job",)],
+        "labels": [f"{key}={value}" for key, value in meta.items() if key not in hidden],
         "has_total": bool(task.total),
         "total": task.total or 0,
         "n": min(task.n, task.total) if task.total else 0,
