@@ -353,7 +353,13 @@ def test_the_run_task_reads_as_a_command_not_a_meter() -> None:
     from progressista.server.event import Event
     from progressista.server.task import new_task
 
-    meta = {"job": "etl", "role": "run", "command": "etl.py", "processes": 2, "bars": 3}
+    meta: dict[str, str | bool | int | float | None] = {
+        "job": "etl",
+        "role": "run",
+        "command": "etl.py",
+        "processes": 2,
+        "bars": 3,
+    }
     run = new_task(
         Event(task_id="etl", desc="run etl.py", n=1, unit="bars", rate=0.05, meta=meta), 100.0
     )

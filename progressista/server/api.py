@@ -39,7 +39,7 @@ FULL_RETRY_AFTER = 10
 #: Seconds a client is asked to wait while the store cannot be reached.
 UNAVAILABLE_RETRY_AFTER = 5
 #: Tasks deleted between two yields to the event loop.
-DELETE_SLICE = 2000
+DELETE_SLICE = 1000
 
 routes = web.RouteTableDef()
 

@@ -57,7 +57,7 @@ WINDOW_IDLE = 60.0
 #: Changed ids a filtered window follows between two yields to the loop (about 5 ms).
 FOLLOW_SLICE = 5000
 #: Tasks a filtered window's build reads between two yields to the loop (about 5 ms).
-SCAN_SLICE = 8192
+SCAN_SLICE = 4096
 
 
 class Subscription(msgspec.Struct, forbid_unknown_fields=False):
