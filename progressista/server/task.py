@@ -221,9 +221,12 @@ def _derive(
         task.rate = rate
         changed |= _RATE
 
-    trend = task.trend
-    if sample_progress(task, now, n):
-        changed |= _HISTORY if task.trend == trend else _HISTORY | _TREND
+    history = task.history
+    # Most events come within SAMPLE_SPACING of the last sample: decided here, without a call.
+    if not history or now - history[-2] >= SAMPLE_SPACING:
+        trend = task.trend
+        if sample_progress(task, now, n):
+            changed |= _HISTORY if task.trend == trend else _HISTORY | _TREND
 
     total = task.total
     percent: float | None = None
