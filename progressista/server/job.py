@@ -193,9 +193,14 @@ class _Run:
             rate = new.trend if new.trend is not None else new.rate
             before = old.trend if old.trend is not None else old.rate
             self.rate += (rate or 0) - (before or 0)
-        if total and state != "completed":
-            was = min(old.n / old.total, 1.0) if old.total else 0.0
-            self.fractions += min(new.n / total, 1.0) - was
+        if total and state != "completed":  # comparisons, not min(): this runs per event
+            fraction = new.n / total
+            if fraction > 1.0:
+                fraction = 1.0
+            was = old.n / old.total if old.total else 0.0
+            if was > 1.0:
+                was = 1.0
+            self.fractions += fraction - was
 
     def fraction(self) -> float | None:
         expected = max(self.size or 0, self.members)
@@ -406,50 +411,51 @@ class JobIndex:
 
     def update(self, old: Task | None, new: Task | None, now: float) -> None:
         """A task changed (``old`` → ``new``), appeared (``old`` None) or went (``new`` None)."""
-        task = new if new is not None else old
-        assert task is not None
-        name = task.meta.get("job")
-        run = self._member.get(task.task_id)
+        # Runs for every event of a task in a job: the common case (an update of a counted
+        # task, same run) takes the first branches and plain comparisons, no helper calls.
         if new is None:  # removed from the board: it still counts as it last was
-            if run is not None:
-                del self._member[task.task_id]
-                run.ids.pop(task.task_id, None)
+            assert old is not None
+            gone = self._member.pop(old.task_id, None)
+            if gone is not None:
+                gone.ids.pop(old.task_id, None)
             return
+        task_id = new.task_id
+        run = self._member.get(task_id)
         if run is None or (old is not None and run.finished_at is not None and _reruns(old, new)):
+            name = new.meta.get("job")
             if name is None or not isinstance(name, str):
                 return
             if run is not None:
-                run.ids.pop(new.task_id, None)
+                run.ids.pop(task_id, None)
             run = self._run_for(name, now)
-            self._member[new.task_id] = run
-            run.ids[new.task_id] = None
+            self._member[task_id] = run
+            run.ids[task_id] = None
             old = None
-        elif old is not None and not self._counted_in(old, run):
-            old = None
-        if new.task_id == run.name and _is_head(new, run.name):
-            run.head, run.head_state = new.task_id, new.state
+        elif old is not None and old.task_id == run.name and _is_head(old, run.name):
+            old = None  # the head's old state was never summed
+        if task_id == run.name and _is_head(new, run.name):
+            run.head, run.head_state = task_id, new.state
         else:
             if old is None:
                 run.count(new, 1)
             else:
                 run.move(old, new)
-            if old is None or old.n != new.n or (new.state != old.state and new.state != "stale"):
-                run.advanced_at = max(run.advanced_at, now)
+            if (
+                old is None or old.n != new.n or (new.state != old.state and new.state != "stale")
+            ) and now > run.advanced_at:
+                run.advanced_at = now
             if "job_size" in new.meta:
                 size = new.meta["job_size"]
                 if isinstance(size, int) and not isinstance(size, bool) and size > 0:
                     run.size = max(run.size or 0, size)
             if new.state == "failed" and run.error is None:
                 run.error = new.error or "failed"
-                run.error_task = new.task_id
+                run.error_task = task_id
                 host = new.meta.get("host")
                 run.error_host = None if host is None else str(host)
-        run.updated_at = max(run.updated_at, now)
+        if now > run.updated_at:
+            run.updated_at = now
         self._touched.add(run)
-
-    def _counted_in(self, old: Task, run: _Run) -> bool:
-        # The old state counted in this run unless the task is its head (never summed).
-        return old.task_id != run.name or not _is_head(old, run.name)
 
     def _run_for(self, name: str, now: float) -> _Run:
         """The run a new task of ``name`` joins: the latest, or a new one if that finished."""

@@ -235,9 +235,9 @@ class TaskTable:
             self.sections[state][task_id] = None
         if state == "active":
             active = self._active_by_update
-            if task_id in active:
+            try:  # the common case, in one lookup
                 active.move_to_end(task_id)
-            else:
+            except KeyError:
                 active[task_id] = None
         elif old is not None and old.state == "active":
             del self._active_by_update[task_id]
