@@ -7,6 +7,7 @@ A Redis store here talks to a real redis-server on a free port, under a key pref
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -324,3 +325,72 @@ async def test_redis_keeps_finished_jobs_after_their_tasks_and_a_restart(
         assert (job.id, job.state, job.tasks["completed"]) == ("etl#1", "completed", 1)
     finally:
         await again.close()
+
+
+async def _racing_writes(
+    store: Any, monkeypatch: pytest.MonkeyPatch, calls: list[int]
+) -> tuple[Any, Any]:
+    """Two writes to task "a" queued in one tick, one script call each: the second is merged
+    while the first is in Redis. ``calls`` gets the size of every script call."""
+    from progressista.server import redis_store
+
+    monkeypatch.setattr(redis_store, "GROUP_CHANGES", 1)
+    call_apply = store._call_apply
+
+    async def counted(changes: list[Any]) -> Any:
+        calls.append(len(changes))
+        return await call_apply(changes)
+
+    monkeypatch.setattr(store, "_call_apply", counted)
+    first, second = await asyncio.gather(
+        store.apply(events({"task_id": "a", "n": 2, "seq": 2}), NOW + 1),
+        store.apply(events({"task_id": "a", "postfix": "x", "seq": 3}), NOW + 2),
+    )
+    return first, second
+
+
+@pytest.mark.slow
+async def test_a_write_merged_while_the_one_before_is_in_redis_expects_its_revision(
+    redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await make_store("redis", redis_process)
+    try:
+        await store.apply(events({"task_id": "a", "n": 1, "seq": 1}), NOW)
+        calls: list[int] = []
+        first, second = await _racing_writes(store, monkeypatch, calls)
+        assert (first.accepted, second.accepted) == (1, 1)
+        assert calls == [1, 1]  # the second expected the revision the first got: no retry
+        await eventually(lambda: store.table.tasks["a"].postfix == "x")
+        assert store.table.tasks["a"].n == 2
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_write_merged_on_one_that_did_not_land_is_merged_again(
+    redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from progressista.server.redis_store import RedisStore
+
+    store = await make_store("redis", redis_process)
+    assert isinstance(store, RedisStore)
+    try:
+        await store.apply(events({"task_id": "a", "n": 1, "seq": 1}), NOW)
+        # This replica believes "a" older than Redis holds it (as if another server's change
+        # had not reached it yet): the first write's call finds the revision moved.
+        store.table.tasks["a"].rev -= 1
+        calls: list[int] = []
+        first, second = await _racing_writes(store, monkeypatch, calls)
+        assert (first.accepted, second.accepted) == (1, 1)
+        assert calls == [1, 1, 1]  # refused, the first again, then the second merged again
+        reader = RedisStore(
+            redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=store.keys.prefix
+        )
+        await reader.start()
+        try:
+            stored = reader.table.tasks["a"]
+            assert (stored.n, stored.postfix, stored.seq) == (2, "x", 3)
+        finally:
+            await reader.close()
+    finally:
+        await store.close()

@@ -144,13 +144,14 @@ class RedisKeys:
         return f"{self.tag}:cleanup-lock"
 
 
-# KEYS: revision counter, stream. ARGV: stream length, the task key prefix, then the changes in
-# two strings (see RedisStore._pack): a msgpack array of numbers, five per change (id length,
-# revision read (0: absent), mask, data length (0 removes), ttl in ms), and the ids and data laid
-# end to end. Two arguments, not five per change: redis-py spends microseconds on every argument.
-# All or nothing: any revision that moved returns {0, {index, stored value, ...}}; else the
-# changes are stored and the same two strings are appended to the stream with the revision of
-# the first. (Task keys are not in KEYS: they share the prefix's hash tag, hence the slot.)
+# KEYS: revision counter, stream. ARGV: stream length, the task key prefix, the changes in two
+# strings (see RedisStore._pack): a msgpack array of numbers, five per change (id length, revision
+# read (0: absent), mask, data length (0 removes), ttl in ms), and the ids and data laid end to
+# end; and the writing server's id. Two arguments for the changes, not five per change: redis-py
+# spends microseconds on every argument. All or nothing: any revision that moved returns
+# {0, {index, stored value, ...}}; else the changes are stored and the same two strings are
+# appended to the stream with the revision of the first and the writer's id (a server knows its
+# own entries by it). (Task keys are not in KEYS: they share the prefix's hash tag, hence the slot.)
 _APPLY = """
 local numbers = cmsgpack.unpack(ARGV[3])
 local body = ARGV[4]
@@ -186,7 +187,8 @@ for i, change in ipairs(changes) do
     redis.call('SET', change[1], (base + i - 1) .. ':' .. change[3], 'PX', change[4])
   end
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'r', base, 'n', ARGV[3], 'b', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'r', base, 'n', ARGV[3], 'b', ARGV[4],
+  's', ARGV[5])
 return {1, base}
 """
 
@@ -231,6 +233,10 @@ Lookup = Callable[[str], Task | None]
 Prepare = Callable[[Lookup], tuple[list[Change], Any]]
 
 
+#: A change on its way to Redis: a Change and the time its write was made at (for the TTL).
+_Pending = tuple[str, int, int, Task | None, float]
+
+
 class _Write:
     """One caller's write, queued for the writer."""
 
@@ -241,6 +247,25 @@ class _Write:
         self.size = size
         self.now = now
         self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+
+class _Flight:
+    """A script call sent to Redis: the writes it stores, what each caller gets, the state it
+    stores for each task (None: removed), and the call."""
+
+    __slots__ = ("call", "done", "group", "states")
+
+    def __init__(
+        self,
+        group: list[_Write],
+        done: list[tuple[_Write, Any]],
+        states: dict[str, Task | None],
+        call: asyncio.Future[dict[str, Task | None] | int],
+    ) -> None:
+        self.group = group
+        self.done = done
+        self.states = states
+        self.call = call
 
 
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
@@ -536,22 +561,75 @@ class RedisStore:
         return await write.future
 
     async def _write_loop(self) -> None:
-        while self._queue:
-            group: list[_Write] = []
-            size = 0
-            while self._queue and (not group or size + self._queue[0].size <= GROUP_CHANGES):
-                write = self._queue.popleft()
-                size += write.size
-                group.append(write)
-            await self._commit(group)
+        """Store the queued writes, a group per script call; while Redis runs one call, merge the
+        next group as if that call succeeds (its lookups see the call's tasks), so that this
+        loop's merging and Redis's storing overlap instead of taking turns. One call is in flight
+        at a time: no two writes of this server ever race each other for one task."""
+        flight: _Flight | None = None
+        while self._queue or flight is not None:
+            group = self._next_group()
+            combined, done = self._prepare(group, {}, flight)
+            landed = flight
+            if flight is not None and not await self._land(flight):
+                # Merged on top of changes that did not land: merge again from what did.
+                combined, done = self._prepare(group, {}, None)
+                landed = None
+            flight = self._launch(group, combined, done, landed) if group else None
+            if flight is not None:
+                await asyncio.sleep(0)  # the call goes out before the next group is merged
 
-    async def _commit(self, group: list[_Write]) -> None:
-        """Prepare every write of ``group`` against the freshest state, in order, and store
-        them all with one script call; prepare again with what moved when another server got
-        there first."""
-        fresher: dict[str, Task | None] = {}
-        for _ in range(WRITE_ATTEMPTS):
-            combined, done = self._prepare(group, fresher)
+    def _next_group(self) -> list[_Write]:
+        group: list[_Write] = []
+        size = 0
+        while self._queue and (not group or size + self._queue[0].size <= GROUP_CHANGES):
+            write = self._queue.popleft()
+            size += write.size
+            group.append(write)
+        return group
+
+    def _launch(
+        self,
+        group: list[_Write],
+        combined: dict[str, _Pending],
+        done: list[tuple[_Write, Any]],
+        landed: _Flight | None,
+    ) -> _Flight:
+        """Send a group's changes. A change merged from a task the call before stored expects
+        the revision that call gave it, known only now that it has answered."""
+        changes = list(combined.values())
+        if landed is not None:
+            states = landed.states
+            for index, (task_id, _, mask, task, now) in enumerate(changes):
+                if task_id in states:
+                    changes[index] = (task_id, _rev_of(states[task_id]), mask, task, now)
+        call = asyncio.ensure_future(self._store(changes))
+        return _Flight(group, done, {change[0]: change[3] for change in changes}, call)
+
+    async def _land(self, flight: _Flight) -> bool:
+        """Wait for a call's answer and answer its callers; False if it did not store (Redis
+        unreachable, or a task moved: then the group is retried here, against the fresher
+        state)."""
+        try:
+            outcome = await flight.call
+        except StoreUnavailable as error:
+            for write, _ in flight.done:
+                if not write.future.done():
+                    write.future.set_exception(error)
+            return False
+        if isinstance(outcome, int):
+            # Answer each caller once the change is back from the stream, so that this server
+            # reads its own writes; the writer goes on with the next group meanwhile.
+            for write, result in flight.done:
+                self._when_applied(outcome, write.future, result)
+            return True
+        await self._commit(flight.group, outcome)
+        return False
+
+    async def _commit(self, group: list[_Write], fresher: dict[str, Task | None]) -> None:
+        """Prepare every write of ``group`` again against ``fresher`` (the tasks that moved)
+        and store them, until no revision moved in between or the attempts run out."""
+        for _ in range(WRITE_ATTEMPTS - 1):
+            combined, done = self._prepare(group, fresher, None)
             try:
                 conflicts = await self._store(list(combined.values()))
             except StoreUnavailable as error:
@@ -560,8 +638,6 @@ class RedisStore:
                         write.future.set_exception(error)
                 return
             if isinstance(conflicts, int):
-                # Answer each caller once the change is back from the stream, so that this
-                # server reads its own writes; the writer goes on with the next group meanwhile.
                 for write, result in done:
                     self._when_applied(conflicts, write.future, result)
                 return
@@ -573,14 +649,16 @@ class RedisStore:
                 )
 
     def _prepare(
-        self, group: list[_Write], fresher: dict[str, Task | None]
-    ) -> tuple[dict[str, tuple[str, int, int, Task | None, float]], list[tuple[_Write, Any]]]:
+        self, group: list[_Write], fresher: dict[str, Task | None], flight: _Flight | None
+    ) -> tuple[dict[str, _Pending], list[tuple[_Write, Any]]]:
         """Each write's changes, in order, each seeing those before it: per task, its last
-        state and the revision it was read at; and the writes that were not refused."""
-        combined: dict[str, tuple[str, int, int, Task | None, float]] = {}
+        state and the revision it was read at; and the writes that were not refused. With a
+        call in ``flight``, as if it stored its tasks."""
+        combined: dict[str, _Pending] = {}
         done: list[tuple[_Write, Any]] = []
 
         ahead, stored = self._ahead, self._table.tasks
+        flying = flight.states if flight is not None else {}
 
         def lookup(task_id: str) -> Task | None:
             change = combined.get(task_id)
@@ -588,6 +666,8 @@ class RedisStore:
                 return change[3]
             if fresher and task_id in fresher:
                 return fresher[task_id]
+            if flying and task_id in flying:
+                return flying[task_id]
             written = ahead.get(task_id)
             if written is not None:
                 return written[1]
@@ -610,9 +690,7 @@ class RedisStore:
             done.append((write, result))
         return combined, done
 
-    async def _store(
-        self, changes: list[tuple[str, int, int, Task | None, float]]
-    ) -> dict[str, Task | None] | int:
+    async def _store(self, changes: list[_Pending]) -> dict[str, Task | None] | int:
         """Store ``changes`` ([id, revision read, mask, task or None, now]) if no revision
         moved, and return the last revision given; else the current state of each task that
         moved."""
@@ -623,16 +701,14 @@ class RedisStore:
         finally:
             self._stored()
 
-    async def _call_apply(
-        self, changes: list[tuple[str, int, int, Task | None, float]]
-    ) -> dict[str, Task | None] | int:
+    async def _call_apply(self, changes: list[_Pending]) -> dict[str, Task | None] | int:
         keys = self.keys
         numbers, body = self._pack(changes)
         self._storing = asyncio.get_running_loop().create_future()
         try:
             reply = await self._scripts["apply"](
                 keys=[keys.revision, keys.changes],
-                args=[self._stream_length, keys.task(""), numbers, body],
+                args=[self._stream_length, keys.task(""), numbers, body, self._server_id],
             )
         except self._errors() as error:
             self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
@@ -659,7 +735,7 @@ class RedisStore:
         self._own[base] = own
         return base + len(changes) - 1
 
-    def _pack(self, changes: list[tuple[str, int, int, Task | None, float]]) -> tuple[bytes, bytes]:
+    def _pack(self, changes: list[_Pending]) -> tuple[bytes, bytes]:
         """The changes as the apply script reads them, and as the stream keeps them: a msgpack
         array of five numbers per change (id length, revision read, mask, data length, ttl), and
         the ids and data end to end. One loop: this runs for every change of every write."""
@@ -802,9 +878,10 @@ class RedisStore:
                 if self._problem is not None:
                     await self._recovered()
                 backoff = 0.1
-                if reply and self._storing is not None:
-                    # This server's own write may be among these entries, its answer not read
-                    # yet: wait for it, so that the entry is applied from the tasks in hand.
+                if reply and self._storing is not None and self._answer_pending(reply):
+                    # This server's own write is among these entries, its answer not read yet:
+                    # wait for it, so that the entry is applied from the tasks in hand. (Not
+                    # for any entry: the call in flight would hold back the changes before it.)
                     await asyncio.shield(self._storing)
                 for _stream, entries in reply or ():
                     self._apply_entries(entries)
@@ -815,6 +892,14 @@ class RedisStore:
                 self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
                 await self._pause(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _answer_pending(self, reply: list[tuple[bytes, list[tuple[bytes, Any]]]]) -> bool:
+        me, own = self._server_id.encode(), self._own
+        return any(
+            fields.get(b"s") == me and int(fields[b"r"]) not in own
+            for _stream, entries in reply
+            for _, fields in entries
+        )
 
     async def _guarded(self, step: Callable[[], Any]) -> None:
         try:
