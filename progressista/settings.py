@@ -189,6 +189,13 @@ def _token(value: Any) -> str | None:
     return "must be a non-empty token without surrounding whitespace"
 
 
+def _interface(value: Any) -> str | None:
+    # An empty host makes asyncio bind every interface: an exposure nobody meant to ask for.
+    if isinstance(value, str) and value.strip() and value == value.strip():
+        return None
+    return "must name an interface: 127.0.0.1 (this machine), or 0.0.0.0 for every one"
+
+
 def _off_or_at_least_one(value: Any) -> str | None:
     if value is None or (isinstance(value, int) and value >= 1):
         return None
@@ -229,7 +236,9 @@ class ServerSettings:
     variable (``PROGRESSISTA_STALE_AFTER``); the README's settings table lists them.
     """
 
-    host: str = _setting("127.0.0.1", "interface to bind; 0.0.0.0 exposes the server", str)
+    host: str = _setting(
+        "127.0.0.1", "interface to bind; 0.0.0.0 exposes the server", str, check=_interface
+    )
     port: int = _setting(8000, "TCP port", parse_int, check=_port)
     stale_after: float = _setting(
         60.0,

@@ -237,3 +237,17 @@ async def test_notify_test_sends_one_sample_message(aiohttp_server: AiohttpServe
         "progressista: the notification was not sent: the service did not take the message: "
         "A Connection error occurred sending JSON notification to 127.0.0.1.\n",
     )
+
+
+def test_a_notification_url_apprise_cannot_use_stops_the_server_at_start(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from progressista.server.__main__ import main
+
+    assert main(["--port", "0", "--notify", "json://ok.example/hook", "--notify", "sekret"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "progressista: notification URL 2 (no scheme): Apprise does not understand that URL "
+        "(see https://github.com/caronc/apprise/wiki for the services and their URLs)\n"
+    )
+    assert "sekret" not in caplog.text

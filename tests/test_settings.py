@@ -150,6 +150,12 @@ def test_a_flag_wins_over_its_variable() -> None:
         ),
         (["--metrics-jobs", "-1"], {}, "--metrics-jobs: must be 0 or more, not '-1'"),
         (["--port", "70000"], {}, "--port: must be 0 to 65535, not '70000'"),
+        (  # asyncio would bind every interface
+            ["--host", ""],
+            {},
+            "--host: must name an interface: 127.0.0.1 (this machine), or 0.0.0.0 for every "
+            "one, not ''",
+        ),
         (["--access-log", "some"], {}, "--access-log: must be all, quiet or off, not 'some'"),
         (
             [],

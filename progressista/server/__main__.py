@@ -15,7 +15,7 @@ from aiohttp.web_log import AccessLogger
 
 from ..settings import DEFAULT_KEEPALIVE, ServerSettings, SettingError, parse_args
 from .accesslog import QuietAccessLogger, SafeAccessLogger
-from .alert import MissingApprise
+from .alert import MissingApprise, UnknownDestination
 from .api import suggested_keepalive
 from .app import create_app
 from .connections import Runner, descriptor_limit, raise_descriptor_limit
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
-    except (MissingRedis, MissingApprise) as error:
+    except (MissingRedis, MissingApprise, UnknownDestination) as error:
         print(f"progressista: {error}", file=sys.stderr)
         return 2
     except OSError as error:

@@ -23,13 +23,14 @@ one message that says 500 failed; each destination gets at most one message ever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import math
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -48,6 +49,7 @@ __all__ = [
     "Destination",
     "MemoryLedger",
     "MissingApprise",
+    "UnknownDestination",
     "parse_destination",
     "send_test",
 ]
@@ -68,6 +70,17 @@ IDLE = 1.0
 
 class MissingApprise(RuntimeError):
     """Apprise is not installed; the message says how to install it."""
+
+
+class UnknownDestination(ValueError):
+    """A notification URL Apprise does not understand; the message names which one."""
+
+
+#: Why a URL was refused, and where the user finds the ones that work.
+NOT_UNDERSTOOD = (
+    "Apprise does not understand that URL "
+    "(see https://github.com/caronc/apprise/wiki for the services and their URLs)"
+)
 
 
 def _apprise() -> Any:
@@ -201,6 +214,18 @@ class Alerter:
         self.channels = [_Channel() for _ in self.destinations]
         if self.destinations:
             self._apprise = _apprise()
+            for destination in self.destinations:
+                # Refused at start-up, not found out at the first failed job: a typo in a URL
+                # would otherwise be a warning in a log nobody reads while the alert is lost.
+                # (Apprise logs the URL it refuses, secrets and all: not here.)
+                with _apprise_silenced():
+                    understood = self._apprise.Apprise().add(destination.url)
+                if not understood:
+                    scheme, _, number = destination.label.rpartition("#")
+                    named = "no scheme" if scheme == "?" else f"{scheme}://"
+                    raise UnknownDestination(
+                        f"notification URL {number} ({named}): {NOT_UNDERSTOOD}"
+                    )
             self.table.jobs.watch(self._job_changed)
             self.table.watch_failures(self._task_failed)
 
@@ -364,10 +389,7 @@ def send_test(url: str) -> str | None:
     destination = parse_destination(url, 0)
     sender = apprise.Apprise()
     if not sender.add(destination.url):
-        raise ValueError(
-            "Apprise does not understand that URL "
-            "(see https://github.com/caronc/apprise/wiki for the services and their URLs)"
-        )
+        raise ValueError(NOT_UNDERSTOOD)
     # Apprise says why a service refused only in its log, which a command line does not show.
     said = _Said(logging.WARNING)
     apprise_log = logging.getLogger("apprise")
@@ -382,6 +404,17 @@ def send_test(url: str) -> str | None:
     if ok:
         return None
     return "the service did not take the message" + (f": {said.last}" if said.last else "")
+
+
+@contextlib.contextmanager
+def _apprise_silenced() -> Iterator[None]:
+    apprise_log = logging.getLogger("apprise")
+    was = apprise_log.disabled
+    apprise_log.disabled = True
+    try:
+        yield
+    finally:
+        apprise_log.disabled = was
 
 
 class _Said(logging.Handler):

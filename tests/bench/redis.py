@@ -37,7 +37,8 @@ QUIET = ["--log-level", "warning", "--max-tasks", "2000000", "--stale-after", "1
 
 @contextmanager
 def redis_at(directory: Path) -> Iterator[RedisProcess]:
-    """A redis-server as deployed for durability: append-only file, fsync every second."""
+    """A redis-server without persistence (no append-only file, no snapshots): what is
+    measured is the store's own cost, not the disk's."""
     redis = RedisProcess(directory, appendonly=False)
     redis.start()
     try:
