@@ -104,6 +104,10 @@
     return points.join(" ");
   }
 
+  function jobRate(value, unit) {  // display.job_rate
+    return rate({rate: value, unit: unit, unit_scale: value >= 1000, unit_divisor: 1000});
+  }
+
   function jobView(job) {  // display.job_card
     const counts = job.tasks;
     const bars = counts.active + counts.stale + counts.completed + counts.failed;
@@ -112,7 +116,7 @@
     if (counts.stale) summary.push(`${counts.stale} stale`);
     const details = [];
     if (job.fraction !== null) details.push((job.fraction * 100).toFixed(0) + "%");
-    if (job.rate !== null) details.push(job.rate.toFixed(2) + "/s");
+    if (job.rate !== null && job.unit !== null) details.push(jobRate(job.rate, job.unit));
     if (job.eta !== null) details.push("ETA " + interval(job.eta));
     return {
       name: job.job, run: job.run > 1 ? `run ${job.run}` : "", state: job.state,

@@ -625,7 +625,7 @@ def test_the_page_draws_sparklines_and_job_figures_as_the_server_does(
     job = Job(
         id="etl#2", job="etl", run=2, state="failed",
         tasks={"active": 1, "stale": 1, "completed": 3, "failed": 1},
-        n=12, total=None, fraction=0.4375, rate=2.5, eta=3725.0, size=8,
+        n=12, total=None, fraction=0.4375, rate=2500.0, eta=3725.0, size=8, unit="B",
         head=None, head_state=None, started_at=0.0, updated_at=5.0, finished_at=None,
         advanced_at=5.0, error="KeyError: 'x'", error_task="etl-4", error_host="w1",
         history=(0.0, 0.0, 5.0, 0.4375),
@@ -634,6 +634,7 @@ def test_the_page_draws_sparklines_and_job_figures_as_the_server_does(
     expected = display.job_card(job)
     for key in ("summary", "details", "error", "spark", "run", "state"):
         assert shown[key] == expected[key], key
+    assert expected["details"] == "44% · 2.50 kB/s · ETA 1:02:05"
 
 
 def test_notify_me_tells_of_a_watched_job_through_the_browser(

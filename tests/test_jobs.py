@@ -54,7 +54,20 @@ async def test_bars_of_several_processes_sum_into_one_job(client: Client, clock:
     assert (summary["n"], summary["total"]) == (40, 200)
     assert summary["fraction"] == pytest.approx((0.1 + 0.3) / 2)
     assert summary["rate"] == pytest.approx(5.0)  # the bars' rates, summed
+    assert summary["unit"] == "it"
     assert summary["started_at"] == clock.now
+
+
+async def test_a_rate_is_summed_only_over_bars_that_share_a_unit(client: Client) -> None:
+    await post(client, [shard("s1", 10, 100, rate=2.0), shard("s2", 3, 9, rate=1e6, unit="B")])
+    summary = await job(client, "etl")
+    assert (summary["rate"], summary["unit"]) == (None, None)  # 2 it/s + 1 MB/s is no figure
+    await post(client, [shard("s2", 9, 9, status="close", unit="B")])
+    summary = await job(client, "etl")  # the bar in bytes closed: only items are moving
+    assert (summary["rate"], summary["unit"]) == (pytest.approx(2.0), "it")
+    await post(client, [shard("s1", 20, 100, rate=4.0, unit="rows")])  # a bar changes unit
+    summary = await job(client, "etl")
+    assert (summary["rate"], summary["unit"]) == (pytest.approx(4.0), "rows")
 
 
 async def test_the_eta_follows_the_fraction_over_time(client: Client, clock: FakeClock) -> None:

@@ -194,6 +194,12 @@ def sparkline(history: tuple[float, ...] | list[float], top: float | None = None
     return " ".join(points)
 
 
+def job_rate(value: float, unit: str) -> str:
+    """A job's combined rate as a bar's would read: ``43.23 it/s``, ``58.9 MB/s`` (SI
+    prefixes from a thousand on, since a job's bars need not agree on a scale)."""
+    return rate(Task(task_id="", rate=value, unit=unit, unit_scale=value >= 1000))
+
+
 def job_card(job: Job) -> dict[str, Any]:
     """Everything the job overview shows for one job run, as text."""
     counts = job.tasks
@@ -206,8 +212,8 @@ def job_card(job: Job) -> dict[str, Any]:
     details = []
     if job.fraction is not None:
         details.append(f"{job.fraction * 100:.0f}%")
-    if job.rate is not None:
-        details.append(f"{job.rate:.2f}/s")
+    if job.rate is not None and job.unit is not None:
+        details.append(job_rate(job.rate, job.unit))
     if job.eta is not None:
         details.append(f"ETA {interval(job.eta)}")
     return {

@@ -12,7 +12,8 @@ What a run adds up (each counted task, in its latest state; a task removed from 
   completed bar counts 1, each other ``n / total``, over the bars seen or, when the job
   announced how many it will run (``meta.job_size``), over that many. Null while an open bar has
   no total: unknown beats wrong;
-- ``rate``: the active bars' steady rates, summed (meaningful when they share a unit);
+- ``rate``: the active bars' steady rates, summed, in ``unit``, the unit they all share; null
+  when their units differ (bytes a second plus rows a second is no figure);
 - ``eta``: from the least-squares slope of the fraction over the run's recent history (sampled
   as bars change); null when the fraction is unknown or not rising, or the job is stalled.
 
@@ -61,6 +62,8 @@ class Job(msgspec.Struct, kw_only=True):
     fraction: float | None
     rate: float | None
     eta: float | None
+    #: The unit every active bar counts in (``rate`` is in it a second); null if they differ.
+    unit: str | None = None
     #: How many bars the job announced it will run (``meta.job_size``), if it did.
     size: int | None
     #: The ``run`` task heading the job, if any, and its state.
@@ -112,6 +115,7 @@ class _Run:
         "started_at",
         "state",
         "total",
+        "units",
         "updated_at",
     )
 
@@ -127,6 +131,8 @@ class _Run:
         self.no_total = self.no_fraction = 0
         self.fractions = 0.0
         self.rate = 0.0
+        #: Active counted tasks per unit.
+        self.units: dict[str, int] = {}
         self.size: int | None = None
         self.head: str | None = None
         self.head_state: str | None = None
@@ -158,6 +164,12 @@ class _Run:
             rate = task.trend if task.trend is not None else task.rate
             if rate:
                 self.rate += sign * rate
+            units, unit = self.units, task.unit
+            left = units.get(unit, 0) + sign
+            if left:
+                units[unit] = left
+            else:
+                del units[unit]
         elif state == "stale":
             self.stale += sign
         elif state == "completed":
@@ -182,7 +194,7 @@ class _Run:
         total then as now) in a few additions, the rest as take away and add."""
         state = new.state
         total = new.total
-        if state != old.state or (total is None) != (old.total is None):
+        if state != old.state or (total is None) != (old.total is None) or new.unit != old.unit:
             self.count(old, -1)
             self.count(new, 1)
             return
@@ -261,8 +273,9 @@ class _Run:
             n=self.n,
             total=None if self.no_total else self.total,
             fraction=fraction,
-            rate=self.rate if self.active else None,
+            rate=self.rate if self.active and len(self.units) == 1 else None,
             eta=eta,
+            unit=next(iter(self.units)) if len(self.units) == 1 else None,
             size=self.size,
             head=self.head,
             head_state=self.head_state,
