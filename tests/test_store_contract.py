@@ -394,3 +394,37 @@ async def test_a_write_merged_on_one_that_did_not_land_is_merged_again(
             await reader.close()
     finally:
         await store.close()
+
+
+@pytest.mark.slow
+async def test_a_write_is_in_the_replica_when_redis_answers_and_the_stream_skips_it(
+    redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from progressista.server.redis_store import RedisStore
+
+    store = await make_store("redis", redis_process)
+    assert isinstance(store, RedisStore)
+    try:
+        await store.apply(events({"task_id": "a", "n": 1, "seq": 1}), NOW)
+        # Hold the stream back: the next write can only reach the replica with Redis's answer.
+        gate = asyncio.Event()
+        held: list[int] = []
+        xread = store._redis.xread
+
+        async def held_back(*args: Any, **kwargs: Any) -> Any:
+            held.append(1)
+            await gate.wait()
+            return await xread(*args, **kwargs)
+
+        monkeypatch.setattr(store._redis, "xread", held_back)
+        await eventually(lambda: held)  # the read in progress has ended: the stream is held
+        result = await store.apply(events({"task_id": "a", "n": 2, "seq": 2}), NOW + 1)
+        assert result.accepted == 1
+        assert store.table.tasks["a"].n == 2  # read back from this server at once
+        gate.set()  # the stream brings the entry back: skipped, not taken for a hole
+        await store.apply(events({"task_id": "a", "n": 3, "seq": 3}), NOW + 2)
+        await eventually(lambda: not store._applied_early)
+        assert store.table.tasks["a"].n == 3
+        assert "missed changes" not in caplog.text
+    finally:
+        await store.close()

@@ -14,7 +14,10 @@ current state back, merges again and retries. Checking revisions rather than mer
 the merge rules in Python, written once.
 
 **Replicas.** Each server reads the stream from where its snapshot began and applies every entry
-in order, its own writes included, so all replicas pass through the same states. Revisions are
+in order, so all replicas pass through the same states. A server's own entry is applied when
+Redis answers the script call, if every entry before it is applied by then (the stream then skips
+it), else when the stream brings it back; either way, in order, and a write is answered once it
+is in this server's replica. Revisions are
 consecutive across entries: a server that finds a hole (it fell behind a trimmed stream: a long
 outage, a paused process) reloads instead of missing changes. A Redis that lost its data (a fresh
 epoch key) makes every server replace its replica and its viewers start over.
@@ -367,6 +370,9 @@ class RedisStore:
         self._ahead: dict[str, tuple[int, Task | None]] = {}
         #: This server's stream entries not yet read back, by first revision: their tasks.
         self._own: dict[int, list[tuple[str, int, Task | None]]] = {}
+        #: Entries of this server applied when Redis answered (their first revisions): the
+        #: stream skips them when it brings them back.
+        self._applied_early: set[int] = set()
         #: Finished job runs this server has written to Redis (or found there).
         self._kept_jobs: set[str] = set()
         #: Resolved when the script call in flight has answered (None when there is none).
@@ -617,8 +623,8 @@ class RedisStore:
                     write.future.set_exception(error)
             return False
         if isinstance(outcome, int):
-            # Answer each caller once the change is back from the stream, so that this server
-            # reads its own writes; the writer goes on with the next group meanwhile.
+            # Answer each caller once the change is in this server's replica, so that it reads
+            # its own writes; the writer goes on with the next group meanwhile.
             for write, result in flight.done:
                 self._when_applied(outcome, write.future, result)
             return True
@@ -731,8 +737,15 @@ class RedisStore:
                 task.rev = rev
             self._ahead[task_id] = (rev, task)
             own.append((task_id, mask, task))
-        # The stream brings this entry back: its tasks are these very objects.
-        self._own[base] = own
+        if self._stream_rev == base - 1:
+            # Every entry before this one is applied: apply it now, in order, as the stream
+            # would, and answer at once rather than after the stream brings it back.
+            self._apply_changes(base, own)
+            self._applied_early.add(base)
+            self._table.publish()
+            self._wake_waiters()
+        else:  # the stream brings this entry back: its tasks are these very objects
+            self._own[base] = own
         return base + len(changes) - 1
 
     def _pack(self, changes: list[_Pending]) -> tuple[bytes, bytes]:
@@ -815,6 +828,7 @@ class RedisStore:
         self._epoch = epoch
         self._ahead.clear()  # whatever this server wrote is in what was just loaded
         self._own.clear()
+        self._applied_early.clear()
         if lost or not self._table.tasks:
             self._table.replace_all(tasks, int(counter))
         else:
@@ -894,9 +908,11 @@ class RedisStore:
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _answer_pending(self, reply: list[tuple[bytes, list[tuple[bytes, Any]]]]) -> bool:
-        me, own = self._server_id.encode(), self._own
+        me, own, early = self._server_id.encode(), self._own, self._applied_early
         return any(
-            fields.get(b"s") == me and int(fields[b"r"]) not in own
+            fields.get(b"s") == me
+            and int(fields[b"r"]) not in own
+            and int(fields[b"r"]) not in early
             for _stream, entries in reply
             for _, fields in entries
         )
@@ -915,32 +931,41 @@ class RedisStore:
         self._set_problem(None)
 
     def _apply_entries(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        table, ahead = self._table, self._ahead
+        applied = False
         for entry_id, fields in entries:
             base = int(fields[b"r"])
+            self._last_id = entry_id
+            if base in self._applied_early:
+                self._applied_early.discard(base)
+                continue
             if base != self._stream_rev + 1:
                 # A hole: entries were trimmed before this server read them. Or revisions went
                 # back: Redis lost its data (the epoch tells). Either way, load afresh.
                 raise _Reload
             own = self._own.pop(base, None)
             changes = own if own is not None else self._decoded(fields[b"n"], fields[b"b"], base)
-            rev = base - 1
-            for task_id, mask, task in changes:
-                rev += 1
-                current = table.tasks.get(task_id)
-                if current is None or current.rev < rev:
-                    if task is None:
-                        table.remove(task_id, rev)
-                    else:
-                        table.commit(task, mask if current else ALL_FIELDS)
-                written = ahead.get(task_id)
-                if written is not None and written[0] <= rev:
-                    del ahead[task_id]
-            self._stream_rev = rev
-            self._last_id = entry_id
-        if entries:
-            table.publish()
+            self._apply_changes(base, changes)
+            applied = True
+        if applied:
+            self._table.publish()
             self._wake_waiters()
+
+    def _apply_changes(self, base: int, changes: list[tuple[str, int, Task | None]]) -> None:
+        """Apply one stream entry's changes (revisions from ``base``) to the replica."""
+        table, ahead = self._table, self._ahead
+        rev = base - 1
+        for task_id, mask, task in changes:
+            rev += 1
+            current = table.tasks.get(task_id)
+            if current is None or current.rev < rev:
+                if task is None:
+                    table.remove(task_id, rev)
+                else:
+                    table.commit(task, mask if current else ALL_FIELDS)
+            written = ahead.get(task_id)
+            if written is not None and written[0] <= rev:
+                del ahead[task_id]
+        self._stream_rev = rev
 
     def _decoded(
         self, numbers: bytes, body: bytes, base: int
