@@ -20,12 +20,17 @@ async def test_serves_the_api_and_page_and_stops_cleanly_on_ctrl_c() -> None:
     with running_server(env={"PROGRESSISTA_STALE_AFTER": "5m"}) as server:
         assert server.url.startswith("http://127.0.0.1:")
         async with aiohttp.ClientSession(server.url) as http:
-            response = await http.post("/progress", json={"task_id": "real", "n": 1})
-            assert (response.status, await response.json()) == (202, {"accepted": 1, "ignored": 0})
-            await http.get("/tasks?token=s3cret-by-mistake")
-            page = await (await http.get("/")).text()
-            assert 'data-task-id="real"' in page
-            assert (await http.get("/static/dashboard.js")).status == 200
+            async with http.post("/progress", json={"task_id": "real", "n": 1}) as response:
+                assert (response.status, await response.json()) == (
+                    202,
+                    {"accepted": 1, "ignored": 0},
+                )
+            async with http.get("/tasks?token=s3cret-by-mistake") as response:
+                await response.read()
+            async with http.get("/") as response:
+                assert 'data-task-id="real"' in await response.text()
+            async with http.get("/static/dashboard.js") as response:
+                assert response.status == 200
             viewer = await http.ws_connect("/ws")
             assert (await viewer.receive_json(timeout=WAIT))["type"] == "snapshot"
             assert server.stop() == 0
@@ -147,11 +152,13 @@ async def test_behind_a_trusted_proxy_the_access_log_names_the_client() -> None:
     forwarded = {"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}
     with running_server(["--trusted-proxies", "127.0.0.0/8"]) as behind_proxy:
         async with aiohttp.ClientSession(behind_proxy.url) as http:
-            assert (await http.get("/healthz?via=proxy", headers=forwarded)).status == 200
-            assert (await http.get("/healthz?via=direct")).status == 200
+            for marker, headers in (("proxy", forwarded), ("direct", {})):
+                async with http.get(f"/healthz?via={marker}", headers=headers) as response:
+                    assert response.status == 200
     with running_server() as trusting_nobody:  # the header is anyone's to write
         async with aiohttp.ClientSession(trusting_nobody.url) as http:
-            assert (await http.get("/healthz?via=anyone", headers=forwarded)).status == 200
+            async with http.get("/healthz?via=anyone", headers=forwarded) as response:
+                assert response.status == 200
 
     def access_line(server: ServerProcess, marker: str) -> str:
         return next(line for line in server.log if f"GET /healthz?via={marker}" in line)
