@@ -417,7 +417,7 @@ async def test_a_write_is_in_the_replica_when_redis_answers_and_the_stream_skips
             return await xread(*args, **kwargs)
 
         monkeypatch.setattr(store._redis, "xread", held_back)
-        await eventually(lambda: held)  # the read in progress has ended: the stream is held
+        await eventually(lambda: bool(held))  # the read in progress has ended: the stream is held
         result = await store.apply(events({"task_id": "a", "n": 2, "seq": 2}), NOW + 1)
         assert result.accepted == 1
         assert store.table.tasks["a"].n == 2  # read back from this server at once
