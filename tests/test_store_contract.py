@@ -428,3 +428,35 @@ async def test_a_write_is_in_the_replica_when_redis_answers_and_the_stream_skips
         assert "missed changes" not in caplog.text
     finally:
         await store.close()
+
+
+@pytest.mark.slow
+async def test_a_redis_that_refuses_writes_is_a_503_to_retry_not_a_hung_request(
+    redis_process: RedisProcess,
+) -> None:
+    import redis.asyncio
+
+    from progressista.server.redis_store import RedisStore
+    from progressista.server.store import StoreUnavailable
+
+    store = await make_store("redis", redis_process)
+    assert isinstance(store, RedisStore)
+    raw = redis.asyncio.from_url(redis_process.url)
+    try:
+        await store.apply(events({"task_id": "a", "n": 1}), NOW)
+        await raw.config_set("maxmemory", 1)  # full: Redis answers writes with an OOM error
+        with pytest.raises(StoreUnavailable) as caught:
+            await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 2}), NOW), 10)
+        assert str(caught.value).startswith(
+            "the server's Redis store refused the write (command not allowed when used memory"
+        )
+        # Refused before it began (the script's #!lua line): nothing of the batch was written.
+        assert await raw.get(store.keys.revision) == b"1"
+        await raw.config_set("maxmemory", 0)
+        result = await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 3}), NOW), 10)
+        assert result.accepted == 1
+        assert store.table.tasks["a"].n == 3
+    finally:
+        await raw.config_set("maxmemory", 0)
+        await raw.aclose()
+        await store.close()

@@ -37,8 +37,10 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import secrets
+import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +58,9 @@ from .task import ALL_FIELDS, Lifetimes, Task, went_stale
 __all__ = ["MissingRedis", "RedisKeys", "RedisStore"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two log lines about writes Redis refused.
+REFUSAL_LOG_EVERY = 60.0
 
 #: How long the cleanup lock lasts without renewal (ms): a dead holder's successor takes over
 #: within this. Renewed every third of it.
@@ -155,7 +160,9 @@ class RedisKeys:
 # {0, {index, stored value, ...}}; else the changes are stored and the same two strings are
 # appended to the stream with the revision of the first and the writer's id (a server knows its
 # own entries by it). (Task keys are not in KEYS: they share the prefix's hash tag, hence the slot.)
-_APPLY = """
+# The `#!lua` line (Redis 7) makes Redis check its memory before it runs a writing script: a
+# Redis at maxmemory refuses the whole batch instead of failing at its first write, halfway.
+_APPLY = """#!lua
 local numbers = cmsgpack.unpack(ARGV[3])
 local body = ARGV[4]
 local prefix = ARGV[2]
@@ -197,7 +204,7 @@ return {1, base}
 
 # KEYS: epoch, revision counter, stream. ARGV: a fresh epoch (kept only if none is set).
 # Returns the epoch, the last revision and the last stream id, read together.
-_BOOT = """
+_BOOT = """#!lua
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local id = '0-0'
@@ -209,7 +216,7 @@ return {redis.call('GET', KEYS[1]), redis.call('GET', KEYS[2]) or '0', id}
 
 # KEYS: the alert's key, the pending set. ARGV: the alert (msgpack), its lifetime in s, then the
 # pending entries. Records the alert and its deliveries once: 0 if it was already there.
-_RECORD_ALERT = """
+_RECORD_ALERT = """#!lua
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   for i = 3, #ARGV do
     redis.call('SADD', KEYS[2], ARGV[i])
@@ -220,7 +227,7 @@ return 0
 """
 
 # KEYS: the lock. ARGV: our id, its lifetime in ms. 1 while we hold it.
-_RENEW = """
+_RENEW = """#!lua flags=allow-oom
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
@@ -303,8 +310,9 @@ class MissingRedis(RuntimeError):
     """redis-py is not installed; the message says how to install it."""
 
 
-def _import_redis() -> tuple[Any, tuple[type[BaseException], ...]]:
-    """redis-py's asyncio client, and the errors that mean "Redis is unreachable"."""
+def _import_redis() -> tuple[Any, tuple[type[BaseException], ...], type[BaseException]]:
+    """redis-py's asyncio client, the errors that mean "Redis is unreachable", and the one
+    that means "Redis answered with an error" (out of memory, a read-only replica...)."""
     try:
         import redis.asyncio
         import redis.exceptions
@@ -313,7 +321,7 @@ def _import_redis() -> tuple[Any, tuple[type[BaseException], ...]]:
             "the Redis store needs redis-py: pip install 'progressista[redis]'"
         ) from None
     unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-    return redis.asyncio, unreachable
+    return redis.asyncio, unreachable, redis.exceptions.ResponseError
 
 
 class _Reload(Exception):
@@ -334,7 +342,9 @@ class RedisStore:
         password: str | None = None,
         jobs: JobIndex | None = None,
     ) -> None:
-        self._redis_module, self._unreachable = _import_redis()
+        self._redis_module, self._unreachable, self._refusal = _import_redis()
+        #: When a refused write was last logged (one line a minute, not one a request).
+        self._refusal_logged = -math.inf
         self.url = url
         self.keys = RedisKeys(prefix)
         self._lifetimes = lifetimes
@@ -716,7 +726,17 @@ class RedisStore:
                 keys=[keys.revision, keys.changes],
                 args=[self._stream_length, keys.task(""), numbers, body, self._server_id],
             )
-        except self._errors() as error:
+        except self._refusal as error:
+            # Redis is there but says no (maxmemory reached with noeviction, a replica that
+            # became read-only): the writer must go on, and the callers retry later.
+            now = time.monotonic()
+            if now - self._refusal_logged >= REFUSAL_LOG_EVERY:
+                self._refusal_logged = now
+                log.warning("Redis at %s refused a write: %s", redacted(self.url), error)
+            raise StoreUnavailable(
+                f"the server's Redis store refused the write ({error}); retry shortly"
+            ) from None
+        except self._unreachable as error:
             self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
             raise StoreUnavailable(
                 "the server cannot reach its Redis store right now; retry shortly"
@@ -1009,7 +1029,8 @@ class RedisStore:
     # Health ----------------------------------------------------------------------------------
 
     def _errors(self) -> tuple[type[BaseException], ...]:
-        return self._unreachable
+        """What a step that can wait and retry tolerates: Redis unreachable, or refusing."""
+        return (*self._unreachable, self._refusal)
 
     def _set_problem(self, problem: str | None, *, log_it: bool = True) -> None:
         if problem == self._problem:
