@@ -412,6 +412,13 @@ class ServerSettings:
         parse_int,
         check=_more_than_zero,
     )
+    redis_stream_bytes: int = _setting(
+        128 * 1024**2,
+        "most memory the change stream may take in Redis (entries are trimmed past it, or past "
+        "--redis-stream-length, whichever comes first)",
+        parse_size,
+        check=_more_than_zero,
+    )
     notify: tuple[str, ...] = _setting(
         (),
         "where alerts go: an Apprise URL, optionally after 'jobs=GLOB[,GLOB] ' (repeat the "

@@ -460,3 +460,38 @@ async def test_a_redis_that_refuses_writes_is_a_503_to_retry_not_a_hung_request(
         await raw.config_set("maxmemory", 0)
         await raw.aclose()
         await store.close()
+
+
+@pytest.mark.slow
+async def test_the_change_stream_keeps_within_its_bytes_when_entries_grow(
+    redis_process: RedisProcess,
+) -> None:
+    import redis.asyncio
+
+    from progressista.server.redis_store import MIN_STREAM_ENTRIES, RedisStore
+
+    store = RedisStore(
+        redis_process.url,
+        lifetimes=LIFETIMES,
+        max_tasks=1000,
+        prefix=f"test-{secrets.token_hex(4)}",
+        stream_bytes=1_000_000,
+    )
+    await store.start()
+    raw = redis.asyncio.from_url(redis_process.url)
+    try:
+        small = [{"task_id": "small", "n": n} for n in range(1, 41)]
+        for event in small:  # entries of about 100 bytes: the entry count is the bound
+            await store.apply(events(event), NOW)
+        assert await raw.xlen(store.keys.changes) == 40
+        text = "x" * 1000
+        for batch in range(100):  # entries of about 28 KB: the bytes are the bound
+            big = [{"task_id": f"big{i}", "n": batch + 1, "desc": text} for i in range(20)]
+            await store.apply(events(*big), NOW)
+        length = await raw.xlen(store.keys.changes)
+        assert MIN_STREAM_ENTRIES < length < 50  # about 1 MB of them, not 100
+        used = await raw.memory_usage(store.keys.changes, samples=0)
+        assert used is not None and used < 1_300_000
+    finally:
+        await raw.aclose()
+        await store.close()

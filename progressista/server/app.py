@@ -139,6 +139,7 @@ def _store(settings: ServerSettings, lifetimes: Lifetimes) -> TaskStore:
         max_tasks=settings.max_tasks,
         prefix=settings.redis_prefix,
         stream_length=settings.redis_stream_length,
+        stream_bytes=settings.redis_stream_bytes,
         password=settings.redis_password,
         jobs=jobs,
     )

@@ -59,6 +59,9 @@ __all__ = ["MissingRedis", "RedisKeys", "RedisStore"]
 
 log = logging.getLogger(__name__)
 
+#: The fewest entries the stream is trimmed to, however large they are.
+MIN_STREAM_ENTRIES = 20
+
 #: Seconds between two log lines about writes Redis refused.
 REFUSAL_LOG_EVERY = 60.0
 
@@ -116,10 +119,12 @@ class RedisKeys:
 
     @property
     def changes(self) -> str:
-        """A stream of changes, trimmed to about ``redis_stream_length`` entries. Each entry:
-        ``r`` = the revision of its first change, ``n`` and ``b`` = the changes as the apply
-        script got them (see RedisStore._pack): per change, id, revision read, mask of changed
-        fields, the task (msgpack) or nothing when removed, and its ttl."""
+        """A stream of changes, trimmed to about ``redis_stream_length`` entries or
+        ``redis_stream_bytes``, whichever is fewer. Each entry: ``r`` = the revision of its
+        first change, ``n`` and ``b`` = the changes as the apply script got them (see
+        RedisStore._pack): per change, id, revision read, mask of changed fields, the task
+        (msgpack) or nothing when removed, and its ttl; ``s`` = the id of the server that
+        wrote it."""
         return f"{self.tag}:changes"
 
     def job(self, key: str) -> str:
@@ -339,6 +344,7 @@ class RedisStore:
         max_tasks: int,
         prefix: str = "progressista",
         stream_length: int = 2000,
+        stream_bytes: int = 128 * 1024**2,
         password: str | None = None,
         jobs: JobIndex | None = None,
     ) -> None:
@@ -350,6 +356,11 @@ class RedisStore:
         self._lifetimes = lifetimes
         self.max_tasks = max_tasks
         self._stream_length = stream_length
+        self._stream_bytes = stream_bytes
+        #: The size of this server's recent stream entries (a moving average): how many
+        #: entries fit in ``stream_bytes``. An entry is a group of writes, 100 bytes with one
+        #: small write, near a megabyte under heavy load.
+        self._entry_bytes = 1024.0
         self._password = password
         self._table = TaskTable(track_age=lifetimes.max_age is not None, jobs=jobs)
         #: An active task's key lifetime, when it does not depend on the task (no max_age).
@@ -724,7 +735,13 @@ class RedisStore:
         try:
             reply = await self._scripts["apply"](
                 keys=[keys.revision, keys.changes],
-                args=[self._stream_length, keys.task(""), numbers, body, self._server_id],
+                args=[
+                    self._stream_cap(len(numbers) + len(body)),
+                    keys.task(""),
+                    numbers,
+                    body,
+                    self._server_id,
+                ],
             )
         except self._refusal as error:
             # Redis is there but says no (maxmemory reached with noeviction, a replica that
@@ -767,6 +784,13 @@ class RedisStore:
         else:  # the stream brings this entry back: its tasks are these very objects
             self._own[base] = own
         return base + len(changes) - 1
+
+    def _stream_cap(self, entry_bytes: int) -> int:
+        """How many entries the stream keeps after this one: ``stream_length``, fewer when
+        entries this size would take more than ``stream_bytes`` (never under MIN_STREAM_ENTRIES)."""
+        self._entry_bytes += (entry_bytes - self._entry_bytes) / 8
+        fitting = int(self._stream_bytes / self._entry_bytes)
+        return max(MIN_STREAM_ENTRIES, min(self._stream_length, fitting))
 
     def _pack(self, changes: list[_Pending]) -> tuple[bytes, bytes]:
         """The changes as the apply script reads them, and as the stream keeps them: a msgpack
