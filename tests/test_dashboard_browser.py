@@ -583,7 +583,7 @@ def test_the_jobs_overview_sums_a_job_and_opens_its_tasks(
     live(page)
     etl = page.locator('li.job-card[data-job="etl"]')
     expect(etl.locator(".job-summary")).to_have_text("0 of 2 done")
-    expect(etl.locator(".job-details")).to_have_text("40% · 2.00/s · ETA 01:00")
+    expect(etl.locator(".job-details")).to_have_text("40% · 2.00 it/s · ETA 01:00")
     expect(etl).to_have_attribute("data-state", "running")
     points = etl.locator(".spark polyline").get_attribute("points")
     assert points and len(points.split(" ")) == 5
