@@ -137,6 +137,28 @@ async def test_when_full_the_longest_closed_make_room_else_nothing_is_stored(
         await store.close()
 
 
+async def test_a_task_reopened_by_a_concurrent_write_is_not_evicted(
+    kind: str, redis: RedisProcess | None
+) -> None:
+    store = await make_store(kind, redis, max_tasks=3)
+    try:
+        for offset, task_id in enumerate(["x", "y", "z"]):  # x closed longest ago
+            await store.apply(
+                events({"task_id": task_id, "seq": 1, "status": "close"}), NOW + offset
+            )
+        # x starts again and a new bar arrives, in two requests at once (one Redis call):
+        # the new bar must evict y, not x, whose update was accepted.
+        reopened, new = await asyncio.gather(
+            store.apply(events({"task_id": "x", "n": 5, "seq": 2}), NOW + 10),
+            store.apply(events({"task_id": "new", "seq": 1}), NOW + 10),
+        )
+        assert (reopened.accepted, new.accepted, new.evicted) == (1, 1, 1)
+        await eventually(lambda: sorted(store.table.tasks) == ["new", "x", "z"])
+        assert (store.table.tasks["x"].state, store.table.tasks["x"].n) == ("active", 5)
+    finally:
+        await store.close()
+
+
 async def test_delete_removes_only_what_exists(store: TaskStore) -> None:
     await store.apply(events({"task_id": "a"}, {"task_id": "b"}), NOW)
     assert sorted(await store.delete(["a", "ghost"])) == ["a"]
@@ -452,7 +474,10 @@ async def test_a_redis_that_refuses_writes_is_a_503_to_retry_not_a_hung_request(
         )
         # Refused before it began (the script's #!lua line): nothing of the batch was written.
         assert await raw.get(store.keys.revision) == b"1"
+        problem = store.problem()  # what /readyz and viewers are told
+        assert problem is not None and "refuses writes" in problem
         await raw.config_set("maxmemory", 0)
+        await eventually(lambda: store.problem() is None)  # found by a probe, before any write
         result = await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 3}), NOW), 10)
         assert result.accepted == 1
         assert store.table.tasks["a"].n == 3
@@ -495,3 +520,75 @@ async def test_the_change_stream_keeps_within_its_bytes_when_entries_grow(
     finally:
         await raw.aclose()
         await store.close()
+
+
+@pytest.mark.slow
+async def test_a_reload_that_fails_is_retried_and_the_replica_is_not_ready_meanwhile(
+    redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis.asyncio
+    import redis.exceptions
+
+    from progressista.server.redis_store import RedisStore
+
+    writer = await make_store("redis", redis_process)
+    assert isinstance(writer, RedisStore)
+    reader = RedisStore(
+        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=writer.keys.prefix
+    )
+    await reader.start()
+    try:
+        await writer.apply(events({"task_id": "a", "n": 1}), NOW)
+        await eventually(lambda: "a" in reader.table.tasks)
+        load = reader._all_tasks
+        failures: list[str] = []
+
+        async def failing_once() -> list[Task]:
+            if not failures:
+                failures.append(str(reader.problem()))
+                raise redis.exceptions.ConnectionError("Redis went away mid-load")
+            return await load()
+
+        monkeypatch.setattr(reader, "_all_tasks", failing_once)
+        raw = redis.asyncio.from_url(redis_process.url)
+        await raw.incrby(writer.keys.revision, 2)  # revisions whose changes it never sees
+        await raw.aclose()
+        await writer.apply(events({"task_id": "a", "n": 2}), NOW + 1)
+        await eventually(lambda: bool(failures))
+        assert failures == ["reloading the tasks: this server missed changes in the stream"]
+        await eventually(lambda: reader.table.tasks["a"].n == 2 and reader.problem() is None)
+    finally:
+        await reader.close()
+        await writer.close()
+
+
+@pytest.mark.slow
+async def test_a_redis_back_from_an_older_copy_makes_every_replica_start_over(
+    redis_process: RedisProcess,
+) -> None:
+    import redis.asyncio
+
+    from progressista.server.redis_store import RedisStore
+
+    writer = await make_store("redis", redis_process)
+    assert isinstance(writer, RedisStore)
+    reader = RedisStore(
+        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=writer.keys.prefix
+    )
+    await reader.start()
+    try:
+        for n in (1, 2):  # revisions 1 and 2
+            await writer.apply(events({"task_id": "a", "n": n, "seq": n}), NOW)
+        await eventually(lambda: "a" in reader.table.tasks and reader.table.tasks["a"].n == 2)
+        # Redis restarts from a snapshot taken at revision 1 (the epoch key is in it too)...
+        raw = redis.asyncio.from_url(redis_process.url)
+        older = Task(task_id="a", n=1, seq=1, rev=1)
+        await raw.set(writer.keys.revision, 1)
+        await raw.set(writer.keys.task("a"), b"1:" + msgspec.msgpack.encode(older))
+        await raw.aclose()
+        # ... and gives revision 2 again, to another state of "a" than the replicas hold at 2.
+        await writer.apply(events({"task_id": "a", "n": 3, "seq": 3}), NOW + 1)
+        await eventually(lambda: writer.table.tasks["a"].n == reader.table.tasks["a"].n == 3)
+    finally:
+        await reader.close()
+        await writer.close()

@@ -122,6 +122,29 @@ async def test_deleting_a_missing_task_is_404(client: Client) -> None:
     assert await response.json() == {"error": "no task with id 'ghost'", "details": []}
 
 
+async def test_a_store_that_cannot_take_writes_makes_deletes_503_to_retry(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from progressista.server.keys import STORE
+    from progressista.server.store import StoreUnavailable
+
+    await post(client, [event("a"), event("b")])
+
+    async def refused(task_ids: object) -> list[str]:
+        raise StoreUnavailable("the server's Redis store refused the write (OOM); retry shortly")
+
+    monkeypatch.setattr(client.app[STORE], "delete", refused)
+    for response in (
+        await client.delete("/tasks/a"),
+        await client.delete("/tasks?state=active"),
+        await client.delete("/tasks", json={"ids": ["a", "b"]}),
+    ):
+        assert response.status == 503
+        assert response.headers["Retry-After"].isdigit()
+        assert (await response.json())["error"].startswith("the server's Redis store refused")
+    assert sorted(stored(client.app)) == ["a", "b"]
+
+
 async def test_bulk_delete_refuses_to_wipe_everything(client: Client) -> None:
     await post(client, event("a"))
     response = await client.delete("/tasks")

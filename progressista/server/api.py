@@ -95,9 +95,7 @@ async def _ingest(request: web.Request) -> web.Response:
     except StoreFull as error:
         raise ApiError(429, str(error), headers={"Retry-After": str(FULL_RETRY_AFTER)}) from None
     except StoreUnavailable as error:
-        raise ApiError(
-            503, str(error), headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
-        ) from None
+        raise _unavailable(str(error)) from None
     stats = app[INGEST_STATS]
     stats.events_accepted += result.accepted
     stats.events_ignored += result.ignored
@@ -242,9 +240,18 @@ async def delete_tasks(request: web.Request) -> web.Response:
         doomed = await _matching(request, app[CLOCK]())
     deleted = 0
     for start in range(0, len(doomed), DELETE_SLICE):
-        deleted += len(await store.delete(doomed[start : start + DELETE_SLICE]))
+        try:
+            deleted += len(await store.delete(doomed[start : start + DELETE_SLICE]))
+        except StoreUnavailable as error:
+            done = f"{deleted} deleted, the rest not: " if deleted else ""
+            raise _unavailable(f"{done}{error}") from None
         await asyncio.sleep(0)
     return json_response({"deleted": deleted})
+
+
+def _unavailable(reason: str) -> ApiError:
+    """A 503 the client retries after a while: the store cannot take writes right now."""
+    return ApiError(503, reason, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
 
 
 class _Ids(msgspec.Struct, forbid_unknown_fields=True):
@@ -358,7 +365,11 @@ async def get_task(request: web.Request) -> web.Response:
 async def delete_task(request: web.Request) -> web.Response:
     require_discard(request)
     task_id = request.match_info["task_id"]
-    if not await request.app[STORE].delete([task_id]):
+    try:
+        deleted = await request.app[STORE].delete([task_id])
+    except StoreUnavailable as error:
+        raise _unavailable(str(error)) from None
+    if not deleted:
         raise ApiError(404, f"no task with id {task_id!r}")
     return web.Response(status=204)
 

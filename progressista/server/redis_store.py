@@ -62,6 +62,12 @@ log = logging.getLogger(__name__)
 #: The fewest entries the stream is trimmed to, however large they are.
 MIN_STREAM_ENTRIES = 20
 
+#: A hole found this soon (s) after a load means the stream is too short for this write rate.
+RELOAD_SOON = 30.0
+
+#: How long the probe key lives (ms).
+PROBE_MS = 1000
+
 #: Seconds between two log lines about writes Redis refused.
 REFUSAL_LOG_EVERY = 60.0
 
@@ -152,6 +158,11 @@ class RedisKeys:
         return f"{self.tag}:epoch"
 
     @property
+    def probe(self) -> str:
+        """Written while Redis refuses writes, to learn when it takes them again."""
+        return f"{self.tag}:probe"
+
+    @property
     def cleanup_lock(self) -> str:
         """The id of the server running cleanup; expires CLEANUP_LOCK_MS after its renewal."""
         return f"{self.tag}:cleanup-lock"
@@ -209,7 +220,7 @@ return {1, base}
 
 # KEYS: epoch, revision counter, stream. ARGV: a fresh epoch (kept only if none is set).
 # Returns the epoch, the last revision and the last stream id, read together.
-_BOOT = """#!lua
+_BOOT = """#!lua flags=allow-oom
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local id = '0-0'
@@ -379,6 +390,9 @@ class RedisStore:
         #: result to give).
         self._waiters: list[tuple[int, asyncio.Future[Any], Any]] = []
         self._problem: str | None = None
+        #: Why Redis refuses writes (it answers, but says no: out of memory, read-only), until
+        #: a write or a probe goes through.
+        self._refusing: str | None = None
         self._problem_listeners: list[Callable[[str | None], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._server_id = f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -394,6 +408,10 @@ class RedisStore:
         #: Entries of this server applied when Redis answered (their first revisions): the
         #: stream skips them when it brings them back.
         self._applied_early: set[int] = set()
+        #: The replica missed changes and is stale until a load succeeds; and whether that
+        #: load must replace it whole (revisions went back: Redis restored an older copy).
+        self._needs_load = False
+        self._went_back = False
         #: Finished job runs this server has written to Redis (or found there).
         self._kept_jobs: set[str] = set()
         #: Resolved when the script call in flight has answered (None when there is none).
@@ -408,7 +426,7 @@ class RedisStore:
         return self._table
 
     def problem(self) -> str | None:
-        return self._problem
+        return self._problem or self._refusing
 
     def on_problem(self, listener: Callable[[str | None], None]) -> None:
         self._problem_listeners.append(listener)
@@ -456,7 +474,7 @@ class RedisStore:
                 await self._load()
                 break
             except self._errors() as error:
-                self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
+                self._set_problem(self._failing(error))
                 await self._pause(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
         else:
@@ -488,11 +506,15 @@ class RedisStore:
         table = self._table
 
         def prepare(lookup: Lookup) -> tuple[list[Change], ApplyResult]:
+            def still_closed(task_id: str) -> bool:
+                task = lookup(task_id)  # an earlier write may have reopened or removed it
+                return task is not None and task.state in ("completed", "failed")
+
             staged, ignored = stage(lookup, events, now)
             evicted: list[str] = []
             if len(table) + len(staged) > self.max_tasks:
                 new_ids = sum(1 for task_id in staged if lookup(task_id) is None)
-                evicted = room_for(table, new_ids, self.max_tasks, staged)
+                evicted = room_for(table, new_ids, self.max_tasks, staged, still_closed)
             changes: list[Change] = [
                 (task_id, _rev_of(lookup(task_id)), 0, None) for task_id in evicted
             ]
@@ -750,6 +772,7 @@ class RedisStore:
             if now - self._refusal_logged >= REFUSAL_LOG_EVERY:
                 self._refusal_logged = now
                 log.warning("Redis at %s refused a write: %s", redacted(self.url), error)
+            self._set_refusing(f"Redis at {redacted(self.url)} refuses writes: {error}")
             raise StoreUnavailable(
                 f"the server's Redis store refused the write ({error}); retry shortly"
             ) from None
@@ -758,6 +781,7 @@ class RedisStore:
             raise StoreUnavailable(
                 "the server cannot reach its Redis store right now; retry shortly"
             ) from None
+        self._set_refusing(None)
         if reply[0] == 0:
             found = reply[1]
             return {
@@ -864,10 +888,16 @@ class RedisStore:
             keys=[keys.epoch, keys.revision, keys.changes], args=[secrets.token_hex(8)]
         )
         tasks = await self._all_tasks()
-        lost = self._epoch is not None and epoch != self._epoch
+        # A new epoch: Redis lost its data. Revisions that went back (fewer than this replica
+        # applied, or an entry below them): it came back from an older copy, epoch and all, and
+        # gives revisions again, so comparing them would keep stale tasks. Replace everything.
+        lost = self._epoch is not None and (
+            epoch != self._epoch or int(counter) < self._stream_rev or self._went_back
+        )
         if lost:
             log.warning(
-                "Redis at %s lost its data (a new epoch): reloading every task", redacted(self.url)
+                "Redis at %s lost its data or went back to an older copy: reloading every task",
+                redacted(self.url),
             )
         self._epoch = epoch
         self._ahead.clear()  # whatever this server wrote is in what was just loaded
@@ -882,6 +912,7 @@ class RedisStore:
             self._kept_jobs.add(job.id)
         self._stream_rev = int(counter)
         self._last_id = last_id
+        self._needs_load = self._went_back = False
         self._wake_waiters()
 
     async def _stored_jobs(self) -> list[Job]:
@@ -928,6 +959,7 @@ class RedisStore:
     async def _follow(self) -> None:
         """Apply the stream's entries as they come; reconnect and reload as needed."""
         backoff = 0.1
+        loaded_at = -math.inf
         while not self._stopping.is_set():
             try:
                 reply = await self._redis.xread(
@@ -943,13 +975,36 @@ class RedisStore:
                     await asyncio.shield(self._storing)
                 for _stream, entries in reply or ():
                     self._apply_entries(entries)
+                continue
             except _Reload:
-                log.warning("this server missed changes in Redis's stream; reloading the tasks")
-                await self._guarded(self._load)
+                pass
             except self._errors() as error:
-                self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
+                self._set_problem(self._failing(error))
                 await self._pause(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            # A hole in the stream: load every task again. Until that succeeds the problem
+            # stays (the entry after the hole is read again), retried with backoff.
+            since = time.monotonic() - loaded_at
+            if since < RELOAD_SOON:
+                log.warning(
+                    "missed changes again %.1f s after loading: the change stream holds less "
+                    "than a load takes at this write rate; raise --redis-stream-bytes",
+                    since,
+                )
+            else:
+                log.warning("this server missed changes in Redis's stream; reloading the tasks")
+            self._set_problem("reloading the tasks: this server missed changes in the stream")
+            self._needs_load = True
+            try:
+                await self._load()
+            except self._errors() as error:
+                self._set_problem(self._failing(error))
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            loaded_at = time.monotonic()
+            self._set_problem(None)
 
     def _answer_pending(self, reply: list[tuple[bytes, list[tuple[bytes, Any]]]]) -> bool:
         me, own, early = self._server_id.encode(), self._own, self._applied_early
@@ -961,16 +1016,10 @@ class RedisStore:
             for _, fields in entries
         )
 
-    async def _guarded(self, step: Callable[[], Any]) -> None:
-        try:
-            await step()
-        except self._errors() as error:
-            self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
-
     async def _recovered(self) -> None:
         """Redis answers again: reload if it lost its data meanwhile, then carry on."""
         epoch = await self._redis.get(self.keys.epoch)
-        if epoch != self._epoch:
+        if epoch != self._epoch or self._needs_load:
             await self._load()
         self._set_problem(None)
 
@@ -978,17 +1027,23 @@ class RedisStore:
         applied = False
         for entry_id, fields in entries:
             base = int(fields[b"r"])
-            self._last_id = entry_id
             if base in self._applied_early:
                 self._applied_early.discard(base)
+                self._last_id = entry_id
                 continue
             if base != self._stream_rev + 1:
                 # A hole: entries were trimmed before this server read them. Or revisions went
-                # back: Redis lost its data (the epoch tells). Either way, load afresh.
+                # back: Redis lost its data (the epoch tells). Either way, load afresh (this
+                # entry is read again after the load, and tells again if the load failed).
+                if applied:
+                    self._table.publish()
+                    self._wake_waiters()
+                self._went_back = self._went_back or base <= self._stream_rev
                 raise _Reload
             own = self._own.pop(base, None)
             changes = own if own is not None else self._decoded(fields[b"n"], fields[b"b"], base)
             self._apply_changes(base, changes)
+            self._last_id = entry_id
             applied = True
         if applied:
             self._table.publish()
@@ -1032,6 +1087,10 @@ class RedisStore:
         """Take the cleanup lock when it is free, renew it while held."""
         key = self.keys.cleanup_lock
         while not self._stopping.is_set():
+            if self._refusing is not None:
+                with contextlib.suppress(*self._errors()):
+                    await self._redis.set(self.keys.probe, b"1", px=PROBE_MS)
+                    self._set_refusing(None)  # Redis has room again: ready, before any write
             try:
                 if self._holds_lock:
                     renewed = await self._scripts["renew"](
@@ -1052,6 +1111,12 @@ class RedisStore:
 
     # Health ----------------------------------------------------------------------------------
 
+    def _failing(self, error: BaseException) -> str:
+        """The problem ``/readyz`` and viewers are told when Redis failed a step."""
+        if isinstance(error, self._refusal):
+            return f"Redis at {redacted(self.url)} refuses the request: {error}"
+        return f"Redis at {redacted(self.url)} is unreachable: {error}"
+
     def _errors(self) -> tuple[type[BaseException], ...]:
         """What a step that can wait and retry tolerates: Redis unreachable, or refusing."""
         return (*self._unreachable, self._refusal)
@@ -1065,9 +1130,24 @@ class RedisStore:
             log.info("Redis at %s answers", redacted(self.url))
         else:
             log.error("%s", problem)
+        before = self.problem()
         self._problem = problem
-        for listener in self._problem_listeners:
-            listener(problem)
+        self._tell(before)
+
+    def _set_refusing(self, refusing: str | None) -> None:
+        if refusing == self._refusing:
+            return
+        if refusing is None:
+            log.info("Redis at %s takes writes again", redacted(self.url))
+        before = self.problem()
+        self._refusing = refusing
+        self._tell(before)
+
+    def _tell(self, before: str | None) -> None:
+        problem = self.problem()
+        if problem != before:
+            for listener in self._problem_listeners:
+                listener(problem)
 
 
 #: Seconds an alert's record lives in Redis (long after it was delivered: dedup, not history).

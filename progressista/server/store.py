@@ -125,12 +125,31 @@ def stage(
     return staged, ignored
 
 
-def room_for(table: TaskTable, new_ids: int, max_tasks: int, keep: Collection[str]) -> list[str]:
-    """The longest-closed tasks to evict so ``new_ids`` more fit, or :class:`StoreFull`."""
+def room_for(
+    table: TaskTable,
+    new_ids: int,
+    max_tasks: int,
+    keep: Collection[str],
+    still_closed: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """The longest-closed tasks to evict so ``new_ids`` more fit, or :class:`StoreFull`.
+
+    ``still_closed`` checks a candidate against fresher state than ``table`` (a Redis replica's
+    writes in flight may have reopened or removed it): those that fail it are passed over.
+    """
     excess = len(table) + new_ids - max_tasks
     if excess <= 0:
         return []
-    evict = table.longest_closed(excess, keep)
+    if still_closed is None:
+        evict = table.longest_closed(excess, keep)
+    else:
+        evict, passed = [], set(keep)
+        while len(evict) < excess:
+            candidates = table.longest_closed(excess - len(evict), passed)
+            if not candidates:
+                break
+            passed.update(candidates)
+            evict += [task_id for task_id in candidates if still_closed(task_id)]
     if len(evict) < excess:
         raise StoreFull(max_tasks)
     return evict
