@@ -8,9 +8,10 @@ A Redis store here talks to a real redis-server on a free port, under a key pref
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pytest
@@ -22,6 +23,9 @@ from progressista.server.task import ALL_FIELDS, FIELD_BIT, Lifetimes, Task
 
 from .conftest import eventually
 from .redis_server import RedisProcess, running_redis
+
+if TYPE_CHECKING:
+    from progressista.server.redis_store import RedisStore
 
 LIFETIMES = Lifetimes(stale_after=10, abandon_after=100, retention=50, max_age=None)
 NOW = 1_800_000_000.0
@@ -67,6 +71,24 @@ async def store(kind: str, redis: RedisProcess | None) -> AsyncIterator[TaskStor
     store.table.watch(lambda: None)  # record changes, as the hub does
     yield store
     await store.close()
+
+
+@contextlib.asynccontextmanager
+async def writer_and_reader(
+    redis: RedisProcess,
+) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two Redis stores on one prefix, as two servers: one writes, both replicate."""
+    from progressista.server.redis_store import RedisStore
+
+    writer = await make_store("redis", redis)
+    assert isinstance(writer, RedisStore)
+    reader = RedisStore(redis.url, lifetimes=LIFETIMES, max_tasks=100, prefix=writer.keys.prefix)
+    await reader.start()
+    try:
+        yield writer, reader
+    finally:
+        await reader.close()
+        await writer.close()
 
 
 def events(*raw: dict[str, Any]) -> list[Event]:
@@ -270,15 +292,7 @@ async def test_a_replica_that_missed_changes_reloads_and_ends_equal_to_redis(
 ) -> None:
     import redis.asyncio
 
-    from progressista.server.redis_store import RedisStore
-
-    writer = await make_store("redis", redis_process)
-    assert isinstance(writer, RedisStore)
-    reader = RedisStore(
-        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=writer.keys.prefix
-    )
-    await reader.start()
-    try:
+    async with writer_and_reader(redis_process) as (writer, reader):
         await writer.apply(events({"task_id": "a", "n": 1}, {"task_id": "b", "n": 1}), NOW)
         await eventually(lambda: sorted(reader.table.tasks) == ["a", "b"])
         # Changes the stream no longer holds (trimmed away): a task written behind its back,
@@ -293,9 +307,6 @@ async def test_a_replica_that_missed_changes_reloads_and_ends_equal_to_redis(
         await eventually(lambda: sorted(reader.table.tasks) == ["a", "ghost"])
         assert reader.table.tasks["a"].n == 2
         assert reader.table.tasks["ghost"].n == 7
-    finally:
-        await reader.close()
-        await writer.close()
 
 
 @pytest.mark.slow
@@ -529,15 +540,7 @@ async def test_a_reload_that_fails_is_retried_and_the_replica_is_not_ready_meanw
     import redis.asyncio
     import redis.exceptions
 
-    from progressista.server.redis_store import RedisStore
-
-    writer = await make_store("redis", redis_process)
-    assert isinstance(writer, RedisStore)
-    reader = RedisStore(
-        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=writer.keys.prefix
-    )
-    await reader.start()
-    try:
+    async with writer_and_reader(redis_process) as (writer, reader):
         await writer.apply(events({"task_id": "a", "n": 1}), NOW)
         await eventually(lambda: "a" in reader.table.tasks)
         load = reader._all_tasks
@@ -557,9 +560,6 @@ async def test_a_reload_that_fails_is_retried_and_the_replica_is_not_ready_meanw
         await eventually(lambda: bool(failures))
         assert failures == ["reloading the tasks: this server missed changes in the stream"]
         await eventually(lambda: reader.table.tasks["a"].n == 2 and reader.problem() is None)
-    finally:
-        await reader.close()
-        await writer.close()
 
 
 @pytest.mark.slow
@@ -568,15 +568,7 @@ async def test_a_redis_back_from_an_older_copy_makes_every_replica_start_over(
 ) -> None:
     import redis.asyncio
 
-    from progressista.server.redis_store import RedisStore
-
-    writer = await make_store("redis", redis_process)
-    assert isinstance(writer, RedisStore)
-    reader = RedisStore(
-        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=writer.keys.prefix
-    )
-    await reader.start()
-    try:
+    async with writer_and_reader(redis_process) as (writer, reader):
         for n in (1, 2):  # revisions 1 and 2
             await writer.apply(events({"task_id": "a", "n": n, "seq": n}), NOW)
         await eventually(lambda: "a" in reader.table.tasks and reader.table.tasks["a"].n == 2)
@@ -589,6 +581,3 @@ async def test_a_redis_back_from_an_older_copy_makes_every_replica_start_over(
         # ... and gives revision 2 again, to another state of "a" than the replicas hold at 2.
         await writer.apply(events({"task_id": "a", "n": 3, "seq": 3}), NOW + 1)
         await eventually(lambda: writer.table.tasks["a"].n == reader.table.tasks["a"].n == 3)
-    finally:
-        await reader.close()
-        await writer.close()
