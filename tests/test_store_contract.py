@@ -581,3 +581,60 @@ async def test_a_redis_back_from_an_older_copy_makes_every_replica_start_over(
         # ... and gives revision 2 again, to another state of "a" than the replicas hold at 2.
         await writer.apply(events({"task_id": "a", "n": 3, "seq": 3}), NOW + 1)
         await eventually(lambda: writer.table.tasks["a"].n == reader.table.tasks["a"].n == 3)
+
+
+@pytest.mark.slow
+async def test_while_a_server_loads_the_stream_keeps_what_it_will_need(
+    redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from progressista.server.redis_store import RedisStore
+
+    prefix = f"test-{secrets.token_hex(4)}"
+
+    def small_stream_store() -> RedisStore:  # about 20 entries of 28 KB
+        return RedisStore(
+            redis_process.url,
+            lifetimes=LIFETIMES,
+            max_tasks=1000,
+            prefix=prefix,
+            stream_bytes=100_000,
+        )
+
+    writer = small_stream_store()
+    await writer.start()
+    loader = small_stream_store()
+    load = loader._all_tasks
+    writes_done = asyncio.Event()
+
+    async def slow_load() -> list[Task]:  # a big board: the load takes a while
+        await writes_done.wait()
+        return await load()
+
+    monkeypatch.setattr(loader, "_all_tasks", slow_load)
+    loads: list[int] = []
+    load_all = loader._load
+
+    async def counted_load() -> None:
+        loads.append(1)
+        await load_all()
+
+    monkeypatch.setattr(loader, "_load", counted_load)
+    starting = asyncio.ensure_future(loader.start())
+    try:
+        await eventually(lambda: loader.problem() is not None)  # it has begun loading
+        text = "x" * 1000
+        for batch in range(60):  # three times what the stream keeps while nobody loads
+            big = [{"task_id": f"big{i}", "n": batch + 1, "desc": text} for i in range(20)]
+            await writer.apply(events(*big), NOW)
+        writes_done.set()
+        await starting
+        await writer.apply(events({"task_id": "big0", "n": 61}), NOW)  # read after the rest
+        await eventually(
+            lambda: "big0" in loader.table.tasks and loader.table.tasks["big0"].n == 61
+        )
+        assert len(loads) == 1  # what was written during the load was still in the stream
+        assert "missed changes" not in caplog.text
+    finally:
+        writes_done.set()
+        await loader.close()
+        await writer.close()

@@ -65,6 +65,11 @@ MIN_STREAM_ENTRIES = 20
 #: A hole found this soon (s) after a load means the stream is too short for this write rate.
 RELOAD_SOON = 30.0
 
+#: While a server loads every task (at most this long, ms), the stream keeps this many times
+#: more entries: the changes made during a load of a big board must still be there after it.
+LOAD_HOLD_MS = 60_000
+LOAD_HOLD_FACTOR = 4
+
 #: How long the probe key lives (ms).
 PROBE_MS = 1000
 
@@ -158,6 +163,13 @@ class RedisKeys:
         return f"{self.tag}:epoch"
 
     @property
+    def loading(self) -> str:
+        """A sorted set of the servers loading every task, each until its hold expires (ms):
+        while any is, the stream is trimmed LOAD_HOLD_FACTOR times less, so that what it
+        must read after its load is still there."""
+        return f"{self.tag}:loading"
+
+    @property
     def probe(self) -> str:
         """Written while Redis refuses writes, to learn when it takes them again."""
         return f"{self.tag}:probe"
@@ -168,10 +180,11 @@ class RedisKeys:
         return f"{self.tag}:cleanup-lock"
 
 
-# KEYS: revision counter, stream. ARGV: stream length, the task key prefix, the changes in two
-# strings (see RedisStore._pack): a msgpack array of numbers, five per change (id length, revision
-# read (0: absent), mask, data length (0 removes), ttl in ms), and the ids and data laid end to
-# end; and the writing server's id. Two arguments for the changes, not five per change: redis-py
+# KEYS: revision counter, stream, loading servers. ARGV: stream length, the task key prefix, the
+# changes in two strings (see RedisStore._pack): a msgpack array of numbers, five per change (id
+# length, revision read (0: absent), mask, data length (0 removes), ttl in ms), and the ids and
+# data laid end to end; the writing server's id; and how many times more entries to keep while
+# a server loads (its hold in the loading set not expired). Two arguments for the changes: redis-py
 # spends microseconds on every argument. All or nothing: any revision that moved returns
 # {0, {index, stored value, ...}}; else the changes are stored and the same two strings are
 # appended to the stream with the revision of the first and the writer's id (a server knows its
@@ -213,15 +226,24 @@ for i, change in ipairs(changes) do
     redis.call('SET', change[1], (base + i - 1) .. ':' .. change[3], 'PX', change[4])
   end
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'r', base, 'n', ARGV[3], 'b', ARGV[4],
+local now = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now[1] * 1000 + math.floor(now[2] / 1000))
+local keep = tonumber(ARGV[1])
+if redis.call('ZCARD', KEYS[3]) > 0 then
+  keep = keep * ARGV[6]
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', keep, '*', 'r', base, 'n', ARGV[3], 'b', ARGV[4],
   's', ARGV[5])
 return {1, base}
 """
 
-# KEYS: epoch, revision counter, stream. ARGV: a fresh epoch (kept only if none is set).
-# Returns the epoch, the last revision and the last stream id, read together.
+# KEYS: epoch, revision counter, stream, loading servers. ARGV: a fresh epoch (kept only if none
+# is set), this server's id and how long its hold lasts (ms): writers keep more of the stream
+# until it has loaded. Returns the epoch, the last revision and the last stream id, read together.
 _BOOT = """#!lua flags=allow-oom
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local now = redis.call('TIME')
+redis.call('ZADD', KEYS[4], now[1] * 1000 + math.floor(now[2] / 1000) + ARGV[3], ARGV[2])
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local id = '0-0'
 if #last > 0 then
@@ -756,13 +778,14 @@ class RedisStore:
         self._storing = asyncio.get_running_loop().create_future()
         try:
             reply = await self._scripts["apply"](
-                keys=[keys.revision, keys.changes],
+                keys=[keys.revision, keys.changes, keys.loading],
                 args=[
                     self._stream_cap(len(numbers) + len(body)),
                     keys.task(""),
                     numbers,
                     body,
                     self._server_id,
+                    LOAD_HOLD_FACTOR,
                 ],
             )
         except self._refusal as error:
@@ -885,7 +908,8 @@ class RedisStore:
         """Load every task, then note where the stream stands, so that nothing falls between."""
         keys = self.keys
         epoch, counter, last_id = await self._scripts["boot"](
-            keys=[keys.epoch, keys.revision, keys.changes], args=[secrets.token_hex(8)]
+            keys=[keys.epoch, keys.revision, keys.changes, keys.loading],
+            args=[secrets.token_hex(8), self._server_id, LOAD_HOLD_MS],
         )
         tasks = await self._all_tasks()
         # A new epoch: Redis lost its data. Revisions that went back (fewer than this replica
@@ -914,6 +938,8 @@ class RedisStore:
         self._last_id = last_id
         self._needs_load = self._went_back = False
         self._wake_waiters()
+        with contextlib.suppress(*self._errors()):  # else the hold expires by itself
+            await self._redis.zrem(keys.loading, self._server_id)
 
     async def _stored_jobs(self) -> list[Job]:
         keys = [key async for key in self._redis.scan_iter(match=self.keys.job_pattern, count=1000)]
