@@ -210,11 +210,13 @@ def _setting(
     check: Check | None = None,
     secret: bool = False,
     repeatable: bool = False,
+    shown_default: str | None = None,
 ) -> Any:
     """A dataclass field that also knows its flag, its variable, how to parse them and what
     a value must be (``check``).
 
     A ``repeatable`` flag may be given several times; its variable holds one value a line.
+    ``shown_default`` is what ``--help`` calls the default when it is not a value (``auto``).
     """
     return field(
         default=default,
@@ -224,6 +226,7 @@ def _setting(
             "check": check,
             "secret": secret,
             "repeatable": repeatable,
+            "shown_default": shown_default,
         },
     )
 
@@ -338,6 +341,7 @@ class ServerSettings:
         "(auto: what the file-descriptor limit allows)",
         parse_optional_count,
         check=_off_or_at_least_one,
+        shown_default="auto",
     )
     max_tasks: int = _setting(
         50_000,
@@ -570,7 +574,9 @@ def parse_args(
     )
     for setting in dataclasses.fields(ServerSettings):
         default = setting.default
-        shown = "unset" if setting.metadata["secret"] or default in (None, ()) else default
+        shown = setting.metadata["shown_default"] or (
+            "unset" if setting.metadata["secret"] or default in (None, ()) else default
+        )
         parser.add_argument(
             flag_name(setting.name),
             dest=setting.name,

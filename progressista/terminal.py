@@ -227,7 +227,17 @@ async def _follow(url: str, token: str | None, out: IO[str], timeout: float) -> 
     def draw(status: str) -> None:
         nonlocal last_draw
         size = shutil.get_terminal_size((100, 40))
-        screen.draw(render(board.tasks, url, status, size.columns, size.lines, counts=board.counts))
+        screen.draw(
+            render(
+                board.tasks,
+                url,
+                status,
+                size.columns,
+                size.lines,
+                counts=board.counts,
+                jobs=board.jobs,
+            )
+        )
         last_draw = time.monotonic()
 
     # No timeouts of aiohttp's own: `timeout` below is the one deadline, and the heartbeat

@@ -91,7 +91,7 @@ async def test_a_failed_job_is_one_message_with_the_first_error_and_a_link(
         "500 of 500 bars failed. First: KeyError: 'x' (shard-7 on worker-7).\n"
         "https://progress.example.com/?q=job%3Detl"
     )
-    assert message["type"] == "info"
+    assert message["type"] == "failure"  # services colour it as one
 
 
 async def test_a_completed_job_says_how_long_it_took(
@@ -104,6 +104,17 @@ async def test_a_completed_job_says_how_long_it_took(
     await settle(clock)
     await eventually(lambda: receiver.titles() == ["✓ etl completed"], WAIT)
     assert receiver.messages[0]["message"] == "2 bars in 2 min 5 s."
+    assert receiver.messages[0]["type"] == "success"
+
+
+async def test_a_job_of_one_bar_reads_as_one(alerting: MakeAlerting, clock: FakeClock) -> None:
+    client, receiver, _ = await alerting()
+    await post(client, job_event("a", n=0, total=2))
+    clock.advance(5)
+    await post(client, job_event("a", status="close"))
+    await settle(clock)
+    await eventually(lambda: receiver.titles() == ["✓ etl completed"], WAIT)
+    assert receiver.messages[0]["message"] == "1 bar in 5 s."
 
 
 async def test_a_stall_and_its_recovery_are_told(alerting: MakeAlerting, clock: FakeClock) -> None:

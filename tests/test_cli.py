@@ -372,7 +372,16 @@ def read_until(fd: int, wanted: list[str], timeout: float = WAIT) -> str:
 
 def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> None:
     server.post(
-        [{"task_id": "watched-1", "desc": "Copying files", "n": 30, "total": 120, "unit": "file"}],
+        [
+            {
+                "task_id": "watched-1",
+                "desc": "Copying files",
+                "n": 30,
+                "total": 120,
+                "unit": "file",
+                "meta": {"job": "backup"},
+            }
+        ],
     )
     main, terminal = pty.openpty()
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
@@ -386,7 +395,9 @@ def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> Non
             env=env,
         ) as watcher:
             os.close(terminal)  # the watcher holds it now
-            screen = read_until(main, ["[live]", "Copying files:  25%", "30/120"])
+            screen = read_until(
+                main, ["[live]", "job backup: 0 of 1 done", "Copying files:  25%", "30/120"]
+            )
             assert "\x1b[H\x1b[J" in screen  # redrawn in place
             server.post(
                 [

@@ -277,6 +277,17 @@ async def test_redis_holds_each_task_with_its_revision_and_a_lifetime(
         await store.close()
 
 
+async def test_a_store_url_redis_py_cannot_use_stops_the_start() -> None:
+    from progressista.server.redis_store import BadRedisUrl, RedisStore
+
+    store = RedisStore("redis://:pw@127.0.0.1:1/0?foo=bar", lifetimes=LIFETIMES, max_tasks=10)
+    with pytest.raises(BadRedisUrl) as caught:
+        await store.start()  # before any connection: the same at every start, so say it once
+    message = str(caught.value)
+    assert message.startswith("--store redis://:***@127.0.0.1:1/0?foo=bar: ")
+    assert "'foo'" in message
+
+
 def test_keys_share_one_hash_tag() -> None:
     from progressista.server.redis_store import RedisKeys
 
@@ -474,10 +485,16 @@ async def test_a_redis_that_refuses_writes_is_a_503_to_retry_not_a_hung_request(
 
     store = await make_store("redis", redis_process)
     assert isinstance(store, RedisStore)
+    idle = RedisStore(
+        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=store.keys.prefix
+    )
+    await idle.start()
     raw = redis.asyncio.from_url(redis_process.url)
     try:
         await store.apply(events({"task_id": "a", "n": 1}), NOW)
         await raw.config_set("maxmemory", 1)  # full: Redis answers writes with an OOM error
+        # A server no worker writes to finds out too (a probe), so the balancer skips it.
+        await eventually(lambda: "refuses writes" in (idle.problem() or ""))
         with pytest.raises(StoreUnavailable) as caught:
             await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 2}), NOW), 10)
         assert str(caught.value).startswith(
@@ -489,12 +506,14 @@ async def test_a_redis_that_refuses_writes_is_a_503_to_retry_not_a_hung_request(
         assert problem is not None and "refuses writes" in problem
         await raw.config_set("maxmemory", 0)
         await eventually(lambda: store.problem() is None)  # found by a probe, before any write
+        await eventually(lambda: idle.problem() is None)
         result = await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 3}), NOW), 10)
         assert result.accepted == 1
         assert store.table.tasks["a"].n == 3
     finally:
         await raw.config_set("maxmemory", 0)
         await raw.aclose()
+        await idle.close()
         await store.close()
 
 

@@ -20,7 +20,7 @@ from .api import suggested_keepalive
 from .app import create_app
 from .connections import Runner, descriptor_limit, raise_descriptor_limit
 from .keys import CONNECTIONS
-from .redis_store import MissingRedis
+from .redis_store import BadRedisUrl, MissingRedis
 
 log = logging.getLogger("progressista.server")
 
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     )
     try:
         asyncio.run(serve(settings))
-    except (MissingRedis, MissingApprise, UnknownDestination) as error:
+    except (MissingRedis, BadRedisUrl, MissingApprise, UnknownDestination) as error:
         print(f"progressista: {error}", file=sys.stderr)
         return 2
     except OSError as error:

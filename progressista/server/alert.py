@@ -289,7 +289,7 @@ class Alerter:
             if now - alert.created_at < ALERT_SETTLE or now < channel.next_send:
                 continue
             title, body = self.message(alert)
-            if await self._deliver(index, title, body):
+            if await self._deliver(index, title, body, alert.kind):
                 await self.ledger.delivered(alert, index)
                 channel.sent += 1
                 channel.next_send = now + ALERT_SPACING  # from when the pass began
@@ -308,12 +308,15 @@ class Alerter:
                         RETRY_CAP,
                     )
 
-    async def _deliver(self, index: int, title: str, body: str) -> bool:
+    async def _deliver(self, index: int, title: str, body: str, kind: str) -> bool:
         sender = self._apprise.Apprise()
         if not sender.add(self.destinations[index].url):
             return False
+        # Services that colour or sort messages by type (Slack, Teams, ntfy, webhooks) show
+        # a failure as one, not as information.
+        notify_type = getattr(self._apprise.NotifyType, _NOTIFY_TYPES.get(kind, "INFO"))
         try:
-            return bool(await sender.async_notify(body=body, title=title))
+            return bool(await sender.async_notify(body=body, title=title, notify_type=notify_type))
         except Exception:  # an odd plugin must not end the sender
             return False
 
@@ -333,11 +336,11 @@ class Alerter:
         if alert.kind == "failed":
             where = f" on {job.error_host}" if job.error_host else ""
             first = f" First: {_short(job.error or 'failed')} ({job.error_task}{where})."
-            text = f"{counts['failed']} of {bars} bars failed.{first}"
+            text = f"{counts['failed']} of {_bars(bars)} failed.{first}"
             return f"✗ {name} failed", _join(text, link)
         if alert.kind == "completed":
             took = _duration((job.finished_at or job.updated_at) - job.started_at)
-            return f"✓ {name} completed", _join(f"{bars} bars in {took}.", link)
+            return f"✓ {name} completed", _join(f"{_bars(bars)} in {took}.", link)
         if alert.kind == "stalled":
             still = _duration(self.clock() - job.advanced_at)
             open_bars = counts["active"] + counts["stale"]
@@ -404,6 +407,20 @@ def send_test(url: str) -> str | None:
     if ok:
         return None
     return "the service did not take the message" + (f": {said.last}" if said.last else "")
+
+
+#: Apprise's message type (a NotifyType member's name) for each kind of alert.
+_NOTIFY_TYPES = {
+    "failed": "FAILURE",
+    "task-failed": "FAILURE",
+    "stalled": "WARNING",
+    "recovered": "SUCCESS",
+    "completed": "SUCCESS",
+}
+
+
+def _bars(count: int) -> str:
+    return "1 bar" if count == 1 else f"{count:,} bars"
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ from .store import ApplyResult, Expired, StoreFull, StoreUnavailable, room_for, 
 from .table import TaskTable
 from .task import ALL_FIELDS, Lifetimes, Task, went_stale
 
-__all__ = ["MissingRedis", "RedisKeys", "RedisStore"]
+__all__ = ["BadRedisUrl", "MissingRedis", "RedisKeys", "RedisStore"]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class RedisKeys:
 
     @property
     def probe(self) -> str:
-        """Written while Redis refuses writes, to learn when it takes them again."""
+        """Written every few seconds by each server, to learn whether Redis takes writes."""
         return f"{self.tag}:probe"
 
     @property
@@ -348,6 +348,10 @@ class MissingRedis(RuntimeError):
     """redis-py is not installed; the message says how to install it."""
 
 
+class BadRedisUrl(ValueError):
+    """A store URL redis-py cannot use (an unknown option, a bad port); the message says why."""
+
+
 def _import_redis() -> tuple[Any, tuple[type[BaseException], ...], type[BaseException]]:
     """redis-py's asyncio client, the errors that mean "Redis is unreachable", and the one
     that means "Redis answered with an error" (out of memory, a read-only replica...)."""
@@ -467,13 +471,19 @@ class RedisStore:
         A Redis that does not answer does not stop the server from starting: it serves (with
         ``/readyz`` and writes saying 503) and keeps trying in the background.
         """
-        self._redis = self._redis_module.from_url(
-            self.url,
-            password=self._password,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=15,
-        )
+        try:
+            self._redis = self._redis_module.from_url(
+                self.url,
+                password=self._password,
+                socket_timeout=10,
+                socket_connect_timeout=5,
+                health_check_interval=15,
+            )
+            # A connection object, not connected: its options come from the URL, and one
+            # redis-py does not know (?foo=bar) fails here rather than in every retry, unseen.
+            self._redis.connection_pool.make_connection()
+        except (TypeError, ValueError) as error:  # redis-py's word on a URL it cannot use
+            raise BadRedisUrl(f"--store {redacted(self.url)}: {error}") from None
         self._scripts = {
             name: self._redis.register_script(source)
             for name, source in (
@@ -1109,14 +1119,23 @@ class RedisStore:
 
     # Cleanup lock ----------------------------------------------------------------------------
 
+    async def _probe_writes(self) -> None:
+        """Learn whether Redis takes writes (it may be full or read-only) without waiting for a
+        worker's write: an idle server must not say it is ready when it cannot be."""
+        try:
+            await self._redis.set(self.keys.probe, b"1", px=PROBE_MS)
+        except self._refusal as error:
+            self._set_refusing(f"Redis at {redacted(self.url)} refuses writes: {error}")
+        except self._unreachable:
+            pass  # the stream's reader tells of that
+        else:
+            self._set_refusing(None)
+
     async def _keep_lock(self) -> None:
         """Take the cleanup lock when it is free, renew it while held."""
         key = self.keys.cleanup_lock
         while not self._stopping.is_set():
-            if self._refusing is not None:
-                with contextlib.suppress(*self._errors()):
-                    await self._redis.set(self.keys.probe, b"1", px=PROBE_MS)
-                    self._set_refusing(None)  # Redis has room again: ready, before any write
+            await self._probe_writes()
             try:
                 if self._holds_lock:
                     renewed = await self._scripts["renew"](
