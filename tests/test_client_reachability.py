@@ -82,6 +82,19 @@ def test_a_short_program_hears_about_undelivered_states_at_exit_once(clock: Fake
     assert reach.undelivered_at_exit(3) is None
 
 
+def test_a_program_warned_of_an_outage_still_hears_what_its_exit_could_not_deliver(
+    clock: FakeClock,
+) -> None:
+    reach = server(clock)
+    reach.failed("HTTP 503")
+    clock.advance(12)
+    assert reach.failed("HTTP 503") is not None  # the outage's warning
+    assert reach.undelivered_at_exit(2) == (
+        f"the final state of 2 bars could not be delivered to the server at {URL} (HTTP 503)."
+    )
+    assert reach.undelivered_at_exit(2) is None
+
+
 @pytest.mark.parametrize("failures_before", [0, 1])
 def test_nothing_to_say_when_nothing_was_lost(clock: FakeClock, failures_before: int) -> None:
     reach = server(clock)

@@ -42,6 +42,7 @@ class Reachability:
         #: A wait ran out without the server answering: it accepts and never replies.
         self.unresponsive = False
         self._warned = False
+        self._told_exit = False
 
     # Outcomes, from the transports ------------------------------------------------------------
 
@@ -74,11 +75,13 @@ class Reachability:
         )
 
     def undelivered_at_exit(self, bars: int) -> str | None:
-        """The exit flush could not deliver ``bars`` states; the warning, unless already given."""
+        """The exit flush could not deliver ``bars`` states; the warning, once. Said even after
+        the outage's warning: that one promised delivery when the server answers again, and the
+        program is ending without it (the bars stay as last delivered on the server)."""
         with self._lock:
-            if self._warned or bars == 0:
+            if self._told_exit or bars == 0:
                 return None
-            self._warned = True
+            self._told_exit = self._warned = True
             reason = self.reason or "it did not answer in time"
         return (
             f"the final state of {bars} bar{'s' if bars != 1 else ''} could not be delivered "
