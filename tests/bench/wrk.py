@@ -103,8 +103,17 @@ def run_wrk(
     *,
     connections: int = 4,
     seconds: float = 5,
+    warm_up: float = 0,
 ) -> WrkRun:
-    """Run wrk (one thread) against ``url`` for ``seconds``; ``pid`` is the server's process."""
+    """Run wrk (one thread) against ``url`` for ``seconds``; ``pid`` is the server's process.
+
+    ``warm_up`` seconds of the same load go first, unmeasured: every task of the bodies exists
+    by the time the measured run begins.
+    """
+    if warm_up > 0:
+        run_wrk(
+            url, pid, script, args, events_per_request, connections=connections, seconds=warm_up
+        )
     before = cpu_seconds(pid)
     output = subprocess.run(
         [
