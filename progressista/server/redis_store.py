@@ -316,6 +316,13 @@ class _Flight:
         self.call = call
 
 
+def _fail(done: list[tuple[_Write, Any]], error: BaseException) -> None:
+    """Tell each caller still waiting that its write was not stored."""
+    for write, _ in done:
+        if not write.future.done():
+            write.future.set_exception(error)
+
+
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
         future.set_result(result)
@@ -506,9 +513,7 @@ class RedisStore:
                 await self._load()
                 break
             except self._errors() as error:
-                self._set_problem(self._failing(error))
-                await self._pause(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = await self._retry_later(error, backoff)
         else:
             return
         self._set_problem(None)
@@ -693,15 +698,10 @@ class RedisStore:
         try:
             outcome = await flight.call
         except StoreUnavailable as error:
-            for write, _ in flight.done:
-                if not write.future.done():
-                    write.future.set_exception(error)
+            _fail(flight.done, error)
             return False
         if isinstance(outcome, int):
-            # Answer each caller once the change is in this server's replica, so that it reads
-            # its own writes; the writer goes on with the next group meanwhile.
-            for write, result in flight.done:
-                self._when_applied(outcome, write.future, result)
+            self._answer(flight.done, outcome)
             return True
         await self._commit(flight.group, outcome)
         return False
@@ -714,13 +714,10 @@ class RedisStore:
             try:
                 conflicts = await self._store(list(combined.values()))
             except StoreUnavailable as error:
-                for write, _ in done:
-                    if not write.future.done():
-                        write.future.set_exception(error)
+                _fail(done, error)
                 return
             if isinstance(conflicts, int):
-                for write, result in done:
-                    self._when_applied(conflicts, write.future, result)
+                self._answer(done, conflicts)
                 return
             fresher.update(conflicts)
         for write in group:
@@ -728,6 +725,12 @@ class RedisStore:
                 write.future.set_exception(
                     StoreUnavailable("other servers kept changing these tasks; retry")
                 )
+
+    def _answer(self, done: list[tuple[_Write, Any]], rev: int) -> None:
+        """Answer each caller once the changes up to ``rev`` are in this server's replica, so
+        that it reads its own writes; the writer goes on with the next group meanwhile."""
+        for write, result in done:
+            self._when_applied(rev, write.future, result)
 
     def _prepare(
         self, group: list[_Write], fresher: dict[str, Task | None], flight: _Flight | None
@@ -805,12 +808,12 @@ class RedisStore:
             if now - self._refusal_logged >= REFUSAL_LOG_EVERY:
                 self._refusal_logged = now
                 log.warning("Redis at %s refused a write: %s", redacted(self.url), error)
-            self._set_refusing(f"Redis at {redacted(self.url)} refuses writes: {error}")
+            self._set_refusing(error)
             raise StoreUnavailable(
                 f"the server's Redis store refused the write ({error}); retry shortly"
             ) from None
         except self._unreachable as error:
-            self._set_problem(f"Redis at {redacted(self.url)} is unreachable: {error}")
+            self._set_problem(self._failing(error))
             raise StoreUnavailable(
                 "the server cannot reach its Redis store right now; retry shortly"
             ) from None
@@ -987,6 +990,12 @@ class RedisStore:
         table.forget_removals()
         table.publish()
 
+    async def _retry_later(self, error: BaseException, backoff: float) -> float:
+        """Say what failed, wait ``backoff`` seconds (less if closing); the next backoff."""
+        self._set_problem(self._failing(error))
+        await self._pause(backoff)
+        return min(backoff * 2, MAX_BACKOFF)
+
     async def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when the store is closing."""
         with contextlib.suppress(asyncio.TimeoutError):
@@ -1015,9 +1024,7 @@ class RedisStore:
             except _Reload:
                 pass
             except self._errors() as error:
-                self._set_problem(self._failing(error))
-                await self._pause(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = await self._retry_later(error, backoff)
                 continue
             # A hole in the stream: load every task again. Until that succeeds the problem
             # stays (the entry after the hole is read again), retried with backoff.
@@ -1035,9 +1042,7 @@ class RedisStore:
             try:
                 await self._load()
             except self._errors() as error:
-                self._set_problem(self._failing(error))
-                await self._pause(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                backoff = await self._retry_later(error, backoff)
                 continue
             loaded_at = time.monotonic()
             self._set_problem(None)
@@ -1125,7 +1130,7 @@ class RedisStore:
         try:
             await self._redis.set(self.keys.probe, b"1", px=PROBE_MS)
         except self._refusal as error:
-            self._set_refusing(f"Redis at {redacted(self.url)} refuses writes: {error}")
+            self._set_refusing(error)
         except self._unreachable:
             pass  # the stream's reader tells of that
         else:
@@ -1179,7 +1184,11 @@ class RedisStore:
         self._problem = problem
         self._tell(before)
 
-    def _set_refusing(self, refusing: str | None) -> None:
+    def _set_refusing(self, error: BaseException | None) -> None:
+        """Redis refused a write with ``error``, or (None) took one."""
+        refusing = (
+            None if error is None else f"Redis at {redacted(self.url)} refuses writes: {error}"
+        )
         if refusing == self._refusing:
             return
         if refusing is None:
