@@ -30,6 +30,7 @@ from ..server_process import ServerProcess, running_server
 from .bare import running_bare
 from .board import bar_event
 from .load import ProducerPlan, ProducerResult, ViewerResult, run_producers, run_viewers
+from .report import percentile
 from .usage import cpu_seconds, rss_mib
 from .wrk import FILE_SCRIPT, WrkRun, require_wrk, run_wrk
 
@@ -74,11 +75,6 @@ class LatencyRun:
     max_ms: float
     bytes_per_viewer_per_second: float
     server_cpu_percent: float
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def run_latency(

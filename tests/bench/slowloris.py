@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..server_process import ServerProcess, running_server
+from .report import percentile
 
 #: A request that never ends: headers, one byte at a time, forever.
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
@@ -124,11 +125,6 @@ def probe(port: int, start_at: float, seconds: float, per_second: float) -> list
         latencies.append(elapsed * 1000 if ok else PROBE_TIMEOUT * 1000)
         next_at += 1 / per_second
     return latencies
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def metric(server: ServerProcess, name: str) -> float:
