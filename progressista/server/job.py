@@ -259,6 +259,8 @@ class _Run:
             if slope and slope > 0:
                 eta = (1.0 - fraction) / slope
                 eta = eta if math.isfinite(eta) else None
+        # The unit the active bars share (none active, or units that differ: no rate).
+        unit = next(iter(self.units)) if len(self.units) == 1 else None
         return Job(
             id=self.key,
             job=self.name,
@@ -273,9 +275,9 @@ class _Run:
             n=self.n,
             total=None if self.no_total else self.total,
             fraction=fraction,
-            rate=self.rate if self.active and len(self.units) == 1 else None,
+            rate=self.rate if unit is not None else None,
             eta=eta,
-            unit=next(iter(self.units)) if len(self.units) == 1 else None,
+            unit=unit,
             size=self.size,
             head=self.head,
             head_state=self.head_state,
