@@ -299,3 +299,80 @@ async def test_metrics_give_each_job_gauges_under_job_name_with_a_cap(
     assert {(s.labels["job_name"], s.labels["state"], s.value) for s in tasks.samples} >= {
         ("c", "active", 1.0)
     }
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_busy_bars_summed_when_read_equal_bars_summed_at_every_change(seed: int) -> None:
+    """An active bar's changes wait to be summed until a reader asks (JobIndex.fold): whatever
+    the changes and whenever the reads, the figures read are those of an index that summed
+    every change at once (one read after each)."""
+    import random
+
+    from progressista.server.table import TaskTable
+    from progressista.server.task import Task
+
+    rng = random.Random(seed)
+    deferring, eager = TaskTable(), TaskTable()
+    now, rev = 1000.0, 0
+    states: dict[str, Task] = {}
+    for _ in range(400):
+        now += rng.choice((0.01, 0.05, 0.3, 2.0))
+        rev += 1
+        task_id = f"s{rng.randrange(6)}"
+        before = states.get(task_id)
+        roll = rng.random()
+        if before is not None and roll < 0.04:
+            for table in (deferring, eager):
+                table.remove(task_id, rev)
+                table.publish()
+            del states[task_id]
+            continue
+        state = "active"
+        if roll < 0.08:
+            state = "failed"
+        elif roll < 0.14:
+            state = "completed"
+        elif roll < 0.18:
+            state = "stale"
+        n = (before.n if before is not None and before.state == "active" else 0) + rng.randrange(3)
+        total = rng.choice((None, 50, 50, 50)) if before is None else before.total
+        task = Task(
+            task_id=task_id,
+            state=state,
+            n=n,
+            total=total,
+            rate=rng.random() * 5,
+            unit=rng.choice(("it", "it", "it", "B")),
+            meta={"job": "etl", **({"job_size": 8} if rng.random() < 0.1 else {})},
+            error="boom" if state == "failed" else None,
+            created_at=before.created_at if before is not None and state != "active" else now,
+            updated_at=now,
+            closed_at=now if state in ("completed", "failed") else None,
+            rev=rev,
+        )
+        states[task_id] = task
+        for table in (deferring, eager):
+            table.commit(task, 0)
+            table.publish()
+        eager.jobs.fold()  # summed at every change
+        eager.jobs.settle()
+        want = [_figures(job) for job in eager.jobs.jobs()]
+        if rng.random() < 0.1:  # read now and then
+            assert [_figures(job) for job in deferring.jobs.jobs()] == want
+    assert [_figures(job) for job in deferring.jobs.jobs()] == [
+        _figures(job) for job in eager.jobs.jobs()
+    ]
+
+
+def _figures(job: Any) -> dict[str, Any]:
+    """Everything a job says, but the times the index samples or judges at (those follow
+    when each reads), with sums rounded (summed in another order)."""
+    figures = {
+        field: getattr(job, field)
+        for field in job.__struct_fields__
+        if field not in ("history", "eta", "advanced_at", "n", "total", "fraction", "rate")
+    }
+    for field in ("n", "total", "fraction", "rate"):
+        value = getattr(job, field)
+        figures[field] = None if value is None else round(value, 6)
+    return figures

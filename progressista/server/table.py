@@ -59,6 +59,7 @@ class TaskTable:
         self.order = IdOrder()
         #: The jobs the tasks make up, kept up to date with every change.
         self.jobs = jobs if jobs is not None else JobIndex()
+        self.jobs.attach(self.tasks)
         #: The highest revision applied: the table's version.
         self.rev = 0
         #: Per state, its tasks in the order they entered it, oldest first.
