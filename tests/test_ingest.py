@@ -129,6 +129,31 @@ async def test_history_keeps_a_bounded_spread_of_samples_over_the_whole_run(
     assert task["eta"] == pytest.approx(2000 - 999)
 
 
+def test_the_steady_rate_is_the_least_squares_slope_for_any_number_of_samples() -> None:
+    """fit_slope runs straight-line code for up to TREND_POINTS samples: it must give what
+    the textbook formula gives, for every count, with irregular times far from zero."""
+    import random
+
+    from progressista.server.task import TREND_POINTS, TREND_SPAN, fit_slope
+
+    rng = random.Random(7)
+    for count in range(TREND_POINTS + 4):
+        for _ in range(50):
+            times = sorted(1.8e9 + rng.random() * 100 for _ in range(count))
+            values = [rng.random() * 1e4 for _ in range(count)]
+            points = tuple(v for pair in zip(times, values, strict=True) for v in pair)
+            if count < 3 or times[-1] - times[0] < TREND_SPAN:
+                assert fit_slope(points) is None
+                continue
+            mean_t, mean_v = sum(times) / count, sum(values) / count
+            slope = sum(
+                (t - mean_t) * (v - mean_v) for t, v in zip(times, values, strict=True)
+            ) / sum((t - mean_t) ** 2 for t in times)
+            assert fit_slope(points) == pytest.approx(slope, rel=1e-6)
+    assert fit_slope((0.0, 1.0, 5.0, 1.0, 10.0, 1.0)) == 0.0  # flat
+    assert fit_slope((0.0, 1.0, 0.0, 2.0, 0.0, 3.0), min_span=0) is None  # one instant
+
+
 async def test_close_completes_and_error_fails_with_its_text(
     client: Client, clock: FakeClock
 ) -> None:

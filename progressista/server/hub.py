@@ -483,11 +483,13 @@ class Hub:
                     self._start_over()
                 base, rev = self._flushed_rev, self.table.rev
                 changes = self.table.take_changes()
-                job_changes, jobs_dropped = self.table.jobs.take_changes()
                 if changes and (self._viewers or self._windows):
                     await self._send_changes(changes, base)
-                if (job_changes or jobs_dropped) and self._viewers:
-                    self._send_jobs(job_changes, jobs_dropped)
+                if self._viewers:  # unread, the job sums wait (see JobIndex): a viewer
+                    # arriving gets every job afresh
+                    job_changes, jobs_dropped = self.table.jobs.take_changes()
+                    if job_changes or jobs_dropped:
+                        self._send_jobs(job_changes, jobs_dropped)
                 self._flushed_rev = rev
                 if not self._again or self._closing:
                     return

@@ -261,8 +261,8 @@ def sample_progress(task: Task, now: float, n: float) -> bool:
     """
     history = task.history
     if history:
-        spacing = max(SAMPLE_SPACING, (history[-2] - history[0]) / (HISTORY_POINTS // 2))
-        if now - history[-2] < spacing:
+        spacing = (history[-2] - history[0]) / (HISTORY_POINTS // 2)
+        if now - history[-2] < (spacing if spacing > SAMPLE_SPACING else SAMPLE_SPACING):
             return False
     history = (*history, now, float(n))
     if len(history) > 2 * HISTORY_POINTS:
@@ -276,15 +276,20 @@ def sample_progress(task: Task, now: float, n: float) -> bool:
 def fit_slope(points: tuple[float, ...], min_span: float = TREND_SPAN) -> float | None:
     """The least-squares slope of flat ``(t, y, t, y, …)`` points; None without enough.
 
-    Plain sums in one loop (times taken from the first, for precision): this runs at every
-    sample of every task.
+    Plain sums (times taken from the first, for precision), in straight-line code for up to
+    TREND_POINTS points: this runs at every sample of every task.
     """
     count = len(points) // 2
-    if count < 3:
+    if count < 3 or points[-2] - points[0] < min_span:
         return None
+    fit = _FITS[count] if count < len(_FITS) else _fit_any
+    slope = fit(points)
+    return slope if slope is not None and math.isfinite(slope) else None
+
+
+def _fit_any(points: tuple[float, ...]) -> float | None:
+    count = len(points) // 2
     first = points[0]
-    if points[-2] - first < min_span:
-        return None
     sum_t = sum_v = sum_tt = sum_tv = 0.0
     for index in range(0, 2 * count, 2):
         t = points[index] - first
@@ -294,10 +299,31 @@ def fit_slope(points: tuple[float, ...], min_span: float = TREND_SPAN) -> float 
         sum_tt += t * t
         sum_tv += t * v
     spread = count * sum_tt - sum_t * sum_t
-    if spread <= 0:
-        return None
-    slope = (count * sum_tv - sum_t * sum_v) / spread
-    return slope if math.isfinite(slope) else None
+    return None if spread <= 0 else (count * sum_tv - sum_t * sum_v) / spread
+
+
+def _fit_function(count: int) -> Callable[[tuple[float, ...]], float | None]:
+    """:func:`_fit_any` unrolled for ``count`` points (the first point's time is 0): half the
+    time of the loop, whose bytecode dispatch is most of its cost."""
+    times = [f"t{i}" for i in range(1, count)]
+    lines = ["def fit(p):", "    first = p[0]"]
+    lines += [f"    t{i} = p[{2 * i}] - first" for i in range(1, count)]
+    lines += [
+        "    sum_t = " + " + ".join(times),
+        "    sum_v = " + " + ".join(f"p[{2 * i + 1}]" for i in range(count)),
+        "    sum_tt = " + " + ".join(f"{t} * {t}" for t in times),
+        "    sum_tv = " + " + ".join(f"t{i} * p[{2 * i + 1}]" for i in range(1, count)),
+        f"    spread = {count} * sum_tt - sum_t * sum_t",
+        f"    return None if spread <= 0 else ({count} * sum_tv - sum_t * sum_v) / spread",
+    ]
+    namespace: dict[str, object] = {}
+    exec("\n".join(lines), namespace)  # generated from numbers only
+    fit: Callable[[tuple[float, ...]], float | None] = namespace["fit"]  # type: ignore[assignment]  # built just above
+    return fit
+
+
+#: The unrolled fit for each count of points up to TREND_POINTS (0 to 2: never used).
+_FITS = (_fit_any, _fit_any, _fit_any, *(_fit_function(c) for c in range(3, TREND_POINTS + 1)))
 
 
 def went_stale(task: Task) -> tuple[Task, int]:
