@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from progressista.server.cleanup import run_cleanup
 from progressista.server.keys import LIFETIMES, STORE
 
-from .conftest import Client, FakeClock, MakeClient, event, post
+from .conftest import Client, FakeClock, MakeClient, event, eventually, post
 from .test_websocket import receive
 
 
@@ -301,41 +301,56 @@ async def test_metrics_give_each_job_gauges_under_job_name_with_a_cap(
     }
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(12))
 def test_busy_bars_summed_when_read_equal_bars_summed_at_every_change(seed: int) -> None:
     """An active bar's changes wait to be summed until a reader asks (JobIndex.fold): whatever
-    the changes and whenever the reads, the figures read are those of an index that summed
-    every change at once (one read after each)."""
+    the changes and whenever the reads, the figures read (and the states judged, stalls too)
+    are those of an index that summed every change at once."""
     import random
 
+    from progressista.server.event import Label
+    from progressista.server.job import JobIndex
     from progressista.server.table import TaskTable
     from progressista.server.task import Task
 
     rng = random.Random(seed)
-    deferring, eager = TaskTable(), TaskTable()
+    deferring, eager = (TaskTable(jobs=JobIndex(stall_after=1.5)) for _ in range(2))
     now, rev = 1000.0, 0
     states: dict[str, Task] = {}
+    left: set[str] = set()
     for _ in range(400):
         now += rng.choice((0.01, 0.05, 0.3, 2.0))
         rev += 1
         task_id = f"s{rng.randrange(6)}"
         before = states.get(task_id)
         roll = rng.random()
-        if before is not None and roll < 0.04:
+        if roll < 0.05:  # cleanup's pass: stalls judged
+            for table in (deferring, eager):
+                table.jobs.expire(now)
+            continue
+        if before is not None and roll < 0.09:
             for table in (deferring, eager):
                 table.remove(task_id, rev)
                 table.publish()
             del states[task_id]
+            left.discard(task_id)
             continue
         state = "active"
-        if roll < 0.08:
+        if roll < 0.12:
             state = "failed"
-        elif roll < 0.14:
+        elif roll < 0.17:
             state = "completed"
-        elif roll < 0.18:
+        elif roll < 0.20:
             state = "stale"
-        n = (before.n if before is not None and before.state == "active" else 0) + rng.randrange(3)
+        moved = rng.randrange(3) if rng.random() < 0.7 else 0  # heartbeats: no move
+        n = (before.n if before is not None and before.state == "active" else 0) + moved
         total = rng.choice((None, 50, 50, 50)) if before is None else before.total
+        meta: dict[str, Label] = {"job": "etl"}
+        if rng.random() < 0.1:
+            meta["job_size"] = 8
+        if task_id in left or rng.random() < 0.04:
+            meta = {}  # a bar that leaves its job, for good
+            left.add(task_id)
         task = Task(
             task_id=task_id,
             state=state,
@@ -343,7 +358,7 @@ def test_busy_bars_summed_when_read_equal_bars_summed_at_every_change(seed: int)
             total=total,
             rate=rng.random() * 5,
             unit=rng.choice(("it", "it", "it", "B")),
-            meta={"job": "etl", **({"job_size": 8} if rng.random() < 0.1 else {})},
+            meta=meta,
             error="boom" if state == "failed" else None,
             created_at=before.created_at if before is not None and state != "active" else now,
             updated_at=now,
@@ -365,14 +380,47 @@ def test_busy_bars_summed_when_read_equal_bars_summed_at_every_change(seed: int)
 
 
 def _figures(job: Any) -> dict[str, Any]:
-    """Everything a job says, but the times the index samples or judges at (those follow
-    when each reads), with sums rounded (summed in another order)."""
+    """Everything a job says, but its sampled history and the ETA fitted to it (samples follow
+    when each index reads), with sums rounded (summed in another order)."""
     figures = {
         field: getattr(job, field)
         for field in job.__struct_fields__
-        if field not in ("history", "eta", "advanced_at", "n", "total", "fraction", "rate")
+        if field not in ("history", "eta", "n", "total", "fraction", "rate")
     }
     for field in ("n", "total", "fraction", "rate"):
         value = getattr(job, field)
         figures[field] = None if value is None else round(value, 6)
     return figures
+
+
+async def test_a_job_name_used_again_while_nobody_viewed_is_not_told_removed(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    """A run dropped past its retention frees its key (etl#1): a later run of the name takes it
+    again. A viewer arriving later must see that run, not be told it was removed."""
+    client = await make_client(job_retention=60)
+    async with client.ws_connect("/ws?limit=10") as first:  # someone looked once, and left
+        assert (await receive(first))["type"] == "view"
+    await post(client, shard("s1", 1, 1, status="close"))
+    clock.advance(61)
+    await cleanup(client, clock)  # etl#1 past its retention: dropped
+    await post(client, shard("s2", 1, 10))  # a new etl#1
+    async with client.ws_connect("/ws?limit=10") as viewer:
+        assert (await receive(viewer))["type"] == "view"
+        overview = await receive(viewer, jobs=True)
+        assert list(overview["jobs"]) == ["etl#1"]
+        await post(client, shard("s2", 2, 10))
+        message = await receive(viewer, jobs=True)
+        while message["type"] != "jobs":
+            message = await receive(viewer, jobs=True)
+        assert (list(message["jobs"]), message["removed"]) == (["etl#1"], [])
+        assert message["jobs"]["etl#1"]["n"] == 2
+
+
+async def test_with_nobody_viewing_the_hub_keeps_no_job_changes(client: Client) -> None:
+    """Changes of runs nobody is shown are forgotten at each broadcast (a viewer arriving gets
+    every run afresh): a week of one-off jobs with nobody looking holds nothing."""
+    for number in range(50):
+        await post(client, event(f"b{number}", n=1, total=1, meta={"job": f"build-{number}"}))
+    jobs = client.app[STORE].table.jobs
+    await eventually(lambda: not jobs._changed and not jobs._dropped)

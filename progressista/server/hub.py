@@ -485,11 +485,12 @@ class Hub:
                 changes = self.table.take_changes()
                 if changes and (self._viewers or self._windows):
                     await self._send_changes(changes, base)
-                if self._viewers:  # unread, the job sums wait (see JobIndex): a viewer
-                    # arriving gets every job afresh
+                if self._viewers:
                     job_changes, jobs_dropped = self.table.jobs.take_changes()
                     if job_changes or jobs_dropped:
                         self._send_jobs(job_changes, jobs_dropped)
+                else:  # unread, the job sums wait (see JobIndex); a viewer arriving gets
+                    self.table.jobs.forget_changes()  # every job afresh
                 self._flushed_rev = rev
                 if not self._again or self._closing:
                     return
