@@ -337,12 +337,11 @@ class JobIndex:
         self._serial = 0
         #: Called with a run's previous state and the run, whenever its state changes.
         self._watchers: list[Callable[[str | None, Job], None]] = []
-        #: Active bars whose changes are not summed yet: the state their run counts them in.
-        self._pending: dict[str, Task] = {}
+        #: Active bars whose changes are not summed yet: the state their run counts them in,
+        #: and the run.
+        self._pending: dict[str, tuple[Task, _Run]] = {}
         #: The table's tasks, the current state of each pending bar (see :meth:`attach`).
         self._tasks: Mapping[str, Task] = {}
-        #: When each pending bar last moved forward, if it did since its run counted it.
-        self._moved_at: dict[str, float] = {}
         #: The time of the latest deferred change, and when :meth:`settle` folds next.
         self._deferred_at = 0.0
         self._fold_by = 0.0
@@ -452,16 +451,14 @@ class JobIndex:
     def fold(self) -> None:
         """Sum every pending bar's changes, from the state its run counts to its current one
         (the runs they touch are sampled and judged at the next :meth:`settle`)."""
-        pending, tasks, moved = self._pending, self._tasks, self._moved_at
-        self._pending, self._moved_at = {}, {}
+        pending, tasks = self._pending, self._tasks
+        self._pending = {}
         self._fold_by = self._deferred_at + FOLD_EVERY
-        for task_id, counted in pending.items():
+        for task_id, (counted, _) in pending.items():
             run = self._member.get(task_id)
             current = tasks.get(task_id)
             if run is not None and current is not None:
-                self._count_change(
-                    run, counted, current, current.updated_at, moved.get(task_id, -math.inf)
-                )
+                self._count_change(run, counted, current, current.updated_at, folded=True)
 
     def settle(self) -> None:
         """After a batch of changes: sample each changed run's fraction and judge its state
@@ -506,24 +503,30 @@ class JobIndex:
                 and old.state == "active"
                 and "job" in new.meta  # a bar leaving its job is counted now, as it leaves
             ):
-                if task_id in pending and "job_size" not in new.meta:
-                    self._defer(task_id, old, new, now)
+                entry = pending.get(task_id)
+                if entry is not None and "job_size" not in new.meta:
+                    self._deferred_at = now
+                    # When it moved, now (a stall alert is named by it, on every server alike).
+                    if new.n != old.n and now > entry[1].advanced_at:
+                        entry[1].advanced_at = now
                     return
                 run = self._member.get(task_id)
                 # Only while its run is running: a bar moving a stalled run on is judged now.
                 if run is not None and run.state == "running" and task_id != run.name:
                     if "job_size" in new.meta:  # an announcement counts even if withdrawn later
                         run.announce(new.meta["job_size"])
-                    pending.setdefault(task_id, old)
-                    self._defer(task_id, old, new, now)
+                    if entry is None:
+                        pending[task_id] = (old, run)
+                    self._deferred_at = now
+                    if new.n != old.n and now > run.advanced_at:
+                        run.advanced_at = now
                     return
             if pending:
                 counted = pending.pop(task_id, None)
                 if counted is not None:  # its run counts an older state: fold it first
                     run = self._member.get(task_id)
-                    moved_at = self._moved_at.pop(task_id, None)
                     if run is not None:
-                        self._count_change(run, counted, old, old.updated_at, moved_at)
+                        self._count_change(run, counted[0], old, old.updated_at, folded=True)
         if new is None:  # removed from the board: it still counts as it last was
             assert old is not None
             gone = self._member.pop(old.task_id, None)
@@ -552,35 +555,24 @@ class JobIndex:
         else:
             self._count_change(run, old, new, now)
 
-    def _defer(self, task_id: str, old: Task, new: Task, now: float) -> None:
-        """Note a deferred change's time, and when the bar last moved forward (what a run's
-        ``advanced_at`` and its stall alerts are made of, the same on every server)."""
-        if now > self._deferred_at:
-            self._deferred_at = now
-        if new.n != old.n:
-            moved = self._moved_at
-            if now > moved.get(task_id, -math.inf):  # the latest, even if clocks disagree
-                moved[task_id] = now
-
     def _count_change(
         self,
         run: _Run,
         old: Task | None,
         new: Task,
         now: float,
-        moved_at: float | None = None,
+        *,
+        folded: bool = False,
     ) -> None:
         """Move a counted bar of ``run`` from ``old`` (None: not counted yet) to ``new``;
-        ``moved_at``: when a folded bar last moved, if it did between the two."""
+        ``folded``: the changes between were deferred (their moves already noted)."""
         if old is None:
             run.count(new, 1)
         else:
             run.move(old, new)
-        if moved_at is not None and moved_at > run.advanced_at:
-            run.advanced_at = moved_at
         if (
             old is None
-            or (old.n != new.n and moved_at is None)
+            or (old.n != new.n and not folded)
             or (new.state != old.state and new.state != "stale")
         ) and now > run.advanced_at:
             run.advanced_at = now
