@@ -75,6 +75,7 @@ async def test_the_eta_follows_the_fraction_over_time(client: Client, clock: Fak
     # 60 s after the last news (the ETA counts, as a task's, from the last update).
     for step in range(5):
         await post(client, [shard("s1", 10 * step, 100), shard("s2", 10 * step, 100)])
+        await cleanup(client, clock)  # as every second: it samples the job's history
         clock.advance(10)
     summary = await job(client, "etl")
     assert summary["fraction"] == pytest.approx(0.4)
@@ -424,3 +425,26 @@ async def test_with_nobody_viewing_the_hub_keeps_no_job_changes(client: Client) 
         await post(client, event(f"b{number}", n=1, total=1, meta={"job": f"build-{number}"}))
     jobs = client.app[STORE].table.jobs
     await eventually(lambda: not jobs._changed and not jobs._dropped)
+
+
+def test_a_size_announced_by_a_busy_bar_between_reads_counts() -> None:
+    """A bar whose changes wait to be summed announces how many bars its job will run in one
+    event and not the next: the announcement holds, as if every change had been summed."""
+    from progressista.server.event import Label
+    from progressista.server.table import TaskTable
+    from progressista.server.task import Task
+
+    table = TaskTable()
+    metas: list[dict[str, Label]] = [
+        {"job": "etl"},
+        {"job": "etl"},
+        {"job": "etl", "job_size": 5},
+        {"job": "etl"},
+    ]
+    for rev, meta in enumerate(metas, 1):
+        table.commit(Task(task_id="s1", n=rev, total=10, meta=meta, updated_at=rev, rev=rev), 0)
+        table.publish()
+    job = table.jobs.get("etl#1")
+    assert job is not None
+    assert (job.size, job.n) == (5, 4)
+    assert job.fraction == pytest.approx(0.4 / 5)

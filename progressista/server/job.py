@@ -45,9 +45,6 @@ JOB_STATES = ("running", "stalled", "completed", "failed")
 _HISTORY_POINTS = 32
 _SAMPLE_SPACING = 1.0
 _TREND_POINTS = 8
-#: Seconds (of the changes' own times) pending bars wait at most to be summed when no reader
-#: asks sooner: the history's spacing, so no sample is taken on half-folded sums.
-FOLD_EVERY = _SAMPLE_SPACING
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -308,9 +305,12 @@ class JobIndex:
 
     An active bar that stays active is the common change, and a busy bar sends many between two
     broadcasts: its run's sums are not moved at each one. The bar's state before the first is
-    kept (``_pending``), and every reader first *folds* each such bar once, from that state to
-    the table's current one (:meth:`fold`). Any other change (a state, a run, a removal) folds
-    its bar first and is counted at once, so failures and completions are judged with their batch.
+    kept (:attr:`deferred`), and every reader (the hub's broadcast, ``/jobs``, ``/metrics``, and
+    cleanup every second, which also samples the runs' histories) first *folds* each such bar
+    once, from that state to the table's current one (:meth:`fold`). Any other change (a state,
+    a run, a removal) folds its bar first and is counted at once, so failures and completions
+    are judged with their batch. The table itself takes a deferred bar's later changes
+    (:meth:`TaskTable.commit`), sparing a call an event.
     What is read is what summing every change would give (a property test holds the two equal),
     but for ``updated_at`` when one bar's events come from servers whose clocks disagree: a fold
     takes the bar's latest update, not the latest of its updates. Measured:
@@ -338,13 +338,11 @@ class JobIndex:
         #: Called with a run's previous state and the run, whenever its state changes.
         self._watchers: list[Callable[[str | None, Job], None]] = []
         #: Active bars whose changes are not summed yet: the state their run counts them in,
-        #: and the run.
-        self._pending: dict[str, tuple[Task, _Run]] = {}
+        #: and the run. Shared with the table, which notes their later changes itself: the
+        #: same dict object for the index's life.
+        self.deferred: dict[str, tuple[Task, _Run]] = {}
         #: The table's tasks, the current state of each pending bar (see :meth:`attach`).
         self._tasks: Mapping[str, Task] = {}
-        #: The time of the latest deferred change, and when :meth:`settle` folds next.
-        self._deferred_at = 0.0
-        self._fold_by = 0.0
 
     def attach(self, tasks: Mapping[str, Task]) -> None:
         """Read pending bars' current states from ``tasks`` (the table's own dict)."""
@@ -362,14 +360,14 @@ class JobIndex:
         return fresh
 
     def get(self, key: str) -> Job | None:
-        if self._pending:
+        if self.deferred:
             self.fold()
             self.settle()
         run = self._runs.get(key)
         return None if run is None else run.as_job()
 
     def latest(self, name: str) -> Job | None:
-        if self._pending:
+        if self.deferred:
             self.fold()
             self.settle()
         run = self._latest.get(name)
@@ -377,7 +375,7 @@ class JobIndex:
 
     def jobs(self) -> Iterator[Job]:
         """Every run still listed, most recently updated first."""
-        if self._pending:
+        if self.deferred:
             self.fold()
             self.settle()
         ordered = sorted(
@@ -443,7 +441,7 @@ class JobIndex:
 
     def finished(self) -> list[Job]:
         """Every finished run still listed."""
-        if self._pending:
+        if self.deferred:
             self.fold()
             self.settle()
         return [run.as_job() for run in self._runs.values() if run.finished_at is not None]
@@ -451,10 +449,9 @@ class JobIndex:
     def fold(self) -> None:
         """Sum every pending bar's changes, from the state its run counts to its current one
         (the runs they touch are sampled and judged at the next :meth:`settle`)."""
-        pending, tasks = self._pending, self._tasks
-        self._pending = {}
-        self._fold_by = self._deferred_at + FOLD_EVERY
-        for task_id, (counted, _) in pending.items():
+        pending, tasks = list(self.deferred.items()), self._tasks
+        self.deferred.clear()  # the same dict: the table holds it (TaskTable.commit)
+        for task_id, (counted, _) in pending:
             run = self._member.get(task_id)
             current = tasks.get(task_id)
             if run is not None and current is not None:
@@ -463,9 +460,8 @@ class JobIndex:
     def settle(self) -> None:
         """After a batch of changes: sample each changed run's fraction and judge its state
         once, on the whole batch (not halfway through it). Pending bars are folded first when
-        a run is to be sampled, or once FOLD_EVERY has passed since the last fold (so a run's
-        history is sampled as often when nobody reads as when viewers do)."""
-        if self._pending and (self._touched or self._deferred_at >= self._fold_by):
+        a run is to be sampled, so that no sample is taken on half-folded sums."""
+        if self.deferred and self._touched:
             self.fold()
         for run in self._touched:
             if run.key in self._runs:
@@ -481,7 +477,7 @@ class JobIndex:
 
     def take_changes(self) -> tuple[set[str], set[str]]:
         """Keys of the runs that changed, and of those dropped, since the last call."""
-        if self._pending:
+        if self.deferred:
             self.fold()
             self.settle()
         changed, dropped = self._changed, self._dropped
@@ -495,7 +491,7 @@ class JobIndex:
         # Runs for every event of a task in a job: the common case (an active bar of a run
         # staying active) is one or two dict lookups, its sums moved when a reader folds.
         if old is not None:
-            pending = self._pending
+            pending = self.deferred
             task_id = old.task_id
             if (
                 new is not None
@@ -505,7 +501,6 @@ class JobIndex:
             ):
                 entry = pending.get(task_id)
                 if entry is not None and "job_size" not in new.meta:
-                    self._deferred_at = now
                     # When it moved, now (a stall alert is named by it, on every server alike).
                     if new.n != old.n and now > entry[1].advanced_at:
                         entry[1].advanced_at = now
@@ -517,7 +512,6 @@ class JobIndex:
                         run.announce(new.meta["job_size"])
                     if entry is None:
                         pending[task_id] = (old, run)
-                    self._deferred_at = now
                     if new.n != old.n and now > run.advanced_at:
                         run.advanced_at = now
                     return
@@ -617,7 +611,7 @@ class JobIndex:
 
     def expire(self, now: float) -> None:
         """Judge stalls as time passes, and drop finished runs past ``retention``."""
-        if self._pending:
+        if self.deferred:
             self.fold()
             self.settle()
         for key, run in list(self._runs.items()):

@@ -60,6 +60,7 @@ class TaskTable:
         #: The jobs the tasks make up, kept up to date with every change.
         self.jobs = jobs if jobs is not None else JobIndex()
         self.jobs.attach(self.tasks)
+        self._deferred = self.jobs.deferred
         #: The highest revision applied: the table's version.
         self.rev = 0
         #: Per state, its tasks in the order they entered it, oldest first.
@@ -259,7 +260,19 @@ class TaskTable:
         changes = self._changes
         if changes is not None:
             changes[task_id] = changes.get(task_id, 0) | changed
-        if "job" in task.meta or (old is not None and "job" in old.meta):
+        meta = task.meta
+        if "job" in meta:
+            # The jobs' hot path, here to spare a call an event: a bar the index deferred (so
+            # stored, active) that stays active stays deferred; only a move forward is noted,
+            # as JobIndex.update would (see it, and JobIndex.deferred).
+            entry = self._deferred.get(task_id) if state == "active" else None
+            if entry is not None and old is not None and "job_size" not in meta:
+                now = task.updated_at
+                if task.n != old.n and now > entry[1].advanced_at:
+                    entry[1].advanced_at = now
+            else:
+                self.jobs.update(old, task, task.updated_at)
+        elif old is not None and "job" in old.meta:
             self.jobs.update(old, task, task.updated_at)
         elif state == "failed" and self._failure_watchers and (old is None or old.state != state):
             for watcher in self._failure_watchers:
@@ -316,6 +329,7 @@ class TaskTable:
             "_by_created",
             "_transient",
             "jobs",
+            "_deferred",
         ):
             setattr(self, name, getattr(fresh, name))
         self._removed.clear()
