@@ -15,7 +15,8 @@ What a run adds up (each counted task, in its latest state; a task removed from 
 - ``rate``: the active bars' steady rates, summed, in ``unit``, the unit they all share; null
   when their units differ (bytes a second plus rows a second is no figure);
 - ``eta``: from the least-squares slope of the fraction over the run's recent history (sampled
-  as bars change); null when the fraction is unknown or not rising, or the job is stalled.
+  when its sums change, read or not: cleanup folds them every second); null when the fraction
+  is unknown or not rising, or the job is stalled.
 
 The task ``progressista run`` makes (``meta.role = "run"``, its id the job's name) *heads* the run:
 it is not summed, and its end ends the job: completed when it completes, failed when it fails.
@@ -45,6 +46,8 @@ JOB_STATES = ("running", "stalled", "completed", "failed")
 _HISTORY_POINTS = 32
 _SAMPLE_SPACING = 1.0
 _TREND_POINTS = 8
+#: A bar's changes are deferred (see JobIndex) when it changed within this many seconds before.
+DEFER_WITHIN = 0.25
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -506,8 +509,15 @@ class JobIndex:
                         entry[1].advanced_at = now
                     return
                 run = self._member.get(task_id)
-                # Only while its run is running: a bar moving a stalled run on is judged now.
-                if run is not None and run.state == "running" and task_id != run.name:
+                # Only a busy bar (its last change came within DEFER_WITHIN: more will come
+                # before the next fold; a bar that sends a state a second gains nothing), and
+                # only while its run is running (a bar moving a stalled run on is judged now).
+                if (
+                    run is not None
+                    and now - old.updated_at < DEFER_WITHIN
+                    and run.state == "running"
+                    and task_id != run.name
+                ):
                     if "job_size" in new.meta:  # an announcement counts even if withdrawn later
                         run.announce(new.meta["job_size"])
                     if entry is None:
