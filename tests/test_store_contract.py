@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -286,6 +287,43 @@ async def test_a_store_url_redis_py_cannot_use_stops_the_start() -> None:
     message = str(caught.value)
     assert message.startswith("--store redis://:***@127.0.0.1:1/0?foo=bar: ")
     assert "'foo'" in message
+
+
+@pytest.mark.slow
+async def test_a_redis_that_refuses_the_settings_stops_the_start(
+    tmp_path: Path, redis_process: RedisProcess
+) -> None:
+    """A database index out of range, a wrong password, no password where one is required:
+    Redis says so at every attempt, so the start stops and says why (password hidden),
+    instead of serving 503 and retrying for ever."""
+    import redis.asyncio
+
+    from progressista.server.redis_store import BadRedisUrl, RedisStore
+
+    out_of_range = redis_process.url.rsplit("/", 1)[0] + "/99"
+    with running_redis(tmp_path) as guarded:
+        raw = redis.asyncio.from_url(guarded.url)
+        await raw.config_set("requirepass", "right")
+        await raw.aclose()
+        wrong = guarded.url.replace("redis://", "redis://:wrong@")
+        for url, said in (
+            (out_of_range, "DB index is out of range"),
+            (wrong, "invalid username-password pair"),
+            (guarded.url, "Authentication required"),
+        ):
+            store = RedisStore(url, lifetimes=LIFETIMES, max_tasks=10)
+            with pytest.raises(BadRedisUrl) as caught:
+                await store.start()
+            message = str(caught.value)
+            assert said in message and "wrong" not in message, message
+            assert message.startswith(f"--store {url.replace(':wrong@', ':***@')}: ")
+            await store.close()
+        right = RedisStore(
+            guarded.url, lifetimes=LIFETIMES, max_tasks=10, password="right", prefix="ok"
+        )
+        await right.start()  # the right password: it serves
+        assert right.problem() is None
+        await right.close()
 
 
 def test_keys_share_one_hash_tag() -> None:

@@ -356,7 +356,9 @@ class MissingRedis(RuntimeError):
 
 
 class BadRedisUrl(ValueError):
-    """A store URL redis-py cannot use (an unknown option, a bad port); the message says why."""
+    """A store URL that cannot work: redis-py cannot use it (an unknown option, a bad port), or
+    Redis refuses it at start (a wrong password, a database index out of range, a user without
+    the rights to run scripts); the message says why. Neither gets better by retrying."""
 
 
 def _import_redis() -> tuple[Any, tuple[type[BaseException], ...], type[BaseException]]:
@@ -451,6 +453,10 @@ class RedisStore:
         self._storing: asyncio.Future[None] | None = None
         self._loaded = asyncio.Event()
         self._stopping = asyncio.Event()
+        #: While start() waits: a refusal then stops the server (BadRedisUrl) rather than
+        #: being retried; what Redis said.
+        self._starting = False
+        self._refused: BaseException | None = None
 
     # The protocol --------------------------------------------------------------------------
 
@@ -502,9 +508,31 @@ class RedisStore:
         }
         log.info("loading the tasks from Redis at %s", redacted(self.url))
         self._set_problem(f"loading the tasks from Redis at {redacted(self.url)}", log_it=False)
+        self._starting = True
         self._tasks = [asyncio.create_task(self._run(), name="progressista-redis")]
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._loaded.wait()), STARTUP_WAIT)
+        loaded = asyncio.ensure_future(self._loaded.wait())
+        try:  # loaded, or refused (the task ends), or neither yet: serve, and keep trying
+            await asyncio.wait(
+                {loaded, self._tasks[0]}, timeout=STARTUP_WAIT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            loaded.cancel()
+            self._starting = False
+        if self._refused is not None:  # the same at every attempt: say it once, and stop
+            await self._redis.aclose()
+            raise BadRedisUrl(f"--store {redacted(self.url)}: Redis refuses it: {self._refused}")
+
+    def _refuses_for_good(self, error: BaseException) -> bool:
+        """Whether ``error`` is Redis refusing this server's settings (a wrong password, a
+        database index out of range, no right to run scripts), not a passing state."""
+        import redis.exceptions as errors
+
+        return isinstance(
+            error, (errors.AuthenticationError, errors.AuthenticationWrongNumberOfArgsError)
+        ) or (
+            isinstance(error, errors.ResponseError)
+            and str(error).startswith(("DB index is out of range", "NOPERM"))
+        )
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -513,6 +541,9 @@ class RedisStore:
                 await self._load()
                 break
             except self._errors() as error:
+                if self._starting and self._refuses_for_good(error):
+                    self._refused = error  # start() stops the server; later, retry as ever
+                    return
                 backoff = await self._retry_later(error, backoff)
         else:
             return
