@@ -345,7 +345,9 @@ def test_busy_bars_summed_when_read_equal_bars_summed_at_every_change(seed: int)
             state = "stale"
         moved = rng.randrange(3) if rng.random() < 0.7 else 0  # heartbeats: no move
         n = (before.n if before is not None and before.state == "active" else 0) + moved
-        total = rng.choice((None, 50, 50, 50)) if before is None else before.total
+        total = rng.choice((None, 0, 50, 50)) if before is None else before.total
+        if before is not None and total is not None and rng.random() < 0.05:
+            total = 50 - total  # a total set late (tqdm(total=0), then a real one), or reset
         meta: dict[str, Label] = {"job": "etl"}
         if rng.random() < 0.1:
             meta["job_size"] = 8
@@ -448,3 +450,19 @@ def test_a_size_announced_by_a_busy_bar_between_reads_counts() -> None:
     assert job is not None
     assert (job.size, job.n) == (5, 4)
     assert job.fraction == pytest.approx(0.4 / 5)
+
+
+def test_a_bar_whose_total_goes_from_zero_to_a_number_counts_its_fraction() -> None:
+    """tqdm([]) or tqdm(total=0) with the total set later: a total of 0 has no fraction, a
+    later real one has (and back)."""
+    from progressista.server.table import TaskTable
+    from progressista.server.task import Task
+
+    table = TaskTable()
+    for rev, (n, total) in enumerate([(0, 0), (5, 10), (5, 0), (8, 10)], 1):
+        task = Task(task_id="s1", n=n, total=total, meta={"job": "etl"}, updated_at=rev, rev=rev)
+        table.commit(task, 0)
+        table.publish()
+        job = table.jobs.get("etl#1")
+        assert job is not None
+        assert job.fraction == (None if total == 0 else pytest.approx(n / total)), (n, total)
