@@ -52,6 +52,15 @@ async def make_store(kind: str, redis: RedisProcess | None, max_tasks: int = 100
     return store
 
 
+async def another_server(redis: RedisProcess, store: RedisStore) -> RedisStore:
+    """A second server on the same Redis keys as ``store`` (or its successor), started."""
+    from progressista.server.redis_store import RedisStore
+
+    other = RedisStore(redis.url, lifetimes=LIFETIMES, max_tasks=100, prefix=store.keys.prefix)
+    await other.start()
+    return other
+
+
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])
 def kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
@@ -83,8 +92,7 @@ async def writer_and_reader(
 
     writer = await make_store("redis", redis)
     assert isinstance(writer, RedisStore)
-    reader = RedisStore(redis.url, lifetimes=LIFETIMES, max_tasks=100, prefix=writer.keys.prefix)
-    await reader.start()
+    reader = await another_server(redis, writer)
     try:
         yield writer, reader
     finally:
@@ -396,10 +404,7 @@ async def test_redis_keeps_finished_jobs_after_their_tasks_and_a_restart(
     await first.expire(NOW + 1, LIFETIMES, 100)  # the lock's holder writes the finished run
     await first.delete(["a"])
     await first.close()
-    again = RedisStore(
-        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=first.keys.prefix
-    )
-    await again.start()
+    again = await another_server(redis_process, first)
     try:
         assert again.table.tasks == {}
         job = again.table.jobs.latest("etl")
@@ -465,10 +470,7 @@ async def test_a_write_merged_on_one_that_did_not_land_is_merged_again(
         first, second = await _racing_writes(store, monkeypatch, calls)
         assert (first.accepted, second.accepted) == (1, 1)
         assert calls == [1, 1, 1]  # refused, the first again, then the second merged again
-        reader = RedisStore(
-            redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=store.keys.prefix
-        )
-        await reader.start()
+        reader = await another_server(redis_process, store)
         try:
             stored = reader.table.tasks["a"]
             assert (stored.n, stored.postfix, stored.seq) == (2, "x", 3)
@@ -523,10 +525,7 @@ async def test_a_redis_that_refuses_writes_is_a_503_to_retry_not_a_hung_request(
 
     store = await make_store("redis", redis_process)
     assert isinstance(store, RedisStore)
-    idle = RedisStore(
-        redis_process.url, lifetimes=LIFETIMES, max_tasks=100, prefix=store.keys.prefix
-    )
-    await idle.start()
+    idle = await another_server(redis_process, store)
     raw = redis.asyncio.from_url(redis_process.url)
     try:
         await store.apply(events({"task_id": "a", "n": 1}), NOW)
