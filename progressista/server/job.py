@@ -369,24 +369,18 @@ class JobIndex:
         return fresh
 
     def get(self, key: str) -> Job | None:
-        if self.deferred:
-            self.fold()
-            self.settle()
+        self._catch_up()
         run = self._runs.get(key)
         return None if run is None else run.as_job()
 
     def latest(self, name: str) -> Job | None:
-        if self.deferred:
-            self.fold()
-            self.settle()
+        self._catch_up()
         run = self._latest.get(name)
         return None if run is None or run.key not in self._runs else run.as_job()
 
     def jobs(self) -> Iterator[Job]:
         """Every run still listed, most recently updated first."""
-        if self.deferred:
-            self.fold()
-            self.settle()
+        self._catch_up()
         ordered = sorted(
             self._runs.values(), key=lambda run: (run.updated_at, run.serial), reverse=True
         )
@@ -450,10 +444,14 @@ class JobIndex:
 
     def finished(self) -> list[Job]:
         """Every finished run still listed."""
+        self._catch_up()
+        return [run.as_job() for run in self._runs.values() if run.finished_at is not None]
+
+    def _catch_up(self) -> None:
+        """Before a read: fold the pending bars, and sample and judge the runs they touch."""
         if self.deferred:
             self.fold()
             self.settle()
-        return [run.as_job() for run in self._runs.values() if run.finished_at is not None]
 
     def fold(self) -> None:
         """Sum every pending bar's changes, from the state its run counts to its current one
@@ -486,9 +484,7 @@ class JobIndex:
 
     def take_changes(self) -> tuple[set[str], set[str]]:
         """Keys of the runs that changed, and of those dropped, since the last call."""
-        if self.deferred:
-            self.fold()
-            self.settle()
+        self._catch_up()
         changed, dropped = self._changed, self._dropped
         self._changed, self._dropped = set(), set()
         return changed - dropped, dropped
@@ -508,12 +504,7 @@ class JobIndex:
                 and old.state == "active"
                 and "job" in new.meta  # a bar leaving its job is counted now, as it leaves
             ):
-                entry = pending.get(task_id)
-                if entry is not None and "job_size" not in new.meta:
-                    # When it moved, now (a stall alert is named by it, on every server alike).
-                    if new.n != old.n and now > entry[1].advanced_at:
-                        entry[1].advanced_at = now
-                    return
+                # (A deferred bar's later changes without job_size: TaskTable.commit's.)
                 run = self._member.get(task_id)
                 # Only a busy bar (its last change came within DEFER_WITHIN: more will come
                 # before the next fold; a bar that sends a state a second gains nothing), and
@@ -526,8 +517,8 @@ class JobIndex:
                 ):
                     if "job_size" in new.meta:  # an announcement counts even if withdrawn later
                         run.announce(new.meta["job_size"])
-                    if entry is None:
-                        pending[task_id] = (old, run)
+                    pending.setdefault(task_id, (old, run))
+                    # When it moved, now (a stall alert is named by it, on every server alike).
                     if new.n != old.n and now > run.advanced_at:
                         run.advanced_at = now
                     return
@@ -627,9 +618,7 @@ class JobIndex:
 
     def expire(self, now: float) -> None:
         """Judge stalls as time passes, and drop finished runs past ``retention``."""
-        if self.deferred:
-            self.fold()
-            self.settle()
+        self._catch_up()
         for key, run in list(self._runs.items()):
             if run.finished_at is not None:
                 if now - run.finished_at > self.retention:

@@ -263,8 +263,8 @@ class TaskTable:
         meta = task.meta
         if "job" in meta:
             # The jobs' hot path, here to spare a call an event: a bar the index deferred (so
-            # stored, active) that stays active stays deferred; only a move forward is noted,
-            # as JobIndex.update would (see it, and JobIndex.deferred).
+            # stored, active) that stays active stays deferred; only a move forward is noted
+            # (see JobIndex.update, which defers it, and JobIndex.deferred).
             entry = self._deferred.get(task_id) if state == "active" else None
             if entry is not None and old is not None and "job_size" not in meta:
                 now = task.updated_at
