@@ -30,6 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -47,19 +48,27 @@ ARGS = ["--log-level", "warning", "--stale-after", "1h"]
 MANY_BARS = 100_000
 
 
+def batch(number: int, bars: int, label: str | None) -> list[dict[str, Any]]:
+    """Batch ``number`` of 100 events over ``bars`` bars in turn, each bar's meta naming one of
+    20 jobs under ``label`` ("job"; another name is the same bytes to decode and check in no
+    job), or no meta at all (None)."""
+    events = []
+    for i in range(100):
+        task = (number * 100 + i) % bars
+        one = event(f"jobs/t{task}", number)
+        if label is not None:
+            one["meta"] = {"host": "worker-7", label: f"job-{task % 20}"}
+        events.append(one)
+    return events
+
+
 def bodies(path: Path, bars: int, jobs: bool) -> None:
-    """Batches of 100 events over ``bars`` bars in turn (at least 100 batches, cycled); each
-    bar labelled with one of 20 jobs, or with the same label under another name (the same
-    bytes to decode and check: what is measured is keeping the figures, not reading a label)."""
+    """At least 100 batches over ``bars`` bars (wrk cycles them), labelled with their jobs or
+    the same label under another name: what is measured is keeping the figures, not reading a
+    label."""
     with path.open("w") as out:
-        for batch in range(max(100, bars // 100)):
-            events = []
-            for i in range(100):
-                task = (batch * 100 + i) % bars
-                one = event(f"jobs/t{task}", batch)
-                one["meta"] = {"host": "worker-7", ("job" if jobs else "pool"): f"job-{task % 20}"}
-                events.append(one)
-            out.write(json.dumps(events) + "\n")
+        for number in range(max(100, bars // 100)):
+            out.write(json.dumps(batch(number, bars, "job" if jobs else "pool")) + "\n")
 
 
 def ingest(work: Path, bars: int, seconds: float, repeats: int) -> dict[str, list[WrkRun]]:
@@ -145,17 +154,7 @@ def in_process(repeats: int) -> InProcess:
     from progressista.server.store import MemoryStore
 
     def batches(label: str | None) -> list[bytes]:
-        bodies = []
-        for b in range(200):
-            events = []
-            for i in range(100):
-                task = (b * 100 + i) % 1000
-                one = event(f"h/t{task}", b)
-                if label is not None:
-                    one["meta"] = {"host": "worker-7", label: f"job-{task % 20}"}
-                events.append(one)
-            bodies.append(msgspec.json.encode(events))
-        return bodies
+        return [msgspec.json.encode(batch(number, 1000, label)) for number in range(200)]
 
     spacing = task_module.SAMPLE_SPACING
 
