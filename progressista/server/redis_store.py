@@ -84,6 +84,8 @@ CLEANUP_LOCK_MS = 5000
 TTL_MARGIN_MS = 3_600_000
 #: The writes of several requests share one script call up to about this many changes.
 GROUP_CHANGES = 2000
+#: Merging a group lets the event loop run after about this many events.
+YIELD_EVERY = 200
 #: Attempts at a write whose tasks other servers keep changing under it.
 WRITE_ATTEMPTS = 8
 #: Seconds a write waits for its own change to come back from the stream (read-your-writes).
@@ -281,6 +283,10 @@ Lookup = Callable[[str], Task | None]
 Prepare = Callable[[Lookup], tuple[list[Change], Any]]
 
 
+#: Changes as the apply script reads them (RedisStore._pack): five numbers per change, still to
+#: be encoded (a revision read may change until the call goes), and the ids and tasks end to end.
+_Packed = tuple[list[int], bytes]
+
 #: A change on its way to Redis: a Change and the time its write was made at (for the TTL).
 _Pending = tuple[str, int, int, Task | None, float]
 
@@ -298,21 +304,21 @@ class _Write:
 
 
 class _Flight:
-    """A script call sent to Redis: the writes it stores, what each caller gets, the state it
-    stores for each task (None: removed), and the call."""
+    """A script call sent to Redis: the writes it stores, what each caller gets, its change of
+    each task (the state it stores is the fourth item: None when removed), and the call."""
 
-    __slots__ = ("call", "done", "group", "states")
+    __slots__ = ("call", "done", "group", "pending")
 
     def __init__(
         self,
         group: list[_Write],
         done: list[tuple[_Write, Any]],
-        states: dict[str, Task | None],
+        pending: dict[str, _Pending],
         call: asyncio.Future[dict[str, Task | None] | int],
     ) -> None:
         self.group = group
         self.done = done
-        self.states = states
+        self.pending = pending
         self.call = call
 
 
@@ -333,6 +339,7 @@ def _rev_of(task: Task | None) -> int:
 
 
 _encode = msgspec.msgpack.encode
+_encoder = msgspec.msgpack.Encoder()
 _decode_task = msgspec.msgpack.Decoder(Task).decode
 _decode_job = msgspec.msgpack.Decoder(Job).decode
 _decode_alert = msgspec.msgpack.Decoder(Alert).decode
@@ -449,6 +456,10 @@ class RedisStore:
         self._went_back = False
         #: Finished job runs this server has written to Redis (or found there).
         self._kept_jobs: set[str] = set()
+        #: The writes the writer has taken from the queue: the group it merges, the one in flight.
+        self._writing: tuple[list[_Write], list[_Write]] = ([], [])
+        #: Wakes the writer waiting for writes to merge while a call is in Redis.
+        self._arrival: Callable[[], None] | None = None
         #: Resolved when the script call in flight has answered (None when there is none).
         self._storing: asyncio.Future[None] | None = None
         self._loaded = asyncio.Event()
@@ -673,54 +684,115 @@ class RedisStore:
             )
         write = _Write(prepare, size, now)
         self._queue.append(write)
+        if self._arrival is not None:
+            self._arrival()
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_loop(), name="progressista-redis-write")
         return await write.future
 
     async def _write_loop(self) -> None:
+        """Run the writer; should it fail (a bug), every caller it leaves hears of the error
+        rather than waiting forever, and the next write starts a new writer."""
+        try:
+            await self._write_groups()
+        except BaseException as error:
+            if not isinstance(error, asyncio.CancelledError):
+                log.exception("the writer of the Redis store failed")
+            writes = [*self._queue, *(write for group in self._writing for write in group)]
+            self._queue.clear()
+            for write in writes:
+                if not write.future.done():
+                    write.future.set_exception(
+                        error
+                        if not isinstance(error, asyncio.CancelledError)
+                        else StoreUnavailable("the server is closing its Redis store")
+                    )
+            raise
+
+    async def _write_groups(self) -> None:
         """Store the queued writes, a group per script call; while Redis runs one call, merge the
         next group as if that call succeeds (its lookups see the call's tasks), so that this
-        loop's merging and Redis's storing overlap instead of taking turns. One call is in flight
-        at a time: no two writes of this server ever race each other for one task."""
+        loop's merging and Redis's storing overlap instead of taking turns. The group takes the
+        writes that arrive until the call answers (a request answered comes back soon), up to
+        GROUP_CHANGES. One call is in flight at a time: no two writes of this server ever race
+        each other for one task."""
         flight: _Flight | None = None
         while self._queue or flight is not None:
-            group = self._next_group()
-            combined, done = self._prepare(group, {}, flight)
+            group: list[_Write] = []
+            self._writing = (group, flight.group if flight is not None else [])
+            combined: dict[str, _Pending] = {}
+            done: list[tuple[_Write, Any]] = []
+            size = 0
+            while True:
+                more = self._next_group(GROUP_CHANGES - size) if size < GROUP_CHANGES else []
+                if more:
+                    group += more
+                    size += sum(write.size for write in more)
+                    await self._prepare(more, {}, flight, combined, done)
+                if flight is None or flight.call.done() or size >= GROUP_CHANGES:
+                    break
+                await self._arrival_or(flight.call)
+            changes = list(combined.values())
+            packed = self._pack(changes)  # the tasks are encoded before Redis answers, too
             landed = flight
             if flight is not None and not await self._land(flight):
                 # Merged on top of changes that did not land: merge again from what did.
-                combined, done = self._prepare(group, {}, None)
+                combined, done = await self._prepare(group, {}, None)
+                changes = list(combined.values())
+                packed = self._pack(changes)
                 landed = None
-            flight = self._launch(group, combined, done, landed) if group else None
+            flight = self._launch(group, combined, changes, packed, done, landed) if group else None
             if flight is not None:
                 await asyncio.sleep(0)  # the call goes out before the next group is merged
+        self._writing = ([], [])
 
-    def _next_group(self) -> list[_Write]:
+    def _next_group(self, room: int = GROUP_CHANGES) -> list[_Write]:
+        """Queued writes of about ``room`` changes in all (at least one, however large)."""
         group: list[_Write] = []
         size = 0
-        while self._queue and (not group or size + self._queue[0].size <= GROUP_CHANGES):
+        while self._queue and (not group or size + self._queue[0].size <= room):
             write = self._queue.popleft()
             size += write.size
             group.append(write)
         return group
 
+    async def _arrival_or(self, call: asyncio.Future[Any]) -> None:
+        """Wait until a write is queued or ``call`` answers, whichever comes first."""
+        wake = asyncio.get_running_loop().create_future()
+
+        def settle(_: object = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        self._arrival = settle
+        call.add_done_callback(settle)
+        try:
+            await wake
+        finally:
+            self._arrival = None
+            call.remove_done_callback(settle)
+
     def _launch(
         self,
         group: list[_Write],
         combined: dict[str, _Pending],
+        changes: list[_Pending],
+        packed: _Packed,
         done: list[tuple[_Write, Any]],
         landed: _Flight | None,
     ) -> _Flight:
-        """Send a group's changes. A change merged from a task the call before stored expects
-        the revision that call gave it, known only now that it has answered."""
-        changes = list(combined.values())
+        """Send a group's changes (``combined``, listed in ``changes`` and ``packed``). A change
+        merged from a task the call before stored expects the revision that call gave it, known
+        only now that it has answered."""
         if landed is not None:
-            states = landed.states
+            stored, numbers = landed.pending, packed[0]
             for index, (task_id, _, mask, task, now) in enumerate(changes):
-                if task_id in states:
-                    changes[index] = (task_id, _rev_of(states[task_id]), mask, task, now)
-        call = asyncio.ensure_future(self._store(changes))
-        return _Flight(group, done, {change[0]: change[3] for change in changes}, call)
+                if task_id in stored:
+                    rev = _rev_of(stored[task_id][3])
+                    changes[index] = (task_id, rev, mask, task, now)
+                    numbers[5 * index + 1] = rev
+        call = asyncio.ensure_future(self._store(changes, packed))
+        return _Flight(group, done, combined, call)
 
     async def _land(self, flight: _Flight) -> bool:
         """Wait for a call's answer and answer its callers; False if it did not store (Redis
@@ -741,7 +813,7 @@ class RedisStore:
         """Prepare every write of ``group`` again against ``fresher`` (the tasks that moved)
         and store them, until no revision moved in between or the attempts run out."""
         for _ in range(WRITE_ATTEMPTS - 1):
-            combined, done = self._prepare(group, fresher, None)
+            combined, done = await self._prepare(group, fresher, None)
             try:
                 conflicts = await self._store(list(combined.values()))
             except StoreUnavailable as error:
@@ -763,17 +835,23 @@ class RedisStore:
         for write, result in done:
             self._when_applied(rev, write.future, result)
 
-    def _prepare(
-        self, group: list[_Write], fresher: dict[str, Task | None], flight: _Flight | None
+    async def _prepare(
+        self,
+        group: list[_Write],
+        fresher: dict[str, Task | None],
+        flight: _Flight | None,
+        combined: dict[str, _Pending] | None = None,
+        done: list[tuple[_Write, Any]] | None = None,
     ) -> tuple[dict[str, _Pending], list[tuple[_Write, Any]]]:
         """Each write's changes, in order, each seeing those before it: per task, its last
         state and the revision it was read at; and the writes that were not refused. With a
-        call in ``flight``, as if it stored its tasks."""
-        combined: dict[str, _Pending] = {}
-        done: list[tuple[_Write, Any]] = []
+        call in ``flight``, as if it stored its tasks. Added to ``combined`` and ``done`` when
+        given (writes merged earlier come first)."""
+        combined = {} if combined is None else combined
+        done = [] if done is None else done
 
         ahead, stored = self._ahead, self._table.tasks
-        flying = flight.states if flight is not None else {}
+        flying = flight.pending if flight is not None else {}
 
         def lookup(task_id: str) -> Task | None:
             change = combined.get(task_id)
@@ -782,13 +860,21 @@ class RedisStore:
             if fresher and task_id in fresher:
                 return fresher[task_id]
             if flying and task_id in flying:
-                return flying[task_id]
+                return flying[task_id][3]
             written = ahead.get(task_id)
             if written is not None:
                 return written[1]
             return stored.get(task_id)
 
+        unyielded = 0
         for write in group:
+            if unyielded >= YIELD_EVERY:
+                # Let the loop run between writes: the call in flight goes out and its answer is
+                # read while this group is merged (redis-py sends from a task of its own), and
+                # requests keep arriving. Whatever changes meanwhile is checked by revision.
+                unyielded = 0
+                await asyncio.sleep(0)
+            unyielded += write.size
             if write.future.done():
                 continue  # its caller gave up (the request went away)
             try:
@@ -805,20 +891,24 @@ class RedisStore:
             done.append((write, result))
         return combined, done
 
-    async def _store(self, changes: list[_Pending]) -> dict[str, Task | None] | int:
-        """Store ``changes`` ([id, revision read, mask, task or None, now]) if no revision
-        moved, and return the last revision given; else the current state of each task that
-        moved."""
+    async def _store(
+        self, changes: list[_Pending], packed: _Packed | None = None
+    ) -> dict[str, Task | None] | int:
+        """Store ``changes`` ([id, revision read, mask, task or None, now], already ``packed``
+        if given) if no revision moved, and return the last revision given; else the current
+        state of each task that moved."""
         if not changes:
             return self._stream_rev
         try:
-            return await self._call_apply(changes)
+            return await self._call_apply(changes, packed or self._pack(changes))
         finally:
             self._stored()
 
-    async def _call_apply(self, changes: list[_Pending]) -> dict[str, Task | None] | int:
+    async def _call_apply(
+        self, changes: list[_Pending], packed: _Packed
+    ) -> dict[str, Task | None] | int:
         keys = self.keys
-        numbers, body = self._pack(changes)
+        numbers, body = _encode(packed[0]), packed[1]
         self._storing = asyncio.get_running_loop().create_future()
         try:
             reply = await self._scripts["apply"](
@@ -859,22 +949,30 @@ class RedisStore:
             }
         base = int(reply[1])
         own: list[tuple[str, int, Task | None]] = []
-        for offset, (task_id, _, mask, task, _) in enumerate(changes):
-            rev = base + offset
-            if task is not None:
-                task.rev = rev
-            self._ahead[task_id] = (rev, task)
-            own.append((task_id, mask, task))
+        rev = base
         if self._stream_rev == base - 1:
             # Every entry before this one is applied: apply it now, in order, as the stream
-            # would, and answer at once rather than after the stream brings it back.
+            # would, and answer at once rather than after the stream brings it back. (Nothing
+            # of this server's is then ahead of the replica.)
+            for task_id, _, mask, task, _ in changes:
+                if task is not None:
+                    task.rev = rev
+                rev += 1
+                own.append((task_id, mask, task))
             self._apply_changes(base, own)
             self._applied_early.add(base)
             self._table.publish()
             self._wake_waiters()
         else:  # the stream brings this entry back: its tasks are these very objects
+            ahead = self._ahead
+            for task_id, _, mask, task, _ in changes:
+                if task is not None:
+                    task.rev = rev
+                ahead[task_id] = (rev, task)
+                rev += 1
+                own.append((task_id, mask, task))
             self._own[base] = own
-        return base + len(changes) - 1
+        return rev - 1
 
     def _stream_cap(self, entry_bytes: int) -> int:
         """How many entries the stream keeps after this one: ``stream_length``, fewer when
@@ -883,27 +981,31 @@ class RedisStore:
         fitting = int(self._stream_bytes / self._entry_bytes)
         return max(MIN_STREAM_ENTRIES, min(self._stream_length, fitting))
 
-    def _pack(self, changes: list[_Pending]) -> tuple[bytes, bytes]:
-        """The changes as the apply script reads them, and as the stream keeps them: a msgpack
-        array of five numbers per change (id length, revision read, mask, data length, ttl), and
-        the ids and data end to end. One loop: this runs for every change of every write."""
+    def _pack(self, changes: list[_Pending]) -> _Packed:
+        """The changes as the apply script reads them, and as the stream keeps them: five
+        numbers per change (id length, revision read, mask, data length, ttl; sent as a msgpack
+        array), and the ids and data end to end. One loop: this runs for every change of every
+        write."""
         numbers: list[int] = []
-        body: list[bytes] = []
+        body = bytearray()
         active_ttl = self._active_ttl
+        encode_into = _encoder.encode_into
         for task_id, expected, mask, task, now in changes:
             encoded_id = task_id.encode()
+            body += encoded_id
             if task is None:
-                data, ttl = b"", 0
+                data_length, ttl = 0, 0
             else:
-                data = _encode(task)
+                start = len(body)
+                encode_into(task, body, -1)  # at the end: no bytes object per task
+                data_length = len(body) - start
                 ttl = (
                     active_ttl
                     if active_ttl is not None and task.state == "active"
                     else self._ttl_ms(task, now)
                 )
-            numbers += (len(encoded_id), expected, mask, len(data), ttl)
-            body += (encoded_id, data)
-        return _encode(numbers), b"".join(body)
+            numbers += (len(encoded_id), expected, mask, data_length, ttl)
+        return numbers, bytes(body)
 
     def _stored(self) -> None:
         """The script call in flight (if any) has answered, or failed."""
@@ -1124,18 +1226,20 @@ class RedisStore:
     def _apply_changes(self, base: int, changes: list[tuple[str, int, Task | None]]) -> None:
         """Apply one stream entry's changes (revisions from ``base``) to the replica."""
         table, ahead = self._table, self._ahead
+        tasks = table.tasks
         rev = base - 1
         for task_id, mask, task in changes:
             rev += 1
-            current = table.tasks.get(task_id)
+            current = tasks.get(task_id)
             if current is None or current.rev < rev:
                 if task is None:
                     table.remove(task_id, rev)
                 else:
                     table.commit(task, mask if current else ALL_FIELDS)
-            written = ahead.get(task_id)
-            if written is not None and written[0] <= rev:
-                del ahead[task_id]
+            if ahead:
+                written = ahead.get(task_id)
+                if written is not None and written[0] <= rev:
+                    del ahead[task_id]
         self._stream_rev = rev
 
     def _decoded(
