@@ -1,7 +1,8 @@
 """``make bench``, Redis part: the Redis store against the memory store, in one run.
 
 Three figures, each next to its reference from the same run: batched ingest through one server
-on Redis against the memory store (wrk, the same bodies, runs alternated); the latency from a
+on Redis against the memory store (wrk, the same bodies, in alternated pairs of runs, the ratio
+the median of the pairs'); the latency from a
 POST to server A until the change reaches a viewer of server B at 4,000 events/s; and the memory
 of a server's replica per task against the memory store's.
 
@@ -51,10 +52,11 @@ def redis_at(directory: Path) -> Iterator[RedisProcess]:
 def ingest(
     redis: RedisProcess, bodies: Path, script: Path, seconds: float, repeats: int
 ) -> dict[str, list[float]]:
-    """Events/s through one server, memory store and Redis store alternated."""
+    """Events/s through one server, memory store and Redis store alternated: each repeat is a
+    pair of runs, the first of the pair taking turns (the machine's mood drifts)."""
     rates: dict[str, list[float]] = {"memory": [], "redis": []}
     for repeat in range(repeats):
-        for store in ("memory", "redis"):
+        for store in ("memory", "redis") if repeat % 2 == 0 else ("redis", "memory"):
             args = [*QUIET, "--store", redis.url, "--redis-prefix", f"ingest-{repeat}"]
             with running_server(args if store == "redis" else QUIET) as server:
                 # 32 connections: many workers at once, as a deployment on Redis has; a store
@@ -158,6 +160,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, one repeat")
     options = parser.parse_args()
     repeats = 1 if options.quick else 3
+    ingest_repeats = 1 if options.quick else 5  # the noisiest figure: more pairs
     seconds = 3 if options.quick else 8
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
@@ -174,7 +177,7 @@ def main() -> int:
         )
     )
     with redis_at(work) as redis:
-        rates = ingest(redis, bodies, script, seconds, repeats)
+        rates = ingest(redis, bodies, script, seconds, ingest_repeats)
         runs = []
         for repeat in range(repeats):
             prefix = ["--redis-prefix", f"latency-{repeat}"]
@@ -188,6 +191,10 @@ def main() -> int:
 
     memory_rate = statistics.median(rates["memory"])
     redis_rate = statistics.median(rates["redis"])
+    # The ratio of each pair of neighbouring runs, then their median: medians taken apart can
+    # pair a run in a fast minute with one in a slow minute.
+    pair_ratios = [r / m for m, r in zip(rates["memory"], rates["redis"], strict=True)]
+    ratio = statistics.median(pair_ratios)
     p50 = statistics.median(percentile(run["latencies"], 0.5) * 1000 for run in runs)
     p99 = statistics.median(percentile(run["latencies"], 0.99) * 1000 for run in runs)
     rate = statistics.median(run["sent"] / run["seconds"] for run in runs)
@@ -196,9 +203,9 @@ def main() -> int:
             "batched ingest, one server",
             f"Redis store {redis_rate:,.0f} events/s",
             f"memory store {memory_rate:,.0f}/s",
-            f"{redis_rate / memory_rate:.2f}",
+            f"{ratio:.2f}",
             "≥ 0.5",
-            redis_rate >= 0.5 * memory_rate,
+            ratio >= 0.5,
         ),
         Row(
             f"POST on A → patch on B's viewer, {rate:,.0f} events/s",
@@ -219,8 +226,9 @@ def main() -> int:
     ]
     print_table("Several servers on Redis, against the memory store", rows)
     print(
-        f"\nruns per figure: {repeats}; ingest samples memory {rates['memory']}, "
-        f"redis {rates['redis']}",
+        f"\nruns per figure: {repeats} ({ingest_repeats} pairs for ingest, ratios "
+        f"{', '.join(f'{r:.2f}' for r in pair_ratios)}); ingest samples memory "
+        f"{rates['memory']}, redis {rates['redis']}",
         file=sys.stderr,
     )
     return 0
