@@ -2,9 +2,9 @@
 
 Three figures, each next to its reference from the same run: batched ingest through one server
 on Redis against the memory store (wrk, the same bodies, in alternated pairs of runs, the ratio
-the median of the pairs'); the latency from a
-POST to server A until the change reaches a viewer of server B at 4,000 events/s; and the memory
-of a server's replica per task against the memory store's.
+the median of the pairs'); the latency from a POST to server A until the change reaches a viewer
+of server B at 4,000 events/s; and the memory of a server's replica per task against the memory
+store's.
 
 Run ``python -m tests.bench.redis --quick`` for a short smoke run. Needs wrk and redis-server.
 """
