@@ -457,18 +457,17 @@ async def test_a_write_merged_while_the_one_before_is_in_redis_expects_its_revis
 async def test_two_servers_writing_the_same_tasks_at_once_lose_no_write(
     redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Six writers, three per server, each owning one field of the same few tasks: a merge made
+    """Seven writers on two servers, each owning one field of the same few tasks: a merge made
     on a state another write changed meanwhile (while a call was in Redis, while the loop ran
     between writes) must be caught by its revision and made again, or it would put back an
     older value of another writer's field."""
     from progressista.server import redis_store
     from progressista.server.store import StoreUnavailable
 
-    monkeypatch.setattr(redis_store, "YIELD_EVERY", 3)  # the loop runs between most writes
-    monkeypatch.setattr(redis_store, "GROUP_CHANGES", 8)  # many calls, so many races
+    monkeypatch.setattr(redis_store, "YIELD_EVERY", 1)  # the loop runs between writes
     random = __import__("random").Random(7)
     task_ids = [f"t{index}" for index in range(4)]
-    fields = ["desc", "postfix", "unit", "n", "total", "elapsed"]
+    fields = ["desc", "postfix", "unit", "n", "total", "elapsed", "rate"]
     last: dict[tuple[str, str], str | float] = {}
 
     async def write(store: TaskStore, field: str) -> None:
@@ -524,6 +523,43 @@ async def test_a_writer_that_fails_fails_its_writes_instead_of_hanging_them(
         monkeypatch.setattr(store, "_pack", pack)
         result = await store.apply(events({"task_id": "t0", "n": 2}), NOW)  # a new writer
         assert result.accepted == 1 and store.table.tasks["t0"].n == 2
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_writer_that_fails_with_a_call_in_redis_answers_it_by_what_redis_did(
+    redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from progressista.server import redis_store
+
+    store = await make_store("redis", redis_process)
+    assert isinstance(store, redis_store.RedisStore)
+    try:
+        monkeypatch.setattr(redis_store, "GROUP_CHANGES", 1)  # one write per call
+        pack, packs = store._pack, []
+
+        def second_breaks(changes: list[Any]) -> Any:
+            packs.append(len(changes))
+            if len(packs) == 2:  # while the first write's call is in Redis
+                raise RuntimeError("a bug in the writer")
+            return pack(changes)
+
+        monkeypatch.setattr(store, "_pack", second_breaks)
+        first, second = await asyncio.wait_for(
+            asyncio.gather(
+                store.apply(events({"task_id": "a", "n": 1}), NOW),
+                store.apply(events({"task_id": "b", "n": 1}), NOW),
+                return_exceptions=True,
+            ),
+            timeout=10,
+        )
+        assert not isinstance(first, BaseException) and first.accepted == 1  # Redis stored it
+        assert isinstance(second, RuntimeError)
+        assert set(store.table.tasks) == {"a"}
+        monkeypatch.setattr(store, "_pack", pack)
+        await store.apply(events({"task_id": "b", "n": 2}), NOW)  # a new writer, alone
+        assert store.table.tasks["b"].n == 2
     finally:
         await store.close()
 

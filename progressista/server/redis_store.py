@@ -456,8 +456,8 @@ class RedisStore:
         self._went_back = False
         #: Finished job runs this server has written to Redis (or found there).
         self._kept_jobs: set[str] = set()
-        #: The writes the writer has taken from the queue: the group it merges, the one in flight.
-        self._writing: tuple[list[_Write], list[_Write]] = ([], [])
+        #: What the writer holds: the writes it merges, and the call in flight.
+        self._writing: tuple[list[_Write], _Flight | None] = ([], None)
         #: Wakes the writer waiting for writes to merge while a call is in Redis.
         self._arrival: Callable[[], None] | None = None
         #: Resolved when the script call in flight has answered (None when there is none).
@@ -695,19 +695,30 @@ class RedisStore:
         rather than waiting forever, and the next write starts a new writer."""
         try:
             await self._write_groups()
-        except BaseException as error:
-            if not isinstance(error, asyncio.CancelledError):
-                log.exception("the writer of the Redis store failed")
-            writes = [*self._queue, *(write for group in self._writing for write in group)]
-            self._queue.clear()
-            for write in writes:
-                if not write.future.done():
-                    write.future.set_exception(
-                        error
-                        if not isinstance(error, asyncio.CancelledError)
-                        else StoreUnavailable("the server is closing its Redis store")
-                    )
+        except asyncio.CancelledError:
+            self._fail_held(StoreUnavailable("the server is closing its Redis store"))
             raise
+        except Exception as error:
+            log.exception("the writer of the Redis store failed")
+            flight = self._writing[1]
+            if flight is not None:
+                # Its call goes on in Redis: its writes are answered by what it did, and no
+                # new writer starts (two calls in flight) until it has.
+                with contextlib.suppress(Exception):
+                    outcome = await asyncio.shield(flight.call)
+                    if isinstance(outcome, int):
+                        self._answer(flight.done, outcome)
+            self._fail_held(error)
+
+    def _fail_held(self, error: BaseException) -> None:
+        """Fail every write the writer holds or has queued, unless already answered."""
+        group, flight = self._writing
+        writes = [*(flight.group if flight is not None else ()), *group, *self._queue]
+        self._writing = ([], None)
+        self._queue.clear()
+        for write in writes:
+            if not write.future.done():
+                write.future.set_exception(error)
 
     async def _write_groups(self) -> None:
         """Store the queued writes, a group per script call; while Redis runs one call, merge the
@@ -719,7 +730,7 @@ class RedisStore:
         flight: _Flight | None = None
         while self._queue or flight is not None:
             group: list[_Write] = []
-            self._writing = (group, flight.group if flight is not None else [])
+            self._writing = (group, flight)
             combined: dict[str, _Pending] = {}
             done: list[tuple[_Write, Any]] = []
             size = 0
@@ -744,7 +755,7 @@ class RedisStore:
             flight = self._launch(group, combined, changes, packed, done, landed) if group else None
             if flight is not None:
                 await asyncio.sleep(0)  # the call goes out before the next group is merged
-        self._writing = ([], [])
+        self._writing = ([], None)
 
     def _next_group(self, room: int = GROUP_CHANGES) -> list[_Write]:
         """Queued writes of about ``room`` changes in all (at least one, however large)."""
@@ -874,12 +885,17 @@ class RedisStore:
                 # requests keep arriving. Whatever changes meanwhile is checked by revision.
                 unyielded = 0
                 await asyncio.sleep(0)
+                stored = self._table.tasks  # a reload meanwhile replaces the table's dict
             unyielded += write.size
             if write.future.done():
                 continue  # its caller gave up (the request went away)
             try:
                 changes, result = write.prepare(lookup)
             except StoreFull as error:
+                write.future.set_exception(error)
+                continue
+            except Exception as error:  # a bug: it fails this write, not its whole group
+                log.exception("a write to the Redis store could not be merged")
                 write.future.set_exception(error)
                 continue
             now = write.now
