@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from progressista.server.cleanup import run_cleanup
 from progressista.server.keys import CLEANUP_TASK, LIFETIMES, STORE
-from progressista.server.store import Expired
+from progressista.server.store import Expired, StoreUnavailable
 from progressista.server.task import Lifetimes
 
 from .conftest import WAIT, Client, FakeClock, MakeClient, event, eventually, post, stored
@@ -116,3 +120,27 @@ async def test_a_failing_pass_does_not_end_the_loop(
     clock.advance(6)
     await eventually(lambda: states(client) == {"a": "stale"})
     assert failures == 2
+
+
+async def test_a_pass_put_off_by_an_unavailable_store_logs_no_error(
+    make_client: MakeClient, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis away or other servers changing the same tasks: the store says so itself, and a
+    traceback a second would drown the log. A bug still logs one."""
+    client = await make_client(cleanup_interval=0.02, stale_after=5)
+    store = client.app[STORE]
+    real_expire = store.expire
+    errors: list[Exception] = [StoreUnavailable("Redis away"), RuntimeError("a bug")]
+
+    async def failing_expire(now: float, lifetimes: Lifetimes, limit: int) -> Expired:
+        if errors:
+            raise errors.pop(0)
+        return await real_expire(now, lifetimes, limit)
+
+    store.expire = failing_expire  # type: ignore[method-assign]
+    await post(client, event("a"))
+    clock.advance(6)
+    await eventually(lambda: states(client) == {"a": "stale"})
+    failed = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(failed) == 1  # the bug's, not the store's
+    assert failed[0].exc_info is not None and str(failed[0].exc_info[1]) == "a bug"

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from .store import Expired, TaskStore
+from .store import Expired, StoreUnavailable, TaskStore
 from .task import Lifetimes
 
 __all__ = ["CLEANUP_STEP", "cleanup_loop", "run_cleanup"]
@@ -52,6 +52,10 @@ async def cleanup_loop(
         await asyncio.sleep(interval)
         try:
             await run_cleanup(store, lifetimes, clock())
+        except StoreUnavailable as error:
+            # Redis away (the store says so itself, once) or other servers changing the same
+            # tasks: the next pass retries; a line a second would only drown the log.
+            log.debug("cleanup pass put off: %s", error)
         except Exception:
-            # A failing pass (say, Redis briefly away) must not end cleanup for good.
+            # A failing pass (a bug) must not end cleanup for good.
             log.exception("cleanup pass failed; retrying in %s s", interval)
