@@ -735,7 +735,7 @@ class RedisStore:
             done: list[tuple[_Write, Any]] = []
             size = 0
             while True:
-                more = self._next_group(GROUP_CHANGES - size) if size < GROUP_CHANGES else []
+                more = self._next_group(GROUP_CHANGES - size)  # under the cap: checked below
                 if more:
                     group += more
                     size += sum(write.size for write in more)
@@ -757,7 +757,7 @@ class RedisStore:
                 await asyncio.sleep(0)  # the call goes out before the next group is merged
         self._writing = ([], None)
 
-    def _next_group(self, room: int = GROUP_CHANGES) -> list[_Write]:
+    def _next_group(self, room: int) -> list[_Write]:
         """Queued writes of about ``room`` changes in all (at least one, however large)."""
         group: list[_Write] = []
         size = 0
@@ -966,27 +966,23 @@ class RedisStore:
         base = int(reply[1])
         own: list[tuple[str, int, Task | None]] = []
         rev = base
+        for task_id, _, mask, task, _ in changes:
+            if task is not None:
+                task.rev = rev
+            rev += 1
+            own.append((task_id, mask, task))
         if self._stream_rev == base - 1:
             # Every entry before this one is applied: apply it now, in order, as the stream
             # would, and answer at once rather than after the stream brings it back. (Nothing
             # of this server's is then ahead of the replica.)
-            for task_id, _, mask, task, _ in changes:
-                if task is not None:
-                    task.rev = rev
-                rev += 1
-                own.append((task_id, mask, task))
             self._apply_changes(base, own)
             self._applied_early.add(base)
             self._table.publish()
             self._wake_waiters()
         else:  # the stream brings this entry back: its tasks are these very objects
-            ahead = self._ahead
-            for task_id, _, mask, task, _ in changes:
-                if task is not None:
-                    task.rev = rev
-                ahead[task_id] = (rev, task)
-                rev += 1
-                own.append((task_id, mask, task))
+            self._ahead.update(
+                (task_id, (base + offset, task)) for offset, (task_id, _, task) in enumerate(own)
+            )
             self._own[base] = own
         return rev - 1
 
