@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from progressista.server.keys import INGEST_STATS
+from progressista.server.task import readable
 
 from .conftest import Client, FakeClock, MakeClient, event, post
 from .conftest import stored as stored_in
@@ -95,6 +96,40 @@ async def test_rate_is_smoothed_on_the_server_when_the_client_sends_none(
     clock.advance(1)
     await post(client, event("a", n=40))
     assert stored(client)["a"]["rate"] == 0.3 * 20 + 0.7 * 10
+
+
+async def test_times_and_rates_are_stored_to_the_digits_a_person_reads(
+    client: Client, clock: FakeClock
+) -> None:
+    """They go to every viewer with every event; their 17 digits were a fifth of its bytes."""
+    await post(client, event("a", n=3, elapsed=103.06833863258362, rate=0.27472527472527475))
+    assert (stored(client)["a"]["elapsed"], stored(client)["a"]["rate"]) == (103.068, 0.2747)
+    await post(client, event("a", n=5, elapsed=7, rate=12437.67082039105))  # ints stay ints
+    assert (stored(client)["a"]["elapsed"], stored(client)["a"]["rate"]) == (7, 12437.671)
+    await post(client, event("b", n=0))
+    clock.advance(3)
+    await post(client, event("b", n=1))  # a rate of the server's own: one item in 3 seconds
+    assert stored(client)["b"]["rate"] == 0.3333
+    response = await client.get("/tasks/a")
+    assert b'"elapsed":7,' in await response.read()
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (2.183017626800762, "2.183"),
+        (999.9996, "1000.0"),
+        (1e11 + 0.123456, "100000000000.123"),
+        (1e12 + 0.5, "1000000000000.5"),  # past what thousandths can hold exactly: as it is
+        (0.000277777777, "0.0002778"),  # one item an hour: four digits, not none
+        (5e-300, "5e-300"),
+        (0.0, "0.0"),
+        (12, "12"),
+    ],
+)
+def test_readable_keeps_thousandths_or_four_significant_digits(value: float, shown: str) -> None:
+    assert repr(readable(value)) == shown
+    assert readable(readable(value)) == readable(value)
 
 
 async def test_the_eta_follows_the_steady_rate_of_the_samples_not_the_last_rate(

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import msgspec
 
-from .task import Task, fit_slope
+from .task import Task, fit_slope, readable
 
 __all__ = ["JOB_STATES", "Job", "JobIndex"]
 
@@ -287,8 +287,8 @@ class _Run:
             },
             n=self.n,
             total=None if self.no_total else self.total,
-            fraction=fraction,
-            rate=self.rate if unit is not None else None,
+            fraction=None if fraction is None else round(fraction, 6),  # float noise off
+            rate=readable(self.rate) if unit is not None else None,
             eta=eta,
             unit=unit,
             size=self.size,

@@ -33,6 +33,7 @@ __all__ = [
     "Task",
     "apply_event",
     "new_task",
+    "readable",
     "went_stale",
 ]
 
@@ -98,12 +99,31 @@ ALL_FIELDS: Final = (1 << len(TASK_FIELDS)) - 1
 _copy: Callable[[Task], Task] = Task.__copy__  # type: ignore[attr-defined]  # msgspec defines it in C; the stubs do not list it
 
 
+def readable(value: float) -> float:
+    """A measured float to the digits a person reads: thousandths, or 4 significant digits
+    below 1 (a rate of one item an hour is 0.0002778). Ints pass as they are.
+
+    Elapsed times and rates arrive with 17 digits, most of them noise, and travel to every
+    viewer with every event: rounded where they are stored, an update's entry on the wire is
+    about 25 bytes shorter (a fifth of it), and every view of the task (the feed, ``/tasks``,
+    Redis) holds the same number. Thousandths by an integer division, which gives the shortest
+    decimal's float directly: a third of what ``round`` costs, and this runs for every event.
+    """
+    if value.__class__ is not float:
+        return value
+    if 1.0 <= value < 1e12:
+        return int(value * 1000.0 + 0.5) / 1000.0
+    if 0.0 < value < 1.0:
+        return round(value, 3 - math.floor(math.log10(value)))
+    return value
+
+
 def _merge_function() -> Callable[[Task, Event], int]:
     """Straight-line code that copies an event's given fields into a task, returning which changed.
 
     Generated once: a loop over field names with getattr/setattr costs three times as much, and
     this runs for every event. ``unit_scale`` compares types too, because ``True == 1`` but tqdm
-    scales ``True`` and not ``1``.
+    scales ``True`` and not ``1``. ``elapsed`` and ``rate`` are stored :func:`readable`.
     """
     lines = ["def merge(task, event):", "    changed = 0"]
     for name in Event.__struct_fields__:
@@ -112,14 +132,16 @@ def _merge_function() -> Callable[[Task, Event], int]:
         different = f"value != task.{name}"
         if name == "unit_scale":
             different = f"(value != task.{name} or type(value) is not type(task.{name}))"
+        lines.append(f"    value = event.{name}")
+        if name in ("elapsed", "rate"):
+            lines.append("    if value.__class__ is float: value = readable(value)")
         lines += [
-            f"    value = event.{name}",
             f"    if value is not UNSET and {different}:",
             f"        task.{name} = value",
             f"        changed |= {FIELD_BIT[name]}",
         ]
     lines.append("    return changed")
-    namespace: dict[str, object] = {"UNSET": UNSET}
+    namespace: dict[str, object] = {"UNSET": UNSET, "readable": readable}
     exec("\n".join(lines), namespace)  # our own field names: nothing from outside reaches it
     merge: Callable[[Task, Event], int] = namespace["merge"]  # type: ignore[assignment]  # built just above
     return merge
@@ -206,13 +228,15 @@ def _derive(
 
     n = task.n
     rate = event.rate
-    if rate is UNSET or rate is None:
+    if rate is not UNSET and rate is not None:
+        rate = task.rate  # merged, and made readable
+    else:
         # The client did not know a rate: smooth one from the server's own clock.
         rate = previous_rate
         if previous_n is not None and previous_time is not None and now > previous_time:
             sample = (n - previous_n) / (now - previous_time)
             if 0 <= sample < _INFINITY:
-                rate = (
+                rate = readable(
                     sample
                     if rate is None
                     else (RATE_SMOOTHING * sample + (1 - RATE_SMOOTHING) * rate)
@@ -269,7 +293,8 @@ def sample_progress(task: Task, now: float, n: float) -> bool:
         kept = history[:-2]
         history = (*[v for i in range(0, len(kept), 4) for v in kept[i : i + 2]], now, float(n))
     task.history = history
-    task.trend = fit_slope(history[-2 * TREND_POINTS :])
+    trend = fit_slope(history[-2 * TREND_POINTS :])
+    task.trend = trend if trend is None else readable(trend)
     return True
 
 
