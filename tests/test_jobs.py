@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from progressista.server import feed
 from progressista.server.cleanup import run_cleanup
+from progressista.server.job import Job
 from progressista.server.keys import LIFETIMES, STORE
 
 from .conftest import Client, FakeClock, MakeClient, event, eventually, post
@@ -278,6 +281,89 @@ async def test_viewers_hear_of_job_changes(client: Client) -> None:
         assert message["whole"] is False
         assert message["jobs"]["etl#1"]["fraction"] == pytest.approx(0.5)
         assert "history" not in message["jobs"]["etl#1"]
+
+
+async def next_jobs(viewer: Any) -> dict[str, Any]:
+    message: dict[str, Any] = await receive(viewer, jobs=True)
+    while message["type"] != "jobs":
+        message = await receive(viewer, jobs=True)
+    return message
+
+
+def held(runs: dict[str, dict[str, Any]], message: dict[str, Any]) -> None:
+    """Apply a jobs message to the runs a viewer holds, as the page does."""
+    if message["whole"]:
+        runs.clear()
+    for key in message["removed"]:
+        runs.pop(key, None)
+    for key, fields in message["jobs"].items():
+        runs[key] = {**runs.get(key, {}), **fields}
+
+
+async def test_a_run_viewers_hold_comes_with_only_its_changed_fields(client: Client) -> None:
+    """A running job changes at every broadcast; its whole 500 bytes to every viewer each time
+    was a twentieth of what viewers were sent."""
+    await post(client, shard("s1", 1, 10))
+    first: dict[str, dict[str, Any]] = {}
+    second: dict[str, dict[str, Any]] = {}
+    async with client.ws_connect("/ws?limit=10") as one:
+        assert (await receive(one))["type"] == "view"
+        held(first, await next_jobs(one))
+        await post(client, shard("s1", 4, 10))
+        held(first, await next_jobs(one))  # the run's first broadcast: whole
+        await post(client, shard("s1", 5, 10))
+        change = await next_jobs(one)
+        assert set(change["jobs"]["etl#1"]) <= {
+            "n",
+            "fraction",
+            "rate",
+            "eta",
+            "updated_at",
+            "advanced_at",
+        }, change
+        assert "n" in change["jobs"]["etl#1"]
+        held(first, change)
+        async with client.ws_connect("/ws?limit=10") as two:
+            assert (await receive(two))["type"] == "view"
+            held(second, await next_jobs(two))
+            await post(client, [shard("s1", 8, 10), shard("s2", 1, 4)])
+            for viewer, runs in ((one, first), (two, second)):
+                change = await next_jobs(viewer)
+                assert "job" not in change["jobs"]["etl#1"]
+                held(runs, change)
+    (listed,) = await jobs(client)
+    del listed["history"]
+    for runs in (first, second):
+        runs["etl#1"].pop("history", None)
+        assert runs == {"etl#1": listed}
+
+
+def test_a_newcomer_told_of_another_moment_gets_the_next_change_whole() -> None:
+    """Viewers keeping up hold what they were last told; a newcomer holds the runs as they are.
+    A run they disagree on (changed since the last broadcast) goes whole next time, or a field
+    that changed and changed back between broadcasts would stay different for the newcomer."""
+    run = Job(
+        id="etl#1", job="etl", run=1, state="running",
+        tasks={"active": 1, "stale": 0, "completed": 0, "failed": 0}, n=1, total=10,
+        fraction=0.1, rate=None, eta=None, unit="it", size=None, head=None, head_state=None,
+        started_at=1.0, updated_at=1.0, finished_at=None, advanced_at=1.0, error=None,
+        error_task=None, error_host=None, history=(1.0, 0.1),
+    )  # fmt: skip
+    other = msgspec.structs.replace(run, id="load#1", job="load")
+    told: dict[str, dict[str, Any]] = {}
+    assert feed.job_changes([run, other], [], told) is not None  # both told, whole
+    assert feed.job_changes([run], [], told) is None  # nothing differs
+    stalled = msgspec.structs.replace(run, state="stalled", updated_at=2.0)
+    feed.keep_told_alike(told, [stalled, other])  # a newcomer sees it stalled
+    assert set(told) == {"load#1"}
+    back = msgspec.structs.replace(run, updated_at=3.0)  # running again: only updated_at moved
+    message = msgspec.json.decode(feed.job_changes([back, other], [], told) or b"null")
+    assert message["jobs"]["etl#1"]["state"] == "running"  # whole: the newcomer needs it
+    assert "load#1" not in message["jobs"]
+    message = msgspec.json.decode(feed.job_changes([], ["load#1"], told) or b"null")
+    assert (message["jobs"], message["removed"], set(told)) == ({}, ["load#1"], {"etl#1"})
+    feed.keep_told_alike(told, [])  # a newcomer shown no run: each goes whole next time
+    assert told == {}
 
 
 async def test_metrics_give_each_job_gauges_under_job_name_with_a_cap(

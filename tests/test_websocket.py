@@ -12,8 +12,10 @@ from aiohttp import WSMsgType
 
 from progressista.server import feed
 from progressista.server.cleanup import run_cleanup
+from progressista.server.event import Event, decode_events
 from progressista.server.hub import HIGH_WATER
 from progressista.server.keys import HUB, LIFETIMES, STORE
+from progressista.server.store import MemoryStore
 
 from .conftest import Client, FakeClock, MakeClient, event, eventually, post, stored
 from .feed_model import Board, without_unshown
@@ -418,3 +420,46 @@ async def test_a_bad_window_is_400(client: Client) -> None:
     response = await client.get("/ws?limit=5000")
     assert response.status == 400
     assert (await response.json())["details"][0]["field"] == "limit"
+
+
+async def test_a_flush_of_several_batches_gives_each_commit_instant_once() -> None:
+    """Each batch is committed at one instant; a flush holds several. Each instant with enough
+    updates gets a message of its own that gives it once as ``at``; the rest share one, each
+    with its own ``updated_at`` (31 bytes, a third of an update, to every viewer)."""
+    store = MemoryStore(1000)
+    await store.start()
+    store.table.watch(lambda: None)  # record changes, as the hub does
+
+    def batch(prefix: str, count: int, n: int) -> list[Event]:
+        body = [{"task_id": f"{prefix}{i}", "n": n, "total": 10} for i in range(count)]
+        return decode_events(msgspec.json.encode(body), 1000)
+
+    for prefix, count in (("a", 10), ("b", 10), ("c", 1)):
+        await store.apply(batch(prefix, count, 1), 100.0)
+
+    def as_json() -> dict[str, dict[str, Any]]:
+        tasks: dict[str, dict[str, Any]] = msgspec.json.decode(
+            msgspec.json.encode(store.table.tasks)
+        )
+        return tasks
+
+    board = Board()
+    board.apply({"type": "snapshot", "tasks": as_json(), "more": False})
+    store.table.take_changes()
+    await store.apply(batch("a", 10, 2), 200.0)
+    await store.apply(batch("b", 10, 2), 200.5)
+    await store.apply([*batch("c", 1, 2), *batch("d", 1, 2)], 201.0)  # d is new
+    await store.delete(["b9"])
+    (piece,) = feed.patches(store.table, store.table.take_changes())
+    messages = [msgspec.json.decode(payload) for payload in piece]
+    assert [(m.get("at"), sorted(m["tasks"]), m["removed"]) for m in messages] == [
+        (201.0, ["c0", "d0"], ["b9"]),
+        (200.0, [f"a{i}" for i in range(10)], []),
+        (200.5, [f"b{i}" for i in range(9)], []),
+    ]
+    assert all("updated_at" not in messages[1]["tasks"][f"a{i}"] for i in range(10))
+    assert messages[0]["tasks"]["d0"]["task_id"] == "d0"  # new: whole
+    for message in messages:
+        board.apply(message)
+    assert without_unshown(board.tasks) == without_unshown(as_json())
+    await store.close()

@@ -150,6 +150,9 @@ class Hub:
         self._snapshot_slots = asyncio.Semaphore(max_snapshots)
         self._flushed_rev = table.rev
         self._generation = table.generation
+        #: Each job run's fields as every viewer keeping up holds them: job changes are sent
+        #: as the fields that differ from these (see :func:`feed.job_changes`).
+        self._jobs_told: dict[str, dict[str, Any]] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._flushing = False
         self._again = False
@@ -364,7 +367,7 @@ class Hub:
         changed, removed = found
         paused = False
         began = time.perf_counter()
-        for message in feed.whole(table, reversed(changed), removed):
+        for messages in feed.whole(table, reversed(changed), removed):
             if viewer.buffered() > HIGH_WATER:
                 paused = True
                 if not await self._until_drained(viewer):
@@ -373,7 +376,7 @@ class Hub:
                 paused = True
                 await asyncio.sleep(0)
                 began = time.perf_counter()
-            self._write(viewer, feed.frame(message))
+            self._write(viewer, feed.frames(messages), len(messages))
         if paused:
             viewer.synced = start  # changes during the pauses: another round
         else:
@@ -429,16 +432,16 @@ class Hub:
         if viewer.transport is not None:
             viewer.transport.abort()
 
-    def _write(self, viewer: _Viewer, data: bytes) -> bool:
+    def _write(self, viewer: _Viewer, data: bytes, messages: int = 1) -> bool:
         if not viewer.alive():
             return False
         assert viewer.transport is not None
         viewer.transport.write(data)
-        self.messages_sent += 1
+        self.messages_sent += messages
         self.bytes_sent += len(data)
         return True
 
-    def _deliver(self, viewers: Iterable[_Viewer], data: bytes) -> list[_Viewer]:
+    def _deliver(self, viewers: Iterable[_Viewer], data: bytes, messages: int = 1) -> list[_Viewer]:
         """Write a shared frame to each viewer with room; those without fall behind."""
         took = []
         for viewer in viewers:
@@ -448,7 +451,7 @@ class Hub:
                 viewer.owes = True
                 self._fell_behind(viewer)
                 viewer.wake.set()
-            elif self._write(viewer, data):
+            elif self._write(viewer, data, messages):
                 took.append(viewer)
         return took
 
@@ -503,10 +506,10 @@ class Hub:
         """Job runs that changed, to every viewer keeping up (those behind get all of them
         with their catch-up)."""
         listed = [job for key in changed if (job := self.table.jobs.get(key)) is not None]
-        for viewer in self._deliver(
-            list(self._viewers), feed.frame(feed.jobs(listed, dropped, whole=False))
-        ):
-            viewer.has_jobs = True
+        message = feed.job_changes(listed, dropped, self._jobs_told)
+        if message is not None:
+            for viewer in self._deliver(list(self._viewers), feed.frame(message)):
+                viewer.has_jobs = True
 
     def _send_jobs_overview(self, viewer: _Viewer) -> None:
         """Every job run to show, replacing what the viewer holds (nothing to a viewer that
@@ -514,7 +517,8 @@ class Hub:
         listed = self.table.jobs.overview(feed.RECENT_JOBS)
         if listed or viewer.has_jobs:
             viewer.has_jobs = bool(listed)
-            self._write(viewer, feed.frame(feed.jobs(listed, (), whole=True)))
+            self._write(viewer, feed.frame(feed.jobs(listed)))
+            feed.keep_told_alike(self._jobs_told, listed)
 
     def _start_over(self) -> None:
         """The table replaced every task (its revisions started over): so does every viewer
@@ -547,8 +551,8 @@ class Hub:
                 viewer.owes = True
                 viewer.wake.set()
         if readers:
-            for message in feed.patches(self.table, changes):
-                readers = self._deliver(readers, feed.frame(message))
+            for messages in feed.patches(self.table, changes):
+                readers = self._deliver(readers, feed.frames(messages), len(messages))
                 await asyncio.sleep(0)
             for viewer in readers:
                 viewer.synced = max(viewer.synced or 0, rev)
