@@ -168,6 +168,24 @@ async def test_when_full_the_longest_closed_make_room_else_nothing_is_stored(
         await store.close()
 
 
+async def test_completed_and_failed_tasks_are_evicted_in_the_order_they_closed(
+    kind: str, redis: RedisProcess | None
+) -> None:
+    store = await make_store(kind, redis, max_tasks=4)
+    try:
+        closings = [("c0", "close"), ("f1", "error"), ("c2", "close"), ("f3", "error")]
+        for offset, (task_id, status) in enumerate(closings):
+            await store.apply(events({"task_id": task_id, "status": status}), NOW + offset)
+        gone = []
+        for new in ("n1", "n2", "n3"):
+            before = set(store.table.tasks)
+            await store.apply(events({"task_id": new}), NOW + 10)
+            gone += sorted(before - set(store.table.tasks))
+        assert gone == ["c0", "f1", "c2"]
+    finally:
+        await store.close()
+
+
 async def test_a_task_reopened_by_a_concurrent_write_is_not_evicted(
     kind: str, redis: RedisProcess | None
 ) -> None:

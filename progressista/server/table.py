@@ -21,6 +21,7 @@ scanning a million tasks on the event loop.
 from __future__ import annotations
 
 import gc
+import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import islice
@@ -148,23 +149,18 @@ class TaskTable:
         Fewer when there are not that many. Costs what it returns plus what it skips.
         """
         keep = set(keep)
-        tasks = self.tasks
+        completed, failed = self.sections["completed"], self.sections["failed"]
+        if completed and failed:
+            tasks = self.tasks
 
-        def closed_at(task_id: str | None) -> float:
-            return float("inf") if task_id is None else tasks[task_id].closed_at or 0.0
+            def closed_at(task_id: str) -> float:
+                return tasks[task_id].closed_at or 0.0
 
-        completed = iter(self.sections["completed"])
-        failed = iter(self.sections["failed"])
-        next_completed, next_failed = next(completed, None), next(failed, None)
-        chosen: list[str] = []
-        while len(chosen) < count and (next_completed is not None or next_failed is not None):
-            if closed_at(next_completed) <= closed_at(next_failed):
-                task_id, next_completed = next_completed, next(completed, None)
-            else:
-                task_id, next_failed = next_failed, next(failed, None)
-            if task_id is not None and task_id not in keep:
-                chosen.append(task_id)
-        return chosen
+            # Each section is in closing order: merged, ties to the completed, as they came.
+            candidates: Iterable[str] = heapq.merge(completed, failed, key=closed_at)
+        else:  # mostly one of them is empty: failures are rare
+            candidates = completed or failed
+        return list(islice((i for i in candidates if i not in keep), count))
 
     def changed_since(self, rev: int, limit: int) -> tuple[list[str], list[str]] | None:
         """Ids changed after revision ``rev`` and ids removed after it, newest first.
@@ -236,11 +232,10 @@ class TaskTable:
             del self.sections[old.state][task_id]
             self.sections[state][task_id] = None
         if state == "active":
-            active = self._active_by_update
-            try:  # the common case, in one lookup
-                active.move_to_end(task_id)
-            except KeyError:
-                active[task_id] = None
+            if old is not None and old.state == "active":
+                self._active_by_update.move_to_end(task_id)
+            else:  # new, or back: a raised KeyError cost more than the task's other indexes
+                self._active_by_update[task_id] = None
         elif old is not None and old.state == "active":
             del self._active_by_update[task_id]
         by_change = self._by_change
