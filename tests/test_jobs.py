@@ -506,6 +506,31 @@ async def test_a_job_name_used_again_while_nobody_viewed_is_not_told_removed(
         assert message["jobs"]["etl#1"]["n"] == 2
 
 
+async def test_a_run_under_a_key_used_before_comes_whole_to_a_new_viewer(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    """A run dropped while nobody watched, and a new run of the name under the same key (etl#1):
+    a viewer arriving after must get the new run whole, not a diff against the dead one (the
+    dashboard showed a card with no name and an "undefined" error)."""
+    client = await make_client(job_retention=60)
+    async with client.ws_connect("/ws?limit=10") as first:  # told of etl#1, then gone
+        assert (await receive(first))["type"] == "view"
+        await post(client, shard("s1", 1, 1, status="close"))
+        message = await next_jobs(first)
+        while "etl#1" not in message["jobs"]:
+            message = await next_jobs(first)
+    clock.advance(61)
+    await cleanup(client, clock)  # etl#1 past its retention: dropped, nobody told
+    runs: dict[str, dict[str, Any]] = {}
+    async with client.ws_connect("/ws?limit=10") as viewer:
+        assert (await receive(viewer))["type"] == "view"  # no runs: no overview at all
+        await post(client, shard("s2", 1, 10))  # a new etl#1
+        held(runs, await next_jobs(viewer))
+    (listed,) = await jobs(client)
+    del listed["history"]
+    assert runs == {"etl#1": listed}
+
+
 async def test_with_nobody_viewing_the_hub_keeps_no_job_changes(client: Client) -> None:
     """Changes of runs nobody is shown are forgotten at each broadcast (a viewer arriving gets
     every run afresh): a week of one-off jobs with nobody looking holds nothing."""

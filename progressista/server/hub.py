@@ -494,6 +494,7 @@ class Hub:
                         self._send_jobs(job_changes, jobs_dropped)
                 else:  # unread, the job sums wait (see JobIndex); a viewer arriving gets
                     self.table.jobs.forget_changes()  # every job afresh
+                    self._jobs_told.clear()  # and nobody holds a run (nor is told of drops)
                 self._flushed_rev = rev
                 if not self._again or self._closing:
                     return
@@ -518,7 +519,7 @@ class Hub:
         if listed or viewer.has_jobs:
             viewer.has_jobs = bool(listed)
             self._write(viewer, feed.frame(feed.jobs(listed)))
-            feed.keep_told_alike(self._jobs_told, listed)
+        feed.keep_told_alike(self._jobs_told, listed)  # even none: the viewer holds none
 
     def _start_over(self) -> None:
         """The table replaced every task (its revisions started over): so does every viewer
