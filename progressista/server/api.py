@@ -38,8 +38,9 @@ __all__ = ["FULL_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "routes"]
 FULL_RETRY_AFTER = 10
 #: Seconds a client is asked to wait while the store cannot be reached.
 UNAVAILABLE_RETRY_AFTER = 5
-#: Tasks deleted between two yields to the event loop.
-DELETE_SLICE = 1000
+#: Tasks deleted between two yields to the event loop: about 2 ms next to a million tasks
+#: (1,000 held it 14-35 ms in a 100k-task clear), as cleanup's steps.
+DELETE_SLICE = 250
 
 routes = web.RouteTableDef()
 
