@@ -536,6 +536,11 @@
     setSpark(card.fields.spark, card.shown, v.spark);
   }
 
+  // Finished runs kept, as in the server's overview: every unfinished run and the 20 finished
+  // ones updated last. The feed tells of every run that changes, and a day of one-off jobs
+  // would otherwise pile up in the page (older ones are in History).
+  const RECENT_JOBS = 20;
+
   function redrawJobs() {
     jobsDirty = false;
     // Unfinished runs first, then finished ones; the most recently updated first in each.
@@ -544,7 +549,9 @@
         ? b.updated_at - a.updated_at : (a.finished_at === null ? -1 : 1));
     const shown = new Set();
     let at = jobList.firstElementChild;
+    let finished = 0;
     for (const job of ordered) {
+      if (job.finished_at !== null && ++finished > RECENT_JOBS) { jobRuns.delete(job.id); continue; }
       const card = jobCardFor(job.id);
       fillJob(card, job);
       shown.add(job.id);
@@ -572,9 +579,9 @@
           if (last === null || known.updated_at - last >= 1) history.push(known.updated_at, fields.fraction);
           if (history.length > 64) history.splice(0, history.length - 64);
         }
-      } else {
+      } else if (fields.id !== undefined) {
         jobRuns.set(id, fields);
-      }
+      } // else: the changed fields of a finished run this page let go of (above): not shown
     }
     jobsDirty = true;
     schedule();

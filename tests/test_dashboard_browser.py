@@ -604,6 +604,40 @@ def test_the_jobs_overview_sums_a_job_and_opens_its_tasks(
     assert console_errors[id(page)] == []
 
 
+def test_the_page_keeps_the_twenty_finished_runs_updated_last(
+    browser: Browser, clocked_server: ClockedServer
+) -> None:
+    """The feed tells of every run that finishes: a day of one-off jobs piled up in the page."""
+    clocked_server.post([{"task_id": "long", "n": 1, "meta": {"job": "long"}}])
+    page = open_page(browser, clocked_server.url)
+    live(page)
+    for index in range(25):
+        clocked_server.clock.advance(1)
+        ids = [f"t{index}", "t0b"] if index == 0 else [f"t{index}"]  # j0: two bars
+        clocked_server.post(
+            [
+                {"task_id": task_id, "status": "close", "meta": {"job": f"j{index}"}}
+                for task_id in ids
+            ]
+        )
+    expect(page.locator('li.job-card[data-job="j24"]')).to_have_count(1)
+    expect(page.locator("li.job-card")).to_have_count(21)  # 20 finished, and the one running
+    expect(page.locator('li.job-card[data-job="j4"]')).to_have_count(0)
+    expect(page.locator('li.job-card[data-job="j5"]')).to_have_count(1)
+    # A run let go of that changes again (one of its bars discarded: the server sends only
+    # what changed) stays out, with no broken card.
+    request = urllib.request.Request(f"{clocked_server.url}tasks/t0", method="DELETE")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 204
+    clocked_server.clock.advance(1)
+    clocked_server.post([{"task_id": "t25", "status": "close", "meta": {"job": "j25"}}])
+    expect(page.locator('li.job-card[data-job="j25"]')).to_have_count(1)
+    expect(page.locator("li.job-card")).to_have_count(21)
+    expect(page.locator('li.job-card[data-job="j0"]')).to_have_count(0)
+    assert page.locator('li.job-card[data-job="undefined"]').count() == 0
+    assert console_errors[id(page)] == []
+
+
 def test_the_page_draws_sparklines_and_job_figures_as_the_server_does(
     browser: Browser, server: ServerProcess
 ) -> None:
