@@ -536,9 +536,11 @@
     setSpark(card.fields.spark, card.shown, v.spark);
   }
 
-  // Finished runs kept, as in the server's overview: every unfinished run and the 20 finished
+  // Finished runs shown, as in the server's overview: every unfinished run and the 20 finished
   // ones updated last. The feed tells of every run that changes, and a day of one-off jobs
-  // would otherwise pile up in the page (older ones are in History).
+  // would otherwise pile up as cards (older ones are in History). The runs themselves are all
+  // kept (the server drops them past job_retention): a finished run can still change (its
+  // head closed while its bars run on) and comes as its changed fields only.
   const RECENT_JOBS = 20;
 
   function redrawJobs() {
@@ -551,7 +553,7 @@
     let at = jobList.firstElementChild;
     let finished = 0;
     for (const job of ordered) {
-      if (job.finished_at !== null && ++finished > RECENT_JOBS) { jobRuns.delete(job.id); continue; }
+      if (job.finished_at !== null && ++finished > RECENT_JOBS) continue;
       const card = jobCardFor(job.id);
       fillJob(card, job);
       shown.add(job.id);
@@ -573,15 +575,16 @@
         const before = known.state;
         Object.assign(known, fields);
         notifyChange(before, known);
-        if (fields.fraction !== null && fields.fraction !== undefined) {
+        // Sampled as the server samples (a flat fraction too): changes carry only what moved.
+        if (known.fraction !== null && known.fraction !== undefined) {
           const history = known.history || (known.history = []);
           const last = history.length >= 2 ? history[history.length - 2] : null;
-          if (last === null || known.updated_at - last >= 1) history.push(known.updated_at, fields.fraction);
+          if (last === null || known.updated_at - last >= 1) history.push(known.updated_at, known.fraction);
           if (history.length > 64) history.splice(0, history.length - 64);
         }
-      } else if (fields.id !== undefined) {
+      } else {
         jobRuns.set(id, fields);
-      } // else: the changed fields of a finished run this page let go of (above): not shown
+      }
     }
     jobsDirty = true;
     schedule();

@@ -125,6 +125,8 @@ async def test_times_and_rates_are_stored_to_the_digits_a_person_reads(
         (5e-300, "5e-300"),
         (0.0, "0.0"),
         (12, "12"),
+        (-1.2345678912345, "-1.235"),  # a trend, as a bar counts down
+        (-0.000277777777, "-0.0002778"),
     ],
 )
 def test_readable_keeps_thousandths_or_four_significant_digits(value: float, shown: str) -> None:

@@ -101,7 +101,8 @@ _copy: Callable[[Task], Task] = Task.__copy__  # type: ignore[attr-defined]  # m
 
 def readable(value: float) -> float:
     """A measured float to the digits a person reads: thousandths, or 4 significant digits
-    below 1 (a rate of one item an hour is 0.0002778). Ints pass as they are.
+    below 1 (a rate of one item an hour is 0.0002778), negative ones alike. Ints pass as they
+    are.
 
     Elapsed times and rates arrive with 17 digits, most of them noise, and travel to every
     viewer with every event: rounded where they are stored, an update's entry on the wire is
@@ -115,6 +116,8 @@ def readable(value: float) -> float:
         return int(value * 1000.0 + 0.5) / 1000.0
     if 0.0 < value < 1.0:
         return round(value, 3 - math.floor(math.log10(value)))
+    if value < 0.0:  # a trend, as a bar counts down
+        return -readable(-value)
     return value
 
 
