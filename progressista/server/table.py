@@ -30,6 +30,7 @@ from typing import Final
 from ..schema import STATES
 from .job import JobIndex
 from .order import IdOrder, OrderCursor
+from .sections import Sections
 from .task import Lifetimes, Task, lingers
 
 __all__ = ["REMOVED", "Changes", "TaskTable"]
@@ -64,8 +65,8 @@ class TaskTable:
         self._deferred = self.jobs.deferred
         #: The highest revision applied: the table's version.
         self.rev = 0
-        #: Per state, its tasks in the order they entered it, oldest first.
-        self.sections: dict[str, _Queue] = {state: OrderedDict() for state in STATES}
+        #: Per state, its tasks in the order they entered it.
+        self.sections = Sections(STATES)
         self._active_by_update: _Queue = OrderedDict()
         self._by_change: _Queue = OrderedDict()
         #: Only kept when tasks have a maximum age (``max_age``).
@@ -98,11 +99,11 @@ class TaskTable:
 
     def counts(self) -> dict[str, int]:
         """Tasks per state."""
-        return {state: len(section) for state, section in self.sections.items()}
+        return self.sections.counts()
 
     def newest(self, state: str, limit: int) -> list[str]:
         """The ``limit`` ids that entered ``state`` last, newest first."""
-        return list(islice(reversed(self.sections[state]), limit))
+        return list(islice(self.sections.newest(state), limit))
 
     def ids_after(self, after: str | None) -> OrderCursor:
         """A reader of the ids in the order they were first stored, from just after ``after``
@@ -124,10 +125,10 @@ class TaskTable:
             due[task_id] = "remove" if now > lifetimes.expires_at(task) else "stale"
             if len(due) >= limit:
                 return due
-        queues: list[tuple[_Queue, Callable[[Task], float]]] = [
-            (self.sections["stale"], lifetimes.abandoned_at),
-            (self.sections["completed"], lifetimes.expires_at),
-            (self.sections["failed"], lifetimes.expires_at),
+        queues: list[tuple[Iterable[str], Callable[[Task], float]]] = [
+            (self.sections.oldest("stale"), lifetimes.abandoned_at),
+            (self.sections.oldest("completed"), lifetimes.expires_at),
+            (self.sections.oldest("failed"), lifetimes.expires_at),
         ]
         if self._by_created is not None and lifetimes.max_age is not None:
             age = lifetimes.max_age
@@ -149,8 +150,9 @@ class TaskTable:
         Fewer when there are not that many. Costs what it returns plus what it skips.
         """
         keep = set(keep)
-        completed, failed = self.sections["completed"], self.sections["failed"]
-        if completed and failed:
+        sections = self.sections
+        completed, failed = sections.oldest("completed"), sections.oldest("failed")
+        if sections.size("completed") and sections.size("failed"):
             tasks = self.tasks
 
             def closed_at(task_id: str) -> float:
@@ -159,7 +161,7 @@ class TaskTable:
             # Each section is in closing order: merged, ties to the completed, as they came.
             candidates: Iterable[str] = heapq.merge(completed, failed, key=closed_at)
         else:  # mostly one of them is empty: failures are rare
-            candidates = completed or failed
+            candidates = completed if sections.size("completed") else failed
         return list(islice((i for i in candidates if i not in keep), count))
 
     def changed_since(self, rev: int, limit: int) -> tuple[list[str], list[str]] | None:
@@ -225,12 +227,11 @@ class TaskTable:
             self.rev = task.rev
         state = task.state
         if old is None:
-            self.sections[state][task_id] = None
+            self.sections.add(state, task_id)
             self.order.add(task_id)
             self._removed.pop(task_id, None)
         elif old.state != state:
-            del self.sections[old.state][task_id]
-            self.sections[state][task_id] = None
+            self.sections.move(task_id, old.state, state)
         if state == "active":
             if old is not None and old.state == "active":
                 self._active_by_update.move_to_end(task_id)
@@ -280,7 +281,7 @@ class TaskTable:
             return False
         if rev > self.rev:
             self.rev = rev
-        del self.sections[task.state][task_id]
+        self.sections.discard(task_id, task.state)
         self.order.remove(task_id)
         if task.state == "active":
             del self._active_by_update[task_id]

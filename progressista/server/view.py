@@ -109,9 +109,10 @@ class Window:
         self.table = table
         self.query = query
         self.limit = limit
-        self.sections: dict[str, OrderedDict[str, None]] = (
-            table.sections if query.everything else {state: OrderedDict() for state in STATES}
-        )
+        #: A filtered window's own sections (the unfiltered one reads the table's).
+        self.sections: dict[str, OrderedDict[str, None]] = {
+            state: OrderedDict() for state in STATES
+        }
         #: What the viewers were last shown: per state, ids newest first.
         self.shown: dict[str, list[str]] = {state: [] for state in STATES}
         self.counts: dict[str, int] = {state: 0 for state in STATES}
@@ -174,10 +175,14 @@ class Window:
 
     def newest(self) -> dict[str, list[str]]:
         """What the window shows now: per state, its newest ``limit`` ids."""
+        if self.query.everything:
+            return {state: self.table.newest(state, self.limit) for state in STATES}
         return {
             state: list(islice(reversed(section), self.limit))
             for state, section in self.sections.items()
         }
 
     def current_counts(self) -> dict[str, int]:
+        if self.query.everything:
+            return self.table.counts()
         return {state: len(section) for state, section in self.sections.items()}
