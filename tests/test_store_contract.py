@@ -84,20 +84,29 @@ async def store(kind: str, redis: RedisProcess | None) -> AsyncIterator[TaskStor
 
 
 @contextlib.asynccontextmanager
+async def one_redis_store(redis: RedisProcess) -> AsyncIterator[RedisStore]:
+    """A Redis store (one server) on a prefix of its own, closed afterwards."""
+    from progressista.server.redis_store import RedisStore
+
+    store = await make_store("redis", redis)
+    assert isinstance(store, RedisStore)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@contextlib.asynccontextmanager
 async def writer_and_reader(
     redis: RedisProcess,
 ) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
     """Two Redis stores on one prefix, as two servers: one writes, both replicate."""
-    from progressista.server.redis_store import RedisStore
-
-    writer = await make_store("redis", redis)
-    assert isinstance(writer, RedisStore)
-    reader = await another_server(redis, writer)
-    try:
-        yield writer, reader
-    finally:
-        await reader.close()
-        await writer.close()
+    async with one_redis_store(redis) as writer:
+        reader = await another_server(redis, writer)
+        try:
+            yield writer, reader
+        finally:
+            await reader.close()
 
 
 def events(*raw: dict[str, Any]) -> list[Event]:
@@ -282,12 +291,8 @@ async def test_redis_holds_each_task_with_its_revision_and_a_lifetime(
 ) -> None:
     import redis.asyncio
 
-    store = await make_store("redis", redis_process)
-    try:
+    async with one_redis_store(redis_process) as store:
         await store.apply(events({"task_id": "a/b c", "n": 4, "status": "close"}), NOW)
-        from progressista.server.redis_store import RedisStore
-
-        assert isinstance(store, RedisStore)
         raw = redis.asyncio.from_url(redis_process.url)
         key = store.keys.task("a/b c")
         value = await raw.get(key)
@@ -300,8 +305,6 @@ async def test_redis_holds_each_task_with_its_revision_and_a_lifetime(
         assert 3_600_000 < ttl <= 3_650_000
         assert await raw.xlen(store.keys.changes) == 1
         await raw.aclose()
-    finally:
-        await store.close()
 
 
 async def test_a_store_url_redis_py_cannot_use_stops_the_start() -> None:
@@ -390,11 +393,7 @@ async def test_a_redis_that_lost_its_data_is_noticed_and_the_replica_starts_over
 ) -> None:
     import redis.asyncio
 
-    from progressista.server.redis_store import RedisStore
-
-    store = await make_store("redis", redis_process)
-    assert isinstance(store, RedisStore)
-    try:
+    async with one_redis_store(redis_process) as store:
         await store.apply(events({"task_id": "before", "n": 1}), NOW)
         generation = store.table.generation
         raw = redis.asyncio.from_url(redis_process.url)
@@ -405,8 +404,6 @@ async def test_a_redis_that_lost_its_data_is_noticed_and_the_replica_starts_over
         await store.apply(events({"task_id": "after", "n": 1}), NOW + 1)
         await eventually(lambda: sorted(store.table.tasks) == ["after"])
         assert store.table.generation > generation
-    finally:
-        await store.close()
 
 
 @pytest.mark.slow
@@ -458,8 +455,7 @@ async def _racing_writes(
 async def test_a_write_merged_while_the_one_before_is_in_redis_expects_its_revision(
     redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = await make_store("redis", redis_process)
-    try:
+    async with one_redis_store(redis_process) as store:
         await store.apply(events({"task_id": "a", "n": 1, "seq": 1}), NOW)
         calls: list[int] = []
         first, second = await _racing_writes(store, monkeypatch, calls)
@@ -467,8 +463,6 @@ async def test_a_write_merged_while_the_one_before_is_in_redis_expects_its_revis
         assert calls == [1, 1]  # the second expected the revision the first got: no retry
         await eventually(lambda: store.table.tasks["a"].postfix == "x")
         assert store.table.tasks["a"].n == 2
-    finally:
-        await store.close()
 
 
 @pytest.mark.slow
@@ -519,11 +513,7 @@ async def test_two_servers_writing_the_same_tasks_at_once_lose_no_write(
 async def test_a_writer_that_fails_fails_its_writes_instead_of_hanging_them(
     redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from progressista.server.redis_store import RedisStore
-
-    store = await make_store("redis", redis_process)
-    assert isinstance(store, RedisStore)
-    try:
+    async with one_redis_store(redis_process) as store:
         pack = store._pack
 
         def broken(changes: list[Any]) -> Any:
@@ -541,8 +531,6 @@ async def test_a_writer_that_fails_fails_its_writes_instead_of_hanging_them(
         monkeypatch.setattr(store, "_pack", pack)
         result = await store.apply(events({"task_id": "t0", "n": 2}), NOW)  # a new writer
         assert result.accepted == 1 and store.table.tasks["t0"].n == 2
-    finally:
-        await store.close()
 
 
 @pytest.mark.slow
@@ -551,9 +539,7 @@ async def test_a_writer_that_fails_with_a_call_in_redis_answers_it_by_what_redis
 ) -> None:
     from progressista.server import redis_store
 
-    store = await make_store("redis", redis_process)
-    assert isinstance(store, redis_store.RedisStore)
-    try:
+    async with one_redis_store(redis_process) as store:
         monkeypatch.setattr(redis_store, "GROUP_CHANGES", 1)  # one write per call
         pack, packs = store._pack, []
 
@@ -578,19 +564,13 @@ async def test_a_writer_that_fails_with_a_call_in_redis_answers_it_by_what_redis
         monkeypatch.setattr(store, "_pack", pack)
         await store.apply(events({"task_id": "b", "n": 2}), NOW)  # a new writer, alone
         assert store.table.tasks["b"].n == 2
-    finally:
-        await store.close()
 
 
 @pytest.mark.slow
 async def test_a_write_merged_on_one_that_did_not_land_is_merged_again(
     redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from progressista.server.redis_store import RedisStore
-
-    store = await make_store("redis", redis_process)
-    assert isinstance(store, RedisStore)
-    try:
+    async with one_redis_store(redis_process) as store:
         await store.apply(events({"task_id": "a", "n": 1, "seq": 1}), NOW)
         # This replica believes "a" older than Redis holds it (as if another server's change
         # had not reached it yet): the first write's call finds the revision moved.
@@ -605,19 +585,13 @@ async def test_a_write_merged_on_one_that_did_not_land_is_merged_again(
             assert (stored.n, stored.postfix, stored.seq) == (2, "x", 3)
         finally:
             await reader.close()
-    finally:
-        await store.close()
 
 
 @pytest.mark.slow
 async def test_a_write_is_in_the_replica_when_redis_answers_and_the_stream_skips_it(
     redis_process: RedisProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from progressista.server.redis_store import RedisStore
-
-    store = await make_store("redis", redis_process)
-    assert isinstance(store, RedisStore)
-    try:
+    async with one_redis_store(redis_process) as store:
         await store.apply(events({"task_id": "a", "n": 1, "seq": 1}), NOW)
         # Hold the stream back: the next write can only reach the replica with Redis's answer.
         gate = asyncio.Event()
@@ -639,8 +613,6 @@ async def test_a_write_is_in_the_replica_when_redis_answers_and_the_stream_skips
         await eventually(lambda: not store._applied_early)
         assert store.table.tasks["a"].n == 3
         assert "missed changes" not in caplog.text
-    finally:
-        await store.close()
 
 
 @pytest.mark.slow
@@ -649,38 +621,35 @@ async def test_a_redis_that_refuses_writes_is_a_503_to_retry_not_a_hung_request(
 ) -> None:
     import redis.asyncio
 
-    from progressista.server.redis_store import RedisStore
     from progressista.server.store import StoreUnavailable
 
-    store = await make_store("redis", redis_process)
-    assert isinstance(store, RedisStore)
-    idle = await another_server(redis_process, store)
-    raw = redis.asyncio.from_url(redis_process.url)
-    try:
-        await store.apply(events({"task_id": "a", "n": 1}), NOW)
-        await raw.config_set("maxmemory", 1)  # full: Redis answers writes with an OOM error
-        # A server no worker writes to finds out too (a probe), so the balancer skips it.
-        await eventually(lambda: "refuses writes" in (idle.problem() or ""))
-        with pytest.raises(StoreUnavailable) as caught:
-            await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 2}), NOW), 10)
-        assert str(caught.value).startswith(
-            "the server's Redis store refused the write (command not allowed when used memory"
-        )
-        # Refused before it began (the script's #!lua line): nothing of the batch was written.
-        assert await raw.get(store.keys.revision) == b"1"
-        problem = store.problem()  # what /readyz and viewers are told
-        assert problem is not None and "refuses writes" in problem
-        await raw.config_set("maxmemory", 0)
-        await eventually(lambda: store.problem() is None)  # found by a probe, before any write
-        await eventually(lambda: idle.problem() is None)
-        result = await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 3}), NOW), 10)
-        assert result.accepted == 1
-        assert store.table.tasks["a"].n == 3
-    finally:
-        await raw.config_set("maxmemory", 0)
-        await raw.aclose()
-        await idle.close()
-        await store.close()
+    async with one_redis_store(redis_process) as store:
+        idle = await another_server(redis_process, store)
+        raw = redis.asyncio.from_url(redis_process.url)
+        try:
+            await store.apply(events({"task_id": "a", "n": 1}), NOW)
+            await raw.config_set("maxmemory", 1)  # full: Redis answers writes with an OOM error
+            # A server no worker writes to finds out too (a probe), so the balancer skips it.
+            await eventually(lambda: "refuses writes" in (idle.problem() or ""))
+            with pytest.raises(StoreUnavailable) as caught:
+                await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 2}), NOW), 10)
+            assert str(caught.value).startswith(
+                "the server's Redis store refused the write (command not allowed when used memory"
+            )
+            # Refused before it began (the script's #!lua line): nothing of the batch was written.
+            assert await raw.get(store.keys.revision) == b"1"
+            problem = store.problem()  # what /readyz and viewers are told
+            assert problem is not None and "refuses writes" in problem
+            await raw.config_set("maxmemory", 0)
+            await eventually(lambda: store.problem() is None)  # found by a probe, before any write
+            await eventually(lambda: idle.problem() is None)
+            result = await asyncio.wait_for(store.apply(events({"task_id": "a", "n": 3}), NOW), 10)
+            assert result.accepted == 1
+            assert store.table.tasks["a"].n == 3
+        finally:
+            await raw.config_set("maxmemory", 0)
+            await raw.aclose()
+            await idle.close()
 
 
 @pytest.mark.slow
