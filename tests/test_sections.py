@@ -54,7 +54,7 @@ def test_sections_keep_the_order_ids_entered_each_state(seed: int) -> None:
             assert sections.size(state) == len(reference[state])
         assert len(sections) == len(where)
         # An emptied chunk goes, unless it is the one its state fills next.
-        opened = set(sections._open.values())
+        opened = {number for number, _ in sections._open.values()}
         assert all(chunk or number in opened for number, chunk in sections._chunks.items())
 
 

@@ -103,7 +103,7 @@ def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[list[bytes
     items = list(changes.items())
     for chunk in _chunks(items, TASKS_PER_MESSAGE):
         removed: list[str] = []
-        whole: dict[str, Task] = {}
+        whole_tasks: dict[str, Task] = {}
         instants: dict[float, list[tuple[Task, int]]] = {}
         for task_id, changed in chunk:
             task = table.tasks.get(task_id)
@@ -111,7 +111,7 @@ def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[list[bytes
                 removed.append(task_id)
             elif changed == REMOVED or changed == ALL_FIELDS:
                 # Removed, then a new task with the id, or new: the viewer needs all of it.
-                whole[task_id] = task
+                whole_tasks[task_id] = task
             else:
                 instants.setdefault(task.updated_at, []).append((task, changed))
         groups = [group for group in instants.values() if len(group) >= INSTANT_GROUP]
@@ -128,7 +128,7 @@ def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[list[bytes
             }
             message: dict[str, Any] = {"type": "patch", "tasks": tasks, "removed": []}
             if index == 0:
-                tasks.update(whole)
+                tasks.update(whole_tasks)
                 message["removed"] = removed
             if at is not None:
                 message["at"] = at

@@ -35,19 +35,14 @@ class Sections:
         self._chunks: dict[int, dict[str, None]] = {}
         #: The chunk each id is in, for every id of every state.
         self._chunk_of: dict[str, int] = {}
-        #: Per state, the numbers of its chunks, oldest first; the last one takes new ids.
+        #: Per state, the numbers of its chunks, oldest first.
         self._numbers: dict[str, dict[int, None]] = {state: {} for state in states}
         self._sizes: dict[str, int] = {state: 0 for state in self._numbers}
         self._serial = 0
-        #: Per state, the chunk that takes its new ids (number and chunk, for one lookup).
-        self._open: dict[str, int] = {}
-        self._open_chunks: dict[str, tuple[int, dict[str, None]]] = {}
-        for state, numbers in self._numbers.items():
-            self._serial += 1
-            self._open[state] = self._serial
-            self._open_chunks[state] = (self._serial, {})
-            self._chunks[self._serial] = self._open_chunks[state][1]
-            numbers[self._serial] = None
+        #: Per state, its last chunk, which takes its new ids, with the chunk's number.
+        self._open: dict[str, tuple[int, dict[str, None]]] = {}
+        for state in self._numbers:
+            self._open_chunk(state)
 
     def __len__(self) -> int:
         return len(self._chunk_of)
@@ -84,14 +79,17 @@ class Sections:
         for number in reversed(self._numbers[state]):
             yield from reversed(chunks[number])
 
+    def _open_chunk(self, state: str) -> tuple[int, dict[str, None]]:
+        self._serial += 1
+        opened = self._open[state] = (self._serial, {})
+        self._chunks[self._serial] = opened[1]
+        self._numbers[state][self._serial] = None
+        return opened
+
     def _put(self, state: str, task_id: str) -> None:
-        number, chunk = self._open_chunks[state]
+        number, chunk = self._open[state]
         if len(chunk) >= CHUNK:
-            self._serial = number = self._serial + 1
-            chunk = self._chunks[number] = {}
-            self._numbers[state][number] = None
-            self._open[state] = number
-            self._open_chunks[state] = (number, chunk)
+            number, chunk = self._open_chunk(state)
         chunk[task_id] = None
         self._chunk_of[task_id] = number
         self._sizes[state] += 1
@@ -101,7 +99,7 @@ class Sections:
         chunk = self._chunks[number]
         del chunk[task_id]
         self._sizes[state] -= 1
-        if number == self._open[state]:
+        if number == self._open[state][0]:
             return
         if not chunk:
             del self._chunks[number]

@@ -231,9 +231,7 @@ def _derive(
 
     n = task.n
     rate = event.rate
-    if rate is not UNSET and rate is not None:
-        rate = task.rate  # merged, and made readable
-    else:
+    if rate is UNSET or rate is None:
         # The client did not know a rate: smooth one from the server's own clock.
         rate = previous_rate
         if previous_n is not None and previous_time is not None and now > previous_time:
@@ -244,9 +242,11 @@ def _derive(
                     if rate is None
                     else (RATE_SMOOTHING * sample + (1 - RATE_SMOOTHING) * rate)
                 )
-    if rate != task.rate:
-        task.rate = rate
-        changed |= _RATE
+        if rate != task.rate:
+            task.rate = rate
+            changed |= _RATE
+    else:
+        rate = task.rate  # as merged (and marked changed there), made readable
 
     history = task.history
     # Most events come within SAMPLE_SPACING of the last sample: decided here, without a call.
