@@ -58,7 +58,6 @@ class AsyncRemoteTqdm(RemoteTqdm, tqdm_asyncio):  # type: ignore[type-arg]  # ge
 
     def __aiter__(self) -> AsyncRemoteTqdm:
         if self._remote_outbox is not None:
-            self._remote_looping = True
             nesting.looping(self)
         return self
 

@@ -85,8 +85,6 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
     _remote_final: FinalEvent | None = None
     #: Where the current loop over the bar asked for its iterator (see ending.loop_release).
     _remote_site: Site | None = None
-    #: Whether a loop over the bar (for or async for) has begun: bars opened in it nest in it.
-    _remote_looping = False
 
     def __init__(
         self,
@@ -204,11 +202,6 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         """Whether the bar is remote and not closed yet."""
         return self.remote_task_id is not None and not self._remote_closed
 
-    @property
-    def remote_is_looping(self) -> bool:
-        """Whether a loop over the bar has begun (it ends when the bar closes)."""
-        return self._remote_looping
-
     def remote_moved(self, outbox: Outbox) -> None:
         """From now on this bar's updates and close go to ``outbox``."""
         self._remote_outbox = outbox
@@ -220,7 +213,6 @@ class RemoteTqdm(tqdm):  # type: ignore[type-arg]  # tqdm is generic only in the
         once per loop, so that close() can tell ``break`` from an exception."""
         if self._remote_outbox is not None:
             self._remote_site = iteration_site()
-            self._remote_looping = True
             nesting.looping(self)
         return super().__iter__()
 
