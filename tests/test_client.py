@@ -225,6 +225,23 @@ async def test_the_client_never_moves_the_callers_random_sequence(refused_url: s
     assert [random.random() for _ in range(3)] == expected
 
 
+def test_each_bar_reads_the_environment_as_it_is_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bars built with the same settings share them; a variable changed between two bars
+    reaches the second."""
+    made = []
+    for job in ("first", "first", "second"):
+        monkeypatch.setenv("PROGRESSISTA_JOB", job)
+        progress = RemoteTqdm(total=1, url="http://127.0.0.1:9", file=io.StringIO())
+        made.append(progress.remote_meta["job"])
+        progress.close()
+    monkeypatch.setenv("PROGRESSISTA_PUSH_EVERY", "whenever")
+    with pytest.warns(ProgressistaWarning, match="PROGRESSISTA_PUSH_EVERY"):
+        local = RemoteTqdm(total=1, url="http://127.0.0.1:9", file=io.StringIO())
+    assert local.remote_task_id is None  # a setting gone wrong makes the bar a plain tqdm
+    local.close()
+    assert made == ["first", "first", "second"]
+
+
 def test_no_update_can_follow_or_outrank_the_final_event() -> None:
     progress = RemoteTqdm(total=5, url="http://127.0.0.1:9", file=io.StringIO())
     before = progress.remote_event()
