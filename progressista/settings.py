@@ -278,7 +278,7 @@ class ServerSettings:
     )
     viewer_timeout: float = _setting(
         10.0,
-        "a viewer that cannot take a message for this long is disconnected",
+        "a viewer (or a GET /tasks reader) that takes no data for this long is disconnected",
         parse_duration,
         check=_more_than_zero,
     )

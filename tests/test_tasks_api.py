@@ -7,7 +7,7 @@ from urllib.parse import quote
 import pytest
 from yarl import URL
 
-from .conftest import WAIT, Client, FakeClock, MakeClient, event, post, stored
+from .conftest import WAIT, Client, FakeClock, MakeClient, event, eventually, post, stored
 
 ODD_IDS = ["a/b/c", "with space", "ünïcødé ✓ 進捗", "50%", "q?x=1#frag", "a/../b", "./x", "+plus"]
 
@@ -327,3 +327,38 @@ async def test_every_loopback_address_is_guarded_against_rebinding(
     ]:
         response = await client.get("/tasks", headers={"Host": host})
         assert response.status == (200 if allowed else 403), (bound_to, host)
+
+
+async def test_a_listing_reader_that_stops_reading_is_cut_off(make_client: MakeClient) -> None:
+    """A ``GET /tasks`` reader that takes nothing for ``viewer_timeout`` is disconnected, as a
+    stuck viewer is, rather than holding its handler and its place in the listing for ever."""
+    import asyncio
+    import socket
+
+    from progressista.server.keys import HUB
+
+    client = await make_client(viewer_timeout=0.2, max_tasks=50_000)
+    for start in range(0, 20_000, 1000):  # megabytes of listing, more than socket buffers hold
+        batch = [
+            event(f"t{i}", n=i, total=20_000, desc="x" * 100) for i in range(start, start + 1000)
+        ]
+        assert (await post(client, batch))[0] == 202
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect((str(client.server.host), int(client.server.port or 0)))
+    reader, writer = await asyncio.open_connection(sock=raw)
+    writer.write(f"GET /tasks HTTP/1.1\r\nHost: 127.0.0.1:{client.server.port}\r\n\r\n".encode())
+    hub = client.app[HUB]
+    await eventually(lambda: hub.viewers_dropped == 1)
+    received = b""
+    try:
+        while chunk := await reader.read(65536):
+            received += chunk
+    except ConnectionError:
+        pass  # cut off: what was in flight may or may not arrive
+    writer.close()
+    assert received.startswith(b"HTTP/1.1 200")
+    assert not received.endswith(b'"next":null}')  # the listing never completed
+    # A reader that reads gets the whole listing, as before.
+    response = await client.get("/tasks")
+    assert len((await response.json())["tasks"]) == 20_000

@@ -200,7 +200,8 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     ids = table.ids_after(request.query.get("after"))
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     await response.prepare(request)
-    await response.write(b'{"tasks":{')
+    if not await _sent(request, response, b'{"tasks":{'):
+        return response
     sent = 0
     last: str | None = None
     more = False
@@ -211,7 +212,8 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
             more = True
         if chunk:
             encoded = msgspec.json.encode(chunk)[1:-1]
-            await response.write((b"," if sent else b"") + encoded)
+            if not await _sent(request, response, (b"," if sent else b"") + encoded):
+                return response
             sent += len(chunk)
             last = next(reversed(chunk))
         if more:
@@ -219,9 +221,26 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0)
     # Cut at the limit: more may follow (the next page says, possibly empty, with next null).
     tail = {"next": last if more else None}
-    await response.write(b"}," + msgspec.json.encode(tail)[1:])
-    await response.write_eof()
+    if await _sent(request, response, b"}," + msgspec.json.encode(tail)[1:]):
+        await response.write_eof()
     return response
+
+
+async def _sent(request: web.Request, response: web.StreamResponse, data: bytes) -> bool:
+    """Write a piece of a listing; False when its reader has gone, or took nothing for
+    ``viewer_timeout`` (the connection is then cut, as a stuck viewer's is): a reader that
+    stops reading must not hold a handler, and its place in the listing, for ever."""
+    try:
+        await asyncio.wait_for(response.write(data), request.app[SETTINGS].viewer_timeout)
+        return True
+    except asyncio.TimeoutError:
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        request.app[HUB].viewers_dropped += 1
+        return False
+    except ConnectionError:  # gone (a `curl | head`): no traceback in the log for that
+        return False
 
 
 @routes.delete("/tasks")

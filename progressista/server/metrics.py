@@ -124,7 +124,7 @@ class _ServerCollector(Collector):
         )
         yield CounterMetricFamily(
             "progressista_viewers_dropped",
-            "Viewers disconnected for not reading",
+            "Viewers (and GET /tasks readers) disconnected for not reading",
             value=hub.viewers_dropped,
         )
         yield from self._job_families()
