@@ -106,6 +106,7 @@ class _Run:
         "head_state",
         "history",
         "ids",
+        "key",
         "n",
         "name",
         "no_fraction",
@@ -125,6 +126,8 @@ class _Run:
     def __init__(self, name: str, number: int, now: float, serial: int) -> None:
         self.name = name
         self.number = number
+        #: ``name#number``: what the run is known by (made once, it is asked for at every event).
+        self.key = f"{name}#{number}"
         #: Order of creation among all runs (ties in updated_at go to the newer run).
         self.serial = serial
         self.active = self.stale = self.completed = self.failed = 0
@@ -150,10 +153,6 @@ class _Run:
         #: strings is left alone by the garbage collector, a set is walked by every full
         #: collection (70 ms for a million ids).
         self.ids: dict[str, None] = {}
-
-    @property
-    def key(self) -> str:
-        return f"{self.name}#{self.number}"
 
     @property
     def members(self) -> int:
@@ -378,24 +377,28 @@ class JobIndex:
         run = self._latest.get(name)
         return None if run is None or run.key not in self._runs else run.as_job()
 
-    def jobs(self) -> Iterator[Job]:
+    def _ordered(self) -> list[_Run]:
         """Every run still listed, most recently updated first."""
         self._catch_up()
-        ordered = sorted(
+        return sorted(
             self._runs.values(), key=lambda run: (run.updated_at, run.serial), reverse=True
         )
-        for run in ordered:
+
+    def jobs(self) -> Iterator[Job]:
+        """Every run still listed, most recently updated first."""
+        for run in self._ordered():
             yield run.as_job()
 
     def overview(self, finished: int) -> list[Job]:
         """What a new viewer is shown: every unfinished run, and the ``finished`` most recently
-        updated finished ones."""
+        updated finished ones. Only those are made into jobs: a day of one-off jobs leaves
+        thousands of finished runs listed, and every viewer that arrives or catches up asks."""
         shown = []
-        for job in self.jobs():
-            if job.finished_at is None:
-                shown.append(job)
+        for run in self._ordered():
+            if run.finished_at is None:
+                shown.append(run.as_job())
             elif finished > 0:
-                shown.append(job)
+                shown.append(run.as_job())
                 finished -= 1
         return shown
 
