@@ -316,6 +316,8 @@ def test_any_accepted_event_renders_on_the_page_in_watch_in_the_api_and_in_metri
         msgspec.json.encode(tasks)
         frame = render(msgspec.to_builtins(tasks), "http://dash", "live", 100, 40, now=now + 5)
         assert terminal_safe(frame), repr(frame)
-        exposition(IngestStats(), hub, store.table, 10, [], ConnectionStats(), ThrottleStats())
+        await exposition(
+            IngestStats(), hub, store.table, 10, [], ConnectionStats(), ThrottleStats()
+        )
 
     asyncio.run(shown())

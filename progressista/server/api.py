@@ -479,7 +479,7 @@ async def metrics(request: web.Request) -> web.Response:
     require_read(request)
     app = request.app
     alerter = app.get(ALERTER)
-    body = exposition(
+    body = await exposition(
         app[INGEST_STATS],
         app[HUB],
         app[STORE].table,

@@ -6,12 +6,13 @@ so ingest never pays for a metrics library call. The registry belongs to one app
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -210,7 +211,17 @@ class _ServerCollector(Collector):
         yield from (fraction, rate, eta, tasks, state)
 
 
-def exposition(
+class _Collected(Collector):
+    """Families already collected, for ``generate_latest`` to format."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+async def exposition(
     stats: IngestStats,
     hub: Hub,
     table: TaskTable,
@@ -220,7 +231,15 @@ def exposition(
     tokens: ThrottleStats,
 ) -> bytes:
     """The Prometheus text format of everything above (``jobs``: how many job runs get
-    gauges; ``alerts``: per destination, its label and messages sent and failed)."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(stats, hub, table, jobs, list(alerts), connections, tokens))
-    return generate_latest(registry)
+    gauges; ``alerts``: per destination, its label and messages sent and failed).
+
+    Every value is read at once; the text is then written a family at a time, yielding to the
+    loop between: prometheus_client takes about 10 µs a sample, and 100 job runs make 1,300
+    samples, which held the loop 13-16 ms in one piece on a busy machine.
+    """
+    collector = _ServerCollector(stats, hub, table, jobs, list(alerts), connections, tokens)
+    pieces = []
+    for family in list(collector.collect()):
+        pieces.append(generate_latest(_Collected([family])))
+        await asyncio.sleep(0)
+    return b"".join(pieces)
