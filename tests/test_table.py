@@ -1,5 +1,6 @@
-"""What a viewer that fell behind is told (``TaskTable.changed_since``): changed and removed ids
-since its revision, read from the table's change order and its recent removals."""
+"""What a viewer that fell behind is told (``TaskTable.changed_since`` and ``removed_since``):
+changed and removed ids since its revision, read from the table's change order and its recent
+removals."""
 
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ def test_changes_and_removals_since_a_revision_newest_first() -> None:
     stored(table, "b")
     removed(table, "c")
     stored(table, "e")
-    assert table.changed_since(seen, 100) == (["e", "b"], ["c"])
-    assert table.changed_since(table.rev, 100) == ([], [])
+    assert (table.changed_since(seen, 100), table.removed_since(seen)) == (["e", "b"], ["c"])
+    assert (table.changed_since(table.rev, 100), table.removed_since(table.rev)) == ([], [])
 
 
 def test_an_id_stored_again_after_its_removal_is_changed_not_removed() -> None:
@@ -42,19 +43,23 @@ def test_an_id_stored_again_after_its_removal_is_changed_not_removed() -> None:
     removed(table, "b")
     stored(table, "b")
     removed(table, "b")  # and gone again
-    assert table.changed_since(seen, 100) == (["a"], ["b"])
+    assert (table.changed_since(seen, 100), table.removed_since(seen)) == (["a"], ["b"])
     just_before = table.rev - 1  # saw b back: told only of its last removal
-    assert table.changed_since(just_before, 100) == ([], ["b"])
+    assert table.removed_since(just_before) == ["b"]
+    assert table.changed_since(just_before, 100) == []
 
 
-def test_too_many_changes_or_forgotten_removals_mean_start_over() -> None:
+def test_forgotten_removals_or_more_changes_than_the_limit_say_so() -> None:
     table = TaskTable(removals_kept=3)
     for number in range(10):
         stored(table, f"t{number}")
     seen = table.rev
     for number in range(5):
         removed(table, f"t{number}")
-    assert table.changed_since(seen, 100) is None  # two of the five removals are forgotten
+    assert table.removed_since(seen) is None  # two of the five removals are forgotten
     recent = table.rev - 3
-    assert table.changed_since(recent, 100) == ([], ["t4", "t3", "t2"])
-    assert table.changed_since(recent, 2) is None  # more than the limit
+    assert table.removed_since(recent) == ["t4", "t3", "t2"]
+    for number in range(5, 10):
+        stored(table, f"t{number}")
+    assert table.changed_since(recent, 5) == ["t9", "t8", "t7", "t6", "t5"]
+    assert table.changed_since(recent, 4) is None  # more than the limit

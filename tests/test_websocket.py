@@ -8,9 +8,11 @@ from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 from aiohttp import WSMsgType
 
 from progressista.server import feed
+from progressista.server import hub as hub_module
 from progressista.server.cleanup import run_cleanup
 from progressista.server.event import Event, decode_events
 from progressista.server.hub import HIGH_WATER
@@ -295,9 +297,13 @@ async def test_a_stalled_viewer_neither_slows_others_nor_holds_memory_and_is_dro
     stalled.close()
 
 
+@pytest.mark.parametrize("walk", [4000, 10], ids=["from the change order", "by reading the board"])
 async def test_a_slow_viewer_that_reads_again_catches_up_with_every_change(
-    make_client: MakeClient,
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, walk: int
 ) -> None:
+    """What it missed comes as patches of whole tasks: found in the change order, or past
+    ``CATCH_UP_WALK`` changes by reading the board in slices; never a second snapshot."""
+    monkeypatch.setattr(hub_module, "CATCH_UP_WALK", walk)
     client = await make_client()
     hub = client.app[HUB]
     fat = "x" * 900
@@ -316,10 +322,14 @@ async def test_a_slow_viewer_that_reads_again_catches_up_with_every_change(
     # Now it reads: whatever it missed comes as whole tasks, and it ends equal to the server.
     board = Board()
     received = bytearray()
+    snapshots = 0
     while board.shown() != expected:
         received += await asyncio.wait_for(loop.sock_recv(stalled, 1 << 16), 10)
         for payload in _text_frames(received):
-            board.apply(msgspec.json.decode(payload))
+            message = msgspec.json.decode(payload)
+            snapshots += message["type"] == "snapshot"
+            board.apply(message)
+    assert snapshots == 1  # the one it got when it arrived
     stalled.close()
 
 

@@ -12,7 +12,8 @@ walking from the front stops at the first key that is not due. So:
 - evicting for room takes the longest-closed tasks off the front of the closed sections;
 - a section's newest tasks (what the page shows) are the end of that section;
 - a viewer that fell behind learns what changed since its revision by walking the change order
-  back from its end, and which tasks went by the removals remembered since.
+  back from its end (or, past a few thousand, reading the board in slices), and which tasks
+  went by the removals remembered since.
 
 Indexes cost about 300 bytes a task (see the README's sizing figures), the price of never
 scanning a million tasks on the event loop.
@@ -166,14 +167,10 @@ class TaskTable:
             candidates = completed if sections.size("completed") else failed
         return list(islice((i for i in candidates if i not in keep), count))
 
-    def changed_since(self, rev: int, limit: int) -> tuple[list[str], list[str]] | None:
-        """Ids changed after revision ``rev`` and ids removed after it, newest first.
-
-        None when that cannot be told in ``limit`` ids or fewer, or when removals that old have
-        been forgotten: the caller then starts over from a snapshot.
-        """
-        if rev < self._removed_horizon:
-            return None
+    def changed_since(self, rev: int, limit: int) -> list[str] | None:
+        """Ids changed after revision ``rev``, newest first; None when there are more than
+        ``limit`` (each costs a walk of the change order: about 1 µs next to a million tasks,
+        so the caller reads the board in slices instead, :meth:`ids_after`)."""
         changed: list[str] = []
         tasks = self.tasks
         for task_id in reversed(self._by_change):
@@ -182,18 +179,24 @@ class TaskTable:
             if len(changed) >= limit:
                 return None
             changed.append(task_id)
+        return changed
+
+    def removed_since(self, rev: int) -> list[str] | None:
+        """Ids removed after revision ``rev`` and not stored again, newest first; None when
+        removals that old have been forgotten (the caller starts over from a snapshot)."""
+        if rev < self._removed_horizon:
+            return None
+        tasks = self.tasks
         removed: list[str] = []
         told: set[str] = set()
         for task_id, removed_at in reversed(self._removed):
             if removed_at <= rev:
                 break
             if task_id in tasks or task_id in told:
-                continue  # stored again since (among the changed), or removed twice
-            if len(changed) + len(removed) >= limit:
-                return None
+                continue  # stored again since (a change), or removed twice
             removed.append(task_id)
             told.add(task_id)
-        return changed, removed
+        return removed
 
     # Watching --------------------------------------------------------------------------------
 
