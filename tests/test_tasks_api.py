@@ -362,3 +362,40 @@ async def test_a_listing_reader_that_stops_reading_is_cut_off(make_client: MakeC
     # A reader that reads gets the whole listing, as before.
     response = await client.get("/tasks")
     assert len((await response.json())["tasks"]) == 20_000
+
+
+@pytest.mark.parametrize("last_piece", [False, True], ids=["a piece", "the end"])
+async def test_no_piece_of_a_listing_waits_for_its_reader_past_viewer_timeout(
+    last_piece: bool,
+) -> None:
+    """aiohttp's ``write`` waits for the socket only every 64 KiB, ``write_eof`` always: a
+    listing whose last piece found the socket full waited there for ever."""
+    import asyncio
+    from types import SimpleNamespace
+    from typing import cast
+
+    from aiohttp import web
+
+    from progressista.server import api
+    from progressista.server.keys import HUB, SETTINGS
+    from progressista.settings import ServerSettings
+
+    never = asyncio.get_running_loop().create_future()
+
+    class Stuck:  # a response whose reader takes nothing
+        async def write(self, data: bytes) -> None:
+            await never
+
+        async def write_eof(self, data: bytes = b"") -> None:
+            await never
+
+    aborted: list[bool] = []
+    hub = SimpleNamespace(viewers_dropped=0)
+    request = SimpleNamespace(
+        app={SETTINGS: ServerSettings(viewer_timeout=0.05), HUB: hub},
+        transport=SimpleNamespace(abort=lambda: aborted.append(True)),
+    )
+    sent = await api._sent(
+        cast(web.Request, request), cast(web.StreamResponse, Stuck()), b"}", last_piece=last_piece
+    )
+    assert (sent, aborted, hub.viewers_dropped) == (False, [True], 1)

@@ -221,17 +221,20 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(0)
     # Cut at the limit: more may follow (the next page says, possibly empty, with next null).
     tail = {"next": last if more else None}
-    if await _sent(request, response, b"}," + msgspec.json.encode(tail)[1:]):
-        await response.write_eof()
+    await _sent(request, response, b"}," + msgspec.json.encode(tail)[1:], last_piece=True)
     return response
 
 
-async def _sent(request: web.Request, response: web.StreamResponse, data: bytes) -> bool:
+async def _sent(
+    request: web.Request, response: web.StreamResponse, data: bytes, *, last_piece: bool = False
+) -> bool:
     """Write a piece of a listing; False when its reader has gone, or took nothing for
     ``viewer_timeout`` (the connection is then cut, as a stuck viewer's is): a reader that
-    stops reading must not hold a handler, and its place in the listing, for ever."""
+    stops reading must not hold a handler, and its place in the listing, for ever. The last
+    piece ends the response, which waits for the reader too."""
+    writing = response.write_eof(data) if last_piece else response.write(data)
     try:
-        await asyncio.wait_for(response.write(data), request.app[SETTINGS].viewer_timeout)
+        await asyncio.wait_for(writing, request.app[SETTINGS].viewer_timeout)
         return True
     except asyncio.TimeoutError:
         transport = request.transport
