@@ -73,16 +73,44 @@ _TOP: ContextVar[_Entry | None] = ContextVar("progressista_open_bars", default=N
 
 def parent_of(*, leave: bool) -> str | None:
     """The task id of the bar a bar opened now is nested in, if any (see the module's doc)."""
-    entry = _TOP.get()
-    if leave and entry is not None:
-        entry = entry.nearest_loop
+    top = _TOP.get()
+    if leave:
+        loop = _open_loop(top)
+        return None if loop is None else loop.remote_task_id
+    entry = top
     while entry is not None:
         bar = entry.open_bar()
         if bar is not None:
             return bar.remote_task_id
         entry = entry.below
-        if leave and entry is not None:
-            entry = entry.nearest_loop
+    return None
+
+
+def _open_loop(top: _Entry | None) -> Nestable | None:
+    """The bar of the newest loop still open beneath ``top``.
+
+    The loops passed on the way are closed for good, whichever context's stack they are in:
+    every entry whose pointer led to them points past them afterwards, so that loops ended
+    under bars kept open (a bar opened in each round of a loop, and kept) are passed once, not
+    at every bar opened later.
+    """
+    passed: list[_Entry] = []
+    holder = top
+    while holder is not None:
+        loop = holder.nearest_loop
+        if loop is None:
+            break
+        bar = loop.open_bar()
+        if bar is not None:
+            for entry in passed:
+                entry.nearest_loop = loop
+            return bar
+        passed.append(holder)
+        if loop is not holder:
+            passed.append(loop)
+        holder = loop.below
+    for entry in passed:
+        entry.nearest_loop = None
     return None
 
 
