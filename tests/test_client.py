@@ -242,6 +242,23 @@ def test_each_bar_reads_the_environment_as_it_is_then(monkeypatch: pytest.Monkey
     assert made == ["first", "first", "second"]
 
 
+def test_shared_settings_are_what_reading_them_afresh_gives() -> None:
+    """The last bar's settings are reused only for keyword values of plain types that are
+    equal: a Decimal equal to 1 is refused as reading it afresh refuses it."""
+    from decimal import Decimal
+
+    from progressista.client import bar as bar_module
+    from progressista.settings import SettingError
+
+    given = {"url": "http://127.0.0.1:9", "token": None, "job": None}
+    assert bar_module._settings(push_every=1, **given).push_every == 1
+    with pytest.raises(SettingError):
+        ClientSettings.from_env(os.environ, push_every=Decimal("1"), **given)
+    with pytest.raises(SettingError):
+        bar_module._settings(push_every=Decimal("1"), **given)
+    assert bar_module._settings(push_every=1.0, **given).push_every == 1.0
+
+
 def test_no_update_can_follow_or_outrank_the_final_event() -> None:
     progress = RemoteTqdm(total=5, url="http://127.0.0.1:9", file=io.StringIO())
     before = progress.remote_event()

@@ -45,10 +45,20 @@ _VARIABLES = tuple(env_name(setting.name) for setting in dataclasses.fields(Clie
 _last_settings: tuple[tuple[object, ...], ClientSettings] | None = None
 
 
+#: Keyword values the memo compares: exactly these types (a Decimal equal to 1 parses
+#: differently, and an array's == does not say yes or no).
+_PLAIN = (type(None), str, int, float)
+
+
 def _settings(**given: Any) -> ClientSettings:
     """``ClientSettings.from_env(os.environ, **given)``, the last bar's when nothing differs."""
     global _last_settings
-    key = (*map(os.environ.get, _VARIABLES), *given.values())
+    if any(type(value) not in _PLAIN for value in given.values()):
+        return ClientSettings.from_env(os.environ, **given)
+    key = (
+        *map(os.environ.get, _VARIABLES),
+        *((type(value), value) for value in given.values()),
+    )
     last = _last_settings
     if last is not None and last[0] == key:
         return last[1]
