@@ -4,6 +4,7 @@ removals."""
 
 from __future__ import annotations
 
+from progressista.server.removals import Removals
 from progressista.server.table import TaskTable
 from progressista.server.task import Task
 
@@ -33,7 +34,9 @@ def test_changes_and_removals_since_a_revision_newest_first() -> None:
     assert (table.changed_since(table.rev, 100), table.removed_since(table.rev)) == ([], [])
 
 
-def test_an_id_stored_again_after_its_removal_is_changed_not_removed() -> None:
+def test_an_id_stored_again_after_its_removal_is_among_the_changed() -> None:
+    """Removals are listed as they happened, an id as often as it went; the reader checks the
+    table (an id back is among the changed, and goes whole)."""
     table = TaskTable()
     stored(table, "a")
     stored(table, "b")
@@ -43,10 +46,10 @@ def test_an_id_stored_again_after_its_removal_is_changed_not_removed() -> None:
     removed(table, "b")
     stored(table, "b")
     removed(table, "b")  # and gone again
-    assert (table.changed_since(seen, 100), table.removed_since(seen)) == (["a"], ["b"])
-    just_before = table.rev - 1  # saw b back: told only of its last removal
-    assert table.removed_since(just_before) == ["b"]
-    assert table.changed_since(just_before, 100) == []
+    assert table.changed_since(seen, 100) == ["a"]
+    assert table.removed_since(seen) == ["a", "b", "b"]
+    assert table.removed_since(table.rev - 1) == ["b"]
+    assert table.changed_since(table.rev - 1, 100) == []
 
 
 def test_forgotten_removals_or_more_changes_than_the_limit_say_so() -> None:
@@ -58,8 +61,26 @@ def test_forgotten_removals_or_more_changes_than_the_limit_say_so() -> None:
         removed(table, f"t{number}")
     assert table.removed_since(seen) is None  # two of the five removals are forgotten
     recent = table.rev - 3
-    assert table.removed_since(recent) == ["t4", "t3", "t2"]
+    assert table.removed_since(recent) == ["t2", "t3", "t4"]
     for number in range(5, 10):
         stored(table, f"t{number}")
     assert table.changed_since(recent, 5) == ["t9", "t8", "t7", "t6", "t5"]
     assert table.changed_since(recent, 4) is None  # more than the limit
+
+
+def test_removals_are_remembered_in_order_as_old_ones_are_cut_away() -> None:
+    """The lists' forgotten front is cut off thousands at a time; what is told never moves."""
+    removals = Removals(kept=1000)
+    for rev in range(1, 20_001):
+        removals.add(f"t{rev}", rev)
+        if rev % 997 == 0:
+            assert len(removals) == min(rev, 1000)
+            assert removals.since(rev - 10) == [f"t{r}" for r in range(rev - 9, rev + 1)]
+            if rev > 1000:  # the 1,000 last are told; a revision before them is forgotten
+                assert len(removals.since(rev - 1000) or []) == 1000
+                assert removals.since(rev - 1001) is None
+    assert removals.horizon == 19_000
+    assert removals.since(19_000) == [f"t{r}" for r in range(19_001, 20_001)]
+    assert removals.since(18_999) is None
+    removals.forget(25_000)
+    assert (len(removals), removals.since(25_000), removals.since(24_999)) == (0, [], None)

@@ -318,6 +318,9 @@ async def test_a_slow_viewer_that_reads_again_catches_up_with_every_change(
     for step in range(1, 15):
         await post(client, [event(f"t{i}", n=round_ + step) for i in range(0, 300, step)])
     await client.delete("/tasks/t7")
+    gone = await client.delete("/tasks", json={"ids": [f"t{i}" for i in range(100, 120)]})
+    assert (await gone.json())["deleted"] == 20  # more removals than a walk of 10 takes
+    await post(client, event("t105", n=1))  # one of them back
     expected = without_unshown(stored(client.app))
     # Now it reads: whatever it missed comes as whole tasks, and it ends equal to the server.
     board = Board()

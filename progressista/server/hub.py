@@ -369,7 +369,11 @@ class Hub:
         if removed is None:
             viewer.synced = None
             return
-        changed = table.changed_since(viewer.synced, CATCH_UP_WALK)
+        changed = (
+            table.changed_since(viewer.synced, CATCH_UP_WALK)
+            if len(removed) <= CATCH_UP_WALK
+            else None
+        )
         if changed is None:
             await self._catch_up_by_scan(viewer, removed)
             return
@@ -394,8 +398,9 @@ class Hub:
 
     async def _catch_up_by_scan(self, viewer: _Viewer, removed: list[str]) -> None:
         """More changed than the change order can be walked for at once (a stale storm, a big
-        clear): the board read in the order tasks were stored, a slice at a time, as a
-        snapshot is, sending only what changed since the viewer's revision; removals first.
+        clear): the removals first, then the board read in the order tasks were stored, a
+        slice at a time each, as a snapshot is, sending only what changed since the viewer's
+        revision (a removed id stored again since goes whole).
 
         What changes meanwhile is caught by the next round, from the revision the scan began.
         """
@@ -404,21 +409,25 @@ class Hub:
         since, start, generation = viewer.synced, table.rev, table.generation
         tasks = table.tasks
         ids = table.order.cursor()
-        changes: dict[str, int] = dict.fromkeys(removed, REMOVED)
+        gone = 0  # removals sent so far
         while True:
             if not await self._until_drained(viewer):
                 return
             async with self._snapshot_slots:
                 if table.generation != generation:
                     return  # the table was replaced: the viewer owes a snapshot now
-                for task_id in ids.take(SCAN_SLICE):
-                    task = tasks.get(task_id)
-                    if task is not None and task.rev > since:
-                        changes[task_id] = ALL_FIELDS
+                if gone < len(removed):
+                    changes = dict.fromkeys(removed[gone : gone + SCAN_SLICE], REMOVED)
+                    gone += SCAN_SLICE
+                else:
+                    changes = {}
+                    for task_id in ids.take(SCAN_SLICE):
+                        task = tasks.get(task_id)
+                        if task is not None and task.rev > since:
+                            changes[task_id] = ALL_FIELDS
                 for messages in feed.patches(table, changes):
                     self._write(viewer, feed.frames(messages), len(messages))
-                changes = {}
-                if ids.done:
+                if gone >= len(removed) and ids.done:
                     break
             await asyncio.sleep(0)
         viewer.synced = start

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import gc
 import heapq
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Final
@@ -31,6 +31,7 @@ from typing import Final
 from ..schema import STATES
 from .job import JobIndex
 from .order import IdOrder, OrderCursor
+from .removals import Removals
 from .sections import Sections
 from .task import Lifetimes, Task, lingers
 
@@ -75,14 +76,8 @@ class TaskTable:
         #: Closed bars that asked not to stay (``meta.leave`` false: tqdm's ``leave=False``),
         #: in the order they closed: they leave the board after Lifetimes.linger.
         self._transient: _Queue = OrderedDict()
-        #: Recent removals, (id, the revision that removed it), oldest first; an id stored
-        #: again since stays listed (readers skip it). A deque, not a dict: a dict of 100k
-        #: resizes all at once (12 ms as a clear passed 87k), and a new id needs no lookup.
-        self._removed: deque[tuple[str, int]] = deque()
-        self._removals_kept = removals_kept
-        #: Removals up to this revision may have been forgotten: a reader that has seen less
-        #: than this cannot be told what it missed.
-        self._removed_horizon = 0
+        #: Recent removals, for viewers catching up.
+        self._removed = Removals(removals_kept)
         #: What changed since the hub last took it; None while nobody is watching.
         self._changes: Changes | None = None
         self._listeners: list[Callable[[], None]] = []
@@ -182,21 +177,10 @@ class TaskTable:
         return changed
 
     def removed_since(self, rev: int) -> list[str] | None:
-        """Ids removed after revision ``rev`` and not stored again, newest first; None when
-        removals that old have been forgotten (the caller starts over from a snapshot)."""
-        if rev < self._removed_horizon:
-            return None
-        tasks = self.tasks
-        removed: list[str] = []
-        told: set[str] = set()
-        for task_id, removed_at in reversed(self._removed):
-            if removed_at <= rev:
-                break
-            if task_id in tasks or task_id in told:
-                continue  # stored again since (a change), or removed twice
-            removed.append(task_id)
-            told.add(task_id)
-        return removed
+        """Ids removed after revision ``rev``, oldest first, in one slice (some may have been
+        stored again since: the reader checks the table); None when removals that old have
+        been forgotten (the caller starts over from a snapshot)."""
+        return self._removed.since(rev)
 
     # Watching --------------------------------------------------------------------------------
 
@@ -297,10 +281,7 @@ class TaskTable:
         if self._by_created is not None:
             self._by_created.pop(task_id, None)
         self._transient.pop(task_id, None)
-        removed = self._removed
-        removed.append((task_id, rev))
-        if len(removed) > self._removals_kept:
-            _, self._removed_horizon = removed.popleft()
+        self._removed.add(task_id, rev)
         changes = self._changes
         if changes is not None:
             changes[task_id] = REMOVED
@@ -311,15 +292,14 @@ class TaskTable:
     def forget_removals(self) -> None:
         """Removals up to now may have been missed (a replica that reloaded): a viewer older
         than this must start over from a snapshot."""
-        self._removed.clear()
-        self._removed_horizon = self.rev
+        self._removed.forget(self.rev)
 
     def replace_all(self, tasks: Iterable[Task], rev: int) -> None:
         """Hold exactly ``tasks`` from now on, at revision ``rev`` (a replica whose Redis lost
         its data: revisions started over). Viewers start over too (``generation``)."""
         fresh = TaskTable(
             track_age=self._by_created is not None,
-            removals_kept=self._removals_kept,
+            removals_kept=self._removed.kept,
             jobs=self.jobs.emptied(),
         )
         for task in sorted(tasks, key=lambda task: task.rev):
@@ -336,9 +316,8 @@ class TaskTable:
             "_deferred",
         ):
             setattr(self, name, getattr(fresh, name))
-        self._removed.clear()
+        self._removed.forget(rev)
         self.rev = rev
-        self._removed_horizon = rev
         if self._changes is not None:
             self._changes = {}
         self.generation += 1
