@@ -440,28 +440,27 @@ def test_watch_survives_what_writers_send_and_writes_none_of_their_escapes(
             },
         ],
     )
-    main, child = pty.openpty()
+    main, terminal = pty.openpty()
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
     env.update(COLUMNS="120", LINES="40", TERM="xterm")
-    watcher = subprocess.Popen(
-        [*PROGRESSISTA, "watch", server.url.rstrip("/")],
-        stdin=child,
-        stdout=child,
-        stderr=child,
-        env=env,
-        close_fds=True,
-    )
-    os.close(child)
     try:
-        screen = read_until(main, ["[live]", "▶ poison", "]52;c;cm0gLXJmIH4K", "files:  25%"])
-        server.post([{"task_id": "poison", "n": 1}])  # and it keeps drawing
-        screen += read_until(main, ["1.00/1.50"])
-        assert watcher.poll() is None, screen
+        # child.started: the default SIGINT, so Ctrl-C reaches it from a shell that ignores it
+        with child.started(
+            [*PROGRESSISTA, "watch", server.url.rstrip("/")],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env=env,
+        ) as watcher:
+            os.close(terminal)  # the watcher holds it now
+            screen = read_until(main, ["[live]", "▶ poison", "]52;c;cm0gLXJmIH4K", "files:  25%"])
+            server.post([{"task_id": "poison", "n": 1}])  # and it keeps drawing
+            screen += read_until(main, ["1.00/1.50"])
+            assert watcher.poll() is None, screen
+            watcher.send_signal(signal.SIGINT)
+            assert watcher.wait(WAIT) == 0
     finally:
-        watcher.send_signal(2)
-        watcher.wait(10)
         os.close(main)
-    assert watcher.returncode == 0
     own = screen.count("\x1b[H\x1b[J")  # watch's own: home, clear below
     assert screen.count("\x1b") == 2 * own, repr(screen)
     assert "\x07" not in screen and "\x9b" not in screen
