@@ -365,11 +365,14 @@ async def test_a_listing_reader_that_stops_reading_is_cut_off(make_client: MakeC
 
 
 @pytest.mark.parametrize("last_piece", [False, True], ids=["a piece", "the end"])
-async def test_no_piece_of_a_listing_waits_for_its_reader_past_viewer_timeout(
-    last_piece: bool,
+@pytest.mark.parametrize("taking", [False, True], ids=["stuck", "slow"])
+async def test_a_listing_waits_for_a_reader_as_long_as_it_takes_something(
+    last_piece: bool, taking: bool
 ) -> None:
-    """aiohttp's ``write`` waits for the socket only every 64 KiB, ``write_eof`` always: a
-    listing whose last piece found the socket full waited there for ever."""
+    """A reader that takes nothing for ``viewer_timeout`` is cut off; one on a slow link, whose
+    piece takes longer than that but which keeps taking bytes, is not. (aiohttp's ``write``
+    waits for the socket only every 64 KiB, ``write_eof`` always: a listing whose last piece
+    found the socket full once waited there for ever.)"""
     import asyncio
     from types import SimpleNamespace
     from typing import cast
@@ -381,21 +384,33 @@ async def test_no_piece_of_a_listing_waits_for_its_reader_past_viewer_timeout(
     from progressista.settings import ServerSettings
 
     never = asyncio.get_running_loop().create_future()
+    buffered = [100_000]  # bytes waiting in the transport
 
-    class Stuck:  # a response whose reader takes nothing
+    class Reader:
+        """Stuck: takes nothing. Slow: 1 KB every 20 ms, its piece done after 0.4 s."""
+
         async def write(self, data: bytes) -> None:
-            await never
+            if not taking:
+                await never
+            for _ in range(20):
+                await asyncio.sleep(0.02)
+                buffered[0] -= 1000
 
         async def write_eof(self, data: bytes = b"") -> None:
-            await never
+            await self.write(data)
 
     aborted: list[bool] = []
     hub = SimpleNamespace(viewers_dropped=0)
     request = SimpleNamespace(
-        app={SETTINGS: ServerSettings(viewer_timeout=0.05), HUB: hub},
-        transport=SimpleNamespace(abort=lambda: aborted.append(True)),
+        app={SETTINGS: ServerSettings(viewer_timeout=0.1), HUB: hub},
+        transport=SimpleNamespace(
+            abort=lambda: aborted.append(True), get_write_buffer_size=lambda: buffered[0]
+        ),
     )
     sent = await api._sent(
-        cast(web.Request, request), cast(web.StreamResponse, Stuck()), b"}", last_piece=last_piece
+        cast(web.Request, request), cast(web.StreamResponse, Reader()), b"}", last_piece=last_piece
     )
-    assert (sent, aborted, hub.viewers_dropped) == (False, [True], 1)
+    if taking:
+        assert (sent, aborted, hub.viewers_dropped) == (True, [], 0)
+    else:
+        assert (sent, aborted, hub.viewers_dropped) == (False, [True], 1)

@@ -230,20 +230,36 @@ async def _sent(
 ) -> bool:
     """Write a piece of a listing; False when its reader has gone, or took nothing for
     ``viewer_timeout`` (the connection is then cut, as a stuck viewer's is): a reader that
-    stops reading must not hold a handler, and its place in the listing, for ever. The last
-    piece ends the response, which waits for the reader too."""
-    writing = response.write_eof(data) if last_piece else response.write(data)
+    stops reading must not hold a handler, and its place in the listing, for ever, while one
+    on a slow link keeps it as long as it takes something. The last piece ends the response,
+    which waits for the reader too."""
+    writing = asyncio.ensure_future(
+        response.write_eof(data) if last_piece else response.write(data)
+    )
+    transport = request.transport
     try:
-        await asyncio.wait_for(writing, request.app[SETTINGS].viewer_timeout)
-        return True
-    except asyncio.TimeoutError:
-        transport = request.transport
-        if transport is not None:
-            transport.abort()
-        request.app[HUB].viewers_dropped += 1
-        return False
+        await asyncio.sleep(0)  # the write has queued its bytes: how many wait, from here
+        waiting = transport.get_write_buffer_size() if transport is not None else 0
+        while True:
+            done, _ = await asyncio.wait({writing}, timeout=request.app[SETTINGS].viewer_timeout)
+            if done:
+                break
+            left = transport.get_write_buffer_size() if transport is not None else waiting
+            if left >= waiting:  # it took nothing all that time
+                writing.cancel()
+                if transport is not None:
+                    transport.abort()
+                request.app[HUB].viewers_dropped += 1
+                return False
+            waiting = left
+    except asyncio.CancelledError:
+        writing.cancel()
+        raise
+    try:
+        writing.result()
     except ConnectionError:  # gone (a `curl | head`): no traceback in the log for that
         return False
+    return True
 
 
 @routes.delete("/tasks")
