@@ -84,3 +84,30 @@ def test_removals_are_remembered_in_order_as_old_ones_are_cut_away() -> None:
     assert removals.since(18_999) is None
     removals.forget(25_000)
     assert (len(removals), removals.since(25_000), removals.since(24_999)) == (0, [], None)
+
+
+async def test_a_window_never_shows_a_task_removed_since_it_last_followed() -> None:
+    """A filtered window follows the table's changes at each flush; a flush that yields
+    between slices can find tasks gone that the window still holds (a clear meanwhile). Those
+    made every flush fail with a KeyError, and the window's /view answer 500, for good."""
+    import msgspec
+
+    from progressista.server import feed
+    from progressista.server.view import Query, Window
+
+    table = TaskTable()
+    for number in range(5):
+        rev = table.rev + 1
+        task = Task(task_id=f"t{number}", n=1, meta={"job": "x"}, updated_at=float(rev), rev=rev)
+        table.commit(task, 0)
+    window = Window(table, Query("job=x"), 3)
+    window.scan(table.order.cursor().take(100))
+    window.finish()
+    shown = window.newest()
+    assert shown["active"] == ["t4", "t3", "t2"]
+    removed(table, "t4")  # not followed yet
+    assert window.newest()["active"] == ["t3", "t2", "t1"]
+    view = msgspec.json.decode(feed.view(table, shown, window.current_counts(), 0.0))
+    assert (view["sections"]["active"], sorted(view["tasks"])) == (["t3", "t2"], ["t2", "t3"])
+    window.follow(["t4"])
+    assert window.current_counts()["active"] == 4

@@ -207,13 +207,18 @@ def view(
     counts: Mapping[str, int],
     now: float,
 ) -> bytes:
-    """A windowed viewer's whole view: what it shows per state, those tasks, and the counts."""
-    tasks = {task_id: table.tasks[task_id] for ids in shown.values() for task_id in ids}
+    """A windowed viewer's whole view: what it shows per state, those tasks, and the counts.
+
+    ``shown`` is as of the last flush: a task removed since is left out (the next patch says
+    it went, to a viewer that never had it)."""
+    stored = table.tasks
+    sections = {state: [i for i in ids if i in stored] for state, ids in shown.items()}
+    tasks = {task_id: stored[task_id] for ids in sections.values() for task_id in ids}
     return _encode(
         {
             "type": "view",
             "tasks": tasks,
-            "sections": shown,
+            "sections": sections,
             "counts": _counts(table, counts),
             # The server's clock, so a page can say how long ago a task was updated even when
             # its own clock is off.

@@ -174,11 +174,17 @@ class Window:
                 self.sections[wanted][task_id] = None
 
     def newest(self) -> dict[str, list[str]]:
-        """What the window shows now: per state, its newest ``limit`` ids."""
+        """What the window shows now: per state, its newest ``limit`` ids.
+
+        A filtered window's sections are as of the changes it last followed, and the table may
+        have lost tasks since (a clear while a flush yielded): those are passed over here, and
+        leave the sections with the next flush.
+        """
         if self.query.everything:
             return {state: self.table.newest(state, self.limit) for state in STATES}
+        tasks = self.table.tasks
         return {
-            state: list(islice(reversed(section), self.limit))
+            state: list(islice((i for i in reversed(section) if i in tasks), self.limit))
             for state, section in self.sections.items()
         }
 
