@@ -476,3 +476,32 @@ async def test_a_flush_of_several_batches_gives_each_commit_instant_once() -> No
         board.apply(message)
     assert without_unshown(board.tasks) == without_unshown(as_json())
     await store.close()
+
+
+async def test_a_flush_that_fails_has_every_viewer_start_over(
+    client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in sending changes must not leave viewers without news for good: it is logged,
+    and each viewer is given a fresh snapshot or view, with the change in it."""
+    await post(client, event("a", n=1, total=10))
+    async with client.ws_connect("/ws") as whole, client.ws_connect("/ws?limit=5") as windowed:
+        assert (await receive(whole))["type"] == "snapshot"
+        assert (await receive(windowed))["type"] == "view"
+        patches = feed.patches
+        failed: list[bool] = []
+
+        def broken(*args: Any) -> Any:
+            if not failed:
+                failed.append(True)
+                raise RuntimeError("a bug")
+            return patches(*args)
+
+        monkeypatch.setattr(feed, "patches", broken)
+        await post(client, event("a", n=2))
+        fresh = await receive(whole)
+        assert (fresh["type"], fresh["tasks"]["a"]["n"]) == ("snapshot", 2)
+        view = await receive(windowed)
+        assert (view["type"], view["tasks"]["a"]["n"]) == ("view", 2)
+        await post(client, event("a", n=3))  # and news flows again
+        assert (await receive(whole))["tasks"]["a"]["n"] == 3
+    assert "every viewer starts over" in caplog.text

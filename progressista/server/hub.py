@@ -548,6 +548,14 @@ class Hub:
                     return
                 self._again = False
                 await asyncio.sleep(max(0.0, self._last_flush + self._interval - loop.time()))
+        except Exception:
+            # A bug here must not leave every viewer without news for good (the next flush
+            # would likely fail alike): say so, and have each start over from a fresh view.
+            log.exception("sending changes to viewers failed; every viewer starts over")
+            self._windows.clear()
+            self._flushed_rev = self.table.rev
+            for viewer in list(self._viewers):
+                self._resync_now(viewer)
         finally:
             self._flushing = False
 
