@@ -505,3 +505,34 @@ async def test_a_flush_that_fails_has_every_viewer_start_over(
         await post(client, event("a", n=3))  # and news flows again
         assert (await receive(whole))["tasks"]["a"]["n"] == 3
     assert "every viewer starts over" in caplog.text
+
+
+async def test_a_resync_sent_during_a_snapshot_gets_a_fresh_one_after_it(
+    make_client: MakeClient,
+) -> None:
+    """The snapshot under way ends at its last piece (a viewer knows a board is whole there),
+    and a fresh one follows: a long snapshot or catch-up used to set the viewer's revision at
+    its end, over the resync, which then got only a catch-up."""
+    client = await make_client()
+    hub = client.app[HUB]
+    fat = "x" * 900
+    for start in range(0, 3000, 1000):  # about 3 MB of snapshot: more than the socket holds
+        await post(client, [event(f"t{i}", n=1, desc=fat) for i in range(start, start + 1000)])
+    stalled = await _stalled_viewer(client)
+    await eventually(lambda: hub.backlogs()[1] == 1)  # its snapshot waits for it to read
+    mask = b"\x01\x02\x03\x04"
+    text = b"resync"
+    frame = (
+        bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    )
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(stalled, frame)
+    await post(client, event("t1", n=2))
+    expected = without_unshown(stored(client.app))
+    board = Board()
+    received = bytearray()
+    while board.snapshots < 2 or board.shown() != expected:
+        received += await asyncio.wait_for(loop.sock_recv(stalled, 1 << 16), 10)
+        for payload in _text_frames(received):
+            board.apply(msgspec.json.decode(payload))
+    stalled.close()

@@ -84,6 +84,7 @@ class _Viewer:
         "owes",
         "resync_due",
         "socket",
+        "starts",
         "subscription",
         "synced",
         "transport",
@@ -113,6 +114,9 @@ class _Viewer:
         self.behind_since: float | None = None
         self.last_resync = float("-inf")
         self.resync_due = False
+        #: Bumped whenever it must start over (a resync, a replaced table): a snapshot or a
+        #: catch-up under way for it then stops, and leaves its revision alone.
+        self.starts = 0
         #: The table's generation its snapshot or view came from.
         self.generation = -1
         #: It was sent job runs (so an empty overview still has something to replace).
@@ -246,6 +250,7 @@ class Hub:
         viewer.last_resync = self._clock()
         self._leave_window(viewer)
         viewer.synced = None
+        viewer.starts += 1
         viewer.owes = True
         viewer.wake.set()
 
@@ -339,6 +344,7 @@ class Hub:
         table = self.table
         base = table.rev
         viewer.generation = table.generation
+        starts = viewer.starts
         size = feed.TASKS_PER_MESSAGE
         pieces = table.order.cursor()
         more = True
@@ -357,14 +363,17 @@ class Hub:
                 }
                 self._write(viewer, feed.frame(feed.snapshot(tasks, more)))
             await asyncio.sleep(0)
-        viewer.synced = base  # then catch up on what changed while the pieces went out
+        if viewer.starts == starts:
+            viewer.synced = base  # then catch up on what changed while the pieces went out
+        # else it asked to start over meanwhile: this snapshot ends (a viewer knows a board is
+        # whole at a last piece), and a fresh one follows.
 
     async def _catch_up(self, viewer: _Viewer) -> None:
         """Whole tasks for what changed since the viewer's revision (a fresh snapshot when
         removals that old are forgotten)."""
         assert viewer.synced is not None
         table = self.table
-        start = table.rev
+        start, starts = table.rev, viewer.starts
         removed = table.removed_since(viewer.synced)
         if removed is None:
             viewer.synced = None
@@ -388,6 +397,8 @@ class Hub:
                 paused = True
                 await asyncio.sleep(0)
                 began = time.perf_counter()
+            if viewer.starts != starts:
+                return  # it starts over: a snapshot is owed
             self._write(viewer, feed.frames(messages), len(messages))
         if paused:
             viewer.synced = start  # changes during the pauses: another round
@@ -406,7 +417,8 @@ class Hub:
         """
         assert viewer.synced is not None
         table = self.table
-        since, start, generation = viewer.synced, table.rev, table.generation
+        since, start, starts = viewer.synced, table.rev, viewer.starts
+        generation = table.generation
         tasks = table.tasks
         ids = table.order.cursor()
         gone = 0  # removals sent so far
@@ -414,8 +426,8 @@ class Hub:
             if not await self._until_drained(viewer):
                 return
             async with self._snapshot_slots:
-                if table.generation != generation:
-                    return  # the table was replaced: the viewer owes a snapshot now
+                if viewer.starts != starts or table.generation != generation:
+                    return  # it starts over (a resync, a replaced table): a snapshot is owed
                 if gone < len(removed):
                     changes = dict.fromkeys(removed[gone : gone + SCAN_SLICE], REMOVED)
                     gone += SCAN_SLICE
@@ -588,6 +600,7 @@ class Hub:
             if viewer.generation != generation:
                 viewer.window = None
                 viewer.synced = None
+                viewer.starts += 1
                 viewer.owes = True
                 viewer.wake.set()
 
