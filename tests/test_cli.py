@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -370,6 +371,28 @@ def read_until(fd: int, wanted: list[str], timeout: float = WAIT) -> str:
     return seen
 
 
+@contextlib.contextmanager
+def watching(server: ServerProcess) -> Iterator[tuple[subprocess.Popen[Any], int]]:
+    """``progressista watch`` of ``server`` on a terminal of 120 by 40 (a pty), started as a
+    terminal starts it (:func:`child.started`: the default SIGINT, which a shell running the
+    tests may ignore); yields the process and the terminal's reading end."""
+    main, terminal = pty.openpty()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
+    env.update(COLUMNS="120", LINES="40", TERM="xterm")
+    try:
+        with child.started(
+            [*PROGRESSISTA, "watch", server.url.rstrip("/")],
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env=env,
+        ) as watcher:
+            os.close(terminal)  # the watcher holds it now
+            yield watcher, main
+    finally:
+        os.close(main)
+
+
 def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> None:
     server.post(
         [
@@ -383,39 +406,26 @@ def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> Non
             }
         ],
     )
-    main, terminal = pty.openpty()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
-    env.update(COLUMNS="120", LINES="40", TERM="xterm")
-    try:
-        with child.started(
-            [*PROGRESSISTA, "watch", server.url.rstrip("/")],
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            env=env,
-        ) as watcher:
-            os.close(terminal)  # the watcher holds it now
-            screen = read_until(
-                main, ["[live]", "job backup: 0 of 1 done", "Copying files:  25%", "30/120"]
-            )
-            assert "\x1b[H\x1b[J" in screen  # redrawn in place
-            server.post(
-                [
-                    {"task_id": "watched-1", "n": 120, "status": "close"},
-                    {
-                        "task_id": "watched-2",
-                        "desc": "Exploding",
-                        "status": "error",
-                        "error": "ValueError: no",
-                    },
-                ],
-            )
-            screen = read_until(main, ["Copying files: 100%", "120/120", "ValueError: no"])
-            assert "✓ Copying files" in screen and "✗ Exploding" in screen
-            watcher.send_signal(signal.SIGINT)  # Ctrl-C ends watching, and that is success
-            assert watcher.wait(WAIT) == 0
-    finally:
-        os.close(main)
+    with watching(server) as (watcher, main):
+        screen = read_until(
+            main, ["[live]", "job backup: 0 of 1 done", "Copying files:  25%", "30/120"]
+        )
+        assert "\x1b[H\x1b[J" in screen  # redrawn in place
+        server.post(
+            [
+                {"task_id": "watched-1", "n": 120, "status": "close"},
+                {
+                    "task_id": "watched-2",
+                    "desc": "Exploding",
+                    "status": "error",
+                    "error": "ValueError: no",
+                },
+            ],
+        )
+        screen = read_until(main, ["Copying files: 100%", "120/120", "ValueError: no"])
+        assert "✓ Copying files" in screen and "✗ Exploding" in screen
+        watcher.send_signal(signal.SIGINT)  # Ctrl-C ends watching, and that is success
+        assert watcher.wait(WAIT) == 0
     assert watcher.returncode == 0
 
 
@@ -440,27 +450,13 @@ def test_watch_survives_what_writers_send_and_writes_none_of_their_escapes(
             },
         ],
     )
-    main, terminal = pty.openpty()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PROGRESSISTA")}
-    env.update(COLUMNS="120", LINES="40", TERM="xterm")
-    try:
-        # child.started: the default SIGINT, so Ctrl-C reaches it from a shell that ignores it
-        with child.started(
-            [*PROGRESSISTA, "watch", server.url.rstrip("/")],
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            env=env,
-        ) as watcher:
-            os.close(terminal)  # the watcher holds it now
-            screen = read_until(main, ["[live]", "▶ poison", "]52;c;cm0gLXJmIH4K", "files:  25%"])
-            server.post([{"task_id": "poison", "n": 1}])  # and it keeps drawing
-            screen += read_until(main, ["1.00/1.50"])
-            assert watcher.poll() is None, screen
-            watcher.send_signal(signal.SIGINT)
-            assert watcher.wait(WAIT) == 0
-    finally:
-        os.close(main)
+    with watching(server) as (watcher, main):
+        screen = read_until(main, ["[live]", "▶ poison", "]52;c;cm0gLXJmIH4K", "files:  25%"])
+        server.post([{"task_id": "poison", "n": 1}])  # and it keeps drawing
+        screen += read_until(main, ["1.00/1.50"])
+        assert watcher.poll() is None, screen
+        watcher.send_signal(signal.SIGINT)
+        assert watcher.wait(WAIT) == 0
     own = screen.count("\x1b[H\x1b[J")  # watch's own: home, clear below
     assert screen.count("\x1b") == 2 * own, repr(screen)
     assert "\x07" not in screen and "\x9b" not in screen
