@@ -9,6 +9,7 @@ event loop and wait for the client to take them.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Iterable
 from itertools import islice
 from typing import Any
@@ -239,12 +240,12 @@ async def _sent(
     transport = request.transport
     try:
         await asyncio.sleep(0)  # the write has queued its bytes: how many wait, from here
-        waiting = transport.get_write_buffer_size() if transport is not None else 0
+        waiting = _unsent(transport)
         while True:
             done, _ = await asyncio.wait({writing}, timeout=request.app[SETTINGS].viewer_timeout)
             if done:
                 break
-            left = transport.get_write_buffer_size() if transport is not None else waiting
+            left = _unsent(transport)
             if left >= waiting:  # it took nothing all that time
                 writing.cancel()
                 if transport is not None:
@@ -260,6 +261,34 @@ async def _sent(
     except ConnectionError:  # gone (a `curl | head`): no traceback in the log for that
         return False
     return True
+
+
+def _unsent(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes a reader has not taken yet: in the transport's buffer, and in the kernel's send
+    queue (Linux says how many; elsewhere only the buffer counts). The kernel's queue (megabytes
+    on loopback) makes room in large steps, so a reader taking 100 KB/s could leave the buffer
+    alone for longer than ``viewer_timeout``, though it was reading."""
+    if transport is None:
+        return 0
+    unsent: int = getattr(transport, "get_write_buffer_size", lambda: 0)()
+    return unsent + _kernel_queue(transport)
+
+
+def _kernel_queue(transport: asyncio.BaseTransport) -> int:
+    """The socket's send queue, not yet acknowledged by the reader (0 when unknown)."""
+    try:
+        import fcntl
+        import termios
+    except ImportError:  # not a Unix
+        return 0
+    sock = transport.get_extra_info("socket")
+    if sock is None or not hasattr(termios, "TIOCOUTQ"):
+        return 0
+    try:
+        queued: int = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return 0
+    return queued
 
 
 @routes.delete("/tasks")
