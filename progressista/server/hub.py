@@ -249,6 +249,12 @@ class Hub:
         viewer.resync_due = False
         viewer.last_resync = self._clock()
         self._leave_window(viewer)
+        self._owe_fresh_start(viewer)
+
+    @staticmethod
+    def _owe_fresh_start(viewer: _Viewer) -> None:
+        """It needs a fresh snapshot or view; a snapshot or catch-up under way for it stops
+        taking its revision for the viewer's (see ``starts``)."""
         viewer.synced = None
         viewer.starts += 1
         viewer.owes = True
@@ -599,10 +605,7 @@ class Hub:
         for viewer in self._viewers:
             if viewer.generation != generation:
                 viewer.window = None
-                viewer.synced = None
-                viewer.starts += 1
-                viewer.owes = True
-                viewer.wake.set()
+                self._owe_fresh_start(viewer)
 
     async def _send_changes(self, changes: Changes, base: int) -> None:
         rev = self.table.rev
