@@ -56,7 +56,8 @@ class _Entry:
         #: Entries left by the last sweep: the stack is swept again when it is twice as deep.
         self.kept = kept
         #: This entry if it is a loop, else the nearest loop beneath it: where a bar that is
-        #: not ``leave=False`` looks for its parent, without passing the bars beside it.
+        #: not ``leave=False`` looks for its parent, without passing the bars beside it. Once
+        #: a walk has found loops closed there, it points past them (see _open_loop).
         self.nearest_loop: _Entry | None = (
             self if loop else below.nearest_loop if below is not None else None
         )
