@@ -195,19 +195,19 @@ async def test_rendering_a_big_page_lets_other_work_run(
 ) -> None:
     import asyncio
 
-    from progressista.server import pages
+    from progressista.server import pages, turns
 
     await post(client, [event(f"t{i}", desc="x" * 200) for i in range(300)])
     monkeypatch.setattr(pages, "PAGE_CHUNK", 4096)
     yields = 0
-    real_sleep = asyncio.sleep
+    real_turn = turns.next_turn
 
-    async def counting_sleep(delay: float) -> None:
+    def counting_turn() -> asyncio.Future[None]:
         nonlocal yields
         yields += 1
-        await real_sleep(delay)
+        return real_turn()
 
-    monkeypatch.setattr(asyncio, "sleep", counting_sleep)
+    monkeypatch.setattr(pages, "next_turn", counting_turn)
     response = await client.get("/?limit=300")
     assert response.status == 200
     assert len(await response.read()) > 40 * 4096

@@ -31,6 +31,7 @@ from .metrics import exposition
 from .store import StoreFull, StoreUnavailable
 from .table import TaskTable
 from .task import Task
+from .turns import next_turn
 from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
 
 __all__ = ["FULL_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "routes"]
@@ -219,7 +220,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
             last = next(reversed(chunk))
         if more:
             break
-        await asyncio.sleep(0)
+        await next_turn()
     # Cut at the limit: more may follow (the next page says, possibly empty, with next null).
     tail = {"next": last if more else None}
     await _sent(request, response, b"}," + msgspec.json.encode(tail)[1:], last_piece=True)
@@ -313,7 +314,7 @@ async def delete_tasks(request: web.Request) -> web.Response:
         except StoreUnavailable as error:
             done = f"{deleted} deleted, the rest not: " if deleted else ""
             raise _unavailable(f"{done}{error}") from None
-        await asyncio.sleep(0)
+        await next_turn()
     return json_response({"deleted": deleted})
 
 
@@ -367,7 +368,7 @@ async def _matching(request: web.Request, now: float) -> list[str]:
                 and query.matches(task)
             ):
                 doomed.append(task_id)
-        await asyncio.sleep(0)
+        await next_turn()
     return doomed
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from .store import Expired, StoreUnavailable, TaskStore
 from .task import Lifetimes
+from .turns import next_turn
 
 __all__ = ["CLEANUP_STEP", "cleanup_loop", "run_cleanup"]
 
@@ -35,7 +36,7 @@ async def run_cleanup(store: TaskStore, lifetimes: Lifetimes, now: float) -> Exp
         total.removed += step.removed
         if not step.more:
             break
-        await asyncio.sleep(0)
+        await next_turn()
     store.table.jobs.expire(now)
     store.table.publish()
     return total

@@ -35,6 +35,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from . import feed
 from .table import REMOVED, Changes, TaskTable
 from .task import ALL_FIELDS
+from .turns import next_turn
 from .view import MAX_WINDOW, Query, Window
 
 __all__ = ["HIGH_WATER", "Hub", "Subscription"]
@@ -334,7 +335,7 @@ class Hub:
             ids = self.table.order.cursor()
             while not ids.done:
                 window.scan(ids.take(SCAN_SLICE))
-                await asyncio.sleep(0)
+                await next_turn()
             window.finish()
         window.shown = window.newest()
         window.counts = window.current_counts()
@@ -368,7 +369,8 @@ class Hub:
                     if (task := table.tasks.get(task_id)) is not None
                 }
                 self._write(viewer, feed.frame(feed.snapshot(tasks, more)))
-            await asyncio.sleep(0)
+            if more:  # (after the last, the viewer counts as synced at once: the next flush
+                await next_turn()  # patches it, rather than owing it a catch-up)
         if viewer.starts == starts:
             viewer.synced = base  # then catch up on what changed while the pieces went out
         # else it asked to start over meanwhile: this snapshot ends (a viewer knows a board is
@@ -401,7 +403,7 @@ class Hub:
                     return
             elif time.perf_counter() - began > SLICE:
                 paused = True
-                await asyncio.sleep(0)
+                await next_turn()
                 began = time.perf_counter()
             if viewer.starts != starts:
                 return  # it starts over: a snapshot is owed
@@ -447,7 +449,7 @@ class Hub:
                     self._write(viewer, feed.frames(messages), len(messages))
                 if gone >= len(removed) and ids.done:
                     break
-            await asyncio.sleep(0)
+            await next_turn()
         viewer.synced = start
 
     async def _until_drained(self, viewer: _Viewer) -> bool:
@@ -626,7 +628,7 @@ class Hub:
         if readers:
             for messages in feed.patches(self.table, changes):
                 readers = self._deliver(readers, feed.frames(messages), len(messages))
-                await asyncio.sleep(0)
+                await next_turn()
             for viewer in readers:
                 viewer.synced = max(viewer.synced or 0, rev)
         self._drop_idle_windows()
@@ -635,7 +637,7 @@ class Hub:
             # In slices: a stale storm or a big clear changes 100k tasks in one flush.
             for start in range(0, len(changed), FOLLOW_SLICE):
                 if start:
-                    await asyncio.sleep(0)
+                    await next_turn()
                 window.follow(changed[start : start + FOLLOW_SLICE])
             if not window.ready.is_set():
                 continue  # its viewers wait for the build, which reads the table as it is

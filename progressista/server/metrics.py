@@ -6,7 +6,6 @@ so ingest never pays for a metrics library call. The registry belongs to one app
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ from .hub import Hub
 from .job import JOB_STATES
 from .table import TaskTable
 from .throttle import ThrottleStats
+from .turns import next_turn
 
 __all__ = ["ConnectionStats", "IngestStats", "exposition"]
 
@@ -241,5 +241,5 @@ async def exposition(
     pieces = []
     for family in list(collector.collect()):
         pieces.append(generate_latest(_Collected([family])))
-        await asyncio.sleep(0)
+        await next_turn()
     return b"".join(pieces)

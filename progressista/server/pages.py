@@ -8,7 +8,6 @@ So a page over a million tasks costs what it shows, not what is stored.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp_jinja2
@@ -29,6 +28,7 @@ from .connections import read_in_time
 from .errors import unreadable_body
 from .feed import RECENT_JOBS
 from .keys import CLOCK, HUB, SETTINGS, STORE, THROTTLE
+from .turns import next_turn
 from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
 
 __all__ = ["CONTENT_SECURITY_POLICY", "routes"]
@@ -90,7 +90,7 @@ async def _streamed_page(
             await response.write("".join(pending).encode())
             pending.clear()
             size = 0
-            await asyncio.sleep(0)  # write() only yields when the socket is full: yield anyway
+            await next_turn()  # write() only yields when the socket is full: yield anyway
     await response.write("".join(pending).encode())
     await response.write_eof()
     return response
