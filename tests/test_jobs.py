@@ -620,3 +620,44 @@ def test_the_overview_makes_jobs_only_of_the_runs_it_shows(monkeypatch: pytest.M
         *(f"once-{n}#1" for n in (199, 198, 197, 196, 195)),
     ]
     assert sorted(made) == sorted(job.id for job in shown)
+
+
+def test_a_new_run_past_max_jobs_drops_the_oldest_finished_without_reading_every_run() -> None:
+    """A job whose every bar ends makes a new run with its next bar: in a churn of bars that
+    start and end at once, each new run listed all 1,000 runs to drop one (0.85 ms a run)."""
+    from collections import OrderedDict
+
+    from progressista.server.job import JobIndex
+    from progressista.server.table import TaskTable
+    from progressista.server.task import Task
+
+    read = 0
+
+    class CountedRuns(OrderedDict[str, Any]):
+        def items(self) -> Any:
+            nonlocal read
+            for item in super().items():
+                read += 1
+                yield item
+
+    jobs = JobIndex(max_jobs=50)
+    jobs._runs = CountedRuns()
+    table = TaskTable(jobs=jobs)
+    rev = 0
+
+    def stored(task_id: str, job: str, state: str) -> None:
+        nonlocal rev
+        rev += 1
+        closed = rev if state == "completed" else None
+        task = Task(task_id=task_id, n=1, total=1, meta={"job": job}, state=state, rev=rev)
+        task.updated_at, task.closed_at = rev, closed
+        table.commit(task, 0)
+        table.publish()
+
+    stored("long", "long", "active")  # the oldest run, still running: it stays
+    for number in range(500):
+        stored(f"bar-{number}", "etl", "completed")  # each its own run of etl
+    assert len(jobs) == 50
+    kept = [job.id for job in jobs.jobs()]
+    assert "long#1" in kept and "etl#500" in kept and "etl#452" in kept and "etl#451" not in kept
+    assert read < 3 * 500  # one run looked at a drop (with every run read: 23,001)
