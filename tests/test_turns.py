@@ -53,3 +53,16 @@ def test_each_loop_has_its_own_turns() -> None:
         log: list[str] = []
         asyncio.run(_sliced("z", 3, log))
         assert log == ["z"] * 3
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_turns() -> None:
+    import gc
+    import weakref
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(_sliced("w", 2, []))
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None

@@ -23,25 +23,25 @@ __all__ = ["next_turn"]
 
 
 class _Turns:
-    """One loop's queue of slices waiting for their turn."""
+    """One loop's queue of slices waiting for their turn. (It holds no reference to its loop:
+    the loop is its key in a weak dictionary, which a value referring to it would keep alive.)"""
 
-    __slots__ = ("_handing", "_loop", "_waiting")
+    __slots__ = ("_handing", "_waiting")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
         self._waiting: deque[asyncio.Future[None]] = deque()
         #: A hand-over is scheduled: it runs at the next iteration.
         self._handing = False
 
-    def wait(self) -> asyncio.Future[None]:
-        future = self._loop.create_future()
+    def wait(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        future = loop.create_future()
         self._waiting.append(future)
         if not self._handing:
             self._handing = True
-            self._loop.call_soon(self._hand_over)
+            loop.call_soon(self._hand_over, loop)
         return future
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wake the longest waiting slice (it runs at the next iteration), and come back at the
         next iteration for the one after it."""
         waiting = self._waiting
@@ -51,7 +51,7 @@ class _Turns:
                 future.set_result(None)
                 break
         if waiting:
-            self._loop.call_soon(self._hand_over)
+            loop.call_soon(self._hand_over, loop)
         else:
             self._handing = False
 
@@ -65,5 +65,5 @@ def next_turn() -> asyncio.Future[None]:
     loop = asyncio.get_running_loop()
     turns = _turns.get(loop)
     if turns is None:
-        turns = _turns[loop] = _Turns(loop)
-    return turns.wait()
+        turns = _turns[loop] = _Turns()
+    return turns.wait(loop)
