@@ -250,7 +250,7 @@ async def _follow(url: str, token: str | None, out: IO[str], timeout: float) -> 
                 # The whole handshake, the name lookup included, has `timeout` seconds: a
                 # server that accepts and never answers must not leave the terminal blank.
                 socket = await asyncio.wait_for(
-                    session.ws_connect(f"{url}/ws?limit={rows}", heartbeat=30), timeout
+                    session.ws_connect(f"{url}/ws?limit={rows}", heartbeat=30, compress=15), timeout
                 )
                 async with socket:
                     connected_once, backoff = True, 0.5

@@ -336,9 +336,9 @@ async def test_a_slow_viewer_that_reads_again_catches_up_with_every_change(
     stalled.close()
 
 
-def _text_frames(buffer: bytearray) -> list[bytes]:
-    """Take the complete server frames off the front of ``buffer``; the text payloads."""
-    payloads = []
+def server_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Take the complete server frames off the front of ``buffer``: (first byte, payload)."""
+    taken = []
     while len(buffer) >= 2:
         length, offset = buffer[1] & 0x7F, 2
         if length == 126:
@@ -347,10 +347,14 @@ def _text_frames(buffer: bytearray) -> list[bytes]:
             length, offset = int.from_bytes(buffer[2:10], "big"), 10
         if len(buffer) < offset + length:
             break
-        if buffer[0] & 0x0F == 0x1:
-            payloads.append(bytes(buffer[offset : offset + length]))
+        taken.append((buffer[0], bytes(buffer[offset : offset + length])))
         del buffer[: offset + length]
-    return payloads
+    return taken
+
+
+def _text_frames(buffer: bytearray) -> list[bytes]:
+    """Take the complete server frames off the front of ``buffer``; the text payloads."""
+    return [payload for first, payload in server_frames(buffer) if first & 0x0F == 0x1]
 
 
 async def test_a_window_shows_the_newest_of_each_state_with_counts(client: Client) -> None:

@@ -478,7 +478,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             headers={"Retry-After": "10"},
         )
     socket = web.WebSocketResponse(
-        heartbeat=settings.heartbeat, compress=False, max_msg_size=64 * 1024
+        heartbeat=settings.heartbeat, compress=True, max_msg_size=64 * 1024
     )
     await socket.prepare(request)
     await hub.serve(socket, request, subscription)

@@ -1,4 +1,4 @@
-"""What viewers are sent over ``/ws``: each message's JSON, and its WebSocket frame.
+"""What viewers are sent over ``/ws``: each message's JSON (``wire`` frames it).
 
 Messages are built once and framed once; the same bytes go to every viewer they suit. Large
 messages are split so that none holds the event loop or a viewer's buffer for long: a snapshot
@@ -13,7 +13,6 @@ of those partial tasks: they change with every event and no viewer shows them; s
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from typing import Any
@@ -24,7 +23,7 @@ from .job import Job
 from .table import REMOVED, TaskTable
 from .task import ALL_FIELDS, FIELD_BIT, TASK_FIELDS, Task
 
-__all__ = ["TASKS_PER_MESSAGE", "frame", "patches", "snapshot", "status"]
+__all__ = ["TASKS_PER_MESSAGE", "patches", "snapshot", "status"]
 
 #: Most tasks in one message: about 220 KB of whole tasks (a snapshot piece), far less of
 #: changes. A viewer that stopped reading holds at most its socket's high-water mark plus one
@@ -40,27 +39,6 @@ _SHOWN_BITS: tuple[tuple[int, str], ...] = tuple(
     for name in TASK_FIELDS
     if name not in ("seq", "timestamp", "rev", "history", "percent", "updated_at")
 )
-
-
-def frames(payloads: list[bytes]) -> bytes:
-    """Several messages' frames, to be written at once."""
-    return b"".join(frame(payload) for payload in payloads)
-
-
-def frame(payload: bytes) -> bytes:
-    """``payload`` as one unmasked WebSocket text frame (RFC 6455 §5.2), as a server sends it.
-
-    Built once per message and written as is to every viewer's transport: aiohttp would frame
-    (and copy) the message again for each of a thousand viewers.
-    """
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x81, length)
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x81, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
-    return header + payload
 
 
 def partial(task: Task, changed: int, at: float | None = None) -> Task | dict[str, Any]:

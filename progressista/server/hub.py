@@ -37,6 +37,7 @@ from .table import REMOVED, Changes, TaskTable
 from .task import ALL_FIELDS
 from .turns import next_turn
 from .view import MAX_WINDOW, Query, Window
+from .wire import DEFLATE_WINDOW_BITS, Frames
 
 __all__ = ["HIGH_WATER", "Hub", "Subscription"]
 
@@ -78,6 +79,7 @@ class _Viewer:
 
     __slots__ = (
         "behind_since",
+        "deflate",
         "drained",
         "generation",
         "has_jobs",
@@ -101,6 +103,9 @@ class _Viewer:
     ) -> None:
         self.socket = socket
         self.transport = transport
+        #: Its client negotiated permessage-deflate with the full window: it gets messages
+        #: deflated (see :mod:`.wire`).
+        self.deflate = socket.compress == DEFLATE_WINDOW_BITS
         #: (filter, limit) for a windowed viewer; None for the whole feed.
         self.subscription = subscription
         self.window: Window | None = None
@@ -207,7 +212,7 @@ class Hub:
         )
         self._viewers.add(viewer)
         if self._problem is not None:
-            self._write(viewer, feed.frame(feed.status(self._problem)))
+            self._write(viewer, Frames.of(feed.status(self._problem)))
         writer = asyncio.create_task(self._serve_owed(viewer))
         try:
             async for message in socket:
@@ -309,7 +314,7 @@ class Hub:
         viewer.owes = False
         viewer.generation = window.generation
         view = feed.view(self.table, window.shown, window.counts, self.wall_clock())
-        self._write(viewer, feed.frame(view))
+        self._write(viewer, Frames.of(view))
         self._send_jobs_overview(viewer)
 
     async def window(self, text: str, limit: int) -> Window:
@@ -368,7 +373,7 @@ class Hub:
                     for task_id in ids
                     if (task := table.tasks.get(task_id)) is not None
                 }
-                self._write(viewer, feed.frame(feed.snapshot(tasks, more)))
+                self._write(viewer, Frames.of(feed.snapshot(tasks, more)))
             if more:  # (after the last, the viewer counts as synced at once: the next flush
                 await next_turn()  # patches it, rather than owing it a catch-up)
         if viewer.starts == starts:
@@ -407,7 +412,7 @@ class Hub:
                 began = time.perf_counter()
             if viewer.starts != starts:
                 return  # it starts over: a snapshot is owed
-            self._write(viewer, feed.frames(messages), len(messages))
+            self._write(viewer, Frames(messages))
         if paused:
             viewer.synced = start  # changes during the pauses: another round
         else:
@@ -446,7 +451,7 @@ class Hub:
                         if task is not None and task.rev > since:
                             changes[task_id] = ALL_FIELDS
                 for messages in feed.patches(table, changes):
-                    self._write(viewer, feed.frames(messages), len(messages))
+                    self._write(viewer, Frames(messages))
                 if gone >= len(removed) and ids.done:
                     break
             await next_turn()
@@ -500,16 +505,17 @@ class Hub:
         if viewer.transport is not None:
             viewer.transport.abort()
 
-    def _write(self, viewer: _Viewer, data: bytes, messages: int = 1) -> bool:
+    def _write(self, viewer: _Viewer, frames: Frames) -> bool:
         if not viewer.alive():
             return False
         assert viewer.transport is not None
+        data = frames.deflated() if viewer.deflate else frames.plain()
         viewer.transport.write(data)
-        self.messages_sent += messages
+        self.messages_sent += frames.messages
         self.bytes_sent += len(data)
         return True
 
-    def _deliver(self, viewers: Iterable[_Viewer], data: bytes, messages: int = 1) -> list[_Viewer]:
+    def _deliver(self, viewers: Iterable[_Viewer], frames: Frames) -> list[_Viewer]:
         """Write a shared frame to each viewer with room; those without fall behind."""
         took = []
         for viewer in viewers:
@@ -519,7 +525,7 @@ class Hub:
                 viewer.owes = True
                 self._fell_behind(viewer)
                 viewer.wake.set()
-            elif self._write(viewer, data, messages):
+            elif self._write(viewer, frames):
                 took.append(viewer)
         return took
 
@@ -585,7 +591,7 @@ class Hub:
         listed = [job for key in changed if (job := self.table.jobs.get(key)) is not None]
         message = feed.job_changes(listed, dropped, self._jobs_told)
         if message is not None:
-            for viewer in self._deliver(list(self._viewers), feed.frame(message)):
+            for viewer in self._deliver(list(self._viewers), Frames.of(message)):
                 viewer.has_jobs = True
 
     def _send_jobs_overview(self, viewer: _Viewer) -> None:
@@ -594,7 +600,7 @@ class Hub:
         listed = self.table.jobs.overview(feed.RECENT_JOBS)
         if listed or viewer.has_jobs:
             viewer.has_jobs = bool(listed)
-            self._write(viewer, feed.frame(feed.jobs(listed)))
+            self._write(viewer, Frames.of(feed.jobs(listed)))
         feed.keep_told_alike(self._jobs_told, listed)  # even none: the viewer holds none
 
     def _start_over(self) -> None:
@@ -627,7 +633,7 @@ class Hub:
                 viewer.wake.set()
         if readers:
             for messages in feed.patches(self.table, changes):
-                readers = self._deliver(readers, feed.frames(messages), len(messages))
+                readers = self._deliver(readers, Frames(messages))
                 await next_turn()
             for viewer in readers:
                 viewer.synced = max(viewer.synced or 0, rev)
@@ -646,7 +652,7 @@ class Hub:
             window.shown, window.counts = shown, counts
             if patch is not None:
                 viewers = [v for v in self._viewers if v.window is window]
-                self._deliver(viewers, feed.frame(patch))
+                self._deliver(viewers, Frames.of(patch))
 
     # Store health ----------------------------------------------------------------------------
 
@@ -655,9 +661,9 @@ class Hub:
         if problem == self._problem:
             return
         self._problem = problem
-        data = feed.frame(feed.status(problem))
+        frames = Frames.of(feed.status(problem))
         for viewer in list(self._viewers):
-            self._write(viewer, data)
+            self._write(viewer, frames)
 
     # Life cycle ------------------------------------------------------------------------------
 
