@@ -16,6 +16,7 @@ import os
 import socket
 import struct
 import time
+import zlib
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from urllib.parse import urlsplit
@@ -23,10 +24,12 @@ from urllib.parse import urlsplit
 from .board import address
 
 __all__ = [
+    "DEFLATED",
     "Frames",
     "Swarm",
     "ViewerProtocol",
     "handshake",
+    "inflated",
     "initial",
     "open_viewer",
     "stalled_viewer",
@@ -35,14 +38,28 @@ __all__ = [
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
 
 
-def handshake(url: str, path: str) -> bytes:
-    """The HTTP upgrade request for ``path`` (``/ws?limit=50``) on the server at ``url``."""
+def handshake(url: str, path: str, deflate: bool = False) -> bytes:
+    """The HTTP upgrade request for ``path`` (``/ws?limit=50``) on the server at ``url``;
+    ``deflate`` offers permessage-deflate, as browsers do."""
     host = urlsplit(url).netloc
     key = base64.b64encode(os.urandom(16)).decode()
+    offer = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else ""
     return (
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
     ).encode()
+
+
+#: What a deflated frame's payload is handed on with, in front (no JSON starts with it): the
+#: viewers keep frames as they came, and :func:`inflated` makes them JSON after the run.
+DEFLATED = b"\x00"
+
+
+def inflated(payload: bytes) -> bytes:
+    """A frame's JSON, from what a viewer kept of it (each message deflates on its own)."""
+    if payload.startswith(DEFLATED):
+        return zlib.decompressobj(-15).decompress(payload[1:] + b"\x00\x00\xff\xff")
+    return payload
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -66,7 +83,8 @@ class Frames:
         self._need = 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes, int]]:
-        """Frames completed by ``data``: (opcode, payload, bytes on the wire)."""
+        """Frames completed by ``data``: (opcode, payload, bytes on the wire); a deflated
+        payload comes marked (:data:`DEFLATED`)."""
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -98,7 +116,10 @@ class Frames:
             if end > size:
                 need = end - at
                 break
-            frames.append((first & 0x0F, data[at + header : end], header + length))
+            payload = data[at + header : end]
+            if first & 0x40:  # RSV1: deflated
+                payload = DEFLATED + payload
+            frames.append((first & 0x0F, payload, header + length))
             at = end
         if at < size:
             buffer += data[at:]
@@ -159,13 +180,13 @@ class ViewerProtocol(asyncio.Protocol):
 
 
 async def open_viewer(
-    url: str, path: str, on_frame: Callable[[bytes, int, float], None]
+    url: str, path: str, on_frame: Callable[[bytes, int, float], None], deflate: bool = False
 ) -> ViewerProtocol:
     """A viewer of ``path`` on the server at ``url``, once the server accepted the upgrade."""
     host, port = address(url)
     loop = asyncio.get_running_loop()
     _, protocol = await loop.create_connection(
-        lambda: ViewerProtocol(handshake(url, path), on_frame), host, port
+        lambda: ViewerProtocol(handshake(url, path, deflate), on_frame), host, port
     )
     await protocol.opened
     return protocol
