@@ -79,18 +79,21 @@ async def _raw_viewer(client: Client, extensions: str | None) -> tuple[socket.so
     return raw, head
 
 
-async def _follow(raw: socket.socket, want: dict[str, dict[str, Any]]) -> list[int]:
-    """Read until the board equals ``want``; the first bytes of the frames read."""
+async def _follow(raw: socket.socket, want: dict[str, dict[str, Any]]) -> tuple[list[int], int]:
+    """Read until the board equals ``want``: the first bytes of the frames read, and how many
+    bytes came."""
     loop = asyncio.get_running_loop()
-    board, received, firsts = Board(), bytearray(), []
+    board, received, firsts, size = Board(), bytearray(), [], 0
     inflater = zlib.decompressobj(-15)
     while board.shown() != want:
-        received += await asyncio.wait_for(loop.sock_recv(raw, 1 << 16), 10)
+        data = await asyncio.wait_for(loop.sock_recv(raw, 1 << 16), 10)
+        size += len(data)
+        received += data
         frames = server_frames(received)
         firsts += [first for first, _ in frames]
         for payload in _payloads(frames, inflater):
             board.apply(msgspec.json.decode(payload))
-    return firsts
+    return firsts, size
 
 
 async def test_a_viewer_that_offers_deflate_gets_the_same_board_in_fewer_bytes(
@@ -105,9 +108,11 @@ async def test_a_viewer_that_offers_deflate_gets_the_same_board_in_fewer_bytes(
     await post(client, [event(f"t{i}", n=i, total=100, desc="Downloading") for i in range(50)])
     await post(client, [event(f"t{i}", n=i + 1) for i in range(0, 50, 2)])
     want = without_unshown(stored(client.app))
-    deflated = await _follow(offering, want)
+    deflated, deflated_size = await _follow(offering, want)
     assert 0xC1 in deflated  # the snapshot and the patches came deflated
-    assert set(await _follow(plain, want)) == {0x81}
+    firsts, plain_size = await _follow(plain, want)
+    assert set(firsts) == {0x81}
+    assert deflated_size < plain_size / 2
     offering.close()
     plain.close()
 
@@ -118,7 +123,8 @@ async def test_a_viewer_that_asks_for_a_smaller_window_gets_plain_frames(client:
     raw, head = await _raw_viewer(client, "permessage-deflate; server_max_window_bits=10")
     assert b"server_max_window_bits=10" in head  # accepted, as the RFC lets it be
     await post(client, [event(f"t{i}", n=i, total=100, desc="Downloading") for i in range(50)])
-    assert set(await _follow(raw, without_unshown(stored(client.app)))) == {0x81}
+    firsts, _ = await _follow(raw, without_unshown(stored(client.app)))
+    assert set(firsts) == {0x81}
     raw.close()
 
 

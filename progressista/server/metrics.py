@@ -105,7 +105,9 @@ class _ServerCollector(Collector):
             "progressista_ws_messages", "WebSocket messages sent", value=hub.messages_sent
         )
         yield CounterMetricFamily(
-            "progressista_ws_sent_bytes", "WebSocket payload bytes sent", value=hub.bytes_sent
+            "progressista_ws_sent_bytes",
+            "WebSocket bytes written to viewers, frames as on the wire (deflated where negotiated)",
+            value=hub.bytes_sent,
         )
         buffered, behind = hub.backlogs()
         yield GaugeMetricFamily(

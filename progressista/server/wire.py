@@ -32,6 +32,7 @@ _TEXT = 0x81  # FIN, text
 _TEXT_DEFLATED = 0xC1  # FIN, RSV1 (compressed), text
 
 #: One compressor for every message: it is flushed whole after each, so none depends on another.
+#: (The server's one event loop thread is its only user: compress and flush are two calls.)
 #: Level 1: 4.1 times smaller where level 6 makes it 5.0, in two thirds of the time (86 µs
 #: against 135 for a flush of 100 bar updates).
 _compressor = zlib.compressobj(1, zlib.DEFLATED, -DEFLATE_WINDOW_BITS)
