@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from aiohttp import WSMsgType
 
-from progressista.server import feed
+from progressista.server import feed, turns
 from progressista.server import hub as hub_module
 from progressista.server.cleanup import run_cleanup
 from progressista.server.event import Event, decode_events
@@ -176,6 +176,40 @@ async def test_resync_sends_a_fresh_snapshot_and_a_storm_of_them_is_merged(
         # The storm costs no snapshot now (the hub clock has not moved): the next message is
         # the change, not fifty snapshots ahead of it.
         assert list((await receive(viewer))["tasks"]) == ["marker"]
+
+
+async def test_a_resync_read_while_a_patch_goes_out_still_gets_a_snapshot(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush marked every viewer that took its last piece as holding its revision, over a
+    resync read meanwhile: a viewer with unsent bytes (not yet back to read what it owes) was
+    then caught up with nothing instead of the snapshot it asked for."""
+    hub = client.app[HUB]
+    await post(client, [event(f"t{i}", n=1) for i in range(5)])
+    async with client.ws_connect("/ws") as viewer:
+        assert (await receive(viewer))["type"] == "snapshot"
+        await eventually(lambda: not any(v.owes for v in hub._viewers))
+        (held,) = hub._viewers
+        unsent = {"bytes": 0}
+        buffered = hub_module._Viewer.buffered
+        monkeypatch.setattr(
+            hub_module._Viewer, "buffered", lambda v: unsent["bytes"] or buffered(v)
+        )
+        turn = turns.next_turn
+        resync = ['{"type": "resync"}']
+
+        def turn_with_a_resync_read() -> asyncio.Future[None]:
+            if resync:  # read while the flush waits for its turn after its piece
+                hub._on_message(held, resync.pop())
+            return turn()
+
+        monkeypatch.setattr(hub_module, "next_turn", turn_with_a_resync_read)
+        unsent["bytes"] = HIGH_WATER // 2  # a reader still, but its writer waits for room
+        await post(client, event("t0", n=2))
+        assert (await receive(viewer))["type"] == "patch"
+        await eventually(lambda: not resync)
+        unsent["bytes"] = 0  # it drains (the hub looks every BEHIND_CHECK)
+        assert (await receive(viewer))["type"] == "snapshot"
 
 
 async def test_viewers_are_forgotten_when_they_leave(client: Client) -> None:

@@ -636,7 +636,8 @@ class Hub:
                 readers = self._deliver(readers, Frames(messages))
                 await next_turn()
             for viewer in readers:
-                viewer.synced = max(viewer.synced or 0, rev)
+                if not viewer.owes:  # (one that asked to start over meanwhile owes it still)
+                    viewer.synced = max(viewer.synced or 0, rev)
         self._drop_idle_windows()
         changed = list(changes)
         for window in list(self._windows.values()):
