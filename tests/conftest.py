@@ -141,3 +141,18 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+def largest_tracked_holding(value: str) -> int:
+    """The most entries of any container the garbage collector tracks (and so walks at each
+    collection of its generation) that holds ``value``; 0 when none does."""
+    import gc
+
+    return max(
+        (
+            len(found)
+            for found in gc.get_objects()
+            if isinstance(found, (dict, list, set, tuple)) and value in found
+        ),
+        default=0,
+    )

@@ -11,7 +11,17 @@ from progressista.server.keys import CLEANUP_TASK, LIFETIMES, STORE
 from progressista.server.store import Expired, StoreUnavailable
 from progressista.server.task import Lifetimes
 
-from .conftest import WAIT, Client, FakeClock, MakeClient, event, eventually, post, stored
+from .conftest import (
+    WAIT,
+    Client,
+    FakeClock,
+    MakeClient,
+    event,
+    eventually,
+    largest_tracked_holding,
+    post,
+    stored,
+)
 
 
 async def cleanup(client: Client, clock: FakeClock, advance: float) -> tuple[list[str], list[str]]:
@@ -139,3 +149,25 @@ async def test_a_pass_put_off_by_an_unavailable_store_logs_no_error(
     failed = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(failed) == 1  # the bug's, not the store's
     assert failed[0].exc_info is not None and str(failed[0].exc_info[1]) == "a bug"
+
+
+async def test_a_pass_over_a_stale_storm_keeps_no_collected_list_of_every_id(
+    make_client: MakeClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every garbage collection during the pass walked a list growing to the storm's size
+    (100k ids: several ms a collection next to a million tasks)."""
+    client = await make_client(stale_after=10)
+    await post(client, [event(f"t{i}") for i in range(1000)])
+    await post(client, [event(f"t{i}") for i in range(1000, 2000)])
+    store = client.app[STORE]
+    expire = store.expire
+    seen: list[int] = []
+
+    async def watched(now: float, lifetimes: Lifetimes, limit: int) -> Expired:
+        seen.append(largest_tracked_holding("t0"))
+        return await expire(now, lifetimes, limit)
+
+    monkeypatch.setattr(store, "expire", watched)
+    stale, _ = await cleanup(client, clock, 11)
+    assert len(stale) == 2000
+    assert len(seen) > 4 and max(seen) < 1000, seen

@@ -19,7 +19,16 @@ from progressista.server.hub import HIGH_WATER
 from progressista.server.keys import HUB, LIFETIMES, STORE
 from progressista.server.store import MemoryStore
 
-from .conftest import Client, FakeClock, MakeClient, event, eventually, post, stored
+from .conftest import (
+    Client,
+    FakeClock,
+    MakeClient,
+    event,
+    eventually,
+    largest_tracked_holding,
+    post,
+    stored,
+)
 from .feed_model import Board, without_unshown
 
 
@@ -210,6 +219,28 @@ async def test_a_resync_read_while_a_patch_goes_out_still_gets_a_snapshot(
         await eventually(lambda: not resync)
         unsent["bytes"] = 0  # it drains (the hub looks every BEHIND_CHECK)
         assert (await receive(viewer))["type"] == "snapshot"
+
+
+async def test_windows_follow_a_big_flush_without_a_collected_list_of_its_ids(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list of every changed id, alive across the follow's turns, was walked by each garbage
+    collection meanwhile (100k ids in a stale storm)."""
+    client = await make_client(max_batch=5000, max_body=8 * 1024 * 1024)
+    monkeypatch.setattr(hub_module, "FOLLOW_SLICE", 100)
+    seen: list[int] = []
+    turn = turns.next_turn
+
+    def watched_turn() -> asyncio.Future[None]:
+        seen.append(largest_tracked_holding("t0"))
+        return turn()
+
+    async with client.ws_connect("/ws?limit=5") as viewer:
+        assert (await receive(viewer))["type"] == "view"
+        monkeypatch.setattr(hub_module, "next_turn", watched_turn)
+        await post(client, [event(f"t{i}", n=1) for i in range(2000)])
+        assert (await receive(viewer))["type"] == "patch"
+    assert len(seen) >= 19 and max(seen) < 1000, seen
 
 
 async def test_viewers_are_forgotten_when_they_leave(client: Client) -> None:
