@@ -41,8 +41,12 @@ async def run_cleanup(store: TaskStore, lifetimes: Lifetimes, now: float) -> Exp
         if not step.more:
             break
         await next_turn()
+    if len(stale) > 1:  # a long pass: judging the jobs, and the lists below, get a turn each
+        await next_turn()
     store.table.jobs.expire(now)
     store.table.publish()
+    if len(stale) > 1:
+        await next_turn()
     return Expired(
         stale=[task_id for ids in stale for task_id in ids],
         removed=[task_id for ids in removed for task_id in ids],
