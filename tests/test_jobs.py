@@ -730,3 +730,69 @@ def test_a_run_number_used_again_leaves_the_older_runs_members_working() -> None
     put("A", "active", 12)
     put("A", "completed", 13, created=1)
     assert table.get("A") is not None and table.get("A").state == "completed"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_every_member_counts_in_a_listed_run_through_drops_reruns_and_restores(
+    seed: int,
+) -> None:
+    """A random life of two jobs with room for few runs: bars fail, complete, come back, go;
+    runs expire and are restored from elsewhere. Every task a run counts must count in that
+    very run as listed (a new run numbered like a listed one replaced it: found in review)."""
+    import random
+
+    from progressista.server.job import JobIndex
+    from progressista.server.table import TaskTable
+    from progressista.server.task import Task
+
+    rng = random.Random(seed)
+    jobs = JobIndex(
+        stall_after=1.5, retention=rng.choice((5.0, 30.0)), max_jobs=rng.choice((1, 2, 3))
+    )
+    table = TaskTable(jobs=jobs)
+    now, rev = 1000.0, 0
+    states: dict[str, Task] = {}
+    for _ in range(600):
+        now += rng.choice((0.01, 0.05, 0.3, 2.0))
+        rev += 1
+        task_id = f"s{rng.randrange(6)}"
+        before = states.get(task_id)
+        roll = rng.random()
+        if roll < 0.05:
+            jobs.expire(now + rng.choice((0, 10, 40)))
+        elif roll < 0.07:
+            name, number = rng.choice(("etl", "web")), rng.randrange(1, 5)
+            counts = {"active": 0, "stale": 0, "completed": 1, "failed": 0}
+            jobs.restore(
+                Job(
+                    id=f"{name}#{number}", job=name, run=number, state="completed",
+                    tasks=counts, n=1, total=1, fraction=1, rate=None, eta=None, size=None,
+                    head=None, head_state=None, started_at=now - 50, updated_at=now - 20,
+                    finished_at=now - 20, advanced_at=now - 20, error=None, error_task=None,
+                    error_host=None, history=(),
+                )
+            )  # fmt: skip
+        elif before is not None and roll < 0.11:
+            table.remove(task_id, rev)
+            table.publish()
+            del states[task_id]
+        else:
+            state = rng.choice(("active", "active", "failed", "completed", "stale"))
+            same = before is not None and (state != "active" or rng.random() < 0.1)
+            task = Task(
+                task_id=task_id,
+                state=state,
+                n=rng.randrange(10),
+                total=10,
+                meta={"job": rng.choice(("etl", "etl", "web"))},
+                error="boom" if state == "failed" else None,
+                created_at=before.created_at if same and before is not None else now,
+                updated_at=now,
+                closed_at=now if state in ("completed", "failed") else None,
+                rev=rev,
+            )
+            states[task_id] = task
+            table.commit(task, 0)
+            table.publish()
+        for task_id, run in jobs._member.items():
+            assert jobs._runs.get(run.key) is run and task_id in run.ids, (task_id, run.key)

@@ -601,7 +601,13 @@ class JobIndex:
         run = self._latest.get(name)
         if run is None or run.finished_at is not None or run.key not in self._runs:
             self._serial += 1
-            run = _Run(name, 1 if run is None else run.number + 1, now, self._serial)
+            number = 1 if run is None else run.number + 1
+            # Past the numbers still listed: the latest run may have been dropped while an
+            # older one of the name is listed (a failed run that stopped failing, runs restored
+            # from Redis), and a new run under its key would replace it, members and all.
+            while f"{name}#{number}" in self._runs:
+                number += 1
+            run = _Run(name, number, now, self._serial)
             self._latest[name] = run
             self._runs[run.key] = run
             self._dropped.discard(run.key)  # a key used again (its run dropped, forgotten)
