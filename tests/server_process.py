@@ -54,6 +54,14 @@ class ServerProcess:
             found: dict[str, dict[str, Any]] = json.load(response)["tasks"]
         return found
 
+    def metric(self, name: str) -> float:
+        """The value of an unlabelled sample in ``/metrics``."""
+        with urllib.request.urlopen(f"{self.url}metrics", timeout=30) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(f"{name} "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no {name} in /metrics")
+
     def stop(self, signum: signal.Signals = signal.SIGINT) -> int:
         """Ctrl-C (or ``signum``), as a person would, and the exit code.
 

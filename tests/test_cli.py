@@ -424,6 +424,7 @@ def test_watch_mirrors_the_live_bars_in_a_terminal(server: ServerProcess) -> Non
         )
         screen = read_until(main, ["Copying files: 100%", "120/120", "ValueError: no"])
         assert "✓ Copying files" in screen and "✗ Exploding" in screen
+        assert server.metric("progressista_viewers_deflate") == 1  # it offered deflate
         watcher.send_signal(signal.SIGINT)  # Ctrl-C ends watching, and that is success
         assert watcher.wait(WAIT) == 0
     assert watcher.returncode == 0

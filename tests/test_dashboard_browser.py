@@ -196,6 +196,8 @@ def test_a_discard_in_one_page_disappears_in_another(
     first, second = open_page(browser, server.url), open_page(browser, server.url)
     live(first)
     live(second)
+    # Chromium offers permessage-deflate: both pages follow the board from deflated frames.
+    assert server.metric("progressista_viewers_deflate") == 2
     expect(card(second, "shared")).to_be_visible()
     card(first, "shared").get_by_role("button", name="Discard").click()
     expect(card(first, "shared")).to_have_count(0)

@@ -188,6 +188,11 @@ class Hub:
         return len(self._viewers)
 
     @property
+    def deflating_count(self) -> int:
+        """Viewers that get messages deflated (their client offered permessage-deflate)."""
+        return sum(1 for viewer in self._viewers if viewer.deflate)
+
+    @property
     def full(self) -> bool:
         """No room for another viewer (``max_viewers``)."""
         return len(self._viewers) >= self.max_viewers

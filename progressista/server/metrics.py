@@ -101,6 +101,11 @@ class _ServerCollector(Collector):
         yield GaugeMetricFamily(
             "progressista_viewers", "Connected WebSocket viewers", value=hub.viewer_count
         )
+        yield GaugeMetricFamily(
+            "progressista_viewers_deflate",
+            "Connected viewers that get messages deflated (permessage-deflate)",
+            value=hub.deflating_count,
+        )
         yield CounterMetricFamily(
             "progressista_ws_messages", "WebSocket messages sent", value=hub.messages_sent
         )
