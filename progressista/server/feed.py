@@ -23,7 +23,7 @@ from .job import Job
 from .table import REMOVED, TaskTable
 from .task import ALL_FIELDS, FIELD_BIT, TASK_FIELDS, Task
 
-__all__ = ["TASKS_PER_MESSAGE", "patches", "snapshot", "status"]
+__all__ = ["TASKS_PER_MESSAGE", "chunks", "patches", "snapshot", "status"]
 
 #: Most tasks in one message: about 220 KB of whole tasks (a snapshot piece), far less of
 #: changes. A viewer that stopped reading holds at most its socket's high-water mark plus one
@@ -55,7 +55,7 @@ def partial(task: Task, changed: int, at: float | None = None) -> Task | dict[st
     return fields
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     """``items`` in lists of ``size``, taken as they are needed: listing a stale storm's 100k
     changes at once held the loop 6 ms before the first piece went out."""
     taken = iter(items)
@@ -82,7 +82,7 @@ def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[list[bytes
     a flush), and an update with an ``updated_at`` of its own carries 31 bytes more, a third
     of its size, which every viewer receives.
     """
-    for chunk in _chunks(changes.items(), TASKS_PER_MESSAGE):
+    for chunk in chunks(changes.items(), TASKS_PER_MESSAGE):
         removed: list[str] = []
         whole_tasks: dict[str, Task] = {}
         instants: dict[float, list[tuple[Task, int]]] = {}

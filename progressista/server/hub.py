@@ -27,7 +27,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
-from itertools import islice
 from typing import Any
 
 import msgspec
@@ -650,13 +649,10 @@ class Hub:
             # from the dict (nothing changes it: the table took a new one), not from a list of
             # its ids, which every garbage collection meanwhile would walk (the dict of strings
             # and numbers it does not track): 100k ids, a few ms a collection.
-            ids = iter(changes)
-            chunk = list(islice(ids, FOLLOW_SLICE))
-            while chunk:
-                window.follow(chunk)
-                chunk = list(islice(ids, FOLLOW_SLICE))
-                if chunk:
+            for index, chunk in enumerate(feed.chunks(changes, FOLLOW_SLICE)):
+                if index:
                     await next_turn()
+                window.follow(chunk)
             if not window.ready.is_set():
                 continue  # its viewers wait for the build, which reads the table as it is
             shown, counts = window.newest(), window.current_counts()
