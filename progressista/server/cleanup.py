@@ -41,11 +41,12 @@ async def run_cleanup(store: TaskStore, lifetimes: Lifetimes, now: float) -> Exp
         if not step.more:
             break
         await next_turn()
-    if len(stale) > 1:  # a long pass: judging the jobs, and the lists below, get a turn each
+    long_pass = len(stale) > 1  # then judging the jobs, and the lists below, get a turn each
+    if long_pass:
         await next_turn()
     store.table.jobs.expire(now)
     store.table.publish()
-    if len(stale) > 1:
+    if long_pass:
         await next_turn()
     return Expired(
         stale=[task_id for ids in stale for task_id in ids],
