@@ -55,12 +55,8 @@ class ServerProcess:
         return found
 
     def metric(self, name: str) -> float:
-        """The value of an unlabelled sample in ``/metrics``."""
-        with urllib.request.urlopen(f"{self.url}metrics", timeout=30) as response:
-            for line in response.read().decode().splitlines():
-                if line.startswith(f"{name} "):
-                    return float(line.split()[1])
-        raise AssertionError(f"no {name} in /metrics")
+        """One sample of its ``GET /metrics`` (see :func:`metric`)."""
+        return metric(self.url, name)
 
     def stop(self, signum: signal.Signals = signal.SIGINT) -> int:
         """Ctrl-C (or ``signum``), as a person would, and the exit code.
@@ -71,6 +67,17 @@ class ServerProcess:
         if not _stop(self.process, signum):
             raise RuntimeError(f"the server ignored {signum.name} and was killed")
         return self.process.returncode
+
+
+def metric(url: str, name: str) -> float:
+    """One sample of ``GET /metrics`` of the server at ``url`` (ending in /), such as
+    ``progressista_viewers`` or ``progressista_tasks{state="stale"}``."""
+    with urllib.request.urlopen(f"{url}metrics", timeout=60) as response:
+        text = response.read().decode()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise LookupError(f"/metrics has no {name}")
 
 
 def _stop(process: subprocess.Popen[str], signum: signal.Signals) -> bool:

@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from ..server_process import ServerProcess, running_server
+from ..server_process import ServerProcess, metric, running_server
 from .bare import running_bare
 from .board import bar_event, drain, fill, job_of, post
 from .monitor import Hold, read_log
@@ -382,16 +382,6 @@ def evict(options: Options) -> None:
 
 STORM = 100_000
 STALE_AFTER = 5.0
-
-
-def metric(url: str, name: str) -> float:
-    """One sample of ``GET /metrics``, such as ``progressista_tasks{state="stale"}``."""
-    with urllib.request.urlopen(f"{url}metrics", timeout=60) as response:
-        text = response.read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise LookupError(f"/metrics has no {name}")
 
 
 STALE_COUNT = 'progressista_tasks{state="stale"}'

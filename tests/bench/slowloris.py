@@ -26,12 +26,11 @@ import resource
 import socket
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..server_process import ServerProcess, running_server
+from ..server_process import running_server
 from .report import percentile
 
 #: A request that never ends: headers, one byte at a time, forever.
@@ -127,13 +126,6 @@ def probe(port: int, start_at: float, seconds: float, per_second: float) -> list
     return latencies
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    with urllib.request.urlopen(f"{server.url}metrics", timeout=30) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
-    return float(match.group(1)) if match else float("nan")
-
-
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     found = re.search(r"VmRSS:\s+(\d+) kB", status)
@@ -169,7 +161,7 @@ def run(
         attacking = pool.submit(attack, server.port, connections, byte_every, stop_at)
         time.sleep(ramp)
         latencies = pool.submit(probe, server.port, time.time(), seconds, 20).result()
-        held = metric(server, "progressista_connections")  # the attack goes on 2 s more
+        held = server.metric("progressista_connections")  # the attack goes on 2 s more
         rss = rss_mib(server.process.pid)
         result = attacking.result(timeout=seconds + 120)
     return Run(
