@@ -310,23 +310,40 @@ async def test_shutdown_closes_viewers_with_1001(client: Client) -> None:
     await asyncio.wait_for(closing, 5)
 
 
-async def _stalled_viewer(client: Client, path: str = "/ws") -> socket.socket:
-    """A WebSocket client that completes the handshake and then reads nothing more."""
+async def raw_viewer(
+    client: Client,
+    path: str = "/ws",
+    *,
+    extensions: str | None = None,
+    receive_buffer: int | None = None,
+) -> tuple[socket.socket, bytes]:
+    """A WebSocket client on a bare socket, once the server accepted the upgrade: the socket
+    and the response's head. ``extensions`` is offered (``permessage-deflate``)."""
     raw = socket.socket()
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if receive_buffer is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     raw.setblocking(False)
     loop = asyncio.get_running_loop()
     await loop.sock_connect(raw, (client.host, client.port))
+    offer = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     await loop.sock_sendall(
         raw,
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode(),
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{offer}\r\n"
+        ).encode(),
     )
     head = b""
     while b"\r\n\r\n" not in head:
         head += await loop.sock_recv(raw, 1)
     assert head.startswith(b"HTTP/1.1 101"), head
+    return raw, head
+
+
+async def _stalled_viewer(client: Client, path: str = "/ws") -> socket.socket:
+    """A WebSocket client that completes the handshake and then reads nothing more."""
+    raw, _ = await raw_viewer(client, path, receive_buffer=4096)
     return raw
 
 

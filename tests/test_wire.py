@@ -14,7 +14,7 @@ from progressista.server.wire import Frames
 
 from .conftest import Client, event, post
 from .feed_model import Board, without_unshown
-from .test_websocket import receive, server_frames
+from .test_websocket import raw_viewer, receive, server_frames
 
 TAIL = b"\x00\x00\xff\xff"
 
@@ -58,27 +58,6 @@ def test_short_messages_and_plain_frames_are_not_deflated() -> None:
     assert server_frames(bytearray(Frames([short, long]).plain())) == [(0x81, short), (0x81, long)]
 
 
-async def _raw_viewer(client: Client, extensions: str | None) -> tuple[socket.socket, bytes]:
-    raw = socket.socket()
-    raw.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(raw, (client.host, client.port))
-    offer = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
-    await loop.sock_sendall(
-        raw,
-        (
-            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{offer}\r\n"
-        ).encode(),
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += await loop.sock_recv(raw, 1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return raw, head
-
-
 async def _follow(raw: socket.socket, want: dict[str, dict[str, Any]]) -> tuple[list[int], int]:
     """Read until the board equals ``want``: the first bytes of the frames read, and how many
     bytes came."""
@@ -101,9 +80,11 @@ async def test_a_viewer_that_offers_deflate_gets_the_same_board_in_fewer_bytes(
 ) -> None:
     from .conftest import stored
 
-    offering, head = await _raw_viewer(client, "permessage-deflate; client_max_window_bits")
+    offering, head = await raw_viewer(
+        client, extensions="permessage-deflate; client_max_window_bits"
+    )
     assert b"permessage-deflate" in head.lower()
-    plain, head = await _raw_viewer(client, None)
+    plain, head = await raw_viewer(client)
     assert b"permessage-deflate" not in head.lower()
     await post(client, [event(f"t{i}", n=i, total=100, desc="Downloading") for i in range(50)])
     await post(client, [event(f"t{i}", n=i + 1) for i in range(0, 50, 2)])
@@ -120,7 +101,7 @@ async def test_a_viewer_that_offers_deflate_gets_the_same_board_in_fewer_bytes(
 async def test_a_viewer_that_asks_for_a_smaller_window_gets_plain_frames(client: Client) -> None:
     from .conftest import stored
 
-    raw, head = await _raw_viewer(client, "permessage-deflate; server_max_window_bits=10")
+    raw, head = await raw_viewer(client, extensions="permessage-deflate; server_max_window_bits=10")
     assert b"server_max_window_bits=10" in head  # accepted, as the RFC lets it be
     await post(client, [event(f"t{i}", n=i, total=100, desc="Downloading") for i in range(50)])
     firsts, _ = await _follow(raw, without_unshown(stored(client.app)))
