@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, cast
 from unittest import mock
 
@@ -18,6 +19,29 @@ from progressista.server.keys import STORE
 
 #: The client tests' servers, bars and readers (fixtures and helpers): see tests/remote.py.
 pytest_plugins = ["tests.remote"]
+
+#: Test modules that run on uvloop as well as on asyncio's own loop: aiohttp's
+#: GunicornUVLoopWebWorker serves the application on uvloop, whose transports are no
+#: asyncio.Transport (the hub once checked, and fed such viewers nothing), and workers run
+#: AsyncRemoteTqdm on whatever loop they chose.
+ON_UVLOOP_TOO = frozenset({"tests.test_websocket", "tests.test_client_async"})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Both loops for the modules in ON_UVLOOP_TOO (where uvloop installs: not on Windows),
+    asyncio's for the rest."""
+    loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__ in ON_UVLOOP_TOO:
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - a platform uvloop does not support
+            return loops
+        loops["uvloop"] = uvloop.new_event_loop
+    return loops
+
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]

@@ -209,12 +209,9 @@ class Hub:
         if self._closing:
             await socket.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
             return
-        transport = request.transport
-        viewer = _Viewer(
-            socket,
-            transport if isinstance(transport, asyncio.Transport) else None,
-            subscription,
-        )
+        # Not checked with isinstance: uvloop's transports (aiohttp's GunicornUVLoopWebWorker)
+        # are not asyncio.Transport subclasses, and a viewer without one is never written to.
+        viewer = _Viewer(socket, request.transport, subscription)
         self._viewers.add(viewer)
         if self._problem is not None:
             self._write(viewer, Frames.of(feed.status(self._problem)))
