@@ -213,8 +213,10 @@ async def test_a_resync_read_while_a_patch_goes_out_still_gets_a_snapshot(
             return turn()
 
         monkeypatch.setattr(hub_module, "next_turn", turn_with_a_resync_read)
+        # A flush of more changes than a window follows at once takes a turn after its piece.
+        monkeypatch.setattr(hub_module, "FOLLOW_SLICE", 1)
         unsent["bytes"] = HIGH_WATER // 2  # a reader still, but its writer waits for room
-        await post(client, event("t0", n=2))
+        await post(client, [event("t0", n=2), event("t1", n=2)])
         assert (await receive(viewer))["type"] == "patch"
         await eventually(lambda: not resync)
         unsent["bytes"] = 0  # it drains (the hub looks every BEHIND_CHECK)
@@ -241,6 +243,41 @@ async def test_windows_follow_a_big_flush_without_a_collected_list_of_its_ids(
         await post(client, [event(f"t{i}", n=1) for i in range(2000)])
         assert (await receive(viewer))["type"] == "patch"
     assert len(seen) >= 19 and max(seen) < 1000, seen
+
+
+class CountingTransport:
+    """A viewer's transport that keeps what each write was given, and passes it on."""
+
+    def __init__(self, inner: asyncio.Transport) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_flush_writes_its_patch_and_its_job_changes_to_a_viewer_at_once(
+    client: Client,
+) -> None:
+    """With a thousand viewers the server's CPU went to its writes, one system call each, and
+    a flush that changed a job wrote every viewer twice."""
+    hub = client.app[HUB]
+    await post(client, event("a", n=1, total=10, meta={"job": "etl"}))
+    async with client.ws_connect("/ws") as viewer:
+        assert (await receive(viewer))["type"] == "snapshot"
+        await eventually(lambda: not any(v.owes for v in hub._viewers))
+        (held,) = hub._viewers
+        assert held.transport is not None
+        counting = CountingTransport(held.transport)
+        held.transport = counting  # type: ignore[assignment]  # duck-typed, as uvloop's are
+        await post(client, event("a", n=5, meta={"job": "etl"}))
+        got = {(await receive(viewer, jobs=True))["type"] for _ in range(2)}
+        assert got == {"patch", "jobs"}
+        assert len(counting.writes) == 1, counting.writes
 
 
 async def test_viewers_are_forgotten_when_they_leave(client: Client) -> None:

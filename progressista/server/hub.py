@@ -169,6 +169,9 @@ class Hub:
         self._jobs_told: dict[str, dict[str, Any]] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._flushing = False
+        #: While a flush runs without yielding: each viewer's frames so far, written at once
+        #: when it yields or ends (see :meth:`_uncork`).
+        self._corked: dict[_Viewer, list[bytes]] | None = None
         self._again = False
         self._last_flush = float("-inf")
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -512,7 +515,15 @@ class Hub:
             return False
         assert viewer.transport is not None
         data = frames.deflated() if viewer.deflate else frames.plain()
-        viewer.transport.write(data)
+        corked = self._corked
+        if corked is None:
+            viewer.transport.write(data)
+        else:
+            pending = corked.get(viewer)
+            if pending is None:
+                corked[viewer] = [data]
+            else:
+                pending.append(data)
         self.messages_sent += frames.messages
         self.bytes_sent += len(data)
         return True
@@ -562,15 +573,19 @@ class Hub:
                     self._start_over()
                 base, rev = self._flushed_rev, self.table.rev
                 changes = self.table.take_changes()
-                if changes and (self._viewers or self._windows):
-                    await self._send_changes(changes, base)
-                if self._viewers:
-                    job_changes, jobs_dropped = self.table.jobs.take_changes()
-                    if job_changes or jobs_dropped:
-                        self._send_jobs(job_changes, jobs_dropped)
-                else:  # unread, the job sums wait (see JobIndex); a viewer arriving gets
-                    self.table.jobs.forget_changes()  # every job afresh
-                    self._jobs_told.clear()  # and nobody holds a run (nor is told of drops)
+                self._corked = {}
+                try:
+                    if changes and (self._viewers or self._windows):
+                        await self._send_changes(changes, base)
+                    if self._viewers:
+                        job_changes, jobs_dropped = self.table.jobs.take_changes()
+                        if job_changes or jobs_dropped:
+                            self._send_jobs(job_changes, jobs_dropped)
+                    else:  # unread, the job sums wait (see JobIndex); a viewer arriving gets
+                        self.table.jobs.forget_changes()  # every job afresh
+                        self._jobs_told.clear()  # and nobody holds a run (nor is told of drops)
+                finally:
+                    self._uncork()
                 self._flushed_rev = rev
                 if not self._again or self._closing:
                     return
@@ -586,6 +601,24 @@ class Hub:
                 self._resync_now(viewer)
         finally:
             self._flushing = False
+
+    async def _next_flush_turn(self) -> None:
+        """Between two slices of a flush: write what it has for each viewer, then wait for the
+        next turn."""
+        self._uncork()
+        await next_turn()
+        self._corked = {}
+
+    def _uncork(self) -> None:
+        """Write each viewer's frames of the flush so far in one call: a small flush's patch
+        and its job changes are one system call per viewer, not two."""
+        corked, self._corked = self._corked, None
+        if not corked:
+            return
+        for viewer, pieces in corked.items():
+            if viewer.alive():
+                assert viewer.transport is not None
+                viewer.transport.write(pieces[0] if len(pieces) == 1 else b"".join(pieces))
 
     def _send_jobs(self, changed: set[str], dropped: set[str]) -> None:
         """Job runs that changed, to every viewer keeping up (those behind get all of them
@@ -634,9 +667,12 @@ class Hub:
                 viewer.owes = True
                 viewer.wake.set()
         if readers:
-            for messages in feed.patches(self.table, changes):
+            for index, messages in enumerate(feed.patches(self.table, changes)):
+                if index:
+                    await self._next_flush_turn()
                 readers = self._deliver(readers, Frames(messages))
-                await next_turn()
+            if len(changes) > FOLLOW_SLICE:  # the windows' work is long too
+                await self._next_flush_turn()
             for viewer in readers:
                 if not viewer.owes:  # (one that asked to start over meanwhile owes it still)
                     viewer.synced = max(viewer.synced or 0, rev)
@@ -648,7 +684,7 @@ class Hub:
             # and numbers it does not track): 100k ids, a few ms a collection.
             for index, chunk in enumerate(feed.chunks(changes, FOLLOW_SLICE)):
                 if index:
-                    await next_turn()
+                    await self._next_flush_turn()
                 window.follow(chunk)
             if not window.ready.is_set():
                 continue  # its viewers wait for the build, which reads the table as it is
