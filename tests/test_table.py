@@ -4,6 +4,13 @@ removals."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Collection
+
+import msgspec
+import pytest
+
+from progressista.server.event import Label
 from progressista.server.removals import Removals
 from progressista.server.table import TaskTable
 from progressista.server.task import Task
@@ -111,3 +118,94 @@ async def test_a_window_never_shows_a_task_removed_since_it_last_followed() -> N
     assert (view["sections"]["active"], sorted(view["tasks"])) == (["t3", "t2"], ["t2", "t3"])
     window.follow(["t4"])
     assert window.current_counts()["active"] == 4
+
+
+def _board(seed: int, gone: Collection[str] = ()) -> tuple[TaskTable, list[str]]:
+    """A table of 400 tasks in every state, some in jobs, some leaving when they end; as if
+    those ``gone`` had never been stored."""
+    rng = random.Random(seed)
+    table = TaskTable(track_age=True, removals_kept=150)
+    table.watch(lambda: None)
+    ids = [f"t{number}" for number in range(400)]
+    for rev, task_id in enumerate(rng.sample(ids, len(ids)), start=1):
+        state = rng.choice(("active", "active", "stale", "completed", "failed"))
+        meta: dict[str, Label] = {}
+        if rng.random() < 0.5:
+            meta["job"] = rng.choice("xyz")
+        if rng.random() < 0.2:
+            meta["leave"] = False
+        closed = float(rev) if state in ("completed", "failed") else None
+        task = Task(task_id=task_id, state=state, n=rev, meta=meta, rev=rev)
+        task.updated_at, task.created_at, task.closed_at = float(rev), float(rev), closed
+        if task_id not in gone:
+            table.commit(task, 0)
+    table.publish()
+    table.take_changes()
+    return table, ids
+
+
+def _indexes(table: TaskTable) -> object:
+    """The tasks and every index over them, as lists in their order."""
+    sections = {state: list(table.sections.oldest(state)) for state in table.counts()}
+    queues = [
+        list(queue or ())
+        for queue in (
+            table._active_by_update,
+            table._by_change,
+            table._by_created,
+            table._transient,
+        )
+    ]
+    return sorted(table.tasks), list(table.order), sections, table.counts(), queues
+
+
+def _everything(table: TaskTable) -> object:
+    jobs = msgspec.json.encode(table.jobs.overview(100))
+    return (
+        _indexes(table),
+        table.removed_since(table._removed.horizon),
+        table._removed.horizon,
+        table.take_changes(),
+        table.rev,
+        jobs,
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_removing_many_at_once_leaves_what_removing_them_one_by_one_does(seed: int) -> None:
+    rng = random.Random(seed)
+    at_once, ids = _board(seed)
+    one_by_one, _ = _board(seed)
+    for _ in range(6):
+        # Some stored twice over, some never stored: each takes one revision, or none.
+        chosen = rng.sample(ids, 60) + rng.sample(ids, 5) + ["never", "stored"]
+        rng.shuffle(chosen)
+        removed_ids = at_once.remove_many(chosen, at_once.rev)
+        expected = [task_id for task_id in chosen if one_by_one.remove(task_id, one_by_one.rev + 1)]
+        assert removed_ids == expected
+        assert _everything(at_once) == _everything(one_by_one)
+        ids = [task_id for task_id in ids if task_id not in removed_ids]
+    never_stored, _ = _board(seed, gone=set(_board(seed)[1]) - set(ids))
+    assert _indexes(at_once) == _indexes(never_stored)
+
+
+def test_removals_told_many_at_a_time_read_as_a_plain_list_of_them_would() -> None:
+    rng = random.Random(7)
+    removals, told = Removals(kept=500), Removals(kept=500)
+    everything: list[tuple[str, int]] = []  # (id, revision as filed), oldest first
+    rev = 0
+    while rev < 12_000:
+        batch = [f"t{rng.randrange(900)}" for _ in range(rng.randrange(1, 300))]
+        first = rev + 1 if rng.random() < 0.9 else max(1, rev - 3)  # a few numbered too low
+        removals.extend(batch, first)
+        for number, task_id in enumerate(batch):
+            told.add(task_id, first + number)
+            # Filed no lower than the one before, so that the revisions stay in order.
+            everything.append((task_id, max(first + number, rev)))
+        rev = everything[-1][1]
+        kept, forgotten = everything[-500:], everything[:-500]
+        horizon = forgotten[-1][1] if forgotten else 0
+        assert removals.horizon == told.horizon == horizon
+        for since in (horizon - 1, horizon, rev - 400, rev - 10, rev):
+            expected = None if since < horizon else [i for i, r in kept if r > since]
+            assert removals.since(since) == told.since(since) == expected

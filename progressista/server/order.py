@@ -14,7 +14,7 @@ stored later may or may not be seen (a snapshot's catch-up sends those).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 __all__ = ["CHUNK", "IdOrder", "OrderCursor"]
 
@@ -47,13 +47,20 @@ class IdOrder:
         self._filled += 1
 
     def remove(self, task_id: str) -> None:
-        number = self._chunk_of.pop(task_id, None)
-        if number is None:
-            return
-        chunk = self._chunks[number]
-        del chunk[task_id]
-        if not chunk and number != self._last:
-            del self._chunks[number]
+        self.remove_many((task_id,))
+
+    def remove_many(self, task_ids: Iterable[str]) -> None:
+        """Take these ids out (those not here are passed over), in one loop."""
+        chunk_of, chunks = self._chunk_of, self._chunks
+        touched: set[int] = set()
+        for task_id in task_ids:
+            number = chunk_of.pop(task_id, None)
+            if number is not None:
+                del chunks[number][task_id]
+                touched.add(number)
+        for number in touched:
+            if not chunks[number] and number != self._last:
+                del chunks[number]
 
     def cursor(self, after: str | None = None) -> OrderCursor:
         """A reader from the first id, or from just after ``after``.

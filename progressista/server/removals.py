@@ -37,14 +37,25 @@ class Removals:
 
     def add(self, task_id: str, rev: int) -> None:
         """``task_id`` was removed at revision ``rev``."""
+        self.extend([task_id], rev)
+
+    def extend(self, task_ids: list[str], first: int) -> None:
+        """These ids were removed in this order, the first at revision ``first`` and each next
+        one a revision later."""
         revs = self._revs
+        numbered = range(first, first + len(task_ids))
         # Kept in order for the bisection: a removal numbered below one before it (none is, on
         # any path today) is filed at that one's revision, so readers may hear of it again.
-        revs.append(max(rev, revs[-1]) if revs else rev)
-        self._ids.append(task_id)
-        if len(self) > self.kept:
-            self.horizon = revs[self._start]
-            self._start += 1
+        if revs and first < revs[-1]:
+            floor = revs[-1]
+            revs.extend(rev if rev > floor else floor for rev in numbered)
+        else:
+            revs.extend(numbered)
+        self._ids.extend(task_ids)
+        excess = len(revs) - self._start - self.kept
+        if excess > 0:
+            self._start += excess
+            self.horizon = revs[self._start - 1]
             if self._start >= _CUT:
                 del self._ids[: self._start]
                 del revs[: self._start]

@@ -64,8 +64,20 @@ class Sections:
 
     def discard(self, task_id: str, state: str) -> None:
         """An id leaves for good."""
-        self._take(state, task_id)
-        del self._chunk_of[task_id]
+        self.discard_many(((task_id, state),))
+
+    def discard_many(self, leaving: Iterable[tuple[str, str]]) -> None:
+        """Ids leave for good, each from the state given with it: as :meth:`discard` one by
+        one, in one loop (evicting a hundred tasks for room, clearing thousands)."""
+        chunk_of, chunks, sizes = self._chunk_of, self._chunks, self._sizes
+        touched: dict[int, str] = {}
+        for task_id, state in leaving:
+            number = chunk_of.pop(task_id)
+            del chunks[number][task_id]
+            sizes[state] -= 1
+            touched[number] = state
+        for number, state in touched.items():
+            self._tidy(state, number)
 
     def oldest(self, state: str) -> Iterator[str]:
         """The ids of ``state``, oldest first (nothing may change while this is read)."""
@@ -96,11 +108,16 @@ class Sections:
 
     def _take(self, state: str, task_id: str) -> None:
         number = self._chunk_of[task_id]
-        chunk = self._chunks[number]
-        del chunk[task_id]
+        del self._chunks[number][task_id]
         self._sizes[state] -= 1
+        self._tidy(state, number)
+
+    def _tidy(self, state: str, number: int) -> None:
+        """After ids left chunk ``number`` of ``state``: drop it if empty, shrink it if sparse
+        (the open chunk stays as it is: it takes the state's next ids)."""
         if number == self._open[state][0]:
             return
+        chunk = self._chunks[number]
         if not chunk:
             del self._chunks[number]
             del self._numbers[state][number]

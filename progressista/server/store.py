@@ -194,9 +194,8 @@ class MemoryStore:
             new_ids = sum(1 for task_id in staged if task_id not in table.tasks)
             evicted = room_for(table, new_ids, self.max_tasks, staged)
         rev = table.rev
-        for task_id in evicted:
-            rev += 1
-            table.remove(task_id, rev)
+        if evicted:
+            rev += len(table.remove_many(evicted, rev))
         for task, changed in staged.values():
             rev += 1
             task.rev = rev
@@ -206,7 +205,7 @@ class MemoryStore:
 
     async def delete(self, task_ids: Collection[str]) -> list[str]:
         table = self._table
-        deleted = [task_id for task_id in task_ids if table.remove(task_id, table.rev + 1)]
+        deleted = table.remove_many(task_ids, table.rev)
         if deleted:
             table.publish()
         return deleted

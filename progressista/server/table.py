@@ -268,26 +268,42 @@ class TaskTable:
 
     def remove(self, task_id: str, rev: int) -> bool:
         """Forget a task; ``rev`` is the revision of its removal. False when there was none."""
-        task = self.tasks.pop(task_id, None)
-        if task is None:
-            return False
-        if rev > self.rev:
-            self.rev = rev
-        self.sections.discard(task_id, task.state)
-        self.order.remove(task_id)
-        if task.state == "active":
-            del self._active_by_update[task_id]
-        del self._by_change[task_id]
-        if self._by_created is not None:
-            self._by_created.pop(task_id, None)
-        self._transient.pop(task_id, None)
-        self._removed.add(task_id, rev)
+        return bool(self.remove_many((task_id,), rev - 1))
+
+    def remove_many(self, task_ids: Iterable[str], rev: int) -> list[str]:
+        """Forget these tasks, numbering their removals from ``rev + 1`` in this order; returns
+        the ids that were stored (the others are passed over, and take no number).
+
+        One index at a time for all of them: a store full of closed tasks evicts one for each
+        new id, and one by one a removal cost about as much as storing a task.
+        """
+        pop = self.tasks.pop
+        gone = [(task_id, task) for task_id in task_ids if (task := pop(task_id, None)) is not None]
+        if not gone:
+            return []
+        ids = [task_id for task_id, _ in gone]
+        if rev + len(ids) > self.rev:
+            self.rev = rev + len(ids)
+        self.sections.discard_many((task_id, task.state) for task_id, task in gone)
+        self.order.remove_many(ids)
+        by_change = self._by_change
+        for task_id in ids:
+            del by_change[task_id]
+        for queue in (self._by_created, self._transient):
+            if queue:
+                for task_id in ids:
+                    queue.pop(task_id, None)
+        self._removed.extend(ids, rev + 1)
         changes = self._changes
         if changes is not None:
-            changes[task_id] = REMOVED
-        if "job" in task.meta:
-            self.jobs.update(task, None, task.updated_at)
-        return True
+            changes.update(dict.fromkeys(ids, REMOVED))
+        active, jobs = self._active_by_update, self.jobs
+        for task_id, task in gone:
+            if task.state == "active":
+                del active[task_id]
+            if "job" in task.meta:
+                jobs.update(task, None, task.updated_at)
+        return ids
 
     def forget_removals(self) -> None:
         """Removals up to now may have been missed (a replica that reloaded): a viewer older
