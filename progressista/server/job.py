@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 
 import msgspec
@@ -501,14 +501,17 @@ class JobIndex:
 
     def update(self, old: Task | None, new: Task | None, now: float) -> None:
         """A task changed (``old`` → ``new``), appeared (``old`` None) or went (``new`` None)."""
+        if new is None:
+            assert old is not None
+            self.forget((old,))
+            return
         # Runs for every event of a task in a job: the common case (an active bar of a run
         # staying active) is one or two dict lookups, its sums moved when a reader folds.
         if old is not None:
             pending = self.deferred
             task_id = old.task_id
             if (
-                new is not None
-                and new.state == "active"
+                new.state == "active"
                 and old.state == "active"
                 and "job" in new.meta  # a bar leaving its job is counted now, as it leaves
             ):
@@ -531,17 +534,7 @@ class JobIndex:
                         run.advanced_at = now
                     return
             if pending:
-                counted = pending.pop(task_id, None)
-                if counted is not None:  # its run counts an older state: fold it first
-                    run = self._member.get(task_id)
-                    if run is not None:
-                        self._count_change(run, counted[0], old, old.updated_at, folded=True)
-        if new is None:  # removed from the board: it still counts as it last was
-            assert old is not None
-            gone = self._member.pop(old.task_id, None)
-            if gone is not None:
-                gone.ids.pop(old.task_id, None)
-            return
+                self._fold_one(old)
         task_id = new.task_id
         run = self._member.get(task_id)
         if run is None or (old is not None and run.finished_at is not None and _reruns(old, new)):
@@ -563,6 +556,26 @@ class JobIndex:
             self._touched.add(run)
         else:
             self._count_change(run, old, new, now)
+
+    def forget(self, tasks: Iterable[Task]) -> None:
+        """Tasks removed from the board (evicted, deleted, expired): each still counts in its
+        run as it last was, and is no longer its member."""
+        pending, member = self.deferred, self._member
+        for task in tasks:
+            if pending:
+                self._fold_one(task)
+            gone = member.pop(task.task_id, None)
+            if gone is not None:
+                gone.ids.pop(task.task_id, None)
+
+    def _fold_one(self, task: Task) -> None:
+        """A bar whose changes were deferred changes again, or goes: its run counts an older
+        state of it, which is folded first (``task`` is its latest)."""
+        counted = self.deferred.pop(task.task_id, None)
+        if counted is not None:
+            run = self._member.get(task.task_id)
+            if run is not None:
+                self._count_change(run, counted[0], task, task.updated_at, folded=True)
 
     def _count_change(
         self,

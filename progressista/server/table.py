@@ -297,12 +297,11 @@ class TaskTable:
         changes = self._changes
         if changes is not None:
             changes.update(dict.fromkeys(ids, REMOVED))
-        active, jobs = self._active_by_update, self.jobs
+        active = self._active_by_update
         for task_id, task in gone:
             if task.state == "active":
                 del active[task_id]
-            if "job" in task.meta:
-                jobs.update(task, None, task.updated_at)
+        self.jobs.forget(task for _, task in gone if "job" in task.meta)
         return ids
 
     def forget_removals(self) -> None:
