@@ -176,14 +176,20 @@ class _Window:
             for key, job in message["jobs"].items():
                 self.jobs[key] = {**self.jobs.get(key, {}), **job}
             return
-        if kind == "view":
-            self.tasks = dict(message["tasks"])
+        if kind == "view":  # a task is sent under its id, without it (docs/protocol.md)
+            self.tasks = {
+                task_id: {"task_id": task_id, **task} for task_id, task in message["tasks"].items()
+            }
         elif kind == "patch":
             for task_id in message["removed"]:
                 self.tasks.pop(task_id, None)
             at = message.get("at")
             for task_id, fields in message["tasks"].items():
-                task = self.tasks[task_id] = {**self.tasks.get(task_id, {}), **fields}
+                task = self.tasks[task_id] = {
+                    "task_id": task_id,
+                    **self.tasks.get(task_id, {}),
+                    **fields,
+                }
                 _complete_partial(task, fields, at)
         else:
             return

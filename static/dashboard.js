@@ -727,6 +727,7 @@
         completePartial(known, fields, message.at);
         if ("n" in fields && !("history" in fields)) extendHistory(known);
       } else {
+        fields.task_id = id;  // a task is sent under its id, without it (docs/protocol.md)
         tasks.set(id, fields);
       }
       dirty.add(id);

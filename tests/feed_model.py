@@ -10,8 +10,38 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Fields a partial task leaves out (they change with every event and no viewer shows them).
+#: Fields a viewer's copy of a task cannot be compared on: no task on the feed carries the
+#: first three (they change with every event and no viewer shows them), and ``history`` is
+#: sampled differently by the server and by a viewer extending it.
 UNSHOWN = ("seq", "timestamp", "rev", "history")
+
+
+def sent(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Whole tasks (as ``GET /tasks`` gives them) as the feed sends them."""
+    return {
+        task_id: {k: v for k, v in task.items() if k not in ("task_id", *UNSHOWN[:3])}
+        for task_id, task in tasks.items()
+    }
+
+
+def held(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Whole tasks (as ``GET /tasks`` gives them) as a viewer holds them once sent whole."""
+    return {
+        task_id: {k: v for k, v in task.items() if k not in UNSHOWN[:3]}
+        for task_id, task in tasks.items()
+    }
+
+
+def _check_sent(task: dict[str, Any]) -> None:
+    """A task on the feed carries neither its id (it is the key) nor the unsent fields."""
+    assert not set(task) & {"task_id", *UNSHOWN[:3]}, task
+
+
+def _named(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Whole tasks as the feed sends them (each under its id, without it), with their ids."""
+    for task in tasks.values():
+        _check_sent(task)
+    return {task_id: {"task_id": task_id, **task} for task_id, task in tasks.items()}
 
 
 @dataclass
@@ -35,14 +65,14 @@ class Board:
             if self._incoming is None:
                 self._incoming = set()
             self._incoming.update(message["tasks"])
-            self.tasks.update(message["tasks"])
+            self.tasks.update(_named(message["tasks"]))
             if not message["more"]:
                 for task_id in [t for t in self.tasks if t not in self._incoming]:
                     del self.tasks[task_id]
                 self._incoming = None
                 self.snapshots += 1
         elif kind == "view":
-            self.tasks = dict(message["tasks"])
+            self.tasks = _named(message["tasks"])
             self.sections = message["sections"]
             self.counts = message["counts"]
         elif kind == "patch":
@@ -50,7 +80,12 @@ class Board:
                 self.tasks.pop(task_id, None)
             at = message.get("at")
             for task_id, fields in message["tasks"].items():
-                task = self.tasks[task_id] = {**self.tasks.get(task_id, {}), **fields}
+                _check_sent(fields)
+                task = self.tasks[task_id] = {
+                    "task_id": task_id,
+                    **self.tasks.get(task_id, {}),
+                    **fields,
+                }
                 # What a partial entry leaves to the receiver: the message's time, and percent.
                 if "updated_at" not in fields:
                     assert at is not None, message

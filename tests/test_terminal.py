@@ -9,7 +9,9 @@ import pytest
 
 from progressista.server.event import decode_events
 from progressista.server.task import apply_event
-from progressista.terminal import render
+from progressista.terminal import _Window, render
+
+from .feed_model import sent
 
 NOW = 1_800_000_100.0
 
@@ -91,3 +93,17 @@ def test_no_escape_sequence_a_writer_sends_reaches_the_terminal(escape: str) -> 
 def test_the_header_is_text_too() -> None:
     frame = render({}, "http://dash\x1b[2J", "live\x07", 80, 10, now=NOW)
     assert terminal_safe(frame)
+
+
+def test_tasks_sent_under_their_ids_without_them_are_named_by_them() -> None:
+    """The feed sends each task under its id and without it (docs/protocol.md): a bar with no
+    description is shown by its id, whether it came in a view or new in a patch."""
+    tasks = sent(served({"task_id": "nameless", "n": 1, "total": 4}, {"task_id": "later", "n": 2}))
+    window = _Window()
+    counts = {"active": [2, 2], "stale": [0, 0], "completed": [0, 0], "failed": [0, 0]}
+    window.apply(
+        {"type": "view", "tasks": {"nameless": tasks["nameless"]}, "sections": {}, "counts": counts}
+    )
+    window.apply({"type": "patch", "tasks": {"later": tasks["later"]}, "removed": []})
+    frame = render(window.tasks, "http://dash", "live", 100, 40, now=NOW)
+    assert "nameless" in frame and "later" in frame

@@ -29,7 +29,7 @@ from .conftest import (
     post,
     stored,
 )
-from .feed_model import Board, without_unshown
+from .feed_model import Board, held, sent, without_unshown
 
 
 async def receive(
@@ -58,7 +58,7 @@ async def test_a_viewer_gets_a_snapshot_then_patches_of_what_changed(
     await post(client, [event("a", n=1, total=10), event("b", status="close")])
     async with client.ws_connect("/ws") as viewer:
         snapshot = await receive(viewer)
-        assert snapshot == {"type": "snapshot", "tasks": stored(client.app), "more": False}
+        assert snapshot == {"type": "snapshot", "tasks": sent(stored(client.app)), "more": False}
         clock.advance(2)
         await post(client, event("a", n=2))
         # Only what the event changed, and what the server derives from it but percent (the
@@ -76,7 +76,7 @@ async def test_a_new_task_arrives_whole(client: Client) -> None:
         await receive(viewer)
         await post(client, event("new", n=3, desc="Loading"))
         patch = await receive(viewer)
-        assert patch["tasks"] == {"new": stored(client.app)["new"]}
+        assert patch["tasks"] == {"new": sent(stored(client.app))["new"]}
 
 
 async def test_an_idle_viewer_hears_at_once_and_a_burst_is_merged(
@@ -153,7 +153,7 @@ async def test_a_big_board_arrives_in_pieces_and_the_viewer_ends_with_every_task
             board.apply(pieces[-1])
         size = feed.TASKS_PER_MESSAGE
         assert [len(piece["tasks"]) for piece in pieces] == [size, size, 7]
-        assert board.tasks == stored(client.app)
+        assert board.tasks == held(stored(client.app))
 
 
 async def test_changes_while_a_snapshot_goes_out_are_not_lost(client: Client) -> None:
@@ -610,7 +610,7 @@ async def test_a_flush_of_several_batches_gives_each_commit_instant_once() -> No
         return tasks
 
     board = Board()
-    board.apply({"type": "snapshot", "tasks": as_json(), "more": False})
+    board.apply({"type": "snapshot", "tasks": sent(as_json()), "more": False})
     store.table.take_changes()
     await store.apply(batch("a", 10, 2), 200.0)
     await store.apply(batch("b", 10, 2), 200.5)
@@ -624,7 +624,7 @@ async def test_a_flush_of_several_batches_gives_each_commit_instant_once() -> No
         (200.5, [f"b{i}" for i in range(9)], []),
     ]
     assert all("updated_at" not in messages[1]["tasks"][f"a{i}"] for i in range(10))
-    assert messages[0]["tasks"]["d0"]["task_id"] == "d0"  # new: whole
+    assert messages[0]["tasks"]["d0"] == sent(as_json())["d0"]  # new: whole
     for message in messages:
         board.apply(message)
     assert without_unshown(board.tasks) == without_unshown(as_json())
