@@ -33,8 +33,11 @@ def job_of(index: int) -> str:
 
 
 def bar_event(task_id: str, n: int, *, status: str = "update", job: str = "etl") -> dict[str, Any]:
-    """What RemoteTqdm sends for a typical bar (tqdm's ``format_dict`` plus labels), less ``seq``
-    (benchmarks replay the same bodies, which a ``seq`` would make the server ignore)."""
+    """A typical bar's whole state, as RemoteTqdm sends it at start and close and at least every
+    ``FULL_STATE_EVERY`` seconds (between those it sends only ``n``, ``elapsed``, ``rate``,
+    ``timestamp`` and ``seq``, and what else changed), less ``seq`` (benchmarks replay the same
+    bodies, which a ``seq`` would make the server ignore). Whole states are the dearer case for
+    the server; the bare handler decodes the same bodies."""
     return {
         "task_id": task_id,
         "status": status,
