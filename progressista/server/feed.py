@@ -28,7 +28,7 @@ from .task import ALL_FIELDS, FIELD_BIT, TASK_FIELDS, Task
 
 __all__ = ["TASKS_PER_MESSAGE", "chunks", "patches", "snapshot", "status"]
 
-#: Most tasks in one message: about 220 KB of whole tasks (a snapshot piece), far less of
+#: Most tasks in one message: about 200 KB of whole tasks (a snapshot piece), far less of
 #: changes. A viewer that stopped reading holds at most its socket's high-water mark plus one
 #: message, so this bounds what a hundred stalled viewers cost.
 TASKS_PER_MESSAGE = 500
