@@ -15,7 +15,7 @@ from progressista.server import feed, turns
 from progressista.server import hub as hub_module
 from progressista.server.cleanup import run_cleanup
 from progressista.server.event import Event, decode_events
-from progressista.server.hub import HIGH_WATER
+from progressista.server.hub import HIGH_WATER, Hub
 from progressista.server.keys import HUB, LIFETIMES, STORE
 from progressista.server.store import MemoryStore
 
@@ -50,6 +50,11 @@ async def follow_until(
     """Apply messages to ``board`` until ``done(board)`` holds."""
     while not done(board):
         board.apply(await receive(viewer, timeout))
+
+
+async def keeping_up(hub: Hub) -> None:
+    """Wait until every viewer is sent all it is owed (its snapshot's catch-up included)."""
+    await eventually(lambda: not any(viewer.owes for viewer in hub._viewers))
 
 
 async def test_a_viewer_gets_a_snapshot_then_patches_of_what_changed(
@@ -197,7 +202,7 @@ async def test_a_resync_read_while_a_patch_goes_out_still_gets_a_snapshot(
     await post(client, [event(f"t{i}", n=1) for i in range(5)])
     async with client.ws_connect("/ws") as viewer:
         assert (await receive(viewer))["type"] == "snapshot"
-        await eventually(lambda: not any(v.owes for v in hub._viewers))
+        await keeping_up(hub)
         (held,) = hub._viewers
         unsent = {"bytes": 0}
         buffered = hub_module._Viewer.buffered
@@ -269,7 +274,7 @@ async def test_a_flush_writes_its_patch_and_its_job_changes_to_a_viewer_at_once(
     await post(client, event("a", n=1, total=10, meta={"job": "etl"}))
     async with client.ws_connect("/ws") as viewer:
         assert (await receive(viewer))["type"] == "snapshot"
-        await eventually(lambda: not any(v.owes for v in hub._viewers))
+        await keeping_up(hub)
         (held,) = hub._viewers
         assert held.transport is not None
         counting = CountingTransport(held.transport)
@@ -292,7 +297,7 @@ async def test_a_flush_to_many_viewers_takes_turns_and_keeps_each_viewers_order(
     viewers = [await client.ws_connect("/ws") for _ in range(3)]
     for viewer in viewers:
         assert (await receive(viewer))["type"] == "snapshot"
-    await eventually(lambda: not any(v.owes for v in hub._viewers))
+    await keeping_up(hub)
     turn = turns.next_turn
     turns_taken: list[bool] = []
 
