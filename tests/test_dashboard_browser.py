@@ -275,7 +275,7 @@ def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
     with running_server(LASTING) as first:
         first.post(
             [
-                {"task_id": "before-restart", "desc": "Old"},
+                {"task_id": "before-restart", "desc": "Old", "meta": {"job": "nightly"}},
                 {"task_id": "constructor"},
                 {"task_id": "toString"},
             ]
@@ -284,6 +284,7 @@ def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
         live(page)
         expect(card(page, "before-restart")).to_be_visible()
         expect(card(page, "constructor")).to_be_visible()
+        expect(page.locator('li.job-card[data-job="nightly"]')).to_have_count(1)
         port = first.port
     expect(page.locator("#connection")).to_have_attribute("data-state", "offline")
     expect(page.locator("#connection")).to_contain_text("reconnecting")
@@ -297,6 +298,9 @@ def test_reconnects_after_a_restart_and_resyncs(browser: Browser) -> None:
         expect(card(page, "constructor")).to_have_count(0)
         expect(card(page, "toString")).to_have_count(0)
         expect(section(page, "active").locator(".count")).to_have_text("1")
+        # Nor does it know the old task's job: the page drops its card (it kept it when the
+        # server sent no overview for want of runs).
+        expect(page.locator('li.job-card[data-job="nightly"]')).to_have_count(0)
 
 
 def test_without_websockets_it_falls_back_to_polling(

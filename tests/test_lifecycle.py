@@ -100,7 +100,8 @@ async def test_the_loop_runs_on_its_own_and_stops_with_the_app(
     await post(client, event("a"))
     clock.advance(6)
     async with client.ws_connect("/ws") as viewer:
-        await viewer.receive_json(timeout=WAIT)
+        assert (await viewer.receive_json(timeout=WAIT))["type"] == "snapshot"
+        assert (await viewer.receive_json(timeout=WAIT))["type"] == "jobs"  # none, but whole
         patch = await viewer.receive_json(timeout=WAIT)
         assert patch["tasks"]["a"]["state"] == "stale"
     task = client.app[CLEANUP_TASK]

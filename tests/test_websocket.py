@@ -373,7 +373,8 @@ async def test_the_websocket_needs_the_read_token(make_client: MakeClient) -> No
 
 async def test_shutdown_closes_viewers_with_1001(client: Client) -> None:
     viewer = await client.ws_connect("/ws")
-    await receive(viewer)
+    assert (await receive(viewer))["type"] == "snapshot"
+    assert (await receive(viewer, jobs=True))["type"] == "jobs"
     closing = asyncio.create_task(client.server.close())
     message = await viewer.receive(timeout=5)
     assert message.type == WSMsgType.CLOSE

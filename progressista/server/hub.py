@@ -128,8 +128,10 @@ class _Viewer:
         self.starts = 0
         #: The table's generation its snapshot or view came from.
         self.generation = -1
-        #: It was sent job runs (so an empty overview still has something to replace).
-        self.has_jobs = False
+        #: It may hold job runs (so an empty overview still has something to replace). True
+        #: at first: a page that reconnects to a restarted server holds the runs it showed
+        #: before, which the server may have forgotten; its first overview always goes.
+        self.has_jobs = True
 
     def buffered(self) -> int:
         transport = self.transport
@@ -654,8 +656,8 @@ class Hub:
                 viewer.has_jobs = True
 
     def _send_jobs_overview(self, viewer: _Viewer) -> None:
-        """Every job run to show, replacing what the viewer holds (nothing to a viewer that
-        holds none and would get none)."""
+        """Every job run to show, replacing what the viewer holds (nothing to a viewer known
+        to hold none that would get none)."""
         listed = self.table.jobs.overview(feed.RECENT_JOBS)
         if listed or viewer.has_jobs:
             viewer.has_jobs = bool(listed)
