@@ -188,3 +188,56 @@ async def test_async_tasks_started_in_a_loop_nest_in_it(server: TestServer) -> N
         "b/page-0": "b",
         "b/page-1": "b",
     }
+
+
+async def test_an_async_for_cut_short_by_cancelling_its_task_fails_the_bar(
+    server: TestServer,
+) -> None:
+    """Ctrl-C under ``asyncio.run`` cancels every task: the cancellation strikes in the loop's
+    body, where tqdm_asyncio never sees it, and the bar is released with the task's frame. It
+    was reported completed at 4 of 100."""
+    reached = asyncio.Event()
+
+    async def crawl() -> None:
+        async for page in bar(server, range(100), task_id="cut"):
+            if page == 3:
+                reached.set()
+                await asyncio.Event().wait()  # until cancelled
+
+    task = asyncio.create_task(crawl())
+    await reached.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    ended = await task_with(server, "cut", check=lambda task: task["state"] != "active")
+    assert (ended["state"], ended["n"], ended["error"]) == (
+        "failed",
+        4,
+        "asyncio.exceptions.CancelledError",
+    )
+
+
+@pytest.mark.parametrize(("done", "state"), [(2, "completed"), (1, "failed")])
+async def test_a_bar_closed_by_a_task_being_cancelled_fails_only_if_unfinished(
+    server: TestServer, done: int, state: str
+) -> None:
+    """A task that swallows its cancellation still counts as being cancelled: a bar it closes
+    then is cut short unless it reached its total."""
+    reached = asyncio.Event()
+
+    async def work() -> None:
+        progress = bar(server, total=2, task_id="closing")
+        progress.update(done)
+        try:
+            reached.set()
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            pass  # swallowed: no exception in flight at the close below
+        progress.close()
+
+    task = asyncio.create_task(work())
+    await reached.wait()
+    task.cancel()
+    await task
+    ended = await task_with(server, "closing", check=lambda task: task["state"] != "active")
+    assert ended["state"] == state

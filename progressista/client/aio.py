@@ -56,6 +56,20 @@ class AsyncRemoteTqdm(RemoteTqdm, tqdm_asyncio):  # type: ignore[type-arg]  # ge
                 return await sender.drain(sender.settings.flush_timeout)
         return self._remote_outbox is None
 
+    def close(self) -> None:
+        if (
+            self._remote_exit_error is None
+            and self._remote_outbox is not None
+            and not self._remote_closed
+            and _cancelled_short(self)
+        ):
+            # An `async for` over this bar in a task being cancelled (Ctrl-C under asyncio.run
+            # cancels every task): the loop's body is where the cancellation struck, which
+            # tqdm_asyncio never sees, and the bar is released with the task's frame. It was cut
+            # short; it must not be reported completed.
+            self._remote_exit_error = asyncio.CancelledError()
+        super().close()
+
     def __aiter__(self) -> AsyncRemoteTqdm:
         if self._remote_outbox is not None:
             nesting.looping(self)
@@ -68,3 +82,20 @@ class AsyncRemoteTqdm(RemoteTqdm, tqdm_asyncio):  # type: ignore[type-arg]  # ge
         if isinstance(exc_value, BaseException):
             self._remote_exit_error = exc_value
         await self.aclose()
+
+
+def _cancelled_short(bar: AsyncRemoteTqdm) -> bool:
+    """Whether ``bar`` is closed unfinished by a task that is being cancelled.
+
+    Unfinished: below its total, or without one. Python 3.10 cannot tell a cancelling task
+    (``Task.cancelling`` is 3.11's), so there such a bar is judged as any other.
+    """
+    total = bar.total
+    if total is not None and bar.n >= total:
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # closed outside a running loop (collected at exit, say)
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return task is not None and cancelling is not None and cancelling() > 0
