@@ -33,6 +33,7 @@ async def test_serves_the_api_and_page_and_stops_cleanly_on_ctrl_c() -> None:
                 assert response.status == 200
             viewer = await http.ws_connect("/ws")
             assert (await viewer.receive_json(timeout=WAIT))["type"] == "snapshot"
+            assert (await viewer.receive_json(timeout=WAIT))["type"] == "jobs"  # none, whole
             assert server.stop() == 0
             message = await viewer.receive(timeout=WAIT)
             assert (message.type, message.data) == (WSMsgType.CLOSE, 1001)
