@@ -291,6 +291,13 @@ class ServerSettings:
         parse_duration,
         check=_more_than_zero,
     )
+    job_gap: float = _setting(
+        10.0,
+        "a job whose bars have all ended, with no size announced and no progressista run "
+        "heading it, is completed once no new bar has come for this long",
+        parse_duration,
+        check=_zero_or_more,
+    )
     job_retention: float = _setting(
         7 * 86400.0,
         "finished jobs stay listed this long after they end",

@@ -114,6 +114,9 @@ def make_client(
 
     async def make(**settings: Any) -> Client:
         settings.setdefault("cleanup_interval", NEVER)
+        # A job without a head is decided as its last bar ends, unless a test is about the
+        # gap the server gives it for another bar (job_gap, 10 s when served).
+        settings.setdefault("job_gap", 0)
         app = create_app(ServerSettings(**settings), clock=clock, hub_clock=hub_clock)
         client: TestClient[web.Request, None] = await aiohttp_client(GuardedTestServer(app))
         # pytest-aiohttp types a client built on a server as one without an app; it has ours.

@@ -57,6 +57,7 @@ def alerting(aiohttp_client: Any, aiohttp_server: AiohttpServer, clock: FakeCloc
         url = f"json://127.0.0.1:{server.port}/hook"
         notify = settings.pop("notify", (url,))
         settings.setdefault("cleanup_interval", NEVER)
+        settings.setdefault("job_gap", 0)  # as make_client: a job is decided as its last bar ends
         app = create_app(
             ServerSettings(notify=tuple(n.format(url=url) for n in notify), **settings),
             clock=clock,
@@ -105,6 +106,21 @@ async def test_a_completed_job_says_how_long_it_took(
     await eventually(lambda: receiver.titles() == ["✓ etl completed"], WAIT)
     assert receiver.messages[0]["message"] == "2 bars in 2 min 5 s."
     assert receiver.messages[0]["type"] == "success"
+
+
+async def test_a_job_completed_after_its_gap_took_until_its_last_bar_ended(
+    alerting: MakeAlerting, clock: FakeClock
+) -> None:
+    client, receiver, _ = await alerting(job_gap=10)
+    await post(client, job_event("a", n=0, total=2))
+    clock.advance(5)
+    await post(client, job_event("a", status="close"))
+    await settle(clock)
+    clock.advance(10)
+    await run_cleanup(client.app[STORE], client.app[LIFETIMES], clock())
+    await settle(clock)
+    await eventually(lambda: receiver.titles() == ["✓ etl completed"], WAIT)
+    assert receiver.messages[0]["message"] == "1 bar in 5 s."
 
 
 async def test_a_job_of_one_bar_reads_as_one(alerting: MakeAlerting, clock: FakeClock) -> None:

@@ -81,7 +81,8 @@ def clocked_server() -> Iterator[ClockedServer]:
     cleanup runs often, so a transition follows the clock's move promptly.
     """
     clock = FakeClock(time.time())
-    settings = ServerSettings(stale_after=60, retention=60, cleanup_interval=0.05)
+    # job_gap 0: a job is decided as its last bar ends (the gap is test_jobs's business).
+    settings = ServerSettings(stale_after=60, retention=60, cleanup_interval=0.05, job_gap=0)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_app(settings, clock=clock))
     started = threading.Event()

@@ -168,6 +168,41 @@ async def test_without_a_run_task_a_job_completes_when_every_bar_has(client: Cli
     assert (await job(client, "etl"))["state"] == "completed"
 
 
+async def test_loops_one_after_another_are_one_run_within_the_gap(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    """``PROGRESSISTA_JOB=etl python etl.py`` with three loops in a row has no bar open
+    between two of them: each loop made a run of its own, with a completion alert each."""
+    client = await make_client(job_gap=10)
+    await post(client, shard("s1", 10, 10, status="close"))  # the first loop, done
+    clock.advance(9)
+    await cleanup(client, clock)
+    assert (await job(client, "etl"))["state"] == "running"  # another bar may follow
+    await post(client, shard("s2", 10, 10, status="close"))  # the next loop, at once
+    ended = clock()
+    clock.advance(9.5)
+    await cleanup(client, clock)
+    assert (await job(client, "etl"))["state"] == "running"  # the gap counts from the last
+    clock.advance(0.5)
+    await cleanup(client, clock)
+    summary = await job(client, "etl")
+    assert (summary["run"], summary["state"], summary["tasks"]["completed"]) == (1, "completed", 2)
+    assert summary["finished_at"] == ended  # when its last bar ended, not when the gap ran out
+    await post(client, shard("s3", 1, 10))  # after the gap: a new run
+    assert (await job(client, "etl"))["run"] == 2
+
+
+async def test_an_announced_size_reached_completes_a_job_without_waiting_for_the_gap(
+    make_client: MakeClient,
+) -> None:
+    client = await make_client(job_gap=10)
+    sized = {"job": "etl", "job_size": 2}
+    await post(client, [event("a", status="close", meta=sized), event("b", meta=sized)])
+    assert (await job(client, "etl"))["state"] == "running"
+    await post(client, event("b", status="close", meta=sized))
+    assert (await job(client, "etl"))["state"] == "completed"
+
+
 async def test_a_recurring_job_name_gives_one_job_per_run(client: Client) -> None:
     head = {"job": "nightly", "role": "run"}
     await post(client, [event("nightly", meta=head), event("n-a", meta={"job": "nightly"})])

@@ -127,6 +127,7 @@ def create_app(
 def _store(settings: ServerSettings, lifetimes: Lifetimes) -> TaskStore:
     jobs = JobIndex(
         stall_after=settings.job_stall_after,
+        gap=settings.job_gap,
         retention=settings.job_retention,
         max_jobs=settings.max_jobs,
     )

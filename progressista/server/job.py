@@ -20,7 +20,10 @@ What a run adds up (each counted task, in its latest state; a task removed from 
 
 The task ``progressista run`` makes (``meta.role = "run"``, its id the job's name) *heads* the run:
 it is not summed, and its end ends the job: completed when it completes, failed when it fails.
-Without a head, a run is completed when every bar is and the announced size is reached. A run is
+Without a head, a run is completed when every bar is and the announced size is reached, or,
+with no size announced, once no bar has come for ``gap`` seconds after the last one ended: a
+script whose loops run one after another (``PROGRESSISTA_JOB=etl python etl.py``) has no bar open
+between two of them, and each loop made a run of its own, with an alert each. A run is
 failed as soon as any of its tasks fails; stalled while no open bar has advanced for
 ``job_stall_after`` (a hung worker's sender keeps its bars fresh while nothing moves) or every
 open bar is stale; running otherwise.
@@ -233,7 +236,7 @@ class _Run:
             return None
         return min(self.fractions / expected, 1.0)
 
-    def judge(self, now: float, stall_after: float) -> str:
+    def judge(self, now: float, stall_after: float, gap: float) -> str:
         """The run's state now (see the module's docstring)."""
         if self.failed or self.head_state == "failed":
             return "failed"
@@ -241,8 +244,11 @@ class _Run:
         if self.head is not None:
             if self.head_state == "completed":
                 return "completed"
-        elif self.members and not open_bars and (self.size is None or self.members >= self.size):
-            return "completed"
+        elif self.members and not open_bars:
+            if self.size is not None and self.members >= self.size:
+                return "completed"
+            if self.size is None and now - self.updated_at >= gap:
+                return "completed"
         if open_bars and (not self.active or now - self.advanced_at > stall_after):
             return "stalled"
         if self.head_state == "stale" and not open_bars:
@@ -327,9 +333,16 @@ class JobIndex:
     """
 
     def __init__(
-        self, *, stall_after: float = 300.0, retention: float = 7 * 86400.0, max_jobs: int = 1000
+        self,
+        *,
+        stall_after: float = 300.0,
+        gap: float = 0.0,
+        retention: float = 7 * 86400.0,
+        max_jobs: int = 1000,
     ) -> None:
         self.stall_after = stall_after
+        #: Seconds a run without a head or a size waits, every bar ended, for another.
+        self.gap = gap
         self.retention = retention
         self.max_jobs = max_jobs
         #: The latest run of each job name.
@@ -367,7 +380,10 @@ class JobIndex:
     def emptied(self) -> JobIndex:
         """A new, empty index with the same settings (a replica starting over)."""
         fresh = JobIndex(
-            stall_after=self.stall_after, retention=self.retention, max_jobs=self.max_jobs
+            stall_after=self.stall_after,
+            gap=self.gap,
+            retention=self.retention,
+            max_jobs=self.max_jobs,
         )
         fresh._watchers = self._watchers
         return fresh
@@ -628,14 +644,16 @@ class JobIndex:
         return run
 
     def _judge(self, run: _Run, now: float) -> None:
-        state = run.judge(now, self.stall_after)
+        state = run.judge(now, self.stall_after, self.gap)
         before = run.state
         if state != before:
             run.state = state
             self._changed.add(run.key)
         if state in ("completed", "failed"):
             if run.finished_at is None:
-                run.finished_at = now
+                # When its last change came: a run judged complete after its gap (by cleanup)
+                # ended with its last bar, not when the gap ran out.
+                run.finished_at = min(now, run.updated_at)
         else:
             run.finished_at = None
         if state != before and self._watchers:
