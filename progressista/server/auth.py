@@ -169,7 +169,11 @@ def origin_allowed(request: web.BaseRequest, allowed: Collection[str]) -> bool:
         return True
     if origin in allowed:
         return True
-    return urlsplit(origin).netloc.lower() == request.host.lower()
+    try:
+        host = urlsplit(origin).netloc
+    except ValueError:  # "http://[::1": no page's origin, so not this server's
+        return False
+    return host.lower() == request.host.lower()
 
 
 #: The names nearly every request to a loopback server carries: answered without parsing.
