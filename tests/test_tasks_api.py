@@ -8,6 +8,8 @@ from urllib.parse import quote
 import pytest
 from yarl import URL
 
+from progressista.server.view import MAX_FILTER_CHARS
+
 from .conftest import WAIT, Client, FakeClock, MakeClient, event, eventually, post, stored
 
 ODD_IDS = ["a/b/c", "with space", "ünïcødé ✓ 進捗", "50%", "q?x=1#frag", "a/../b", "./x", "+plus"]
@@ -198,6 +200,40 @@ async def test_the_dashboard_filter_selects_and_deletes_exactly_what_it_matches(
     response = await client.delete("/tasks?q=job%3DteamA&state=completed")
     assert (response.status, await response.json()) == (200, {"deleted": 1})
     assert sorted(stored(client.app)) == ["a2", "ab"]
+
+
+async def test_a_filters_brackets_are_themselves_and_only_star_and_query_mark_are_wildcards(
+    client: Client,
+) -> None:
+    """fnmatch read ``[...]`` as a class (the README never said so), and on Python 3.11 it
+    took a minute to read 60,000 unclosed brackets, the event loop held throughout."""
+    await post(
+        client,
+        [event("x", meta={"shard": "etl-[x]-1"}), event("y", meta={"shard": "etl-x-1"})],
+    )
+    response = await client.get("/tasks", params={"q": "shard=etl-[x]*"})
+    assert list((await response.json())["tasks"]) == ["x"]
+    response = await client.get("/tasks", params={"q": "shard=etl-?-1"})
+    assert list((await response.json())["tasks"]) == ["y"]
+
+
+@pytest.mark.parametrize("path", ["/tasks", "/view", "/"])
+async def test_a_filter_past_its_length_is_400(client: Client, path: str) -> None:
+    response = await client.get(path, params={"q": "j=" + "[" * MAX_FILTER_CHARS})
+    assert (response.status, await response.json()) == (
+        400,
+        {
+            "error": "bad query parameter 'q'",
+            "details": [
+                {
+                    "index": None,
+                    "field": "q",
+                    "message": "a filter is at most 1,000 characters, not "
+                    f"{MAX_FILTER_CHARS + 2:,}",
+                }
+            ],
+        },
+    )
 
 
 async def test_bulk_delete_with_a_bad_duration_is_400(client: Client) -> None:

@@ -18,6 +18,7 @@ from progressista.server.event import Event, decode_events
 from progressista.server.hub import HIGH_WATER, Hub
 from progressista.server.keys import HUB, LIFETIMES, STORE
 from progressista.server.store import MemoryStore
+from progressista.server.view import MAX_FILTER_CHARS
 
 from .conftest import (
     Client,
@@ -586,6 +587,17 @@ async def test_a_viewer_can_change_its_filter_and_window(client: Client) -> None
         await viewer.send_json({"type": "subscribe", "q": "job=y", "limit": 10})
         view = await receive(viewer)
         assert (view["type"], sorted(view["tasks"])) == ("view", ["b"])
+
+
+async def test_a_subscription_with_a_filter_past_its_length_is_ignored(client: Client) -> None:
+    await post(client, event("a", n=1))
+    async with client.ws_connect("/ws?limit=10") as viewer:
+        assert sorted((await receive(viewer))["tasks"]) == ["a"]
+        too_long = "j=" + "[" * MAX_FILTER_CHARS
+        await viewer.send_json({"type": "subscribe", "q": too_long, "limit": 10})
+        await post(client, event("a", n=2))
+        patch = await receive(viewer)  # still on its window, and connected
+        assert (patch["type"], patch["tasks"]["a"]["n"]) == ("patch", 2)
 
 
 async def test_a_bad_window_is_400(client: Client) -> None:

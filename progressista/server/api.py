@@ -148,6 +148,14 @@ def bad_query(field: str, message: str) -> ApiError:
     return ApiError(400, f"bad query parameter {field!r}", [FieldError(None, field, message)])
 
 
+def query_of(request: web.Request) -> Query:
+    """The request's filter (``?q=``), or a 400 naming what is wrong with it."""
+    try:
+        return Query(request.query.get("q", ""))
+    except ValueError as error:
+        raise bad_query("q", str(error)) from None
+
+
 def _positive_int(request: web.Request, name: str) -> int | None:
     text = request.query.get(name)
     if text is None:
@@ -194,7 +202,7 @@ async def list_tasks(request: web.Request) -> web.StreamResponse:
     require_read(request)
     states = _states_filter(request)
     job = request.query.get("job")
-    query = Query(request.query.get("q", ""))
+    query = query_of(request)
     limit = _positive_int(request, "limit")
     table = request.app[STORE].table
     # Read a slice at a time (the table changes while the slices go out): a task stored when
@@ -347,7 +355,7 @@ async def _matching(request: web.Request, now: float) -> list[str]:
             older_than = parse_duration(request.query["older_than"])
         except ValueError as error:
             raise bad_query("older_than", str(error)) from None
-    query = Query(request.query.get("q", ""))
+    query = query_of(request)
     if states is None and older_than is None and query.everything:
         raise ApiError(
             400,
@@ -453,7 +461,7 @@ def _subscription(request: web.Request) -> tuple[str, int] | None:
         limit = -1
     if not 0 <= limit <= MAX_WINDOW:
         raise bad_query("limit", f"must be a whole number from 0 to {MAX_WINDOW}")
-    return (Query(request.query.get("q", "")).text, limit)
+    return (query_of(request).text, limit)
 
 
 @routes.get("/ws")
@@ -491,7 +499,7 @@ async def window_view(request: web.Request) -> web.Response:
     ``?limit=N&q=filter``; the page polls this instead."""
     require_read(request)
     subscription = _subscription(request) or (
-        Query(request.query.get("q", "")).text,
+        query_of(request).text,
         DEFAULT_WINDOW,
     )
     window = await request.app[HUB].window(*subscription)

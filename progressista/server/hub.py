@@ -251,7 +251,12 @@ class Hub:
             self._resync(viewer)
         elif request.type == "subscribe":
             limit = min(max(request.limit, 0), MAX_WINDOW)
-            viewer.subscription = (Query(request.q).text, limit)
+            try:
+                query = Query(request.q)
+            except ValueError as error:
+                log.debug("ignoring a viewer's subscription: %s", error)
+                return
+            viewer.subscription = (query.text, limit)
             self._resync(viewer)
 
     def _resync(self, viewer: _Viewer) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ..schema import STATES
 from . import display
+from .api import query_of
 from .auth import (
     COOKIE_NAME,
     READ,
@@ -29,7 +30,7 @@ from .errors import unreadable_body
 from .feed import RECENT_JOBS
 from .keys import CLOCK, HUB, SETTINGS, STORE, THROTTLE
 from .turns import next_turn
-from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
+from .view import DEFAULT_WINDOW, MAX_WINDOW
 
 __all__ = ["CONTENT_SECURITY_POLICY", "routes"]
 
@@ -109,7 +110,7 @@ async def index(request: web.Request) -> web.StreamResponse:
     app = request.app
     if not may(request, READ):
         return _page("login.html", request, {"failed": False}, status=401)
-    query = Query(request.query.get("q", ""))
+    query = query_of(request)
     limit = _window_size(request)
     window = await app[HUB].window(query.text, limit)
     table = app[STORE].table
