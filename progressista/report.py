@@ -90,8 +90,10 @@ class RunReport:
             pid = int(record["pid"])
         except (ValueError, KeyError, TypeError):
             return  # not ours, or cut short by a dying writer
-        if "start" in record:
-            self.processes.add(pid)
+        # Any record makes its writer a process of the run: a forked child (multiprocessing's
+        # default on Linux) inherits the reporter without a start of its own, and a fork
+        # killed with its bars open must be seen to die as a spawned one is.
+        self.processes.add(pid)
         if isinstance(record.get("open"), str):
             self.bars[record["open"]] = pid
         if isinstance(record.get("closed"), str):

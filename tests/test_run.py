@@ -280,6 +280,22 @@ def test_shards_that_raised_or_were_terminated_are_failures(
     )
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_worker_killed_with_its_bar_open_fails_the_bar(
+    server_process: ServerProcess, method: str
+) -> None:
+    """The OOM killer takes a multiprocessing worker. A forked one wrote no start of its own,
+    so its bar stayed active (then stale) and the job read completed."""
+    job = f"killed-{method}"
+    result = run(server_process, "--job", job, str(PROGRAMS / "killed_worker.py"), method)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "-9"
+    doomed = bars(server_process, job)["doomed worker"]
+    assert (doomed["state"], doomed["n"]) == ("failed", 25)
+    assert doomed["error"].startswith("cut short: its process (")
+    assert doomed["error"].endswith(") ended without closing it")
+
+
 def test_the_run_task_says_what_ran_and_how_it_went(server_process: ServerProcess) -> None:
     result = run(server_process, "--job", "described", str(PROGRAMS / "plain_tqdm.py"))
     assert result.returncode == 0, result.stderr
