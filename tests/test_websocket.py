@@ -707,3 +707,39 @@ async def test_a_resync_sent_during_a_snapshot_gets_a_fresh_one_after_it(
         for payload in _text_frames(received):
             board.apply(msgspec.json.decode(payload))
     stalled.close()
+
+
+async def test_filtered_windows_are_bounded_unwatched_ones_going_first(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone who may read can ask for a new filtered window (each filter and size is one),
+    and each keeps an index of what it matches: 3,000 of them over 20k tasks took 3 GB."""
+    monkeypatch.setattr(hub_module, "MAX_FILTERED_WINDOWS", 2)
+    hub = client.app[HUB]
+    await post(client, [event("a", meta={"job": "a"}), event("b", meta={"job": "b"})])
+
+    def filters() -> list[str]:
+        return sorted(text for text, _ in hub._windows if text)
+
+    for text in ("job=a", "job=b", "job=c"):  # nobody watches these: the oldest goes
+        response = await client.get("/view", params={"q": text, "limit": "5"})
+        assert response.status == 200, text
+    assert filters() == ["job=b", "job=c"]
+    async with (
+        client.ws_connect("/ws?limit=5&q=job%3Da") as first,
+        client.ws_connect("/ws?limit=5&q=job%3Db") as second,
+    ):
+        assert (await receive(first))["type"] == (await receive(second))["type"] == "view"
+        assert filters() == ["job=a", "job=b"]
+        # Both watched: no room for a third, over HTTP, at connect, or by subscribing.
+        response = await client.get("/view", params={"q": "job=d", "limit": "5"})
+        assert response.status == 503
+        assert (await response.json())["error"].startswith("the server keeps at most")
+        assert (await client.get("/ws?limit=5&q=job%3Dd")).status == 503
+        await second.send_json({"type": "subscribe", "q": "job=d", "limit": 5})
+        await post(client, event("b", n=3, meta={"job": "b"}))
+        patch = await receive(second)  # still its own window
+        assert patch["tasks"]["b"]["n"] == 3
+        assert filters() == ["job=a", "job=b"]
+        # The unfiltered window is not counted.
+        assert (await client.get("/view", params={"limit": "7"})).status == 200

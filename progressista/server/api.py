@@ -25,6 +25,7 @@ from .connections import read_in_time
 from .errors import ApiError, json_response, unreadable_body
 from .event import decode_events
 from .feed import TASKS_PER_MESSAGE
+from .hub import MAX_FILTERED_WINDOWS, WindowsFull
 from .job import JOB_STATES
 from .keys import ALERTER, CLOCK, CONNECTIONS, HUB, INGEST_STATS, SETTINGS, STORE, THROTTLE
 from .metrics import exposition
@@ -146,6 +147,15 @@ def _listed(request: web.Request, name: str, allowed: Iterable[str]) -> frozense
 
 def bad_query(field: str, message: str) -> ApiError:
     return ApiError(400, f"bad query parameter {field!r}", [FieldError(None, field, message)])
+
+
+def no_room_for_windows() -> ApiError:
+    return ApiError(
+        503,
+        f"the server keeps at most {MAX_FILTERED_WINDOWS} filtered views and every one is "
+        "watched; retry later, or without a filter",
+        headers={"Retry-After": "10"},
+    )
 
 
 def query_of(request: web.Request) -> Query:
@@ -478,6 +488,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         )
     subscription = _subscription(request)
     hub = app[HUB]
+    if subscription is not None and not hub.has_room_for(*subscription):
+        raise no_room_for_windows()
     if hub.full:
         raise ApiError(
             503,
@@ -502,7 +514,10 @@ async def window_view(request: web.Request) -> web.Response:
         query_of(request).text,
         DEFAULT_WINDOW,
     )
-    window = await request.app[HUB].window(*subscription)
+    try:
+        window = await request.app[HUB].window(*subscription)
+    except WindowsFull:
+        raise no_room_for_windows() from None
     body = feed.view(request.app[STORE].table, window.shown, window.counts, request.app[CLOCK]())
     return web.Response(body=body, content_type="application/json")
 

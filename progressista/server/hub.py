@@ -39,7 +39,12 @@ from .turns import next_turn
 from .view import MAX_WINDOW, Query, Window
 from .wire import DEFLATE_WINDOW_BITS, Frames
 
-__all__ = ["HIGH_WATER", "Hub", "Subscription"]
+__all__ = ["HIGH_WATER", "MAX_FILTERED_WINDOWS", "Hub", "Subscription", "WindowsFull"]
+
+
+class WindowsFull(Exception):
+    """Every filtered window is watched, and there is no room for another."""
+
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,12 @@ CATCH_UP_WALK = 4000
 SLICE = 0.005
 #: Seconds a window nobody watches is kept (a page's first paint, then its viewer subscribes).
 WINDOW_IDLE = 60.0
+#: Most filtered windows kept at once. Each keeps its own index of the tasks it matches (up to
+#: the whole board: 3,000 windows over 20k tasks took 3 GB), and anyone who may read can ask for
+#: new ones (each filter and size is one). Past it the least recently used one nobody watches
+#: goes; when every one is watched, a new filter is refused (503). Unfiltered windows read the
+#: table's own sections and are not counted.
+MAX_FILTERED_WINDOWS = 100
 #: Changed ids a filtered window follows between two yields to the loop: about 1.5 ms next to
 #: a million tasks, where each id is a cache miss (5,000 held the loop 8 ms in a stale storm).
 FOLLOW_SLICE = 1000
@@ -256,6 +267,9 @@ class Hub:
             except ValueError as error:
                 log.debug("ignoring a viewer's subscription: %s", error)
                 return
+            if not self.has_room_for(query.text, limit):
+                log.debug("ignoring a viewer's subscription: every filtered window is watched")
+                return
             viewer.subscription = (query.text, limit)
             self._resync(viewer)
 
@@ -335,9 +349,27 @@ class Hub:
         self._write(viewer, Frames.of(view))
         self._send_jobs_overview(viewer)
 
+    def has_room_for(self, text: str, limit: int) -> bool:
+        """Whether the window for this filter and size exists or may be made, making room for
+        it if need be (see MAX_FILTERED_WINDOWS)."""
+        if not text or (text, limit) in self._windows:
+            return True
+        filtered = [(w.last_used, key) for key, w in self._windows.items() if key[0]]
+        if len(filtered) < MAX_FILTERED_WINDOWS:
+            return True
+        watched = {viewer.window for viewer in self._viewers}
+        for _, key in sorted(filtered):  # the least recently used first
+            if self._windows[key] not in watched:
+                del self._windows[key]
+                return True
+        return False
+
     async def window(self, text: str, limit: int) -> Window:
         """The window for this filter and size, once it holds every matching task (the page's
-        first paint shares it with the viewers that then subscribe to the same)."""
+        first paint shares it with the viewers that then subscribe to the same); WindowsFull
+        when there is no room for it."""
+        if not self.has_room_for(text, limit):
+            raise WindowsFull(MAX_FILTERED_WINDOWS)
         window = self._window(text, limit)
         await window.ready.wait()
         return window
