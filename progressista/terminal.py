@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import shutil
 import sys
 import time
@@ -204,7 +205,8 @@ def _complete_partial(task: dict[str, Any], fields: dict[str, Any], at: float | 
         task["updated_at"] = at
     if "percent" not in fields and ("n" in fields or "total" in fields):
         total, n = task.get("total"), task.get("n", 0)
-        task["percent"] = 100.0 * n / total if total else None
+        percent = 100.0 * n / total if total else None
+        task["percent"] = percent if percent is not None and math.isfinite(percent) else None
 
 
 class _Screen:

@@ -693,7 +693,8 @@
   function completePartial(task, fields, at) {
     if (at !== undefined && !Object.hasOwn(fields, "updated_at")) task.updated_at = at;
     if (!Object.hasOwn(fields, "percent") && (Object.hasOwn(fields, "n") || Object.hasOwn(fields, "total"))) {
-      task.percent = task.total ? 100 * task.n / task.total : null;
+      const percent = task.total ? 100 * task.n / task.total : null;
+      task.percent = Number.isFinite(percent) ? percent : null;  // as the server stores it
     }
   }
 

@@ -7,6 +7,7 @@ tasks, whatever was merged, split or skipped on the way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +92,10 @@ class Board:
                     assert at is not None, message
                     task["updated_at"] = at
                 if "percent" not in fields and ("n" in fields or "total" in fields):
-                    task["percent"] = 100.0 * task["n"] / task["total"] if task["total"] else None
+                    percent = 100.0 * task["n"] / task["total"] if task["total"] else None
+                    # The server stores a percent that is not finite as null.
+                    finite = percent is not None and math.isfinite(percent)
+                    task["percent"] = percent if finite else None
             self.sections.update(message.get("sections", {}))
             if "counts" in message:
                 self.counts = message["counts"]

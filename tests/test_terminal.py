@@ -107,3 +107,13 @@ def test_tasks_sent_under_their_ids_without_them_are_named_by_them() -> None:
     window.apply({"type": "patch", "tasks": {"later": tasks["later"]}, "removed": []})
     frame = render(window.tasks, "http://dash", "live", 100, 40, now=NOW)
     assert "nameless" in frame and "later" in frame
+
+
+def test_a_percent_past_what_a_float_holds_is_left_out() -> None:
+    window = _Window()
+    counts = {"active": [1, 1], "stale": [0, 0], "completed": [0, 0], "failed": [0, 0]}
+    tasks = sent(served({"task_id": "huge", "n": 1, "total": 1e-300}))
+    window.apply({"type": "view", "tasks": tasks, "sections": {}, "counts": counts})
+    window.apply({"type": "patch", "tasks": {"huge": {"n": 1.7e308}}, "removed": [], "at": NOW})
+    assert window.tasks["huge"]["percent"] is None
+    assert "huge" in render(window.tasks, "http://dash", "live", 100, 40, now=NOW)

@@ -743,3 +743,16 @@ async def test_filtered_windows_are_bounded_unwatched_ones_going_first(
         assert filters() == ["job=a", "job=b"]
         # The unfiltered window is not counted.
         assert (await client.get("/view", params={"limit": "7"})).status == 200
+
+
+async def test_a_percent_past_what_a_float_holds_is_null_for_viewers_too(client: Client) -> None:
+    """The server stores 100 * n / total as null when it is not finite; a viewer deriving it
+    from a partial update's n got Infinity, and its board differed from the server's."""
+    await post(client, event("huge", n=1, total=1e-300))
+    async with client.ws_connect("/ws") as viewer:
+        board = Board()
+        board.apply(await receive(viewer))
+        await post(client, event("huge", n=1.7e308))
+        expected = without_unshown(stored(client.app))
+        assert expected["huge"]["percent"] is None
+        await follow_until(viewer, board, lambda b: b.shown() == expected)
