@@ -282,6 +282,36 @@ async def test_a_job_lists_its_tasks_nested_under_their_parents(client: Client) 
     assert shape(tree) == [("etl", [("worker-1", [("worker-1/inner", [])]), ("worker-2", [])])]
 
 
+async def test_tasks_whose_parents_form_a_cycle_are_listed_once_each(client: Client) -> None:
+    """``meta.parent`` is the writer's word: a → b → a (and c under a) left every one of them
+    out of the job's tree."""
+    await post(
+        client,
+        [
+            event("a", meta={"job": "cyc", "parent": "b"}),
+            event("b", meta={"job": "cyc", "parent": "a"}),
+            event("c", meta={"job": "cyc", "parent": "a"}),
+            event("d", meta={"job": "cyc"}),
+        ],
+    )
+    tree = (await (await client.get("/jobs/cyc")).json())["tasks"]
+
+    def shape(nodes: list[dict[str, Any]]) -> list[Any]:
+        return [(node["task_id"], shape(node["children"])) for node in nodes]
+
+    # The first task of the cycle becomes a root, the rest hang from it as their parents say.
+    assert shape(tree) == [("d", []), ("a", [("b", []), ("c", [])])]
+
+
+async def test_a_job_name_with_a_hash_is_found_by_its_name(client: Client) -> None:
+    await post(client, event("x", meta={"job": "etl#nightly"}))
+    response = await client.get("/jobs/etl%23nightly")
+    assert response.status == 200
+    assert (await response.json())["job"]["id"] == "etl#nightly#1"
+    response = await client.get("/jobs/etl%23nightly%231")  # its key still works
+    assert (await response.json())["job"]["job"] == "etl#nightly"
+
+
 async def test_a_completed_leave_false_bar_leaves_the_board_soon_but_still_counts(
     client: Client, clock: FakeClock
 ) -> None:

@@ -414,7 +414,9 @@ async def get_job(request: web.Request) -> web.Response:
     name = request.match_info["job"]
     run = request.query.get("run")
     key = f"{name}#{run}" if run is not None else name
-    job = table.jobs.get(key) if "#" in key else table.jobs.latest(key)
+    job = table.jobs.get(key) if "#" in key else None
+    if job is None and run is None:  # a name, which may hold a '#' itself ("etl#nightly")
+        job = table.jobs.latest(name)
     if job is None:
         raise ApiError(404, f"no job {key!r}")
     tasks = {
@@ -429,12 +431,35 @@ def _nested(tasks: dict[str, Task]) -> list[dict[str, Any]]:
         task_id: {**msgspec.structs.asdict(task), "children": []} for task_id, task in tasks.items()
     }
     roots = []
+    parents: dict[str, str] = {}
     for task_id, task in tasks.items():
         parent = task.meta.get("parent")
         if isinstance(parent, str) and parent in nodes and parent != task_id:
             nodes[parent]["children"].append(nodes[task_id])
+            parents[task_id] = parent
         else:
             roots.append(nodes[task_id])
+    # Parents in a cycle (a's is b, b's is a): no root leads to them, and they were left out.
+    # The first of them (in the tasks' order) not reached becomes a root, which breaks its
+    # cycle; then the next, until every task is in the forest once.
+    reached: set[str] = set()
+
+    def reach(node: dict[str, Any]) -> None:
+        stack = [node]
+        while stack:
+            found = stack.pop()
+            if found["task_id"] not in reached:
+                reached.add(found["task_id"])
+                stack.extend(found["children"])
+
+    for root in roots:
+        reach(root)
+    for task_id, node in nodes.items():
+        if task_id not in reached:
+            siblings = nodes[parents[task_id]]["children"]
+            siblings[:] = [child for child in siblings if child is not node]
+            roots.append(node)
+            reach(node)
     return roots
 
 
