@@ -282,6 +282,25 @@ async def test_a_job_lists_its_tasks_nested_under_their_parents(client: Client) 
     assert shape(tree) == [("etl", [("worker-1", [("worker-1/inner", [])]), ("worker-2", [])])]
 
 
+async def test_a_bar_relabelled_into_another_job_moves_there(client: Client) -> None:
+    """It stayed counted in the job it first joined, which the other one's 404 contradicted
+    (GET /tasks?job=J2 listed it). Its second event is deferred (a busy bar), the third moves."""
+    await post(client, [event("sw", n=1, meta={"job": "J1"}), event("stay", meta={"job": "J1"})])
+    await post(client, event("sw", n=2, meta={"job": "J1"}))
+    await post(client, event("sw", n=3, meta={"job": "J2"}))
+    first, second = await job(client, "J1"), await job(client, "J2")
+    assert (first["tasks"]["active"], first["n"]) == (1, 0)
+    assert (second["tasks"]["active"], second["n"]) == (1, 3)
+    # A job that held only the bar goes, as if it had never been.
+    await post(client, event("solo", meta={"job": "K1"}))
+    await post(client, event("solo", meta={"job": "K2"}))
+    assert (await client.get("/jobs/K1")).status == 404
+    assert (await job(client, "K2"))["tasks"]["active"] == 1
+    # Out of every job: it leaves its run, and joins none.
+    await post(client, event("solo", meta={}))
+    assert (await client.get("/jobs/K2")).status == 404
+
+
 async def test_tasks_whose_parents_form_a_cycle_are_listed_once_each(client: Client) -> None:
     """``meta.parent`` is the writer's word: a → b → a (and c under a) left every one of them
     out of the job's tree."""

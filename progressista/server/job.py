@@ -541,6 +541,7 @@ class JobIndex:
                     and now - old.updated_at < DEFER_WITHIN
                     and run.state == "running"
                     and task_id != run.name
+                    and new.meta["job"] == run.name  # (not moving to another job)
                 ):
                     if "job_size" in new.meta:  # an announcement counts even if withdrawn later
                         run.announce(new.meta["job_size"])
@@ -553,6 +554,10 @@ class JobIndex:
                 self._fold_one(old)
         task_id = new.task_id
         run = self._member.get(task_id)
+        if run is not None and new.meta.get("job") != run.name:
+            # Relabelled into another job, or out of every one: it leaves this run whole.
+            self._leave(run, task_id, old)
+            run, old = None, None
         if run is None or (old is not None and run.finished_at is not None and _reruns(old, new)):
             name = new.meta.get("job")
             if name is None or not isinstance(name, str):
@@ -572,6 +577,19 @@ class JobIndex:
             self._touched.add(run)
         else:
             self._count_change(run, old, new, now)
+
+    def _leave(self, run: _Run, task_id: str, counted: Task | None) -> None:
+        """A bar stops being one of ``run``'s (it names another job now): its contribution
+        (``counted``, its state as the run counts it) is taken back. A run that held only it,
+        and no head, goes, as if it had never been."""
+        del self._member[task_id]
+        run.ids.pop(task_id, None)
+        if counted is not None and run.head != task_id:
+            run.count(counted, -1)
+        if not run.members and run.head is None and run.key in self._runs:
+            self._drop(run.key)
+            return
+        self._touched.add(run)
 
     def forget(self, tasks: Iterable[Task]) -> None:
         """Tasks removed from the board (evicted, deleted, expired): each still counts in its

@@ -254,7 +254,12 @@ class TaskTable:
             # stored, active) that stays active stays deferred; only a move forward is noted
             # (see JobIndex.update, which defers it, and JobIndex.deferred).
             entry = self._deferred.get(task_id) if state == "active" else None
-            if entry is not None and old is not None and "job_size" not in meta:
+            if (
+                entry is not None
+                and old is not None
+                and "job_size" not in meta
+                and meta["job"] == entry[1].name  # (not moving to another job)
+            ):
                 now = task.updated_at
                 if task.n != old.n and now > entry[1].advanced_at:
                     entry[1].advanced_at = now
