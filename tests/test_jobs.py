@@ -301,6 +301,34 @@ async def test_a_bar_relabelled_into_another_job_moves_there(client: Client) -> 
     assert (await client.get("/jobs/K2")).status == 404
 
 
+async def test_a_bar_removed_while_open_fails_its_job_which_then_ends(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    """It will never close: counted open, its run stayed stalled for good, never finished, so
+    never trimmed or dropped (deleting open bars of unique jobs kept 100k runs listed)."""
+    client = await make_client(max_jobs=3, stale_after=10, abandon_after=10)
+    await post(client, [shard("done", 10, 10, status="close"), shard("open", 5, 10)])
+    assert (await client.delete("/tasks/open")).status == 204
+    summary = await job(client, "etl")
+    assert (summary["state"], summary["tasks"]["failed"], summary["error"]) == (
+        "failed",
+        1,
+        "open was removed before it ended",
+    )
+    # Abandoned by cleanup, a run's head too; and finished runs are trimmed to max_jobs.
+    for number in range(5):
+        name = f"lost-{number}"
+        await post(client, event(name, meta={"job": name, "role": "run"}))
+    clock.advance(11)
+    await cleanup(client, clock)  # stale
+    clock.advance(11)
+    await cleanup(client, clock)  # abandoned: removed
+    assert sorted(client.app[STORE].table.tasks) == ["done"]
+    assert {j["state"] for j in await jobs(client)} == {"failed"}
+    await post(client, event("next", meta={"job": "next"}))
+    assert len(await jobs(client)) <= 3
+
+
 async def test_tasks_whose_parents_form_a_cycle_are_listed_once_each(client: Client) -> None:
     """``meta.parent`` is the writer's word: a → b → a (and c under a) left every one of them
     out of the job's tree."""
