@@ -149,6 +149,21 @@ async def test_the_run_task_heads_its_job_and_decides_when_it_ends(client: Clien
     assert (summary["state"], summary["finished_at"] is not None) == ("completed", True)
 
 
+async def test_a_run_task_that_fails_gives_its_job_its_reason(client: Client) -> None:
+    """`progressista run -- make all` exiting 2 failed its job with no reason on the card."""
+    head = {"job": "build", "role": "run", "host": "ci-3"}
+    await post(client, [event("build", meta=head), event("b1", meta={"job": "build"})])
+    await post(client, event("b1", status="close", meta={"job": "build"}))
+    await post(client, event("build", status="error", error="exit code 2", meta=head))
+    summary = await job(client, "build")
+    assert (summary["state"], summary["error"], summary["error_task"], summary["error_host"]) == (
+        "failed",
+        "exit code 2",
+        "build",
+        "ci-3",
+    )
+
+
 async def test_a_failed_bar_fails_the_job_and_says_which_and_where(client: Client) -> None:
     await post(client, [shard("s1", 5, 10), shard("s2", 3, 10)])
     await post(client, shard("s2", 4, 10, status="error", error="KeyError: 'x'"))

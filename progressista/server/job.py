@@ -572,6 +572,10 @@ class JobIndex:
             old = None  # the head's old state was never summed
         if task_id == run.name and _is_head(new, run.name):
             run.head, run.head_state = task_id, new.state
+            if new.state == "failed" and run.error is None:  # its reason is the job's
+                host = new.meta.get("host")
+                run.error, run.error_task = new.error or "failed", task_id
+                run.error_host = None if host is None else str(host)
             if now > run.updated_at:
                 run.updated_at = now
             self._touched.add(run)
