@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from progressista.server import feed
 from progressista.server.cleanup import run_cleanup
-from progressista.server.job import Job
+from progressista.server.job import Job, JobIndex
 from progressista.server.keys import LIFETIMES, STORE
 
 from .conftest import Client, FakeClock, MakeClient, event, eventually, post
@@ -207,6 +207,45 @@ async def test_loops_one_after_another_are_one_run_within_the_gap(
     assert (await job(client, "etl"))["run"] == 2
 
 
+async def test_a_bar_after_the_gap_starts_the_next_run_whether_or_not_cleanup_ran(
+    make_client: MakeClient, clock: FakeClock
+) -> None:
+    """Servers sharing Redis run their cleanup at different moments: the run a bar joins is
+    decided by the bar's own time, so every server makes the same runs."""
+    client = await make_client(job_gap=10)
+    await post(client, shard("s1", 10, 10, status="close"))
+    ended = clock()
+    clock.advance(10.5)  # past the gap, and no cleanup has run
+    await post(client, shard("s2", 1, 10))
+    listed = {j["id"]: j for j in await jobs(client)}
+    assert (listed["etl#1"]["state"], listed["etl#1"]["finished_at"]) == ("completed", ended)
+    assert (listed["etl#2"]["state"], listed["etl#2"]["tasks"]["active"]) == ("running", 1)
+
+
+def test_a_run_completed_after_its_gap_stays_completed_when_touched() -> None:
+    """A change to a finished bar (not a rerun) is judged at its own instant, which is within
+    the gap: the run must not go back to running, nor be completed (and alerted) twice."""
+    from msgspec.structs import replace
+
+    from progressista.server.table import TaskTable
+    from progressista.server.task import Task
+
+    index = JobIndex(gap=10)
+    told: list[tuple[str | None, str]] = []
+    index.watch(lambda before, run: told.append((before, run.state)))
+    table = TaskTable(jobs=index)
+    done = Task(task_id="s1", state="completed", meta={"job": "etl"}, updated_at=0.0, rev=1)
+    done.closed_at = 0.0
+    table.commit(done, 0)
+    table.publish()
+    index.expire(10.0)
+    assert index.latest("etl").state == "completed"  # type: ignore[union-attr]
+    table.commit(replace(done, postfix="late", updated_at=11.0, rev=2), 0)
+    table.publish()
+    assert index.latest("etl").state == "completed"  # type: ignore[union-attr]
+    assert [state for _, state in told].count("completed") == 1
+
+
 async def test_an_announced_size_reached_completes_a_job_without_waiting_for_the_gap(
     make_client: MakeClient,
 ) -> None:
@@ -342,6 +381,49 @@ async def test_a_bar_removed_while_open_fails_its_job_which_then_ends(
     assert {j["state"] for j in await jobs(client)} == {"failed"}
     await post(client, event("next", meta={"job": "next"}))
     assert len(await jobs(client)) <= 3
+
+
+async def test_a_run_head_relabelled_away_leaves_its_run_headless(client: Client) -> None:
+    head = {"job": "A", "role": "run"}
+    await post(client, [event("A", meta=head), event("a1", meta={"job": "A"})])
+    await post(client, event("a1", status="close", meta={"job": "A"}))
+    await post(client, event("A", meta={"job": "B", "role": "run"}))
+    first = await job(client, "A")
+    assert (first["head"], first["state"], first["tasks"]["completed"]) == (None, "completed", 1)
+
+
+async def test_a_bar_rerun_under_another_job_leaves_its_finished_run_as_it_was(
+    client: Client,
+) -> None:
+    """Task ids reused across per-day job names: yesterday's run keeps its failure."""
+    await post(client, [shard("s1", 10, 10, status="close"), shard("s2", 5, 10)])
+    await post(client, shard("s2", 5, 10, status="error", error="boom"))
+    assert (await job(client, "etl"))["state"] == "failed"
+    await post(client, event("s2", n=1, meta={"job": "etl-tue"}))
+    await post(client, shard("s3", 1, 10))
+    listed = {j["id"]: j for j in await jobs(client)}
+    assert (listed["etl#1"]["state"], listed["etl#1"]["tasks"]["failed"]) == ("failed", 1)
+    assert listed["etl#2"]["tasks"]["active"] == 1  # a new run of etl, not yesterday's
+    assert listed["etl-tue#1"]["tasks"]["active"] == 1
+
+
+def test_a_replica_removing_what_it_missed_cuts_no_bar_short() -> None:
+    """A Redis replica that reloads removes the tasks it missed the removal of, as it last saw
+    them: maybe still open, though they completed on another server meanwhile."""
+    from progressista.server.table import TaskTable
+    from progressista.server.task import Task
+
+    table = TaskTable()
+    table.commit(Task(task_id="x", meta={"job": "etl"}, updated_at=1.0, rev=1), 0)
+    table.commit(Task(task_id="y", meta={"job": "etl"}, updated_at=1.0, rev=2), 0)
+    table.remove("x", 3, cut_short=False)
+    table.publish()
+    (run,) = table.jobs.jobs()
+    assert (run.state, run.tasks["failed"]) == ("running", 0)
+    table.remove("y", 4)  # deleted while open: cut short
+    table.publish()
+    (run,) = table.jobs.jobs()
+    assert (run.state, run.tasks["failed"]) == ("failed", 1)
 
 
 async def test_tasks_whose_parents_form_a_cycle_are_listed_once_each(client: Client) -> None:

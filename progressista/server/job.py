@@ -247,7 +247,8 @@ class _Run:
         elif self.members and not open_bars:
             if self.size is not None and self.members >= self.size:
                 return "completed"
-            if self.size is None and now - self.updated_at >= gap:
+            # (Once completed, a late touch, a repeated close, say, must not reopen it.)
+            if self.size is None and (self.state == "completed" or now - self.updated_at >= gap):
                 return "completed"
         if open_bars and (not self.active or now - self.advanced_at > stall_after):
             return "stalled"
@@ -554,8 +555,9 @@ class JobIndex:
                 self._fold_one(old)
         task_id = new.task_id
         run = self._member.get(task_id)
-        if run is not None and new.meta.get("job") != run.name:
-            # Relabelled into another job, or out of every one: it leaves this run whole.
+        if run is not None and run.finished_at is None and new.meta.get("job") != run.name:
+            # Relabelled into another job, or out of every one: it leaves this run whole (a
+            # finished run keeps it as it was; a rerun under another name is the next branch).
             self._leave(run, task_id, old)
             run, old = None, None
         if run is None or (old is not None and run.finished_at is not None and _reruns(old, new)):
@@ -588,20 +590,24 @@ class JobIndex:
         and no head, goes, as if it had never been."""
         del self._member[task_id]
         run.ids.pop(task_id, None)
-        if counted is not None and run.head != task_id:
+        if run.head == task_id:  # no longer its head (never summed)
+            run.head = run.head_state = None
+        elif counted is not None:
             run.count(counted, -1)
         if not run.members and run.head is None and run.key in self._runs:
             self._drop(run.key)
             return
         self._touched.add(run)
 
-    def forget(self, tasks: Iterable[Task]) -> None:
+    def forget(self, tasks: Iterable[Task], *, cut_short: bool = True) -> None:
         """Tasks removed from the board (evicted, deleted, expired): each still counts in its
         run as it last was, and is no longer its member; but one removed while open (deleted,
         or abandoned by cleanup) counts as failed. It will never close, and a run counting it
         open stayed stalled for good, never finished, so never trimmed (``max_jobs``) or
         dropped: deleting open bars of unique jobs kept 100k runs, 200 MB, and a 30 MB job
-        overview for every new viewer."""
+        overview for every new viewer. Not with ``cut_short`` false: a Redis replica that
+        reloads removes what it missed the removal of, as it last saw it (maybe still open,
+        though it completed meanwhile)."""
         pending, member = self.deferred, self._member
         for task in tasks:
             if pending:
@@ -610,7 +616,7 @@ class JobIndex:
             if gone is None:
                 continue
             gone.ids.pop(task.task_id, None)
-            if task.state in ("active", "stale"):
+            if cut_short and task.state in ("active", "stale"):
                 self._cut_short(gone, task)
 
     def _cut_short(self, run: _Run, task: Task) -> None:
@@ -666,8 +672,21 @@ class JobIndex:
         self._touched.add(run)
 
     def _run_for(self, name: str, now: float) -> _Run:
-        """The run a new task of ``name`` joins: the latest, or a new one if that finished."""
+        """The run a new task of ``name`` joins: the latest, or a new one if that finished.
+
+        ``now`` is the task's own time: a run whose gap had passed by then (see ``judge``) is
+        completed here, whether or not cleanup has got to it, so that every server sharing a
+        Redis store puts the task in the same run, whenever its own cleanup runs.
+        """
         run = self._latest.get(name)
+        if (
+            run is not None
+            and run.finished_at is None
+            and run.key in self._runs
+            and now - run.updated_at > self.gap  # (not within one batch: settle judges that)
+            and run.judge(now, self.stall_after, self.gap) == "completed"
+        ):
+            self._judge(run, now)
         if run is None or run.finished_at is not None or run.key not in self._runs:
             self._serial += 1
             number = 1 if run is None else run.number + 1

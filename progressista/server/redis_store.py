@@ -1127,7 +1127,9 @@ class RedisStore:
         table = self._table
         loaded = {task.task_id: task for task in tasks}
         for task_id in [task_id for task_id in table.tasks if task_id not in loaded]:
-            table.remove(task_id, counter)
+            # As last seen here, maybe still open though it completed meanwhile: not a bar cut
+            # short (JobIndex.forget).
+            table.remove(task_id, counter, cut_short=False)
         for task in sorted(loaded.values(), key=lambda task: task.rev):
             current = table.tasks.get(task.task_id)
             if current is None or current.rev != task.rev:

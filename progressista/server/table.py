@@ -271,11 +271,14 @@ class TaskTable:
             for watcher in self._failure_watchers:
                 watcher(task)
 
-    def remove(self, task_id: str, rev: int) -> bool:
-        """Forget a task; ``rev`` is the revision of its removal. False when there was none."""
-        return bool(self.remove_many((task_id,), rev - 1))
+    def remove(self, task_id: str, rev: int, *, cut_short: bool = True) -> bool:
+        """Forget a task; ``rev`` is the revision of its removal. False when there was none.
+        ``cut_short``: see :meth:`JobIndex.forget`."""
+        return bool(self.remove_many((task_id,), rev - 1, cut_short=cut_short))
 
-    def remove_many(self, task_ids: Iterable[str], rev: int) -> list[str]:
+    def remove_many(
+        self, task_ids: Iterable[str], rev: int, *, cut_short: bool = True
+    ) -> list[str]:
         """Forget these tasks, numbering their removals from ``rev + 1`` in this order; returns
         the ids that were stored (the others are passed over, and take no number).
 
@@ -306,7 +309,7 @@ class TaskTable:
         for task_id, task in gone:
             if task.state == "active":
                 del active[task_id]
-        self.jobs.forget(task for _, task in gone if "job" in task.meta)
+        self.jobs.forget((task for _, task in gone if "job" in task.meta), cut_short=cut_short)
         return ids
 
     def forget_removals(self) -> None:
