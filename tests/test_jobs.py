@@ -407,6 +407,89 @@ async def test_a_bar_rerun_under_another_job_leaves_its_finished_run_as_it_was(
     assert listed["etl-tue#1"]["tasks"]["active"] == 1
 
 
+class _Runs:
+    """A table with its job index, fed task states one at a time, and the runs' changes told."""
+
+    def __init__(self) -> None:
+        from progressista.server.table import TaskTable
+
+        self.jobs = JobIndex()
+        self.told: list[tuple[str, str | None, str]] = []
+        self.jobs.watch(lambda before, run: self.told.append((run.id, before, run.state)))
+        self.table = TaskTable(jobs=self.jobs)
+
+    def put(
+        self, task_id: str, state: str, meta: dict[str, Any], at: float, created: float
+    ) -> None:
+        from progressista.server.task import Task
+
+        closed = at if state in ("completed", "failed") else None
+        rev = self.table.rev + 1
+        task = Task(
+            task_id=task_id,
+            state=state,
+            n=1,
+            total=10,
+            meta=meta,
+            updated_at=at,
+            created_at=created,
+            closed_at=closed,
+            rev=rev,
+        )
+        self.table.commit(task, 0)
+        self.table.publish()
+
+    def counts(self) -> dict[str, tuple[str, int, int, int, str | None]]:
+        return {
+            job.id: (
+                job.state,
+                job.tasks["active"],
+                job.tasks["completed"],
+                job.tasks["failed"],
+                job.head,
+            )
+            for job in self.jobs.jobs()
+        }
+
+
+def test_a_bar_rerun_outside_any_job_leaves_its_finished_run_for_good() -> None:
+    """It stayed a member: labelled again, it moved from a state the run never counted, and
+    the run read -1 active, running for ever."""
+    runs = _Runs()
+    runs.put("s", "active", {"job": "etl"}, 1, 1)
+    runs.put("s", "completed", {"job": "etl"}, 2, 1)
+    runs.put("s", "active", {}, 3, 3)  # a rerun outside any job
+    runs.put("s", "completed", {"job": "etl"}, 4, 3)
+    assert runs.counts() == {
+        "etl#1": ("completed", 0, 1, 0, None),
+        "etl#2": ("completed", 0, 1, 0, None),
+    }
+
+
+def test_removing_an_open_bar_of_a_finished_run_changes_nothing() -> None:
+    """The head completed the run with a bar still open: deleting that bar later failed the
+    run a second time (and alerted again)."""
+    runs = _Runs()
+    runs.put("J", "active", {"job": "J", "role": "run"}, 1, 1)
+    runs.put("w", "active", {"job": "J"}, 1, 1)
+    runs.put("J", "completed", {"job": "J", "role": "run"}, 2, 1)
+    runs.table.remove("w", runs.table.rev + 1)
+    runs.table.publish()
+    assert runs.told == [("J#1", "running", "completed")]
+
+
+def test_a_head_that_lost_its_role_is_a_bar_and_one_that_gained_it_is_not_summed() -> None:
+    runs = _Runs()
+    runs.put("J", "active", {"job": "J", "role": "run"}, 1, 1)
+    runs.put("J", "active", {"job": "J"}, 2, 1)  # no longer the head: counted
+    assert runs.counts() == {"J#1": ("running", 1, 0, 0, None)}
+    runs.put("J", "active", {"job": "K"}, 3, 1)  # relabelled: J#1 held only it
+    assert runs.counts() == {"K#1": ("running", 1, 0, 0, None)}
+    runs.put("K", "active", {"job": "K"}, 4, 4)
+    runs.put("K", "active", {"job": "K", "role": "run"}, 5, 4)  # becomes the head: not summed
+    assert runs.counts() == {"K#1": ("running", 1, 0, 0, "K")}
+
+
 def test_a_replica_removing_what_it_missed_cuts_no_bar_short() -> None:
     """A Redis replica that reloads removes the tasks it missed the removal of, as it last saw
     them: maybe still open, though they completed on another server meanwhile."""

@@ -555,17 +555,22 @@ class JobIndex:
                 self._fold_one(old)
         task_id = new.task_id
         run = self._member.get(task_id)
-        if run is not None and run.finished_at is None and new.meta.get("job") != run.name:
-            # Relabelled into another job, or out of every one: it leaves this run whole (a
-            # finished run keeps it as it was; a rerun under another name is the next branch).
-            self._leave(run, task_id, old)
+        if run is not None and new.meta.get("job") != run.name:
+            # Relabelled into another job, or out of every one: it is no longer this run's. An
+            # unfinished run gives it up whole; a finished one keeps it as it last was.
+            if run.finished_at is None:
+                self._leave(run, task_id, old)
+            else:
+                del self._member[task_id]
+                run.ids.pop(task_id, None)
             run, old = None, None
         if run is None or (old is not None and run.finished_at is not None and _reruns(old, new)):
+            if run is not None:  # a rerun: the finished run keeps it as it last was
+                del self._member[task_id]
+                run.ids.pop(task_id, None)
             name = new.meta.get("job")
             if name is None or not isinstance(name, str):
                 return
-            if run is not None:
-                run.ids.pop(task_id, None)
             run = self._run_for(name, now)
             self._member[task_id] = run
             run.ids[task_id] = None
@@ -573,6 +578,8 @@ class JobIndex:
         elif old is not None and old.task_id == run.name and _is_head(old, run.name):
             old = None  # the head's old state was never summed
         if task_id == run.name and _is_head(new, run.name):
+            if old is not None:  # a counted bar becoming the head: heads are not summed
+                run.count(old, -1)
             run.head, run.head_state = task_id, new.state
             if new.state == "failed" and run.error is None:  # its reason is the job's
                 host = new.meta.get("host")
@@ -582,6 +589,8 @@ class JobIndex:
                 run.updated_at = now
             self._touched.add(run)
         else:
+            if run.head == task_id:  # a head that lost its role is a bar like the others
+                run.head = run.head_state = None
             self._count_change(run, old, new, now)
 
     def _leave(self, run: _Run, task_id: str, counted: Task | None) -> None:
@@ -616,7 +625,8 @@ class JobIndex:
             if gone is None:
                 continue
             gone.ids.pop(task.task_id, None)
-            if cut_short and task.state in ("active", "stale"):
+            # (A finished run ended as it did: its head completed it, say, with a bar open.)
+            if cut_short and task.state in ("active", "stale") and gone.finished_at is None:
                 self._cut_short(gone, task)
 
     def _cut_short(self, run: _Run, task: Task) -> None:
@@ -683,7 +693,7 @@ class JobIndex:
             run is not None
             and run.finished_at is None
             and run.key in self._runs
-            and now - run.updated_at > self.gap  # (not within one batch: settle judges that)
+            and now > run.updated_at  # (not within one batch: settle judges that)
             and run.judge(now, self.stall_after, self.gap) == "completed"
         ):
             self._judge(run, now)
