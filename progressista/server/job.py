@@ -236,6 +236,13 @@ class _Run:
             return None
         return min(self.fractions / expected, 1.0)
 
+    def blame(self, failed: Task) -> None:
+        """``failed`` (a bar, or the head) failed: the run's error is its, unless one came first."""
+        if self.error is None:
+            host = failed.meta.get("host")
+            self.error, self.error_task = failed.error or "failed", failed.task_id
+            self.error_host = None if host is None else str(host)
+
     def judge(self, now: float, stall_after: float, gap: float) -> str:
         """The run's state now (see the module's docstring)."""
         if self.failed or self.head_state == "failed":
@@ -555,36 +562,31 @@ class JobIndex:
                 self._fold_one(old)
         task_id = new.task_id
         run = self._member.get(task_id)
-        if run is not None and new.meta.get("job") != run.name:
-            # Relabelled into another job, or out of every one: it is no longer this run's. An
-            # unfinished run gives it up whole; a finished one keeps it as it last was.
+        if run is not None:
+            relabelled = new.meta.get("job") != run.name  # into another job, or out of all
             if run.finished_at is None:
-                self._leave(run, task_id, old)
-            else:
-                del self._member[task_id]
-                run.ids.pop(task_id, None)
-            run, old = None, None
-        if run is None or (old is not None and run.finished_at is not None and _reruns(old, new)):
-            if run is not None:  # a rerun: the finished run keeps it as it last was
-                del self._member[task_id]
-                run.ids.pop(task_id, None)
+                if relabelled:  # an unfinished run gives it up whole
+                    self._leave(run, task_id, old)
+                    run = old = None
+            elif relabelled or (old is not None and _reruns(old, new)):
+                self._release(run, task_id)  # a finished run keeps it as it last was
+                run = old = None
+        if run is None:
             name = new.meta.get("job")
             if name is None or not isinstance(name, str):
                 return
             run = self._run_for(name, now)
             self._member[task_id] = run
             run.ids[task_id] = None
-            old = None
+            old = None  # never counted in this run
         elif old is not None and old.task_id == run.name and _is_head(old, run.name):
             old = None  # the head's old state was never summed
         if task_id == run.name and _is_head(new, run.name):
             if old is not None:  # a counted bar becoming the head: heads are not summed
                 run.count(old, -1)
             run.head, run.head_state = task_id, new.state
-            if new.state == "failed" and run.error is None:  # its reason is the job's
-                host = new.meta.get("host")
-                run.error, run.error_task = new.error or "failed", task_id
-                run.error_host = None if host is None else str(host)
+            if new.state == "failed":
+                run.blame(new)
             if now > run.updated_at:
                 run.updated_at = now
             self._touched.add(run)
@@ -597,8 +599,7 @@ class JobIndex:
         """A bar stops being one of ``run``'s (it names another job now): its contribution
         (``counted``, its state as the run counts it) is taken back. A run that held only it,
         and no head, goes, as if it had never been."""
-        del self._member[task_id]
-        run.ids.pop(task_id, None)
+        self._release(run, task_id)
         if run.head == task_id:  # no longer its head (never summed)
             run.head = run.head_state = None
         elif counted is not None:
@@ -607,6 +608,11 @@ class JobIndex:
             self._drop(run.key)
             return
         self._touched.add(run)
+
+    def _release(self, run: _Run, task_id: str) -> None:
+        """The task is no longer one of ``run``'s members (what it counts is another matter)."""
+        del self._member[task_id]
+        run.ids.pop(task_id, None)
 
     def forget(self, tasks: Iterable[Task], *, cut_short: bool = True) -> None:
         """Tasks removed from the board (evicted, deleted, expired): each still counts in its
@@ -672,11 +678,8 @@ class JobIndex:
             run.advanced_at = now
         if "job_size" in new.meta:
             run.announce(new.meta["job_size"])
-        if new.state == "failed" and run.error is None:
-            run.error = new.error or "failed"
-            run.error_task = new.task_id
-            host = new.meta.get("host")
-            run.error_host = None if host is None else str(host)
+        if new.state == "failed":
+            run.blame(new)
         if now > run.updated_at:
             run.updated_at = now
         self._touched.add(run)
