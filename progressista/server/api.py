@@ -33,7 +33,7 @@ from .store import StoreFull, StoreUnavailable
 from .table import TaskTable
 from .task import Task
 from .turns import next_turn
-from .view import DEFAULT_WINDOW, MAX_WINDOW, Query
+from .view import DEFAULT_WINDOW, MAX_WINDOW, Query, Window
 
 __all__ = ["FULL_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "routes"]
 
@@ -149,13 +149,22 @@ def bad_query(field: str, message: str) -> ApiError:
     return ApiError(400, f"bad query parameter {field!r}", [FieldError(None, field, message)])
 
 
-def no_room_for_windows() -> ApiError:
+def _no_room_for_windows() -> ApiError:
     return ApiError(
         503,
         f"the server keeps at most {MAX_FILTERED_WINDOWS} filtered views and every one is "
         "watched; retry later, or without a filter",
         headers={"Retry-After": "10"},
     )
+
+
+async def window_for(request: web.Request, text: str, limit: int) -> Window:
+    """The hub's window for this filter and size (``/view``, the page), or a 503 when every
+    filtered window is watched."""
+    try:
+        return await request.app[HUB].window(text, limit)
+    except WindowsFull:
+        raise _no_room_for_windows() from None
 
 
 def query_of(request: web.Request) -> Query:
@@ -513,8 +522,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         )
     subscription = _subscription(request)
     hub = app[HUB]
-    if subscription is not None and not hub.has_room_for(*subscription):
-        raise no_room_for_windows()
+    if subscription is not None and not hub.make_room_for(*subscription):
+        raise _no_room_for_windows()
     if hub.full:
         raise ApiError(
             503,
@@ -539,10 +548,7 @@ async def window_view(request: web.Request) -> web.Response:
         query_of(request).text,
         DEFAULT_WINDOW,
     )
-    try:
-        window = await request.app[HUB].window(*subscription)
-    except WindowsFull:
-        raise no_room_for_windows() from None
+    window = await window_for(request, *subscription)
     body = feed.view(request.app[STORE].table, window.shown, window.counts, request.app[CLOCK]())
     return web.Response(body=body, content_type="application/json")
 

@@ -267,7 +267,7 @@ class Hub:
             except ValueError as error:
                 log.debug("ignoring a viewer's subscription: %s", error)
                 return
-            if not self.has_room_for(query.text, limit):
+            if not self.make_room_for(query.text, limit):
                 log.debug("ignoring a viewer's subscription: every filtered window is watched")
                 return
             viewer.subscription = (query.text, limit)
@@ -349,9 +349,9 @@ class Hub:
         self._write(viewer, Frames.of(view))
         self._send_jobs_overview(viewer)
 
-    def has_room_for(self, text: str, limit: int) -> bool:
-        """Whether the window for this filter and size exists or may be made, making room for
-        it if need be (see MAX_FILTERED_WINDOWS)."""
+    def make_room_for(self, text: str, limit: int) -> bool:
+        """Whether the window for this filter and size exists or may be made: past
+        MAX_FILTERED_WINDOWS, the least recently used window nobody watches goes to make room."""
         if not text or (text, limit) in self._windows:
             return True
         filtered = [(w.last_used, key) for key, w in self._windows.items() if key[0]]
@@ -368,7 +368,7 @@ class Hub:
         """The window for this filter and size, once it holds every matching task (the page's
         first paint shares it with the viewers that then subscribe to the same); WindowsFull
         when there is no room for it."""
-        if not self.has_room_for(text, limit):
+        if not self.make_room_for(text, limit):
             raise WindowsFull(MAX_FILTERED_WINDOWS)
         window = self._window(text, limit)
         await window.ready.wait()

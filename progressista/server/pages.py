@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..schema import STATES
 from . import display
-from .api import no_room_for_windows, query_of
+from .api import query_of, window_for
 from .auth import (
     COOKIE_NAME,
     READ,
@@ -28,8 +28,7 @@ from .auth import (
 from .connections import read_in_time
 from .errors import unreadable_body
 from .feed import RECENT_JOBS
-from .hub import WindowsFull
-from .keys import CLOCK, HUB, SETTINGS, STORE, THROTTLE
+from .keys import CLOCK, SETTINGS, STORE, THROTTLE
 from .turns import next_turn
 from .view import DEFAULT_WINDOW, MAX_WINDOW
 
@@ -113,10 +112,7 @@ async def index(request: web.Request) -> web.StreamResponse:
         return _page("login.html", request, {"failed": False}, status=401)
     query = query_of(request)
     limit = _window_size(request)
-    try:
-        window = await app[HUB].window(query.text, limit)
-    except WindowsFull:
-        raise no_room_for_windows() from None
+    window = await window_for(request, query.text, limit)
     table = app[STORE].table
     totals = table.counts()
     now = app[CLOCK]()
