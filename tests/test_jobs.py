@@ -225,25 +225,13 @@ async def test_a_bar_after_the_gap_starts_the_next_run_whether_or_not_cleanup_ra
 def test_a_run_completed_after_its_gap_stays_completed_when_touched() -> None:
     """A change to a finished bar (not a rerun) is judged at its own instant, which is within
     the gap: the run must not go back to running, nor be completed (and alerted) twice."""
-    from msgspec.structs import replace
-
-    from progressista.server.table import TaskTable
-    from progressista.server.task import Task
-
-    index = JobIndex(gap=10)
-    told: list[tuple[str | None, str]] = []
-    index.watch(lambda before, run: told.append((before, run.state)))
-    table = TaskTable(jobs=index)
-    done = Task(task_id="s1", state="completed", meta={"job": "etl"}, updated_at=0.0, rev=1)
-    done.closed_at = 0.0
-    table.commit(done, 0)
-    table.publish()
-    index.expire(10.0)
-    assert index.latest("etl").state == "completed"  # type: ignore[union-attr]
-    table.commit(replace(done, postfix="late", updated_at=11.0, rev=2), 0)
-    table.publish()
-    assert index.latest("etl").state == "completed"  # type: ignore[union-attr]
-    assert [state for _, state in told].count("completed") == 1
+    runs = _Runs(gap=10)
+    runs.put("s1", "completed", {"job": "etl"}, 0, 0)
+    runs.jobs.expire(10.0)
+    assert runs.counts() == {"etl#1": ("completed", 0, 1, 0, None)}
+    runs.put("s1", "completed", {"job": "etl"}, 11, 0)  # the same run of the bar: no rerun
+    assert runs.counts() == {"etl#1": ("completed", 0, 1, 0, None)}
+    assert [state for _, _, state in runs.told].count("completed") == 1
 
 
 async def test_an_announced_size_reached_completes_a_job_without_waiting_for_the_gap(
@@ -410,10 +398,10 @@ async def test_a_bar_rerun_under_another_job_leaves_its_finished_run_as_it_was(
 class _Runs:
     """A table with its job index, fed task states one at a time, and the runs' changes told."""
 
-    def __init__(self) -> None:
+    def __init__(self, gap: float = 0.0) -> None:
         from progressista.server.table import TaskTable
 
-        self.jobs = JobIndex()
+        self.jobs = JobIndex(gap=gap)
         self.told: list[tuple[str, str | None, str]] = []
         self.jobs.watch(lambda before, run: self.told.append((run.id, before, run.state)))
         self.table = TaskTable(jobs=self.jobs)
@@ -493,19 +481,16 @@ def test_a_head_that_lost_its_role_is_a_bar_and_one_that_gained_it_is_not_summed
 def test_a_replica_removing_what_it_missed_cuts_no_bar_short() -> None:
     """A Redis replica that reloads removes the tasks it missed the removal of, as it last saw
     them: maybe still open, though they completed on another server meanwhile."""
-    from progressista.server.table import TaskTable
-    from progressista.server.task import Task
-
-    table = TaskTable()
-    table.commit(Task(task_id="x", meta={"job": "etl"}, updated_at=1.0, rev=1), 0)
-    table.commit(Task(task_id="y", meta={"job": "etl"}, updated_at=1.0, rev=2), 0)
-    table.remove("x", 3, cut_short=False)
-    table.publish()
-    (run,) = table.jobs.jobs()
+    runs = _Runs()
+    runs.put("x", "active", {"job": "etl"}, 1, 1)
+    runs.put("y", "active", {"job": "etl"}, 1, 1)
+    runs.table.remove("x", runs.table.rev + 1, cut_short=False)
+    runs.table.publish()
+    (run,) = runs.jobs.jobs()
     assert (run.state, run.tasks["failed"]) == ("running", 0)
-    table.remove("y", 4)  # deleted while open: cut short
-    table.publish()
-    (run,) = table.jobs.jobs()
+    runs.table.remove("y", runs.table.rev + 1)  # deleted while open: cut short
+    runs.table.publish()
+    (run,) = runs.jobs.jobs()
     assert (run.state, run.tasks["failed"]) == ("failed", 1)
 
 
