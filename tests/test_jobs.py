@@ -466,6 +466,22 @@ def test_removing_an_open_bar_of_a_finished_run_changes_nothing() -> None:
     assert runs.told == [("J#1", "running", "completed")]
 
 
+def test_a_finished_run_never_runs_or_stalls_again() -> None:
+    """Its head completed it with a bar open, the bar was deleted (still counted open, as a
+    finished run keeps its bars as they were), then the head closed again without its role:
+    the headless run was judged anew, stalled on a bar that no longer exists, for good."""
+    runs = _Runs()
+    runs.put("J", "active", {"job": "J", "role": "run"}, 1, 1)
+    runs.put("w", "active", {"job": "J"}, 1, 1)
+    runs.put("J", "completed", {"job": "J", "role": "run"}, 2, 1)
+    runs.table.remove("w", runs.table.rev + 1)
+    runs.table.publish()
+    runs.put("J", "completed", {"job": "J"}, 3, 1)  # a repeated close, the role gone
+    runs.jobs.expire(1000.0)
+    assert runs.told == [("J#1", "running", "completed")]
+    assert runs.counts()["J#1"][0] == "completed"
+
+
 def test_a_head_that_lost_its_role_is_a_bar_and_one_that_gained_it_is_not_summed() -> None:
     runs = _Runs()
     runs.put("J", "active", {"job": "J", "role": "run"}, 1, 1)

@@ -26,7 +26,9 @@ script whose loops run one after another (``PROGRESSISTA_JOB=etl python etl.py``
 between two of them, and each loop made a run of its own, with an alert each. A run is
 failed as soon as any of its tasks fails; stalled while no open bar has advanced for
 ``job_stall_after`` (a hung worker's sender keeps its bars fresh while nothing moves) or every
-open bar is stale; running otherwise.
+open bar is stale; running otherwise. A finished run stays finished: a completed one may still
+turn failed (one of its bars fails after its head completed it), but never runs or stalls
+again; a task of its name that comes later starts the next run.
 
 Finished runs stay listed for ``job_retention`` (default 7 days), the most recent ``max_jobs``.
 """
@@ -718,6 +720,10 @@ class JobIndex:
     def _judge(self, run: _Run, now: float) -> None:
         state = run.judge(now, self.stall_after, self.gap)
         before = run.state
+        if run.finished_at is not None and state != "failed":
+            # Finished for good: a bar it still counts open (the head completed the run with
+            # that bar running, then the bar was deleted) would stall it for ever.
+            state = before
         if state != before:
             run.state = state
             self._changed.add(run.key)
