@@ -708,7 +708,19 @@
       showConnection();
       return;
     }
+    if (message.type === "refused") {
+      // The board stays on the filter it had: say so at the box, rather than show a filter
+      // the board does not follow.
+      filterBox.setCustomValidity(`not applied: ${message.reason}`);
+      filterBox.setAttribute("aria-invalid", "true");
+      filterBox.title = filterBox.validationMessage;
+      filterBox.reportValidity();
+      return;
+    }
     if (message.type === "view") {
+      filterBox.setCustomValidity("");
+      filterBox.removeAttribute("aria-invalid");
+      filterBox.title = "";
       if (typeof message.now === "number") clockOffset = message.now - Date.now() / 1000;
       for (const id of cards.keys()) if (!Object.hasOwn(message.tasks, id)) dirty.add(id);
       tasks.clear();

@@ -8,6 +8,7 @@ tasks go stale and expire runs the real application in this process, on a clock 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import urllib.request
@@ -360,6 +361,24 @@ def test_filter_and_job_grouping_survive_a_reload(browser: Browser, server: Serv
     expect(page).to_have_url(f"{server.url}?group=job")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-by-job.png"), full_page=True)
+
+
+def test_a_filter_the_server_refuses_is_marked_and_the_board_keeps_its_own(
+    browser: Browser, server: ServerProcess
+) -> None:
+    """A subscribe the server does not follow (a filter past 1,000 characters) was silent: the
+    box showed a filter the board did not follow."""
+    server.post([{"task_id": "kept-1", "n": 1, "total": 4}])
+    page = open_page(browser, server.url)
+    live(page)
+    box = page.get_by_label("Filter tasks")
+    box.fill("x" * 1001)
+    expect(box).to_have_attribute("aria-invalid", "true")
+    expect(box).to_have_attribute("title", re.compile("at most 1,000 characters"))
+    expect(card(page, "kept-1")).to_be_visible()
+    box.fill("nothing-matches")
+    expect(card(page, "kept-1")).to_be_hidden()
+    expect(box).not_to_have_attribute("aria-invalid", "true")
 
 
 def test_task_ids_with_slashes_and_unicode_can_be_discarded(

@@ -589,12 +589,16 @@ async def test_a_viewer_can_change_its_filter_and_window(client: Client) -> None
         assert (view["type"], sorted(view["tasks"])) == ("view", ["b"])
 
 
-async def test_a_subscription_with_a_filter_past_its_length_is_ignored(client: Client) -> None:
+async def test_a_subscription_with_a_filter_past_its_length_is_refused(client: Client) -> None:
+    """The viewer keeps its window and is told why (the page marks its filter box)."""
     await post(client, event("a", n=1))
     async with client.ws_connect("/ws?limit=10") as viewer:
         assert sorted((await receive(viewer))["tasks"]) == ["a"]
         too_long = "j=" + "[" * MAX_FILTER_CHARS
         await viewer.send_json({"type": "subscribe", "q": too_long, "limit": 10})
+        refused = await receive(viewer)
+        assert (refused["type"], refused["q"]) == ("refused", too_long[:MAX_FILTER_CHARS])
+        assert refused["reason"] == "a filter is at most 1,000 characters, not 1,002"
         await post(client, event("a", n=2))
         patch = await receive(viewer)  # still on its window, and connected
         assert (patch["type"], patch["tasks"]["a"]["n"]) == ("patch", 2)
@@ -737,6 +741,9 @@ async def test_filtered_windows_are_bounded_unwatched_ones_going_first(
         assert (await response.json())["error"].startswith("the server keeps at most")
         assert (await client.get("/ws?limit=5&q=job%3Dd")).status == 503
         await second.send_json({"type": "subscribe", "q": "job=d", "limit": 5})
+        refused = await receive(second)
+        assert (refused["type"], refused["q"]) == ("refused", "job=d")
+        assert refused["reason"].startswith("the server keeps at most 2 filtered views")
         await post(client, event("b", n=3, meta={"job": "b"}))
         patch = await receive(second)  # still its own window
         assert patch["tasks"]["b"]["n"] == 3

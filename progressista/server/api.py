@@ -25,7 +25,7 @@ from .connections import read_in_time
 from .errors import ApiError, json_response, unreadable_body
 from .event import decode_events
 from .feed import TASKS_PER_MESSAGE
-from .hub import MAX_FILTERED_WINDOWS, WindowsFull
+from .hub import WindowsFull
 from .job import JOB_STATES
 from .keys import ALERTER, CLOCK, CONNECTIONS, HUB, INGEST_STATS, SETTINGS, STORE, THROTTLE
 from .metrics import exposition
@@ -150,12 +150,7 @@ def bad_query(field: str, message: str) -> ApiError:
 
 
 def _no_room_for_windows() -> ApiError:
-    return ApiError(
-        503,
-        f"the server keeps at most {MAX_FILTERED_WINDOWS} filtered views and every one is "
-        "watched; retry later, or without a filter",
-        headers={"Retry-After": "10"},
-    )
+    return ApiError(503, WindowsFull.reason(), headers={"Retry-After": "10"})
 
 
 async def window_for(request: web.Request, text: str, limit: int) -> Window:

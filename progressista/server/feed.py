@@ -26,7 +26,7 @@ from .job import Job
 from .table import REMOVED, TaskTable
 from .task import ALL_FIELDS, FIELD_BIT, TASK_FIELDS, Task
 
-__all__ = ["TASKS_PER_MESSAGE", "chunks", "patches", "snapshot", "status"]
+__all__ = ["TASKS_PER_MESSAGE", "chunks", "patches", "refused", "snapshot", "status"]
 
 #: Most tasks in one message: about 200 KB of whole tasks (a snapshot piece), far less of
 #: changes. A viewer that stopped reading holds at most its socket's high-water mark plus one
@@ -203,6 +203,12 @@ def status(problem: str | None) -> bytes:
     if problem is None:
         return _encode({"type": "status", "store": "ok"})
     return _encode({"type": "status", "store": "unavailable", "reason": problem})
+
+
+def refused(query: str, reason: str) -> bytes:
+    """A viewer's ``subscribe`` was not followed: it keeps the window it had, and is told why
+    (the page marks its filter box, rather than show a filter its board does not follow)."""
+    return _encode({"type": "refused", "q": query, "reason": reason})
 
 
 def view(

@@ -36,15 +36,10 @@ from . import feed
 from .table import REMOVED, Changes, TaskTable
 from .task import ALL_FIELDS
 from .turns import next_turn
-from .view import MAX_WINDOW, Query, Window
+from .view import MAX_FILTER_CHARS, MAX_WINDOW, Query, Window
 from .wire import DEFLATE_WINDOW_BITS, Frames
 
 __all__ = ["HIGH_WATER", "MAX_FILTERED_WINDOWS", "Hub", "Subscription", "WindowsFull"]
-
-
-class WindowsFull(Exception):
-    """Every filtered window is watched, and there is no room for another."""
-
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +73,18 @@ SCAN_SLICE = 1000
 #: Viewers a flush writes to between two yields to the loop: each write is a system call,
 #: 15-40 µs on this machine, and a flush to a thousand viewers held the loop 20-55 ms.
 WRITE_SLICE = 200
+
+
+class WindowsFull(Exception):
+    """Every filtered window is watched, and there is no room for another."""
+
+    @staticmethod
+    def reason() -> str:
+        """What the viewer is told: a 503's text, or a refused subscription's reason."""
+        return (
+            f"the server keeps at most {MAX_FILTERED_WINDOWS} filtered views and every one is "
+            "watched; retry later, or without a filter"
+        )
 
 
 class Subscription(msgspec.Struct, forbid_unknown_fields=False):
@@ -265,13 +272,18 @@ class Hub:
             try:
                 query = Query(request.q)
             except ValueError as error:
-                log.debug("ignoring a viewer's subscription: %s", error)
+                self._refuse(viewer, request.q, str(error))
                 return
             if not self.make_room_for(query.text, limit):
-                log.debug("ignoring a viewer's subscription: every filtered window is watched")
+                self._refuse(viewer, query.text, WindowsFull.reason())
                 return
             viewer.subscription = (query.text, limit)
             self._resync(viewer)
+
+    def _refuse(self, viewer: _Viewer, query: str, reason: str) -> None:
+        """Tell the viewer its subscription was not followed, and why; its window stays."""
+        log.debug("refusing a viewer's subscription: %s", reason)
+        self._write(viewer, Frames.of(feed.refused(query[:MAX_FILTER_CHARS], reason)))
 
     def _resync(self, viewer: _Viewer) -> None:
         """Start the viewer afresh, at most once per RESYNC_INTERVAL; more requests merge."""
