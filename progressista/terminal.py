@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import shutil
 import sys
 import time
@@ -21,6 +20,7 @@ import aiohttp
 from tqdm import TqdmWarning, tqdm
 
 from .connection import TIMEOUT, unreachable
+from .shown import complete_partial, whole
 
 __all__ = ["render", "watch"]
 
@@ -177,36 +177,26 @@ class _Window:
             for key, job in message["jobs"].items():
                 self.jobs[key] = {**self.jobs.get(key, {}), **job}
             return
-        if kind == "view":  # a task is sent under its id, without it (docs/protocol.md)
+        if kind == "view":  # tasks as sent: see progressista.shown
             self.tasks = {
-                task_id: {"task_id": task_id, **task} for task_id, task in message["tasks"].items()
+                task_id: whole(task_id, task) for task_id, task in message["tasks"].items()
             }
         elif kind == "patch":
             for task_id in message["removed"]:
                 self.tasks.pop(task_id, None)
+            for task_id, task in message.get("replace", {}).items():
+                self.tasks[task_id] = whole(task_id, task)
             at = message.get("at")
             for task_id, fields in message["tasks"].items():
-                task = self.tasks[task_id] = {
-                    "task_id": task_id,
-                    **self.tasks.get(task_id, {}),
-                    **fields,
-                }
-                _complete_partial(task, fields, at)
+                held = self.tasks.get(task_id)
+                if held is None:  # (a window's patches never bring a task it does not hold)
+                    continue
+                held.update(fields)
+                complete_partial(held, fields, at)
         else:
             return
         if "counts" in message:
             self.counts = {state: all_ for state, (_, all_) in message["counts"].items()}
-
-
-def _complete_partial(task: dict[str, Any], fields: dict[str, Any], at: float | None) -> None:
-    """What a patch's partial entry leaves for the receiver (docs/protocol.md): the message's
-    ``at`` when it has no ``updated_at``, and ``percent`` from ``n`` and ``total``."""
-    if "updated_at" not in fields and at is not None:
-        task["updated_at"] = at
-    if "percent" not in fields and ("n" in fields or "total" in fields):
-        total, n = task.get("total"), task.get("n", 0)
-        percent = 100.0 * n / total if total else None
-        task["percent"] = percent if percent is not None and math.isfinite(percent) else None
 
 
 class _Screen:

@@ -688,14 +688,27 @@
     }
   });
 
-  // A partial entry leaves out what the receiver can tell (docs/protocol.md): its updated_at
-  // when it is the message's `at`, and percent, which follows from n and total.
+  // Tasks as sent (docs/protocol.md): a whole task leaves out its id (the key it comes under),
+  // percent (it follows from n and total) and every field at its default, which the server
+  // names in the page; a partial one carries what changed, and updated_at only when it is not
+  // the message's `at`.
+  const TASK_DEFAULTS = JSON.parse(board.dataset.taskDefaults);
+
+  function percentOf(task) {
+    const percent = task.total ? 100 * task.n / task.total : null;
+    return Number.isFinite(percent) ? percent : null;  // as the server stores it
+  }
+
+  function wholeTask(id, sent) {
+    const task = Object.assign(structuredClone(TASK_DEFAULTS), sent);
+    task.task_id = id;
+    task.percent = percentOf(task);
+    return task;
+  }
+
   function completePartial(task, fields, at) {
     if (at !== undefined && !Object.hasOwn(fields, "updated_at")) task.updated_at = at;
-    if (!Object.hasOwn(fields, "percent") && (Object.hasOwn(fields, "n") || Object.hasOwn(fields, "total"))) {
-      const percent = task.total ? 100 * task.n / task.total : null;
-      task.percent = Number.isFinite(percent) ? percent : null;  // as the server stores it
-    }
+    if (Object.hasOwn(fields, "n") || Object.hasOwn(fields, "total")) task.percent = percentOf(task);
   }
 
   function apply(message) {
@@ -733,17 +746,20 @@
       dirty.add(id);
     }
     // Object.hasOwn and Map, not `in` on plain objects: a task may be called "constructor".
-    for (const [id, fields] of Object.entries(message.tasks || {})) {
-      const known = tasks.get(id);
-      if (known) {
+    const whole = message.type === "view" ? message.tasks : message.replace;
+    for (const [id, sent] of Object.entries(whole || {})) {
+      tasks.set(id, wholeTask(id, sent));
+      dirty.add(id);
+    }
+    if (message.type === "patch") {
+      for (const [id, fields] of Object.entries(message.tasks || {})) {
+        const known = tasks.get(id);
+        if (!known) continue;  // (a patch changes only tasks sent whole before)
         Object.assign(known, fields);
         completePartial(known, fields, message.at);
         if ("n" in fields && !("history" in fields)) extendHistory(known);
-      } else {
-        fields.task_id = id;  // a task is sent under its id, without it (docs/protocol.md)
-        tasks.set(id, fields);
+        dirty.add(id);
       }
-      dirty.add(id);
     }
     if (message.sections) { Object.assign(sections, message.sections); placeDue = true; }
     if (message.counts) counts = message.counts;

@@ -381,6 +381,29 @@ def test_a_filter_the_server_refuses_is_marked_and_the_board_keeps_its_own(
     expect(box).not_to_have_attribute("aria-invalid", "true")
 
 
+def test_a_task_run_again_loses_what_its_last_run_had(
+    browser: Browser, server: ServerProcess
+) -> None:
+    """A task comes whole when it starts again under its id, without the fields at their
+    defaults: the page must replace what it held (the error, the postfix, the unit), not merge
+    into it."""
+    server.post(
+        [
+            {"task_id": "again", "n": 2, "total": 4, "unit": "B", "postfix": "x=1"},
+            {"task_id": "again", "status": "error", "error": "ValueError: boom"},
+        ]
+    )
+    page = open_page(browser, server.url)
+    live(page)
+    expect(card(page, "again").locator(".error")).to_have_text("ValueError: boom")
+    expect(card(page, "again").locator(".postfix")).to_have_text("x=1")
+    server.post([{"task_id": "again", "status": "start", "n": 1, "total": 4}])
+    expect(section(page, "active").locator(card(page, "again"))).to_be_visible()
+    expect(card(page, "again").locator(".error")).to_have_text("")
+    expect(card(page, "again").locator(".postfix")).to_have_text("")
+    expect(card(page, "again").locator(".amount")).to_have_text("1 / 4 it")
+
+
 def test_task_ids_with_slashes_and_unicode_can_be_discarded(
     browser: Browser, server: ServerProcess
 ) -> None:

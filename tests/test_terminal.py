@@ -96,17 +96,22 @@ def test_the_header_is_text_too() -> None:
 
 
 def test_tasks_sent_under_their_ids_without_them_are_named_by_them() -> None:
-    """The feed sends each task under its id and without it (docs/protocol.md): a bar with no
-    description is shown by its id, whether it came in a view or new in a patch."""
+    """The feed sends each task under its id and without it, and without the fields at their
+    defaults (docs/protocol.md): a bar with no description is shown by its id, whether it came
+    in a view or new in a patch, and with its defaults (``it``, no postfix) put back."""
     tasks = sent(served({"task_id": "nameless", "n": 1, "total": 4}, {"task_id": "later", "n": 2}))
+    assert "unit" not in tasks["later"] and "percent" not in tasks["nameless"]
     window = _Window()
     counts = {"active": [2, 2], "stale": [0, 0], "completed": [0, 0], "failed": [0, 0]}
     window.apply(
         {"type": "view", "tasks": {"nameless": tasks["nameless"]}, "sections": {}, "counts": counts}
     )
-    window.apply({"type": "patch", "tasks": {"later": tasks["later"]}, "removed": []})
+    window.apply(
+        {"type": "patch", "tasks": {}, "replace": {"later": tasks["later"]}, "removed": []}
+    )
+    assert window.tasks["later"]["unit"] == "it" and window.tasks["nameless"]["percent"] == 25.0
     frame = render(window.tasks, "http://dash", "live", 100, 40, now=NOW)
-    assert "nameless" in frame and "later" in frame
+    assert "nameless" in frame and "later" in frame and "2it" in frame
 
 
 def test_a_percent_past_what_a_float_holds_is_left_out() -> None:

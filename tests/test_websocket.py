@@ -82,7 +82,14 @@ async def test_a_new_task_arrives_whole(client: Client) -> None:
         await receive(viewer)
         await post(client, event("new", n=3, desc="Loading"))
         patch = await receive(viewer)
-        assert patch["tasks"] == {"new": sent(stored(client.app))["new"]}
+        # Whole, to replace anything held under its id, and without the fields at their
+        # defaults: the viewer puts them back.
+        assert (patch["tasks"], patch["replace"]) == ({}, {"new": sent(stored(client.app))["new"]})
+        assert "unit" not in patch["replace"]["new"]
+        board = Board()
+        board.apply({"type": "snapshot", "tasks": {}, "more": False})
+        board.apply(patch)
+        assert board.shown() == without_unshown(stored(client.app))
 
 
 async def test_an_idle_viewer_hears_at_once_and_a_burst_is_merged(
@@ -94,13 +101,13 @@ async def test_an_idle_viewer_hears_at_once_and_a_burst_is_merged(
         await post(client, event("first"))
         # The first change after a quiet spell is not held back for the interval.
         first = await receive(viewer, timeout=0.9)
-        assert list(first["tasks"]) == ["first"]
+        assert list(first["replace"]) == ["first"]
         await post(client, event("second", n=1))
         await post(client, event("third"))
         await post(client, event("second", n=2))
         merged = await receive(viewer)
-        assert sorted(merged["tasks"]) == ["second", "third"]
-        assert merged["tasks"]["second"]["n"] == 2
+        assert sorted(merged["replace"]) == ["second", "third"]
+        assert merged["replace"]["second"]["n"] == 2
 
 
 async def test_deletions_are_patches_with_removed_ids(client: Client) -> None:
@@ -190,7 +197,7 @@ async def test_resync_sends_a_fresh_snapshot_and_a_storm_of_them_is_merged(
         await post(client, event("marker"))
         # The storm costs no snapshot now (the hub clock has not moved): the next message is
         # the change, not fifty snapshots ahead of it.
-        assert list((await receive(viewer))["tasks"]) == ["marker"]
+        assert list((await receive(viewer))["replace"]) == ["marker"]
 
 
 async def test_a_resync_read_while_a_patch_goes_out_still_gets_a_snapshot(
@@ -640,13 +647,15 @@ async def test_a_flush_of_several_batches_gives_each_commit_instant_once() -> No
     await store.delete(["b9"])
     (piece,) = feed.patches(store.table, store.table.take_changes())
     messages = [msgspec.json.decode(payload) for payload in piece]
-    assert [(m.get("at"), sorted(m["tasks"]), m["removed"]) for m in messages] == [
+    assert [
+        (m.get("at"), sorted({*m["tasks"], *m.get("replace", {})}), m["removed"]) for m in messages
+    ] == [
         (201.0, ["c0", "d0"], ["b9"]),
         (200.0, [f"a{i}" for i in range(10)], []),
         (200.5, [f"b{i}" for i in range(9)], []),
     ]
     assert all("updated_at" not in messages[1]["tasks"][f"a{i}"] for i in range(10))
-    assert messages[0]["tasks"]["d0"] == sent(as_json())["d0"]  # new: whole
+    assert messages[0]["replace"]["d0"] == sent(as_json())["d0"]  # new: whole
     for message in messages:
         board.apply(message)
     assert without_unshown(board.tasks) == without_unshown(as_json())

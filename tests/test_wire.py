@@ -117,6 +117,6 @@ async def test_an_aiohttp_client_that_offers_deflate_reads_every_message(client:
         assert snapshot["tasks"]["a"]["desc"] == "x" * 300
         await post(client, [event(f"b{i}", n=i, desc="y" * 50) for i in range(20)])
         patch = await receive(viewer)
-        assert sorted(patch["tasks"]) == sorted(f"b{i}" for i in range(20))
+        assert sorted(patch["replace"]) == sorted(f"b{i}" for i in range(20))
         await viewer.send_str('{"type": "resync"}')  # its own messages may come deflated
         assert (await receive(viewer))["type"] == "snapshot"

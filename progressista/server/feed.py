@@ -5,12 +5,14 @@ messages are split so that none holds the event loop or a viewer's buffer for lo
 or a patch of many tasks is several messages of at most :data:`TASKS_PER_MESSAGE` tasks.
 
 A patch names each changed task with only the fields that changed (``updated_at``, ``n``, ``rate``
-and the like: about 100 bytes where the whole task is 400); a task the viewer cannot know yet
-(new, or just entering its window) comes whole. ``seq``, ``timestamp`` and ``rev`` are left out
-of every task sent, whole or partial: they change with every event and no viewer shows them (a
-viewer's copy would be wrong after the first partial update anyway). So is ``task_id``: the key
-the task is sent under is its id. Partial tasks leave out ``history`` too, which viewers extend
-from the ``n`` and ``updated_at`` they are sent.
+and the like: about 70 bytes where the whole task is 250); a task the viewer cannot know yet
+(new, or just entering its window) comes whole, in the patch's ``replace``. ``seq``,
+``timestamp`` and ``rev`` are left out of every task sent, whole or partial: they change with
+every event and no viewer shows them (a viewer's copy would be wrong after the first partial
+update anyway). So is ``task_id``: the key the task is sent under is its id; and ``percent``,
+which viewers derive from ``n`` and ``total``. A whole task leaves out every field at its
+default, which the viewer puts back (:mod:`progressista.shown`). Partial tasks leave out
+``history`` too, which viewers extend from the ``n`` and ``updated_at`` they are sent.
 """
 
 from __future__ import annotations
@@ -22,11 +24,19 @@ from typing import Any
 
 import msgspec
 
+from ..shown import SHOWN_DEFAULTS
 from .job import Job
 from .table import REMOVED, TaskTable
 from .task import ALL_FIELDS, FIELD_BIT, TASK_FIELDS, Task
 
-__all__ = ["TASKS_PER_MESSAGE", "chunks", "patches", "refused", "snapshot", "status"]
+__all__ = [
+    "TASKS_PER_MESSAGE",
+    "chunks",
+    "patches",
+    "refused",
+    "snapshot",
+    "status",
+]
 
 #: Most tasks in one message: about 200 KB of whole tasks (a snapshot piece), far less of
 #: changes. A viewer that stopped reading holds at most its socket's high-water mark plus one
@@ -35,16 +45,39 @@ TASKS_PER_MESSAGE = 500
 
 _encode = msgspec.json.encode
 
+
+def _stored_default(name: str) -> Any:
+    """``Task``'s own default object for the field: msgspec leaves a field out when its value
+    *is* the default (identity, but for empty containers), and a task keeps that very object
+    until an event brings another value. It must equal what viewers put back."""
+    field = _TASK_FIELDS[name]
+    default = (
+        field.default if field.default_factory is msgspec.NODEFAULT else field.default_factory()
+    )
+    as_json = list(default) if isinstance(default, tuple) else default
+    if as_json != SHOWN_DEFAULTS[name] or type(as_json) is not type(SHOWN_DEFAULTS[name]):
+        raise AssertionError(f"Task.{name} defaults to {default!r}; viewers put back another")
+    return default
+
+
+_TASK_FIELDS = {field.name: field for field in msgspec.structs.fields(Task)}
 #: Fields no task on the feed carries (see the module's docstring).
-UNSENT = ("task_id", "seq", "timestamp", "rev")
+UNSENT = ("task_id", "seq", "timestamp", "rev", "percent")
 #: The fields of a whole task on the feed, in the wire order.
 SHOWN_FIELDS: tuple[str, ...] = tuple(name for name in TASK_FIELDS if name not in UNSENT)
 
+
 #: A whole task as viewers get it, encoded in C like :class:`Task` itself: building one costs
-#: 0.35 µs a task, once per message for every viewer, and saves each viewer 84 bytes of the
-#: 478 a typical bar took (the duplicated id, and numbers nobody shows) in every snapshot,
-#: window and new bar.
-ShownTask = msgspec.defstruct("ShownTask", [(name, object) for name in SHOWN_FIELDS], gc=False)
+#: 0.35 µs a task, once per message for every viewer. Without the duplicated id, the numbers
+#: nobody shows and the fields at their defaults (:data:`progressista.shown.SHOWN_DEFAULTS`;
+#: a value equal to its default but of another type, a ``unit_divisor`` of 1000.0, is sent),
+#: a typical bar is 243 bytes instead of 478 in every snapshot, window and new bar.
+ShownTask = msgspec.defstruct(
+    "ShownTask",
+    [(name, object, _stored_default(name)) for name in SHOWN_FIELDS],
+    omit_defaults=True,
+    gc=False,
+)
 _shown_values = attrgetter(*SHOWN_FIELDS)
 
 
@@ -67,14 +100,12 @@ _SHOWN_BITS: tuple[tuple[int, str], ...] = tuple(
 )
 
 
-def partial(task: Task, changed: int, at: float | None = None) -> msgspec.Struct | dict[str, Any]:
-    """``task`` whole when ``changed`` says everything changed, else only its changed fields.
+def partial(task: Task, changed: int, at: float | None = None) -> dict[str, Any]:
+    """Only ``task``'s changed fields (``changed``, a mask short of ALL_FIELDS).
 
     Every partial entry has an ``updated_at``: its own, or else ``at``, which the message gives
     once for all its entries (a batch is committed at one instant, so most share it).
     """
-    if changed == ALL_FIELDS:
-        return shown(task)
     fields = {name: getattr(task, name) for bit, name in _SHOWN_BITS if changed & bit}
     if task.updated_at != at:
         fields["updated_at"] = task.updated_at
@@ -130,12 +161,11 @@ def patches(table: TaskTable, changes: Mapping[str, int]) -> Iterator[list[bytes
         messages = []
         for index, group in enumerate(groups):
             at = group[0][0].updated_at if group else None
-            tasks: dict[str, msgspec.Struct | dict[str, Any]] = {
-                task.task_id: partial(task, changed, at) for task, changed in group
-            }
+            tasks = {task.task_id: partial(task, changed, at) for task, changed in group}
             message: dict[str, Any] = {"type": "patch", "tasks": tasks, "removed": []}
             if index == 0:
-                tasks.update(shown_tasks(whole_tasks))
+                if whole_tasks:
+                    message["replace"] = shown_tasks(whole_tasks)
                 message["removed"] = removed
             if at is not None:
                 message["at"] = at
@@ -248,28 +278,30 @@ def view_patch(
     """What changed in a window since its viewers were last told; None when nothing did."""
     was_shown = {task_id for ids in before.values() for task_id in ids}
     now_shown = {task_id for ids in after.values() for task_id in ids}
-    tasks: dict[str, msgspec.Struct | dict[str, Any]] = {}
+    tasks: dict[str, dict[str, Any]] = {}
+    replace: dict[str, msgspec.Struct] = {}
     at: float | None = None
     for task_id in now_shown:
         task = table.tasks[task_id]
-        if task_id not in was_shown:
-            tasks[task_id] = shown(task)
-        else:
-            changed = changes.get(task_id)
-            if changed is not None:
-                if at is None:
-                    at = task.updated_at
-                tasks[task_id] = partial(task, changed if changed != REMOVED else ALL_FIELDS, at)
+        changed = changes.get(task_id)
+        if task_id not in was_shown or changed == REMOVED or changed == ALL_FIELDS:
+            replace[task_id] = shown(task)  # new to the window, or a new task under its id
+        elif changed is not None:
+            if at is None:
+                at = task.updated_at
+            tasks[task_id] = partial(task, changed, at)
     removed = [task_id for task_id in was_shown if task_id not in now_shown]
     sections = {state: ids for state, ids in after.items() if ids != before.get(state)}
     message: dict[str, Any] = {"type": "patch", "tasks": tasks, "removed": removed}
+    if replace:
+        message["replace"] = replace
     if at is not None:
         message["at"] = at
     if sections:
         message["sections"] = sections
     if counts_after != counts_before or changes_touch_totals(changes):
         message["counts"] = _counts(table, counts_after)
-    if not tasks and not removed and len(message) == 3:
+    if not tasks and not removed and len(message) == 3:  # (replace would make it 4)
         return None
     return _encode(message)
 

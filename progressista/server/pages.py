@@ -8,12 +8,14 @@ So a page over a million tasks costs what it shows, not what is stored.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from ..schema import STATES
+from ..shown import SHOWN_DEFAULTS
 from . import display
 from .api import query_of, window_for
 from .auth import (
@@ -54,6 +56,8 @@ SORTS = (
     ("eta", "ETA"),
     ("name", "Name"),
 )
+
+_TASK_DEFAULTS = json.dumps(SHOWN_DEFAULTS, separators=(",", ":"))
 
 _PAGE_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
@@ -138,6 +142,8 @@ async def index(request: web.Request) -> web.StreamResponse:
         "now": now,
         "limit": limit,
         "step": DEFAULT_WINDOW,
+        # What a whole task on the feed leaves out (progressista.shown): one list for all.
+        "task_defaults": _TASK_DEFAULTS,
         "url": f"{request.scheme}://{request.host}",
         # The page hides the discard controls from a session that may only read.
         "role": "write" if may(request, discard_role(app[SETTINGS])) else "read",

@@ -37,7 +37,7 @@ from typing import Any
 
 import msgspec
 
-from ..feed_model import Board, without_unshown
+from ..feed_model import Board, entries, without_unshown
 from ..server_process import running_server
 from .board import post
 from .load import ProducerPlan, ProducerResult, run_producers, time_base
@@ -116,7 +116,7 @@ class _Frames:
 def _send_times(message: dict[str, Any], base: float) -> list[float]:
     return [
         base + task["elapsed"]
-        for task in message.get("tasks", {}).values()
+        for _, task in entries(message)
         if isinstance(task.get("elapsed"), int | float)
     ]
 

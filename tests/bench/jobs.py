@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from ..feed_model import entries
 from ..server_process import ServerProcess, running_server
 from .report import Row, percentile, print_table
 from .server import event
@@ -217,7 +218,7 @@ async def _latency(server: ServerProcess, seconds: float) -> dict[str, list[floa
                 arrived = time.time()
                 data = json.loads(message.data)
                 if data["type"] == "patch":
-                    for task_id, fields in data["tasks"].items():
+                    for task_id, fields in entries(data):
                         if "n" in fields and (task_id, fields["n"]) in sent:
                             task_seen.append(arrived - sent[(task_id, fields["n"])])
                             pending_jobs[f"job-{int(task_id.rsplit('t', 1)[1]) % 20}#1"] = sent[

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import msgspec
 
+from ..feed_model import entries
+
 
 @dataclass
 class ProducerPlan:
@@ -147,7 +149,7 @@ async def _watch(url: str, viewers: int, start_at: float, duration: float) -> Vi
                     continue
                 result.messages += 1
                 result.bytes_received[index] += len(message.data)
-                for task in msgspec.json.decode(message.data).get("tasks", {}).values():
+                for _, task in entries(msgspec.json.decode(message.data)):
                     if task.get("elapsed") is not None:
                         result.latencies.append(arrived - (base + task["elapsed"]))
 

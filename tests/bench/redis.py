@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from ..feed_model import entries
 from ..redis_server import RedisProcess
 from ..server_process import ServerProcess, running_server
 from .report import Row, percentile, print_table
@@ -117,7 +118,7 @@ async def _latency(a: ServerProcess, b: ServerProcess, seconds: float) -> dict[s
                 if message.type != aiohttp.WSMsgType.TEXT:
                     return
                 arrived = time.time()
-                for task in json.loads(message.data).get("tasks", {}).values():
+                for _, task in entries(json.loads(message.data)):
                     if "postfix" in task:
                         latencies.append(arrived - float(task["postfix"]))
 
