@@ -294,6 +294,23 @@ def test_asyncio_run_leaves_no_unclosed_session_or_pending_task(
     assert task(server_process, "loop-open")["n"] == 1
 
 
+def test_a_fork_after_a_bar_does_not_wait_for_the_sender(server_process: ServerProcess) -> None:
+    """Before a fork, the client waits for its sender thread to finish importing (a fork in
+    the middle of an import leaves its lock held in the child). The wait's event was never
+    set: every fork waited its full second, and ``Pool(4)`` took four seconds to start."""
+    result = run_worker(
+        """
+        import io
+        from progressista.client import RemoteTqdm, sender
+        with RemoteTqdm(total=1, file=io.StringIO(), task_id="before-fork") as bar:
+            bar.update(1)
+        assert sender._prepared.wait(60), "every fork waits for a sender that never says ready"
+        """,
+        server_process.url,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_sends_its_own_bars(server_process: ServerProcess) -> None:
     result = run_worker(

@@ -97,12 +97,18 @@ class ThreadSender:
 
     def _run(self) -> None:
         try:
-            # What every send needs, imported now rather than in the middle of an exit flush:
-            # an import there may run exec, which has CPython forget an unhandled Ctrl-C.
-            import http.client  # noqa: F401
+            try:
+                # What every send needs, imported now rather than in the middle of an exit
+                # flush: an import there may run exec, which has CPython forget an unhandled
+                # Ctrl-C.
+                import encodings.idna  # noqa: F401  # (what getaddrinfo imports on a first connect)
+                import http.client  # noqa: F401
 
-            import msgspec  # noqa: F401
-
+                import msgspec  # noqa: F401
+            finally:
+                # (Never set before 2026-12-02: every fork after a bar waited the full second,
+                # and a pool of four workers took four seconds to start.)
+                _prepared.set()
             while not self._step():
                 pass
         finally:
