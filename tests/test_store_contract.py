@@ -429,6 +429,78 @@ async def test_redis_keeps_finished_jobs_after_their_tasks_and_a_restart(
         await again.close()
 
 
+@pytest.mark.slow
+async def test_a_restart_rebuilds_the_job_runs_as_they_were_live(
+    redis_process: RedisProcess,
+) -> None:
+    """Loaded after a restart, a bar joined its run by its last change, not by its start:
+    bars run one after another, each longer than the gap, made a run each (and a false
+    "completed" alert each, "1 bar in 0 s"). A finished run's record was then skipped, its
+    key taken. Now the records come first, the tasks rejoin them, and the running run is
+    rebuilt from its tasks by their creation, under the number it had."""
+    from progressista.server.job import JobIndex
+    from progressista.server.redis_store import RedisStore
+
+    prefix = f"test-{secrets.token_hex(4)}"
+
+    async def server() -> RedisStore:
+        store = RedisStore(
+            redis_process.url,
+            lifetimes=LIFETIMES,
+            max_tasks=100,
+            prefix=prefix,
+            jobs=JobIndex(gap=5.0),
+        )
+        await store.start()
+        return store
+
+    def etl(task_id: str, **fields: Any) -> list[Event]:
+        return events({"task_id": task_id, "meta": {"job": "etl"}, **fields})
+
+    def runs(store: RedisStore) -> dict[str, tuple[str, dict[str, int], float, list[str]]]:
+        return {
+            job.id: (job.state, job.tasks, job.started_at, sorted(store.table.jobs.members(job.id)))
+            for job in store.table.jobs.jobs()
+        }
+
+    first = await server()
+    try:
+        await eventually(lambda: first.holds_cleanup_lock)
+        for i in range(3):  # 8 s each, one after another: one run
+            await first.apply(etl(f"a{i}", n=1), NOW + 8 * i)
+            await first.apply(etl(f"a{i}", status="close", n=5), NOW + 8 * i + 8)
+        first.table.jobs.expire(NOW + 30)  # the gap has passed: etl#1 completed
+        await first.expire(NOW + 30, LIFETIMES, 100)  # and its record written
+        await first.apply(etl("b0", n=1), NOW + 40)  # etl#2
+        await first.apply(etl("b0", status="close", n=5), NOW + 48)
+        await first.apply(etl("b1", n=1), NOW + 49)
+        live = runs(first)
+        assert live == {
+            "etl#1": ("completed", _counts(completed=3), NOW, ["a0", "a1", "a2"]),
+            "etl#2": ("running", _counts(active=1, completed=1), NOW + 40, ["b0", "b1"]),
+        }
+    finally:
+        await first.close()
+    again = await server()
+    try:
+        assert runs(again) == live
+        # Without its record (a crash before cleanup wrote it), the run is rebuilt whole.
+        raw = again._redis
+        for key in await raw.keys(again.keys.job("*")):
+            await raw.delete(key)
+    finally:
+        await again.close()
+    rebuilt = await server()
+    try:
+        assert runs(rebuilt) == live
+    finally:
+        await rebuilt.close()
+
+
+def _counts(**given: int) -> dict[str, int]:
+    return {state: given.get(state, 0) for state in ("active", "stale", "completed", "failed")}
+
+
 async def _racing_writes(
     store: Any, monkeypatch: pytest.MonkeyPatch, calls: list[int]
 ) -> tuple[Any, Any]:

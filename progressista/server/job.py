@@ -36,6 +36,7 @@ Finished runs stay listed for ``job_retention`` (default 7 days), the most recen
 from __future__ import annotations
 
 import math
+from bisect import bisect_right, insort
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
@@ -112,6 +113,7 @@ class _Run:
         "head_state",
         "history",
         "ids",
+        "kept",
         "key",
         "n",
         "name",
@@ -159,6 +161,9 @@ class _Run:
         #: strings is left alone by the garbage collector, a set is walked by every full
         #: collection (70 ms for a million ids).
         self.ids: dict[str, None] = {}
+        #: Known from its record (a restart on Redis): its sums are the record's, and the
+        #: stored tasks that belonged to it join it as members only (see JobIndex.restore).
+        self.kept = False
 
     @property
     def members(self) -> int:
@@ -365,6 +370,8 @@ class JobIndex:
         #: every full collection walked it (7.45 ms with a million bars in ten running jobs;
         #: 0.40 ms frozen). An OrderedDict is tracked from birth, so frozen with the rest.
         self._member: OrderedDict[str, _Run] = OrderedDict()
+        #: Runs restored from their records, per job name, in order of their start.
+        self._kept: dict[str, list[_Run]] = {}
         #: Runs that changed since the hub last asked; and runs dropped.
         self._changed: set[str] = set()
         self._dropped: set[str] = set()
@@ -443,11 +450,15 @@ class JobIndex:
         self._watchers.append(watcher)
 
     def restore(self, job: Job) -> None:
-        """List a finished run known from elsewhere (a Redis record, its tasks long gone)."""
+        """List a finished run known from its record (Redis keeps one per finished run, for
+        the run's retention). Restored before the tasks are loaded, it keeps its number and
+        sums: a task that belonged to it (created while it ran) joins it as a member only,
+        and a later one starts the next run, as it did live."""
         if job.id in self._runs or job.finished_at is None:
             return
         self._serial += 1
         run = _Run(job.job, job.run, job.started_at, self._serial)
+        run.kept = True
         run.state, run.size, run.head, run.head_state = (
             job.state,
             job.size,
@@ -470,6 +481,7 @@ class JobIndex:
         run.error, run.error_task, run.error_host = job.error, job.error_task, job.error_host
         run.history = job.history
         self._runs[run.key] = run
+        insort(self._kept.setdefault(run.name, []), run, key=_started)
         latest = self._latest.get(run.name)
         if latest is None or latest.number < run.number:
             self._latest[run.name] = run
@@ -577,7 +589,18 @@ class JobIndex:
             name = new.meta.get("job")
             if name is None or not isinstance(name, str):
                 return
-            run = self._run_for(name, now)
+            # A task joins when it appears (live, its creation is now), or when it takes the
+            # job's label. A task loaded from Redis after a restart joins as it did live, by
+            # its creation: by its last change, bars one after another each made a run.
+            at = new.created_at if old is None else now
+            kept = self._kept_run(name, at)
+            if kept is not None:  # counted in the run's record already
+                self._member[task_id] = kept
+                kept.ids[task_id] = None
+                return
+            run = self._run_for(name, at)
+            if at < run.started_at:  # (loaded out of order: by last change)
+                run.started_at = at
             self._member[task_id] = run
             run.ids[task_id] = None
             old = None  # never counted in this run
@@ -686,6 +709,17 @@ class JobIndex:
             run.updated_at = now
         self._touched.add(run)
 
+    def _kept_run(self, name: str, at: float) -> _Run | None:
+        """The run restored from its record that a task created at ``at`` belonged to."""
+        kept = self._kept.get(name)
+        if not kept:
+            return None
+        index = bisect_right(kept, at, key=_started) - 1
+        if index < 0:
+            return None
+        run = kept[index]
+        return run if run.finished_at is not None and at <= run.finished_at else None
+
     def _run_for(self, name: str, now: float) -> _Run:
         """The run a new task of ``name`` joins: the latest, or a new one if that finished.
 
@@ -767,9 +801,18 @@ class JobIndex:
         run = self._runs.pop(key)
         for task_id in run.ids:
             del self._member[task_id]
+        if run.kept:
+            kept = self._kept[run.name]
+            kept.remove(run)
+            if not kept:
+                del self._kept[run.name]
         if self._latest.get(run.name) is run:
             del self._latest[run.name]
         self._dropped.add(key)
+
+
+def _started(run: _Run) -> float:
+    return run.started_at
 
 
 def _reruns(old: Task, new: Task) -> bool:

@@ -1085,13 +1085,15 @@ class RedisStore:
         self._ahead.clear()  # whatever this server wrote is in what was just loaded
         self._own.clear()
         self._applied_early.clear()
+        # The finished runs' records first: the tasks loaded rejoin them, not new runs.
+        records = sorted(await self._stored_jobs(), key=lambda job: (job.job, job.run))
         if lost or not self._table.tasks:
-            self._table.replace_all(tasks, int(counter))
+            self._table.replace_all(tasks, int(counter), records)
         else:
+            for job in records:
+                self._table.jobs.restore(job)
             self._reconcile(tasks, int(counter))
-        for job in await self._stored_jobs():
-            self._table.jobs.restore(job)
-            self._kept_jobs.add(job.id)
+        self._kept_jobs.update(job.id for job in records)
         self._stream_rev = int(counter)
         self._last_id = last_id
         self._needs_load = self._went_back = False

@@ -29,7 +29,7 @@ from itertools import islice
 from typing import Final
 
 from ..schema import STATES
-from .job import JobIndex
+from .job import Job, JobIndex
 from .order import IdOrder, OrderCursor
 from .removals import Removals
 from .sections import Sections
@@ -317,13 +317,20 @@ class TaskTable:
         than this must start over from a snapshot."""
         self._removed.forget(self.rev)
 
-    def replace_all(self, tasks: Iterable[Task], rev: int) -> None:
-        """Hold exactly ``tasks`` from now on, at revision ``rev`` (a replica whose Redis lost
-        its data: revisions started over). Viewers start over too (``generation``)."""
+    def replace_all(
+        self, tasks: Iterable[Task], rev: int, finished_runs: Iterable[Job] = ()
+    ) -> None:
+        """Hold exactly ``tasks`` from now on, at revision ``rev`` (a replica loading, or whose
+        Redis lost its data: revisions started over). Viewers start over too (``generation``).
+        ``finished_runs`` (their records) are listed first, so that the tasks rejoin their runs
+        as they did live (JobIndex.restore)."""
+        jobs = self.jobs.emptied()
+        for run in finished_runs:
+            jobs.restore(run)
         fresh = TaskTable(
             track_age=self._by_created is not None,
             removals_kept=self._removed.kept,
-            jobs=self.jobs.emptied(),
+            jobs=jobs,
         )
         for task in sorted(tasks, key=lambda task: task.rev):
             fresh.commit(task, 0)
