@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from progressista.client.reachability import Reachability
@@ -64,7 +66,8 @@ def test_one_warning_once_failures_have_lasted_and_one_line_on_recovery(
     assert said[:2] == [None, None] and said[3] is None
     assert said[2] == (
         f"progress updates have not reached the server at {URL} for 10 s (connection refused). "
-        "Bars keep working here; their state is sent when the server answers again."
+        "Bars keep working here; their state is sent when the server answers again. Is it "
+        "running, and is PROGRESSISTA_URL its address?"
     )
     assert (
         reach.succeeded() == f"the server at {URL} answers again; bars' states are being delivered."
@@ -101,3 +104,44 @@ def test_nothing_to_say_when_nothing_was_lost(clock: FakeClock, failures_before:
     for _ in range(failures_before):
         reach.failed("HTTP 503")
     assert reach.undelivered_at_exit(0) is None
+
+
+def test_a_warning_written_while_a_bar_is_shown_gets_a_line_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bar on the terminal has no newline: the warning was glued to the end of its line
+    (``…9.94it/s]progressista:0: ProgressistaWarning: …``). It is cleared first and drawn
+    again after, as ``tqdm.write`` does."""
+    import io
+    import warnings
+
+    from tqdm import tqdm
+
+    from progressista.client.warning import warn
+
+    terminal = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", terminal)
+
+    def shown(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
+        # As Python's own: pytest records warnings instead of writing them.
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = shown
+        with tqdm(total=10, file=sys.stderr, desc="shown", mininterval=0) as bar:
+            bar.update(3)
+            warn("the server is away")
+            written = terminal.getvalue()
+    lines = written.replace("\r", "\n").split("\n")
+    (said,) = [line for line in lines if "the server is away" in line]
+    assert said.startswith("progressista:0: ProgressistaWarning: the server is away")
+    # And the bar is drawn again after it.
+    assert "shown:  30%" in written[written.index("the server is away") :]

@@ -71,7 +71,8 @@ class Reachability:
         return (
             f"progress updates have not reached the server at {self.url} for "
             f"{now - self.down_since:.0f} s ({reason}). Bars keep working here; their state "
-            "is sent when the server answers again."
+            "is sent when the server answers again. Is it running, and is PROGRESSISTA_URL "
+            "its address?"
         )
 
     def undelivered_at_exit(self, bars: int) -> str | None:
