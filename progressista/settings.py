@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "ENV_PREFIX",
@@ -154,7 +155,15 @@ def _port(value: Any) -> str | None:
 
 
 def _store(value: Any) -> str | None:
-    if value == "memory" or str(value).startswith(("redis://", "rediss://", "unix://")):
+    text = str(value)
+    if text.startswith(("redis://", "rediss://")):
+        # redis-py ignores a database it cannot read as a number (redis://host/abc is db 0,
+        # maybe another deployment's keys): said here instead.
+        path = urlsplit(text).path.strip("/")
+        if path and not path.isdigit():
+            return f"names database {path!r}: a database is a number (redis://host:6379/0)"
+        return None
+    if value == "memory" or text.startswith("unix://"):
         return None
     return "must be 'memory' or a Redis URL (redis://host:6379/0)"
 
@@ -184,9 +193,31 @@ def _each_one_of(choices: Sequence[str]) -> Check:
 
 
 def _token(value: Any) -> str | None:
-    if value is None or (isinstance(value, str) and value.strip() and value == value.strip()):
+    if value is None or (
+        isinstance(value, str) and value.strip() and value == value.strip() and value.isprintable()
+    ):
         return None
-    return "must be a non-empty token without surrounding whitespace"
+    # (A newline or a tab can never be sent in an Authorization header: no client could write.)
+    return "must be a non-empty token of printable characters without surrounding whitespace"
+
+
+def _notify_entries(value: Any) -> str | None:
+    for entry in value:
+        if entry.strip().startswith("jobs="):
+            spec, _, url = entry.strip().partition(" ")
+            if not all(spec[len("jobs=") :].split(",")) or not url.strip():
+                # ("jobs= slack://..." dropped its empty globs: it meant every job.)
+                return "'jobs=' takes globs separated by commas, then a space and the URL"
+    return None
+
+
+def _public_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return None
+    return "must be the dashboard's address, such as https://progress.example.com"
 
 
 def _interface(value: Any) -> str | None:
@@ -435,6 +466,7 @@ class ServerSettings:
         "where alerts go: an Apprise URL, optionally after 'jobs=GLOB[,GLOB] ' (repeat the "
         "flag, or one a line in the variable)",
         parse_lines,
+        check=_notify_entries,
         secret=True,
         repeatable=True,
     )
@@ -442,6 +474,7 @@ class ServerSettings:
         (),
         "a file of more --notify entries, one a line (keeps their secrets out of the process list)",
         parse_lines_from_file,
+        check=_notify_entries,
         secret=True,
     )
     notify_on: tuple[str, ...] = _setting(
@@ -451,7 +484,7 @@ class ServerSettings:
         check=_each_one_of(("failed", "stalled", "completed", "task-failed")),
     )
     public_url: str | None = _setting(
-        None, "how people reach this dashboard, for the links in alerts", str
+        None, "how people reach this dashboard, for the links in alerts", str, check=_public_url
     )
     log_level: str = _setting(
         "info",

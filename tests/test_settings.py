@@ -183,6 +183,18 @@ def test_a_flag_wins_over_its_variable() -> None:
             {},
             "--redis-prefix: must be non-empty and without braces, not '{x}'",
         ),
+        (  # redis-py would take db 0, maybe another deployment's keys
+            ["--store", "redis://:pw@127.0.0.1:6379/abc"],
+            {},
+            "--store: names database 'abc': a database is a number (redis://host:6379/0), "
+            "not 'redis://:***@127.0.0.1:6379/abc'",
+        ),
+        (
+            ["--public-url", "not a url"],
+            {},
+            "--public-url: must be the dashboard's address, such as "
+            "https://progress.example.com, not 'not a url'",
+        ),
         (["--read-timeout", "0"], {}, "--read-timeout: must be more than 0, not '0'"),
         (
             ["--proxy-header", "via"],
@@ -335,6 +347,17 @@ def test_the_read_token_is_read_with_the_other_settings() -> None:
             "give a token, or leave the setting out to run without one",
         ),
         (["--write-token", " w "], {}, "--write-token: must not begin or end with whitespace"),
+        (  # no client could ever send it in a header
+            ["--write-token", "a b\nc"],
+            {},
+            "--write-token: must be a non-empty token of printable characters without "
+            "surrounding whitespace",
+        ),
+        (  # the empty glob list was dropped: it meant every job
+            ["--notify", "jobs= json://127.0.0.1:9/"],
+            {},
+            "--notify: 'jobs=' takes globs separated by commas, then a space and the URL",
+        ),
     ],
 )
 def test_an_empty_token_is_a_configuration_error(
@@ -349,5 +372,6 @@ def test_an_empty_token_given_in_code_names_its_flag() -> None:
     with pytest.raises(SettingError) as caught:
         ServerSettings(read_token="")
     assert str(caught.value) == (
-        "ServerSettings(read_token=…): must be a non-empty token without surrounding whitespace"
+        "ServerSettings(read_token=…): must be a non-empty token of printable characters "
+        "without surrounding whitespace"
     )
