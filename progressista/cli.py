@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .settings import SettingError, parse_duration, url_problem
@@ -23,7 +25,7 @@ COMMANDS = "serve, run, demo, watch or notify-test"
 
 RUN_USAGE = """\
 usage: progressista run [--url URL] [--token TOKEN] [--job NAME] [--meta KEY=VALUE ...]
-                        (script.py | -m module | -- command) [args ...]
+                        (script.py | -m module | [--] command) [args ...]
 
 Run a program with every tqdm bar in it remote: the script, its subprocesses and its
 multiprocessing workers, all patched before any of their code runs. Every bar carries the job
@@ -36,7 +38,8 @@ options:
   --job NAME         the job label (default: $PROGRESSISTA_JOB, or the program and the time)
   --meta KEY=VALUE   a label for every bar; repeat for more
   -m module          run a module, as python -m does
-  -- command ...     run any command; the Pythons it starts are patched
+  -- command ...     run any command; the Pythons it starts are patched (the -- may be
+                     left out before a program such as python: `run python train.py`)
 """
 
 #: What ``run`` uses when a flag is left out.
@@ -195,6 +198,25 @@ def _notify_test(destination: str) -> int:
     return 0
 
 
+def _script_or_command(target: str) -> str:
+    """``run train.py`` runs a script with this Python; ``run python train.py`` (as one would
+    type after ``time`` or ``nohup``) runs a program: a name found on PATH that is no file
+    here, or an executable file that is not Python source (a binary, such as a virtualenv's
+    python). Before, the first was "no such file" and the second a SyntaxError about null
+    bytes, from running the interpreter as a script."""
+    path = Path(target)
+    if path.suffix == ".py":
+        return "script"
+    if path.is_file():
+        try:
+            with path.open("rb") as file:
+                binary = file.read(4) == b"\x7fELF"
+        except OSError:
+            return "script"
+        return "command" if binary and os.access(path, os.X_OK) else "script"
+    return "command" if shutil.which(target) else "script"
+
+
 def _run(args: list[str]) -> int:
     from .runner import Launch, parse_meta, run
 
@@ -236,7 +258,7 @@ def _run(args: list[str]) -> int:
             continue
         if arg.startswith("-"):
             raise SettingError(f"run: unknown option {arg!r} (see progressista run --help)")
-        launch = Launch("script", arg, args[i + 1 :])
+        launch = Launch(_script_or_command(arg), arg, args[i + 1 :])
         break
     if launch is None:
         raise SettingError("run: what should I run? (see progressista run --help)")

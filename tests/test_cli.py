@@ -69,7 +69,7 @@ def test_version_and_help() -> None:
     assert cli("serve", "--help").stdout.startswith(
         "usage: progressista serve [-h] [--SETTING VALUE ...]\n"
     )
-    assert "(script.py | -m module | -- command)" in cli("run", "--help").stdout
+    assert "(script.py | -m module | [--] command)" in cli("run", "--help").stdout
     assert "--seconds" in cli("demo", "--help").stdout
     assert "terminal" in cli("watch", "--help").stdout
 

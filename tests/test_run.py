@@ -148,6 +148,19 @@ def test_any_command_that_starts_python_is_patched(server_process: ServerProcess
     assert tasks(server_process, "shell")["shell"]["error"] == "exit code 5"
 
 
+def test_python_and_its_script_run_as_one_would_type_them(server_process: ServerProcess) -> None:
+    """``run python train.py``, as after ``time`` or ``nohup``, and a virtualenv's python by
+    its path: "no such file", and a SyntaxError from running the interpreter as a script."""
+    python = Path(sys.executable)  # (the virtualenv's: found by its place, not resolved)
+    env = environment(PATH=f"{python.parent}{os.pathsep}{os.environ['PATH']}")
+    for job, name in (("by-name", python.name), ("by-path", str(python))):
+        result = run(
+            server_process, "--job", job, name, str(PROGRAMS / "plain_tqdm.py"), "0", env=env
+        )
+        assert result.returncode == 0, result.stderr
+        assert set(bars(server_process, job)) == {"plain loop", "auto range"}
+
+
 @contextlib.contextmanager
 def sleepy_run(
     server_process: ServerProcess, job: str, *, terminal: bool
