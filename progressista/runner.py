@@ -183,8 +183,11 @@ class RunTask:
         the run's own task."""
         self.refresh()
         signal_name = _signal_name(-status) if status < 0 else None
-        self._fail_orphans(pid, signal_name)
-        labels: dict[str, str | int] = {"exit_status": status}
+        failed = self._fail_orphans(pid, signal_name)
+        closed = len(self.report.closed) + failed
+        self.bar.n = closed
+        bars = len(self.report.bars)
+        labels: dict[str, str | int] = {"exit_status": status, "bars_open": bars - closed}
         if signal_name is not None:
             labels["signal"] = signal_name
         self.bar.remote_relabel(**labels)
@@ -196,15 +199,17 @@ class RunTask:
         crash = self.report.crash
         self.bar.fail(f"{crash} ({reason})" if crash else reason)
 
-    def _fail_orphans(self, pid: int, signal_name: str | None) -> None:
+    def _fail_orphans(self, pid: int, signal_name: str | None) -> int:
         """Bars left open by processes that died without their exit flush are failures now,
         rather than active until they go stale: the program itself, killed by a signal, or any
-        other process of the run that is gone without a word (a worker killed for memory)."""
+        other process of the run that is gone without a word (a worker killed for memory).
+        Returns how many."""
         dead = self.report.died_abruptly()
         if signal_name is not None:
             dead.add(pid)
         outbox = sender_for(self.settings).outbox
-        for task_id in self.report.left_open_by(dead):
+        orphans = self.report.left_open_by(dead)
+        for task_id in orphans:
             owner = self.report.bars[task_id]
             reason = (
                 f"killed by {signal_name}"
@@ -220,6 +225,7 @@ class RunTask:
                 "timestamp": time.time(),
             }
             outbox.put(task_id, FinalEvent(event), urgent=True)
+        return len(orphans)
 
 
 def _signal_name(number: int) -> str:

@@ -307,6 +307,25 @@ def test_a_worker_killed_with_its_bar_open_fails_the_bar(
     assert (doomed["state"], doomed["n"]) == ("failed", 25)
     assert doomed["error"].startswith("cut short: its process (")
     assert doomed["error"].endswith(") ended without closing it")
+    # The run's own task counts it closed, as it does the others.
+    the_run = tasks(server_process, job)[job]
+    assert (the_run["n"], the_run["meta"]["bars_open"]) == (the_run["meta"]["bars"], 0)
+
+
+def test_a_bar_the_exit_ended_counts_as_closed_for_the_run(
+    server_process: ServerProcess, tmp_path: Path
+) -> None:
+    """A bar left open when the program ends is failed by its exit flush ("cut short: the
+    process exited with the bar open"); the run's task still counted it open."""
+    script = tmp_path / "unclosed.py"
+    script.write_text(
+        "from tqdm import tqdm\nbar = tqdm(total=5)\nbar.update(2)\n"
+        "for _ in tqdm(range(3)):\n    pass\n"
+    )
+    result = run(server_process, "--job", "unclosed", str(script))
+    assert result.returncode == 0, result.stderr
+    the_run = tasks(server_process, "unclosed")["unclosed"]
+    assert (the_run["n"], the_run["meta"]["bars"], the_run["meta"]["bars_open"]) == (2, 2, 0)
 
 
 def test_the_run_task_says_what_ran_and_how_it_went(server_process: ServerProcess) -> None:

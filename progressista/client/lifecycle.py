@@ -56,6 +56,10 @@ def _ending(terminated_by: str | None) -> Callable[[Bar], str | None]:
     running.discard(threading.main_thread().ident)  # it is the one running the exit
 
     def ending(bar: Bar) -> str | None:
+        # Ended here, by the exit: the runner of `progressista run` counts it closed.
+        task_id = getattr(bar, "remote_task_id", None)
+        if task_id is not None:
+            report("closed", task_id)
         n, total = bar.remote_progress()
         if total is not None and n >= total:
             return None
