@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import termios
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,54 @@ def test_sigint_sent_to_the_runner_alone_reaches_the_program(server_process: Ser
         runner.send_signal(signal.SIGINT)  # the runner only, not its process group
         runner.communicate(timeout=WAIT)
     assert runner.returncode == -signal.SIGINT
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_runner_killed_with_sigkill_takes_its_program_with_it(
+    server_process: ServerProcess, tmp_path: Path
+) -> None:
+    """SIGKILL cannot be passed on: the program ran on as an orphan that stopping the run did
+    not stop. It is now sent SIGTERM when the runner dies."""
+    script = tmp_path / "forever.py"
+    script.write_text(
+        "import itertools, time\nfrom tqdm import tqdm\nfor i in tqdm(itertools.count()):\n"
+        "    if i == 1:\n        print('ready', flush=True)\n    time.sleep(0.01)\n"
+    )
+    argv = [*PROGRESSISTA, "run", "--url", server_process.url.rstrip("/"), "--job", "orphan"]
+    with child.started(
+        [*argv, str(script)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=environment(),
+    ) as runner:
+        assert runner.stdout is not None
+        assert runner.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + WAIT
+        while "program_pid" not in (meta := _run_meta(server_process, "orphan")):
+            assert time.monotonic() < deadline, meta
+            time.sleep(0.05)
+        program = meta["program_pid"]
+        runner.kill()
+        runner.wait(timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while _alive(program) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(program)
+
+
+def _run_meta(server_process: ServerProcess, job: str) -> dict[str, Any]:
+    the_run = tasks(server_process, job).get(job)
+    return {} if the_run is None else the_run["meta"]
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, and not a zombie waiting for whoever adopted it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_bad_job_name_is_one_line(server_process: ServerProcess) -> None:

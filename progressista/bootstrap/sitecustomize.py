@@ -22,8 +22,27 @@ def _patch() -> None:
         from progressista.report import start_reporting
 
         start_reporting(report)
-        if os.environ.get("PROGRESSISTA_RUN_PID") == str(os.getppid()):
+        runner = os.environ.get("PROGRESSISTA_RUN_PID")
+        if runner == str(os.getppid()):
             _report_crash_to(report)
+            _end_with(int(runner))
+
+
+def _end_with(runner: int) -> None:
+    """Be sent SIGTERM if the runner dies (Linux): killed with SIGKILL, which it cannot pass on,
+    it left the program running as an orphan that nobody could stop by stopping the run."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    except Exception:
+        return
+    if os.getppid() != runner:  # it died before that: as if it had just now
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _report_crash_to(path: str) -> None:
