@@ -10,6 +10,7 @@ the uncaught exception, when Python reports one) otherwise. The exit code is pas
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from .client.bar import RemoteTqdm
 from .client.lifecycle import flush, reachability_for, sender_for
@@ -108,15 +110,22 @@ def run(
     command = shlex.join(argv[1:] if launch.kind != "command" else argv)
     task = RunTask(settings, job, command, RunReport(report_path))
     try:
+        # Without a terminal whose foreground it is, the program gets a process group of its
+        # own: a signal sent to the runner's group (a CI job cancelled, a supervisor) then
+        # reaches it once, passed on by the runner, not twice (from the group, then passed on):
+        # a second KeyboardInterrupt broke the program's own clean-up.
+        own_group = not _in_terminal_foreground()
         try:
             child = subprocess.Popen(
-                argv, env=child_environment(environ, settings, job, report_path)
+                argv,
+                env=child_environment(environ, settings, job, report_path),
+                **(_NEW_GROUP if own_group else {}),
             )
         except OSError as error:
             task.bar.fail(f"cannot start {argv[0]}: {error.strerror}")
             raise SettingError(f"cannot start {argv[0]!r}: {error.strerror}") from None
         task.started(child.pid)
-        status = _wait_forwarding_signals(child, task.refresh)
+        status = _wait_forwarding_signals(child, task.refresh, own_group)
         task.finished(status, child.pid)
         return status
     finally:
@@ -235,26 +244,46 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _wait_forwarding_signals(child: subprocess.Popen[bytes], tick: Callable[[], None]) -> int:
+#: Popen's arguments for a child in a process group of its own (``process_group``: 3.11).
+_NEW_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+)
+
+
+def _in_terminal_foreground() -> bool:
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError):
+        return False
+
+
+def _wait_forwarding_signals(
+    child: subprocess.Popen[bytes], tick: Callable[[], None], own_group: bool
+) -> int:
     """Wait for the child, calling ``tick`` every second; pass on termination requests, leave
     Ctrl-C to the terminal.
 
     Ctrl-C reaches the whole foreground process group, the child included, so the runner only
     has to survive it and report what the child did. A SIGINT that cannot have come from the
     terminal (the runner is not in its foreground group, or has none) was meant for the runner
-    alone and is forwarded, as SIGTERM and SIGHUP always are.
+    alone and is forwarded, as SIGTERM and SIGHUP always are. A child in a group of its own
+    (``own_group``: started without a terminal) gets them as a group, as it would have from a
+    signal to the runner's group.
     """
 
+    def send(signum: int) -> None:
+        if own_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signum)
+        else:
+            child.send_signal(signum)
+
     def forward(signum: int, frame: FrameType | None) -> None:
-        child.send_signal(signum)
+        send(signum)
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
-        try:
-            from_terminal = os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-        except (OSError, ValueError):
-            from_terminal = False
-        if not from_terminal:
-            child.send_signal(signum)
+        if own_group or not _in_terminal_foreground():
+            send(signum)
 
     previous = {
         signal.SIGINT: signal.signal(signal.SIGINT, interrupted),

@@ -300,6 +300,38 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_sigint_to_the_runners_group_without_a_terminal_reaches_the_program_once(
+    server_process: ServerProcess, tmp_path: Path
+) -> None:
+    """A CI job cancelled, or a supervisor, signals the whole group with no terminal: the
+    program got SIGINT from the group, then again from the runner, and the second
+    KeyboardInterrupt cut its own clean-up short (or closed its bar as completed)."""
+    script = tmp_path / "careful.py"
+    script.write_text(
+        "import time\nfrom tqdm import tqdm\ntry:\n"
+        "    for i in tqdm(range(100000), desc='careful'):\n"
+        "        if i == 1:\n            print('ready', flush=True)\n"
+        "        time.sleep(0.01)\n"
+        "except KeyboardInterrupt:\n"
+        "    time.sleep(0.5)  # saving a checkpoint\n"
+        "    print('saved', flush=True)\n"
+    )
+    argv = [*PROGRESSISTA, "run", "--url", server_process.url.rstrip("/"), "--job", "careful"]
+    with child.started(
+        [*argv, str(script)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=environment(),
+    ) as runner:
+        assert runner.stdout is not None
+        assert runner.stdout.readline().strip() == "ready"
+        os.killpg(runner.pid, signal.SIGINT)
+        out, _ = runner.communicate(timeout=WAIT)
+    assert (runner.returncode, out.strip()) == (0, "saved")
+    assert bars(server_process, "careful")["careful"]["state"] == "failed"
+
+
 def test_a_bad_job_name_is_one_line(server_process: ServerProcess) -> None:
     result = run(server_process, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
     assert result.returncode == 2
