@@ -454,15 +454,20 @@ def test_a_bar_rerun_outside_any_job_leaves_its_finished_run_for_good() -> None:
     }
 
 
-def test_removing_an_open_bar_of_a_finished_run_changes_nothing() -> None:
-    """The head completed the run with a bar still open: deleting that bar later failed the
-    run a second time (and alerted again)."""
+def _completed_by_its_head_then_its_open_bar_deleted() -> _Runs:
     runs = _Runs()
     runs.put("J", "active", {"job": "J", "role": "run"}, 1, 1)
     runs.put("w", "active", {"job": "J"}, 1, 1)
     runs.put("J", "completed", {"job": "J", "role": "run"}, 2, 1)
     runs.table.remove("w", runs.table.rev + 1)
     runs.table.publish()
+    return runs
+
+
+def test_removing_an_open_bar_of_a_finished_run_changes_nothing() -> None:
+    """The head completed the run with a bar still open: deleting that bar later failed the
+    run a second time (and alerted again)."""
+    runs = _completed_by_its_head_then_its_open_bar_deleted()
     assert runs.told == [("J#1", "running", "completed")]
 
 
@@ -470,12 +475,7 @@ def test_a_finished_run_never_runs_or_stalls_again() -> None:
     """Its head completed it with a bar open, the bar was deleted (still counted open, as a
     finished run keeps its bars as they were), then the head closed again without its role:
     the headless run was judged anew, stalled on a bar that no longer exists, for good."""
-    runs = _Runs()
-    runs.put("J", "active", {"job": "J", "role": "run"}, 1, 1)
-    runs.put("w", "active", {"job": "J"}, 1, 1)
-    runs.put("J", "completed", {"job": "J", "role": "run"}, 2, 1)
-    runs.table.remove("w", runs.table.rev + 1)
-    runs.table.publish()
+    runs = _completed_by_its_head_then_its_open_bar_deleted()
     runs.put("J", "completed", {"job": "J"}, 3, 1)  # a repeated close, the role gone
     runs.jobs.expire(1000.0)
     assert runs.told == [("J#1", "running", "completed")]

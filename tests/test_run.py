@@ -164,9 +164,14 @@ def test_python_and_its_script_run_as_one_would_type_them(server_process: Server
 
 @contextlib.contextmanager
 def sleepy_run(
-    server_process: ServerProcess, job: str, *, terminal: bool
+    server_process: ServerProcess,
+    job: str,
+    *,
+    terminal: bool,
+    program: Path = PROGRAMS / "sleepy_tqdm.py",
 ) -> Iterator[subprocess.Popen[str]]:
-    """``progressista run`` of a slow loop in a session of its own, once the loop is going.
+    """``progressista run`` of a slow loop (``program``, which prints "ready" once it is
+    under way) in a session of its own, once the loop is going.
 
     With ``terminal``, the session gets a pseudo-terminal as its controlling terminal and the
     run is its foreground job, as when a person types the command; without, it has none. Either
@@ -186,7 +191,7 @@ def sleepy_run(
                 server_process.url.rstrip("/"),
                 "--job",
                 job,
-                str(PROGRAMS / "sleepy_tqdm.py"),
+                str(program),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -263,16 +268,7 @@ def test_a_runner_killed_with_sigkill_takes_its_program_with_it(
         "import itertools, time\nfrom tqdm import tqdm\nfor i in tqdm(itertools.count()):\n"
         "    if i == 1:\n        print('ready', flush=True)\n    time.sleep(0.01)\n"
     )
-    argv = [*PROGRESSISTA, "run", "--url", server_process.url.rstrip("/"), "--job", "orphan"]
-    with child.started(
-        [*argv, str(script)],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=environment(),
-    ) as runner:
-        assert runner.stdout is not None
-        assert runner.stdout.readline().strip() == "ready"
+    with sleepy_run(server_process, "orphan", terminal=False, program=script) as runner:
         deadline = time.monotonic() + WAIT
         while "program_pid" not in (meta := _run_meta(server_process, "orphan")):
             assert time.monotonic() < deadline, meta
@@ -316,16 +312,7 @@ def test_sigint_to_the_runners_group_without_a_terminal_reaches_the_program_once
         "    time.sleep(0.5)  # saving a checkpoint\n"
         "    print('saved', flush=True)\n"
     )
-    argv = [*PROGRESSISTA, "run", "--url", server_process.url.rstrip("/"), "--job", "careful"]
-    with child.started(
-        [*argv, str(script)],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=environment(),
-    ) as runner:
-        assert runner.stdout is not None
-        assert runner.stdout.readline().strip() == "ready"
+    with sleepy_run(server_process, "careful", terminal=False, program=script) as runner:
         os.killpg(runner.pid, signal.SIGINT)
         out, _ = runner.communicate(timeout=WAIT)
     assert (runner.returncode, out.strip()) == (0, "saved")
