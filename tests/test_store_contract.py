@@ -429,6 +429,29 @@ async def test_redis_keeps_finished_jobs_after_their_tasks_and_a_restart(
         await again.close()
 
 
+async def _job_server(redis: RedisProcess, prefix: str) -> RedisStore:
+    """A server on ``prefix`` whose job runs complete 5 s after their last bar."""
+    from progressista.server.job import JobIndex
+    from progressista.server.redis_store import RedisStore
+
+    store = RedisStore(
+        redis.url, lifetimes=LIFETIMES, max_tasks=100, prefix=prefix, jobs=JobIndex(gap=5.0)
+    )
+    await store.start()
+    return store
+
+
+def _in_job(task_id: str, **fields: Any) -> list[Event]:
+    return events({"task_id": task_id, "meta": {"job": "etl"}, **fields})
+
+
+def _runs(store: RedisStore) -> dict[str, tuple[str, dict[str, int], float, list[str]]]:
+    return {
+        job.id: (job.state, job.tasks, job.started_at, sorted(store.table.jobs.members(job.id)))
+        for job in store.table.jobs.jobs()
+    }
+
+
 @pytest.mark.slow
 async def test_a_restart_rebuilds_the_job_runs_as_they_were_live(
     redis_process: RedisProcess,
@@ -438,63 +461,65 @@ async def test_a_restart_rebuilds_the_job_runs_as_they_were_live(
     "completed" alert each, "1 bar in 0 s"). A finished run's record was then skipped, its
     key taken. Now the records come first, the tasks rejoin them, and the running run is
     rebuilt from its tasks by their creation, under the number it had."""
-    from progressista.server.job import JobIndex
-    from progressista.server.redis_store import RedisStore
-
     prefix = f"test-{secrets.token_hex(4)}"
-
-    async def server() -> RedisStore:
-        store = RedisStore(
-            redis_process.url,
-            lifetimes=LIFETIMES,
-            max_tasks=100,
-            prefix=prefix,
-            jobs=JobIndex(gap=5.0),
-        )
-        await store.start()
-        return store
-
-    def etl(task_id: str, **fields: Any) -> list[Event]:
-        return events({"task_id": task_id, "meta": {"job": "etl"}, **fields})
-
-    def runs(store: RedisStore) -> dict[str, tuple[str, dict[str, int], float, list[str]]]:
-        return {
-            job.id: (job.state, job.tasks, job.started_at, sorted(store.table.jobs.members(job.id)))
-            for job in store.table.jobs.jobs()
-        }
-
-    first = await server()
+    first = await _job_server(redis_process, prefix)
     try:
         await eventually(lambda: first.holds_cleanup_lock)
         for i in range(3):  # 8 s each, one after another: one run
-            await first.apply(etl(f"a{i}", n=1), NOW + 8 * i)
-            await first.apply(etl(f"a{i}", status="close", n=5), NOW + 8 * i + 8)
+            await first.apply(_in_job(f"a{i}", n=1), NOW + 8 * i)
+            await first.apply(_in_job(f"a{i}", status="close", n=5), NOW + 8 * i + 8)
         first.table.jobs.expire(NOW + 30)  # the gap has passed: etl#1 completed
         await first.expire(NOW + 30, LIFETIMES, 100)  # and its record written
-        await first.apply(etl("b0", n=1), NOW + 40)  # etl#2
-        await first.apply(etl("b0", status="close", n=5), NOW + 48)
-        await first.apply(etl("b1", n=1), NOW + 49)
-        live = runs(first)
+        await first.apply(_in_job("b0", n=1), NOW + 40)  # etl#2
+        await first.apply(_in_job("b0", status="close", n=5), NOW + 48)
+        await first.apply(_in_job("b1", n=1), NOW + 49)
+        live = _runs(first)
         assert live == {
             "etl#1": ("completed", _counts(completed=3), NOW, ["a0", "a1", "a2"]),
             "etl#2": ("running", _counts(active=1, completed=1), NOW + 40, ["b0", "b1"]),
         }
     finally:
         await first.close()
-    again = await server()
+    again = await _job_server(redis_process, prefix)
     try:
-        assert runs(again) == live
+        assert _runs(again) == live
         # Without its record (a crash before cleanup wrote it), the run is rebuilt whole.
         raw = again._redis
         for key in await raw.keys(again.keys.job("*")):
             await raw.delete(key)
     finally:
         await again.close()
-    rebuilt = await server()
+    rebuilt = await _job_server(redis_process, prefix)
     try:
-        assert runs(rebuilt) == live
+        assert _runs(rebuilt) == live
     finally:
         await rebuilt.close()
+
+
+@pytest.mark.slow
+async def test_a_finished_runs_record_follows_what_its_bars_do_after(
+    redis_process: RedisProcess,
+) -> None:
+    """A run fails as soon as a bar fails, and goes on counting its other bars: its record,
+    written once when it finished, came back after a restart with a bar still active."""
+    prefix = f"test-{secrets.token_hex(4)}"
+    first = await _job_server(redis_process, prefix)
+    try:
+        await eventually(lambda: first.holds_cleanup_lock)
+        await first.apply([*_in_job("a", n=1), *_in_job("b", n=1)], NOW)
+        await first.apply(_in_job("b", status="error", error="boom"), NOW + 5)
+        await first.expire(NOW + 6, LIFETIMES, 100)  # failed: its record written
+        await first.apply(_in_job("a", status="close", n=5), NOW + 10)
+        await first.expire(NOW + 11, LIFETIMES, 100)  # and written again
+        live = _runs(first)
+        assert live == {"etl#1": ("failed", _counts(completed=1, failed=1), NOW, ["a", "b"])}
+    finally:
+        await first.close()
+    again = await _job_server(redis_process, prefix)
+    try:
+        assert _runs(again) == live
+    finally:
+        await again.close()
 
 
 def _counts(**given: int) -> dict[str, int]:

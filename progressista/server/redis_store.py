@@ -454,8 +454,9 @@ class RedisStore:
         #: load must replace it whole (revisions went back: Redis restored an older copy).
         self._needs_load = False
         self._went_back = False
-        #: Finished job runs this server has written to Redis (or found there).
-        self._kept_jobs: set[str] = set()
+        #: Finished job runs this server has written to Redis (or found there), each with the
+        #: ``updated_at`` written: a later change is written again.
+        self._kept_jobs: dict[str, float] = {}
         #: What the writer holds: the writes it merges, and the call in flight.
         self._writing: tuple[list[_Write], _Flight | None] = ([], None)
         #: Wakes the writer waiting for writes to merge while a call is in Redis.
@@ -648,11 +649,13 @@ class RedisStore:
         return expired
 
     async def _keep_finished_jobs(self, now: float) -> None:
-        """Write each finished job run not yet written to Redis, so that it stays listed after
-        its tasks expire, across restarts (the lock's holder does, once per run)."""
+        """Write each finished job run to Redis, so that it stays listed after its tasks expire,
+        across restarts (the lock's holder does), and again whenever it changes: a run that
+        failed with bars still running goes on counting them, and a restart restores the
+        record, not the tasks' sums."""
         jobs = self._table.jobs
         for job in jobs.finished():
-            if job.id in self._kept_jobs or job.finished_at is None:
+            if self._kept_jobs.get(job.id) == job.updated_at or job.finished_at is None:
                 continue
             remaining = jobs.retention - (now - job.finished_at)
             if remaining > 0:
@@ -662,7 +665,10 @@ class RedisStore:
                     )
                 except self._errors():
                     return  # the next pass tries again
-            self._kept_jobs.add(job.id)
+            self._kept_jobs[job.id] = job.updated_at
+        if len(self._kept_jobs) > 2 * jobs.max_jobs:  # (runs dropped since: forget them)
+            listed = {job.id for job in jobs.finished()}
+            self._kept_jobs = {key: at for key, at in self._kept_jobs.items() if key in listed}
 
     # Writing -------------------------------------------------------------------------------
 
@@ -1086,14 +1092,15 @@ class RedisStore:
         self._own.clear()
         self._applied_early.clear()
         # The finished runs' records first: the tasks loaded rejoin them, not new runs.
-        records = sorted(await self._stored_jobs(), key=lambda job: (job.job, job.run))
+        # Oldest first, as they were listed: past max_jobs the oldest finished go first.
+        records = sorted(await self._stored_jobs(), key=lambda job: job.finished_at or 0.0)
         if lost or not self._table.tasks:
             self._table.replace_all(tasks, int(counter), records)
         else:
             for job in records:
                 self._table.jobs.restore(job)
             self._reconcile(tasks, int(counter))
-        self._kept_jobs.update(job.id for job in records)
+        self._kept_jobs.update((job.id, job.updated_at) for job in records)
         self._stream_rev = int(counter)
         self._last_id = last_id
         self._needs_load = self._went_back = False
