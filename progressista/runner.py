@@ -110,11 +110,14 @@ def run(
     command = shlex.join(argv[1:] if launch.kind != "command" else argv)
     task = RunTask(settings, job, command, RunReport(report_path))
     try:
-        # Without a terminal whose foreground it is, the program gets a process group of its
-        # own: a signal sent to the runner's group (a CI job cancelled, a supervisor) then
-        # reaches it once, passed on by the runner, not twice (from the group, then passed on):
-        # a second KeyboardInterrupt broke the program's own clean-up.
-        own_group = not _in_terminal_foreground()
+        # Without a controlling terminal, the program gets a process group of its own: a
+        # signal sent to the runner's group (a CI job cancelled, a supervisor) then reaches it
+        # once, passed on by the runner, not twice (from the group, then passed on): a second
+        # KeyboardInterrupt broke the program's own clean-up. With one, it stays in the
+        # runner's group, whatever stdin is: in a group of its own it could not read the
+        # terminal (stopped by SIGTTIN), nor be stopped with Ctrl-Z.
+        terminal = _controlling_terminal()
+        own_group = terminal is None
         try:
             child = subprocess.Popen(
                 argv,
@@ -125,7 +128,11 @@ def run(
             task.bar.fail(f"cannot start {argv[0]}: {error.strerror}")
             raise SettingError(f"cannot start {argv[0]!r}: {error.strerror}") from None
         task.started(child.pid)
-        status = _wait_forwarding_signals(child, task.refresh, own_group)
+        try:
+            status = _wait_forwarding_signals(child, task.refresh, terminal)
+        finally:
+            if terminal is not None:
+                os.close(terminal)
         task.finished(status, child.pid)
         return status
     finally:
@@ -250,15 +257,16 @@ _NEW_GROUP: dict[str, Any] = (
 )
 
 
-def _in_terminal_foreground() -> bool:
+def _controlling_terminal() -> int | None:
+    """A descriptor of this process's controlling terminal, or None when it has none."""
     try:
-        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except (OSError, ValueError):
-        return False
+        return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return None
 
 
 def _wait_forwarding_signals(
-    child: subprocess.Popen[bytes], tick: Callable[[], None], own_group: bool
+    child: subprocess.Popen[bytes], tick: Callable[[], None], terminal: int | None
 ) -> int:
     """Wait for the child, calling ``tick`` every second; pass on termination requests, leave
     Ctrl-C to the terminal.
@@ -266,10 +274,11 @@ def _wait_forwarding_signals(
     Ctrl-C reaches the whole foreground process group, the child included, so the runner only
     has to survive it and report what the child did. A SIGINT that cannot have come from the
     terminal (the runner is not in its foreground group, or has none) was meant for the runner
-    alone and is forwarded, as SIGTERM and SIGHUP always are. A child in a group of its own
-    (``own_group``: started without a terminal) gets them as a group, as it would have from a
+    alone and is forwarded, as SIGTERM and SIGHUP always are. A child started without a
+    ``terminal`` is in a group of its own, and gets them as a group, as it would have from a
     signal to the runner's group.
     """
+    own_group = terminal is None
 
     def send(signum: int) -> None:
         if own_group:
@@ -282,7 +291,14 @@ def _wait_forwarding_signals(
         send(signum)
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
-        if own_group or not _in_terminal_foreground():
+        if terminal is None:
+            send(signum)
+            return
+        try:
+            from_terminal = os.tcgetpgrp(terminal) == os.getpgrp()
+        except OSError:
+            from_terminal = False
+        if not from_terminal:
             send(signum)
 
     previous = {

@@ -319,6 +319,44 @@ def test_sigint_to_the_runners_group_without_a_terminal_reaches_the_program_once
     assert bars(server_process, "careful")["careful"]["state"] == "failed"
 
 
+def test_a_program_run_from_a_terminal_reads_it_whatever_its_stdin(
+    server_process: ServerProcess, tmp_path: Path
+) -> None:
+    """``progressista run … < /dev/null`` typed in a terminal: put in a process group of its
+    own for want of a terminal on stdin, the program was stopped (SIGTTIN) the moment it read
+    the terminal (getpass does)."""
+    script = tmp_path / "asks.py"
+    script.write_text("with open('/dev/tty') as t:\n    print('read', t.readline().strip())\n")
+    main, tty = pty.openpty()
+
+    def take_terminal_then_give_up_stdin() -> None:  # in the child, after setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+
+    try:
+        argv = [*PROGRESSISTA, "run", "--url", server_process.url.rstrip("/"), str(script)]
+        with child.started(
+            argv,
+            stdin=tty,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment(),
+            preexec_fn=take_terminal_then_give_up_stdin,
+        ) as runner:
+            os.close(tty)
+            tty = None
+            os.write(main, b"hello\n")
+            out, err = runner.communicate(timeout=WAIT)
+        assert (runner.returncode, out.strip()) == (0, "read hello"), err
+    finally:
+        for fd in (tty, main):
+            if fd is not None:
+                os.close(fd)
+
+
 def test_a_bad_job_name_is_one_line(server_process: ServerProcess) -> None:
     result = run(server_process, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
     assert result.returncode == 2
