@@ -327,7 +327,8 @@ def test_a_program_run_from_a_terminal_reads_it_whatever_its_stdin(
     the terminal (getpass does)."""
     script = tmp_path / "asks.py"
     script.write_text("with open('/dev/tty') as t:\n    print('read', t.readline().strip())\n")
-    main, tty = pty.openpty()
+    main, opened = pty.openpty()
+    tty: int | None = opened
 
     def take_terminal_then_give_up_stdin() -> None:  # in the child, after setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
@@ -339,14 +340,14 @@ def test_a_program_run_from_a_terminal_reads_it_whatever_its_stdin(
         argv = [*PROGRESSISTA, "run", "--url", server_process.url.rstrip("/"), str(script)]
         with child.started(
             argv,
-            stdin=tty,
+            stdin=opened,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=environment(),
             preexec_fn=take_terminal_then_give_up_stdin,
         ) as runner:
-            os.close(tty)
+            os.close(opened)
             tty = None
             os.write(main, b"hello\n")
             out, err = runner.communicate(timeout=WAIT)
