@@ -194,18 +194,23 @@ def _each_one_of(choices: Sequence[str]) -> Check:
 
 def _token(value: Any) -> str | None:
     if value is None or (
-        isinstance(value, str) and value.strip() and value == value.strip() and value.isprintable()
+        isinstance(value, str)
+        and value.strip()
+        and value == value.strip()
+        and value.isprintable()
+        and value.isascii()
     ):
         return None
-    # (A newline or a tab can never be sent in an Authorization header: no client could write.)
-    return "must be a non-empty token of printable characters without surrounding whitespace"
+    # (A newline, a tab or a "€" can never be sent in an Authorization header: no client
+    # could write.)
+    return "must be a non-empty token of printable ASCII characters without surrounding whitespace"
 
 
 def _notify_entries(value: Any) -> str | None:
     for entry in value:
         if entry.strip().startswith("jobs="):
             spec, _, url = entry.strip().partition(" ")
-            if not all(spec[len("jobs=") :].split(",")) or not url.strip():
+            if not any(spec[len("jobs=") :].split(",")) or not url.strip():
                 # ("jobs= slack://..." dropped its empty globs: it meant every job.)
                 return "'jobs=' takes globs separated by commas, then a space and the URL"
     return None

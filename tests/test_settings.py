@@ -350,7 +350,13 @@ def test_the_read_token_is_read_with_the_other_settings() -> None:
         (  # no client could ever send it in a header
             ["--write-token", "a b\nc"],
             {},
-            "--write-token: must be a non-empty token of printable characters without "
+            "--write-token: must be a non-empty token of printable ASCII characters without "
+            "surrounding whitespace",
+        ),
+        (  # no client could send it either (HTTP headers are Latin-1, tokens ASCII)
+            ["--read-token", "abc€"],
+            {},
+            "--read-token: must be a non-empty token of printable ASCII characters without "
             "surrounding whitespace",
         ),
         (  # the empty glob list was dropped: it meant every job
@@ -372,6 +378,12 @@ def test_an_empty_token_given_in_code_names_its_flag() -> None:
     with pytest.raises(SettingError) as caught:
         ServerSettings(read_token="")
     assert str(caught.value) == (
-        "ServerSettings(read_token=…): must be a non-empty token of printable characters "
-        "without surrounding whitespace"
+        "ServerSettings(read_token=…): must be a non-empty token of printable ASCII "
+        "characters without surrounding whitespace"
     )
+
+
+def test_a_trailing_comma_in_a_notify_entrys_globs_is_still_accepted() -> None:
+    """Refusing an empty glob list must not refuse what worked: an empty glob among others."""
+    settings = parse_args(["--notify", "jobs=etl-*,ml-*, json://127.0.0.1:9/"], {})
+    assert settings.notify == ("jobs=etl-*,ml-*, json://127.0.0.1:9/",)
