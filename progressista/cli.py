@@ -210,11 +210,22 @@ def _script_or_command(target: str) -> str:
     if path.is_file():
         try:
             with path.open("rb") as file:
-                binary = file.read(4) == b"\x7fELF"
+                binary = file.read(4) in _EXECUTABLE_MAGIC
         except OSError:
             return "script"
         return "command" if binary and os.access(path, os.X_OK) else "script"
     return "command" if shutil.which(target) else "script"
+
+
+#: How executables begin: ELF (Linux), and Mach-O's, thin and fat, both byte orders (macOS).
+_EXECUTABLE_MAGIC = (
+    b"\x7fELF",
+    b"\xfe\xed\xfa\xce",
+    b"\xfe\xed\xfa\xcf",
+    b"\xce\xfa\xed\xfe",
+    b"\xcf\xfa\xed\xfe",
+    b"\xca\xfe\xba\xbe",
+)
 
 
 def _run(args: list[str]) -> int:
