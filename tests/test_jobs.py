@@ -427,6 +427,18 @@ class _Runs:
         self.table.commit(task, 0)
         self.table.publish()
 
+    def reloaded(self) -> _Runs:
+        """A server starting on what this one stored: its tasks, and its finished runs'
+        records (as RedisStore._load gives them to TaskTable.replace_all)."""
+        again = _Runs(self.jobs.gap)
+        records = sorted(self.jobs.finished(), key=lambda job: job.finished_at or 0.0)
+        again.table.replace_all(self.table.tasks.values(), self.table.rev, records)
+        again.jobs = again.table.jobs  # (a new index, with the same watchers)
+        return again
+
+    def members(self) -> dict[str, list[str]]:
+        return {job.id: sorted(self.jobs.members(job.id)) for job in self.jobs.jobs()}
+
     def counts(self) -> dict[str, tuple[str, int, int, int, str | None]]:
         return {
             job.id: (
@@ -452,6 +464,28 @@ def test_a_bar_rerun_outside_any_job_leaves_its_finished_run_for_good() -> None:
         "etl#1": ("completed", 0, 1, 0, None),
         "etl#2": ("completed", 0, 1, 0, None),
     }
+
+
+def test_a_restart_rebuilds_runs_as_they_were_live() -> None:
+    """Loaded by their last change, bars run one after another (each longer than the gap)
+    made a run each; a task labelled after its creation joins the run under way when it
+    took the label, not the one under way when it was created."""
+    runs = _Runs(gap=5.0)
+    for i in range(3):  # etl#1: three bars of 8 s, one after another
+        runs.put(f"a{i}", "active", {"job": "etl"}, 8 * i, 8 * i)
+        runs.put(f"a{i}", "completed", {"job": "etl"}, 8 * i + 8, 8 * i)
+    runs.put("x", "active", {}, 20, 20)  # created while etl#1 ran, in no job
+    runs.jobs.expire(40)  # etl#1 completed
+    runs.put("x", "active", {"job": "etl"}, 50, 20)  # labelled: etl#2
+    runs.put("x", "completed", {"job": "etl"}, 60, 20)
+    runs.put("b", "active", {"job": "etl"}, 61, 61)
+    runs.put("b", "completed", {"job": "etl"}, 62, 61)
+    runs.jobs.expire(70)  # etl#2 completed
+    runs.put("c", "active", {"job": "etl"}, 80, 80)  # etl#3, running
+    assert runs.members() == {"etl#1": ["a0", "a1", "a2"], "etl#2": ["b", "x"], "etl#3": ["c"]}
+    again = runs.reloaded()
+    assert (again.counts(), again.members()) == (runs.counts(), runs.members())
+    assert again.told == []  # no run completed anew: no alert
 
 
 def _completed_by_its_head_then_its_open_bar_deleted() -> _Runs:

@@ -591,9 +591,14 @@ class JobIndex:
                 return
             # A task joins when it appears (live, its creation is now), or when it takes the
             # job's label. A task loaded from Redis after a restart joins as it did live, by
-            # its creation: by its last change, bars one after another each made a run.
+            # its creation: by its last change, bars one after another each made a run. One
+            # whose last change, else its creation, falls in a run known from its record was
+            # that run's (a task that took the label after its creation, a bar that changed
+            # after the record was last written).
             at = new.created_at if old is None else now
-            kept = self._kept_run(name, at)
+            kept = self._kept_run(name, new.updated_at if old is None else now)
+            if kept is None and old is None:
+                kept = self._kept_run(name, at)
             if kept is not None:  # counted in the run's record already
                 self._member[task_id] = kept
                 kept.ids[task_id] = None
@@ -710,7 +715,9 @@ class JobIndex:
         self._touched.add(run)
 
     def _kept_run(self, name: str, at: float) -> _Run | None:
-        """The run restored from its record that a task created at ``at`` belonged to."""
+        """The run restored from its record that a task last changed at ``at`` belonged to:
+        the one that was under way then (from its start to its last change, which goes on
+        after it finished while bars it counts still run)."""
         kept = self._kept.get(name)
         if not kept:
             return None
@@ -718,7 +725,7 @@ class JobIndex:
         if index < 0:
             return None
         run = kept[index]
-        return run if run.finished_at is not None and at <= run.finished_at else None
+        return run if at <= run.updated_at else None
 
     def _run_for(self, name: str, now: float) -> _Run:
         """The run a new task of ``name`` joins: the latest, or a new one if that finished.
