@@ -316,3 +316,27 @@ def test_a_tentative_close_waits_for_the_crash_handler_then_goes_as_completed(
     sent = box.take()
     assert sent["loop"].remote_event() == {"status": "close"}
     assert box.pending == 0
+
+
+def test_a_refused_connection_is_tried_again_within_a_few_seconds(clock: FakeClock) -> None:
+    """A server restarting refuses connections; at the 30 s cap its bars' states stayed that
+    old once it was back (9.6 s in a trial, and a job called stalled). A refused connect
+    costs microseconds: its backoff stops at REFUSED_BACKOFF_CAP."""
+    from progressista.client.exchange import apply_failure
+    from progressista.client.reachability import Reachability
+    from progressista.client.tuning import REFUSED_BACKOFF_CAP
+
+    box = outbox(clock, push_every=1.0, random=lambda: 0.999)
+    reach = Reachability("http://127.0.0.1:9", 5.0, clock)
+    waits: list[float] = []
+    for _ in range(8):
+        box.put("a", Bar())
+        apply_failure(box, reach, box.take(), ConnectionRefusedError(111, "refused"))
+        waits.append(box.delay() or 0.0)
+        clock.advance(60)
+    assert max(waits) < 1.5 * REFUSED_BACKOFF_CAP
+    timeouts = outbox(clock, push_every=1.0, random=lambda: 0.999)
+    for _ in range(8):
+        timeouts.put("a", Bar())
+        apply_failure(timeouts, reach, timeouts.take(), TimeoutError())
+    assert (timeouts.delay() or 0.0) > 20  # a server that does not answer is left alone longer

@@ -16,7 +16,7 @@ from ..settings import ClientSettings
 from .event import encode_batch
 from .outbox import Outbox, Source
 from .reachability import Reachability
-from .tuning import REQUEST_TIMEOUT
+from .tuning import REFUSED_BACKOFF_CAP, REQUEST_TIMEOUT
 from .warning import warn
 
 __all__ = [
@@ -30,6 +30,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("progressista.client")
+
+#: How a refused connection is described (and told apart: it backs off less).
+_REFUSED = "connection refused"
 
 
 def request_headers(settings: ClientSettings) -> dict[str, str]:
@@ -125,7 +128,7 @@ def describe_failure(error: BaseException) -> str:
     cause: BaseException | None = error
     for _ in range(3):
         if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
+            return _REFUSED
         if isinstance(cause, TimeoutError) or type(cause).__name__.endswith("TimeoutError"):
             return f"no reply within {REQUEST_TIMEOUT:g} s"
         if cause is None:
@@ -140,8 +143,10 @@ def apply_failure(
 ) -> None:
     """The server could not be reached: keep the batch, back off, warn if it has lasted."""
     log.debug("cannot reach %s: %r", reach.url, error)
-    outbox.retry(batch)
-    _say(reach.failed(describe_failure(error)))
+    reason = describe_failure(error)
+    # A refused connection is cheap to try again, and is how a restarting server looks.
+    outbox.retry(batch, cap=REFUSED_BACKOFF_CAP if reason == _REFUSED else None)
+    _say(reach.failed(reason))
 
 
 def apply_reply(

@@ -458,15 +458,18 @@ class Outbox:
                 self.keepalive = wanted
                 self._next_keepalive = min(self._next_keepalive, self._clock() + wanted)
 
-    def retry(self, batch: dict[str, Source], retry_after: float | None = None) -> float:
-        """The server could not be reached or was overloaded: keep the batch, back off.
+    def retry(
+        self, batch: dict[str, Source], retry_after: float | None = None, cap: float | None = None
+    ) -> float:
+        """The server could not be reached or was overloaded: keep the batch, back off (at
+        most ``cap`` seconds, if given, below the outbox's own cap).
 
         A bar that changed meanwhile keeps its newer state. Returns the backoff in seconds.
         """
         self.requeue(batch)
-        return self._back_off(retry_after)
+        return self._back_off(retry_after, cap)
 
-    def _back_off(self, retry_after: float | None = None) -> float:
+    def _back_off(self, retry_after: float | None = None, cap: float | None = None) -> float:
         """Count a failure and push the next send back: capped, doubling, with jitter.
 
         The round ends: the next one, after the backoff, starts with whatever is pending then.
@@ -474,9 +477,10 @@ class Outbox:
         self._failures += 1
         self._round_left = 0
         self.generation += 1
+        limit = self.backoff_cap if cap is None else min(cap, self.backoff_cap)
         # The exponent stops growing long before a float would overflow (a day-long outage).
         doubled = self.push_every * 2 ** min(self._failures - 1, 30)
-        backoff: float = min(self.backoff_cap, doubled) * (0.5 + self._random())  # jitter
+        backoff: float = min(limit, doubled) * (0.5 + self._random())  # jitter
         if retry_after is not None and 0 <= retry_after:
             # The server's wish, within the same cap: a Retry-After of a day (or infinity) must
             # not silence every bar for the rest of the run once the server is back.

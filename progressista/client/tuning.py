@@ -13,6 +13,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_PENDING_FINALS",
     "MIN_GAP",
+    "REFUSED_BACKOFF_CAP",
     "REQUEST_TIMEOUT",
     "TENTATIVE_HOLD",
     "TERMINATE_FLUSH",
@@ -42,6 +43,12 @@ FULL_STATE_EVERY = 15.0
 
 #: Seconds: the retry backoff never exceeds this, and neither does a server's ``Retry-After``.
 BACKOFF_CAP = 30.0
+
+#: Seconds: nor this while the connection is refused (a server restarting, or not started
+#: yet). A refused connect costs both sides microseconds, and a 30 s backoff left every bar's
+#: state that old after the server was back (9.6 s in one trial): long enough for a job with
+#: a short ``--job-stall-after`` to be called stalled, then moving again.
+REFUSED_BACKOFF_CAP = 2.0
 
 #: Seconds a close that may still turn out to be a failure waits before it is sent as completed
 #: (where the interpreter cannot tell ``break`` from an exception): time for an exception still
