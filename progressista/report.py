@@ -65,6 +65,8 @@ class RunReport:
     crash: str = ""
     #: A process spent its time waiting for a server that never answered (its URL).
     unresponsive: str = ""
+    #: Servers a process has told the user it could not deliver to at its exit (their URLs).
+    warned: set[str] = field(default_factory=set)
     _offset: int = 0
     _partial: bytes = b""
 
@@ -104,6 +106,8 @@ class RunReport:
             self.crash = record["crash"]
         if isinstance(record.get("unresponsive"), str):
             self.unresponsive = record["unresponsive"]
+        if isinstance(record.get("warned"), str):
+            self.warned.add(record["warned"])
 
     @property
     def open_bars(self) -> int:

@@ -182,6 +182,8 @@ class RunTask:
             # this server, so the runner's own exit must not wait again.
             server = reachability_for(self.settings)
             server.spent(self.settings.flush_timeout, delivered=False)
+        if self.settings.url in self.report.warned:
+            reachability_for(self.settings).told_elsewhere()
         counts = (len(self.report.processes), len(self.report.bars), len(self.report.closed))
         if counts == self._shown:
             return

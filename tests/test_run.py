@@ -358,6 +358,20 @@ def test_a_program_run_from_a_terminal_reads_it_whatever_its_stdin(
                 os.close(fd)
 
 
+def test_a_server_that_cannot_be_reached_is_said_once_for_the_whole_run(refused_url: str) -> None:
+    """The program said its bars could not be delivered, and then the runner said the same of
+    its own task: two lines for one fact."""
+    result = child.run(
+        [*PROGRESSISTA, "run", "--url", refused_url, str(PROGRAMS / "plain_tqdm.py")],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=environment(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("could not be delivered") == 1, result.stderr
+
+
 def test_a_bad_job_name_is_one_line(server_process: ServerProcess) -> None:
     result = run(server_process, "--job", "..", str(PROGRAMS / "plain_tqdm.py"))
     assert result.returncode == 2

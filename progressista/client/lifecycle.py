@@ -208,6 +208,7 @@ class Process:
                 message = sender.reach.undelivered_at_exit(lost)
                 if message is not None:
                     warn(message)
+                    report("warned", sender.reach.url)  # the runner need not say it again
                 if sender.reach.unresponsive:
                     # progressista run shares one waiting budget across its processes.
                     report("unresponsive", sender.reach.url)

@@ -75,6 +75,12 @@ class Reachability:
             "its address?"
         )
 
+    def told_elsewhere(self) -> None:
+        """Another process of the run already said, at its exit, that this server did not
+        take its bars: the runner's own line for its task would only repeat it."""
+        with self._lock:
+            self._told_exit = self._warned = True
+
     def undelivered_at_exit(self, bars: int) -> str | None:
         """The exit flush could not deliver ``bars`` states; the warning, once. Said even after
         the outage's warning: that one promised delivery when the server answers again, and the
