@@ -61,6 +61,14 @@ async def test_bars_of_several_processes_sum_into_one_job(client: Client, clock:
     assert summary["started_at"] == clock.now
 
 
+async def test_a_jobs_count_comes_back_exactly_from_a_huge_one(client: Client) -> None:
+    """The sums were floats from 0.0: a bar at 10**17 going back to 1 left the job's n at 0
+    (the other bar's 1 lost to rounding). Counts are ints, summed exactly."""
+    await post(client, [shard("s1", 10**17, None), shard("s2", 1, None)])
+    await post(client, shard("s1", 1, None, seq=2))
+    assert (await job(client, "etl"))["n"] == 2
+
+
 async def test_a_rate_is_summed_only_over_bars_that_share_a_unit(client: Client) -> None:
     await post(client, [shard("s1", 10, 100, rate=2.0), shard("s2", 3, 9, rate=1e6, unit="B")])
     summary = await job(client, "etl")

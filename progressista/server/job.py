@@ -139,8 +139,10 @@ class _Run:
         #: Order of creation among all runs (ties in updated_at go to the newer run).
         self.serial = serial
         self.active = self.stale = self.completed = self.failed = 0
-        self.n = 0.0
-        self.total = 0.0
+        # Ints while the bars' counts are: exact however large, so taking a bar's 10**17 back
+        # out leaves the others' 1 (a float sum, from 0.0, read 0).
+        self.n: int | float = 0
+        self.total: int | float = 0
         #: Counted tasks with no total (total then unknown), and open ones with no fraction.
         self.no_total = self.no_fraction = 0
         self.fractions = 0.0
