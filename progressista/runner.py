@@ -53,7 +53,16 @@ class Launch:
         return [self.target, *self.args]
 
     def name(self) -> str:
-        return os.path.basename(self.target) or self.target
+        """What ran, for the default job name: the script, also when a python runs it
+        (``run python train.py`` is ``train.py``, as ``run train.py``)."""
+        program = os.path.basename(self.target) or self.target
+        if self.kind == "command" and program.startswith("python") and self.args:
+            first = self.args[0]
+            if first == "-m" and len(self.args) > 1:
+                return self.args[1]
+            if not first.startswith("-"):
+                return os.path.basename(first) or first
+        return program
 
 
 def default_job(launch: Launch) -> str:

@@ -62,3 +62,15 @@ def test_a_process_that_waited_for_a_hung_server_spends_the_whole_runs_budget(
     assert reachability_for(settings).allowance(2.0, at_exit=True) == 0.0
     task.bar.close()
     task.bar.fp.close()
+
+
+def test_the_default_job_is_named_after_the_script_whoever_runs_it() -> None:
+    """``run python train.py`` named its job ``python-<time>``; ``run train.py`` names it
+    ``train.py-<time>``: the same program, the same name."""
+    from progressista.runner import Launch
+
+    assert Launch("script", "jobs/train.py", ["--epochs", "3"]).name() == "train.py"
+    assert Launch("command", "python3", ["jobs/train.py", "--epochs", "3"]).name() == "train.py"
+    assert Launch("command", "/venv/bin/python", ["-m", "pkg.train"]).name() == "pkg.train"
+    assert Launch("command", "python", ["-c", "print(1)"]).name() == "python"
+    assert Launch("command", "make", ["all"]).name() == "make"
