@@ -496,6 +496,48 @@ def test_a_restart_rebuilds_runs_as_they_were_live() -> None:
     assert again.told == []  # no run completed anew: no alert
 
 
+def test_a_headless_run_that_failed_takes_the_bars_that_follow_while_its_work_goes_on() -> None:
+    """One script (PROGRESSISTA_JOB alone) whose bar fails while others run: the run failed at
+    once, and every bar started after it began a run of its own (10 runs, and an alert each,
+    for one crawler with 10 failing bars)."""
+    runs = _Runs(gap=5.0)
+    runs.put("a", "active", {"job": "crawl"}, 0, 0)
+    runs.put("b", "active", {"job": "crawl"}, 0, 0)
+    runs.put("a", "failed", {"job": "crawl"}, 1, 0)  # crawl#1 failed, b still running
+    runs.put("c", "active", {"job": "crawl"}, 2, 2)
+    runs.put("b", "completed", {"job": "crawl"}, 4, 0)
+    runs.put("c", "completed", {"job": "crawl"}, 6, 2)
+    runs.put("d", "active", {"job": "crawl"}, 8, 8)  # within the gap after the last bar
+    assert runs.members() == {"crawl#1": ["a", "b", "c", "d"]}
+    assert runs.told == [("crawl#1", "running", "failed")]  # one alert
+    runs.put("d", "completed", {"job": "crawl"}, 9, 8)
+    runs.put("e", "active", {"job": "crawl"}, 20, 20)  # the gap has passed: the next run
+    assert runs.members() == {"crawl#1": ["a", "b", "c", "d"], "crawl#2": ["e"]}
+
+
+def test_a_failed_run_with_a_head_takes_bars_until_its_head_ends() -> None:
+    runs = _Runs()
+    runs.put("J", "active", {"job": "J", "role": "run"}, 0, 0)
+    runs.put("a", "failed", {"job": "J"}, 1, 0)
+    runs.put("b", "active", {"job": "J"}, 2, 2)  # the program goes on: the same run
+    runs.put("J", "failed", {"job": "J", "role": "run"}, 3, 0)
+    runs.put("c", "active", {"job": "J"}, 4, 4)  # the head ended: the next run
+    assert runs.members() == {"J#1": ["J", "a", "b"], "J#2": ["c"]}
+
+
+def test_an_open_bar_deleted_from_a_failed_run_that_goes_on_counts_failed() -> None:
+    """A failed run takes new bars while bars are open: one deleted while open would keep it
+    open, taking every later bar of its name, for good."""
+    runs = _Runs(gap=5.0)
+    runs.put("a", "failed", {"job": "crawl"}, 0, 0)
+    runs.put("b", "active", {"job": "crawl"}, 1, 1)
+    runs.table.remove("b", runs.table.rev + 1)
+    runs.table.publish()
+    runs.put("c", "active", {"job": "crawl"}, 30, 30)
+    assert runs.members() == {"crawl#1": ["a"], "crawl#2": ["c"]}
+    assert runs.counts()["crawl#1"] == ("failed", 0, 0, 2, None)
+
+
 def _completed_by_its_head_then_its_open_bar_deleted() -> _Runs:
     runs = _Runs()
     runs.put("J", "active", {"job": "J", "role": "run"}, 1, 1)

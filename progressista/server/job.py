@@ -24,7 +24,8 @@ Without a head, a run is completed when every bar is and the announced size is r
 with no size announced, once no bar has come for ``gap`` seconds after the last one ended: a
 script whose loops run one after another (``PROGRESSISTA_JOB=etl python etl.py``) has no bar open
 between two of them, and each loop made a run of its own, with an alert each. A run is
-failed as soon as any of its tasks fails; stalled while no open bar has advanced for
+failed as soon as any of its tasks fails (and it takes the bars that follow while its work
+goes on: see :meth:`_Run.still_going`); stalled while no open bar has advanced for
 ``job_stall_after`` (a hung worker's sender keeps its bars fresh while nothing moves) or every
 open bar is stale; running otherwise. A finished run stays finished: a completed one may still
 turn failed (one of its bars fails after its head completed it), but never runs or stalls
@@ -251,6 +252,17 @@ class _Run:
             host = failed.meta.get("host")
             self.error, self.error_task = failed.error or "failed", failed.task_id
             self.error_host = None if host is None else str(host)
+
+    def still_going(self, now: float, gap: float) -> bool:
+        """A failed run whose work goes on: a new bar of its name at ``now`` joins it. It
+        failed as soon as one bar did, but its head still runs, or (without one) bars are
+        still open or the gap after its last one has not passed: one script's loops, the
+        others after a failure, were each a run of their own, with an alert each."""
+        if self.state != "failed":
+            return False
+        if self.head is not None:
+            return self.head_state in ("active", "stale")
+        return bool(self.active + self.stale) or now - self.updated_at < gap
 
     def judge(self, now: float, stall_after: float, gap: float) -> str:
         """The run's state now (see the module's docstring)."""
@@ -663,8 +675,13 @@ class JobIndex:
             if gone is None:
                 continue
             gone.ids.pop(task.task_id, None)
-            # (A finished run ended as it did: its head completed it, say, with a bar open.)
-            if cut_short and task.state in ("active", "stale") and gone.finished_at is None:
+            # (A finished run ended as it did: its head completed it, say, with a bar open; but
+            # a failed one whose bars go on counts them as an unfinished one does.)
+            if (
+                cut_short
+                and task.state in ("active", "stale")
+                and (gone.finished_at is None or gone.state == "failed")
+            ):
                 self._cut_short(gone, task)
 
     def _cut_short(self, run: _Run, task: Task) -> None:
@@ -745,7 +762,11 @@ class JobIndex:
             and run.judge(now, self.stall_after, self.gap) == "completed"
         ):
             self._judge(run, now)
-        if run is None or run.finished_at is not None or run.key not in self._runs:
+        if (
+            run is None
+            or run.key not in self._runs
+            or (run.finished_at is not None and not run.still_going(now, self.gap))
+        ):
             self._serial += 1
             number = 1 if run is None else run.number + 1
             # Past the numbers still listed: the latest run may have been dropped while an
