@@ -657,6 +657,8 @@
   }
 
   jobsSection.addEventListener("click", (event) => {
+    const text = event.target.closest(".clamp");  // a job's error, cut as a task's is
+    if (text) text.classList.toggle("open");
     const open = event.target.closest(".job-open");
     if (open) showJob(open.closest("li").dataset.job);
     const notify = event.target.closest(".job-notify");

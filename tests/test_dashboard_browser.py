@@ -820,6 +820,23 @@ def test_long_text_is_clamped_and_opens_with_a_click(
     expect(title).to_have_attribute("title", "word " * 200)  # the whole text, on hover
 
 
+def test_a_jobs_long_error_is_clamped_as_a_tasks_is(
+    browser: Browser, server: ServerProcess
+) -> None:
+    """A failed job's card showed its whole error (1,100 characters, 530 px): three failed
+    jobs pushed the board three screens down."""
+    server.post([{"task_id": "w", "status": "error", "error": "line\n" * 80, "meta": {"job": "j"}}])
+    page = open_page(browser, server.url)
+    live(page)
+    error = page.locator('li.job-card[data-job="j"] .error')
+    expect(error).to_have_text(re.compile("line"))
+    closed = error.bounding_box()
+    assert closed is not None and closed["height"] < 80
+    error.click()
+    opened = error.bounding_box()
+    assert opened is not None and opened["height"] > 5 * closed["height"]
+
+
 def test_the_compact_view_and_sorting_are_kept_in_the_url(
     browser: Browser, server: ServerProcess
 ) -> None:
