@@ -9,6 +9,7 @@ import sys
 import warnings
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
@@ -575,3 +576,26 @@ async def test_nested_loops_nest_on_the_server_and_inner_bars_say_they_go(
         "inner-of-manual": ("manual", False),
         "manual": (None, None),
     }
+
+
+async def test_a_bar_discarded_while_running_comes_back_whole(
+    aiohttp_server: AiohttpServer,
+) -> None:
+    """Discarded on the page while its worker runs, a bar's next update (what changed) made a
+    task with no description and no labels, until its full state up to 15 s later. The server
+    names the updates it did not hold a task for, and the client sends those bars whole."""
+    server = await aiohttp_server(create_app(ServerSettings(cleanup_interval=NEVER)))
+    with bar(
+        server, total=100, desc="Crawling", task_id="crawl", meta={"site": "a"}, mininterval=0
+    ) as progress:
+        progress.update(1)
+        await task_with(server, "crawl", n=1, desc="Crawling")
+        async with aiohttp.ClientSession() as session:
+            async with session.delete(server.make_url("/tasks/crawl")) as response:
+                assert response.status in (200, 204)
+        progress.update(1)
+        # Well within FULL_STATE_EVERY (15 s), after which it came back whole anyway.
+        task = await task_with(
+            server, "crawl", timeout=8.0, desc="Crawling", check=lambda t: t["n"] >= 2
+        )
+        assert task["meta"]["site"] == "a"

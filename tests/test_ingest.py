@@ -58,7 +58,8 @@ async def test_one_event_creates_a_task_with_server_fields(
 
 async def test_a_batch_is_applied_in_order(client: Client) -> None:
     status, body = await post(client, [event("a", n=1), event("b", n=2), event("a", n=3)])
-    assert (status, body) == (202, {"accepted": 3, "ignored": 0})
+    # (Updates without their description, for tasks not held: named once each.)
+    assert (status, body) == (202, {"accepted": 3, "ignored": 0, "unknown": ["a", "b"]})
     assert {task_id: task["n"] for task_id, task in stored(client).items()} == {"a": 3, "b": 2}
 
 
@@ -352,7 +353,7 @@ async def test_write_token_is_required_when_configured(make_client: MakeClient) 
             "error": "missing or wrong token: send 'Authorization: Bearer <write token>'",
             "details": [],
         }
-    assert await post(client, event("a"), Authorization="Bearer s3cret") == (
+    assert await post(client, event("a", status="start"), Authorization="Bearer s3cret") == (
         202,
         {"accepted": 1, "ignored": 0},
     )
@@ -365,7 +366,10 @@ async def test_when_full_completed_tasks_are_evicted_first_then_new_tasks_get_42
     await post(client, event("done-early", status="close"))
     clock.advance(1)
     await post(client, [event("done-late", status="close"), event("running")])
-    assert await post(client, event("new-1")) == (202, {"accepted": 1, "ignored": 0})
+    assert await post(client, event("new-1", status="start")) == (
+        202,
+        {"accepted": 1, "ignored": 0},
+    )
     assert sorted(stored(client)) == ["done-late", "new-1", "running"]
     await post(client, event("new-2"))
     assert sorted(stored(client)) == ["new-1", "new-2", "running"]
@@ -444,9 +448,10 @@ async def test_a_server_with_a_short_stale_after_asks_clients_for_more_keepalive
     make_client: MakeClient,
 ) -> None:
     client = await make_client(stale_after=20)
-    assert await post(client, event("a")) == (202, {"accepted": 1, "ignored": 0, "keepalive": 5.0})
+    start = event("a", status="start")
+    assert await post(client, start) == (202, {"accepted": 1, "ignored": 0, "keepalive": 5.0})
     client = await make_client(stale_after=60)
-    assert await post(client, event("a")) == (202, {"accepted": 1, "ignored": 0})
+    assert await post(client, start) == (202, {"accepted": 1, "ignored": 0})
 
 
 @pytest.mark.parametrize(
@@ -481,3 +486,21 @@ async def test_a_compressed_body_is_accepted(client: Client) -> None:
     )
     assert response.status == 202
     assert stored(client)["zipped"]["n"] == 3
+
+
+async def test_updates_for_tasks_the_server_does_not_hold_are_named(client: Client) -> None:
+    """What changed, for a task the server does not hold (discarded while its worker runs):
+    the reply names it, so that the worker sends it whole; a start, or an update that
+    carries its description (a whole state), needs no such word."""
+    response = await client.post(
+        "/progress",
+        json=[
+            {"task_id": "lost", "n": 5},
+            {"task_id": "fresh", "status": "start", "n": 1},
+            {"task_id": "whole", "n": 1, "desc": "Whole"},
+        ],
+    )
+    assert response.status == 202
+    assert (await response.json())["unknown"] == ["lost"]
+    response = await client.post("/progress", json={"task_id": "lost", "n": 6})
+    assert "unknown" not in await response.json()

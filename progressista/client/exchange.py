@@ -14,7 +14,7 @@ import math
 from ..schema import Event
 from ..settings import ClientSettings
 from .event import encode_batch
-from .outbox import Outbox, Source
+from .outbox import FinalEvent, Outbox, Source
 from .reachability import Reachability
 from .tuning import REFUSED_BACKOFF_CAP, REQUEST_TIMEOUT
 from .warning import warn
@@ -166,6 +166,7 @@ def apply_reply(
     _say(reach.succeeded())
     if status < 300:
         outbox.delivered(_suggested_keepalive(reply))
+        _resend_unknown(outbox, batch, reply)
     elif status == 413 and len(batch) > 1:
         outbox.shrink(batch)
     elif status == 400 and _drop_refused_events(outbox, batch, body, reply):
@@ -173,6 +174,26 @@ def apply_reply(
     elif outbox.refused(status):
         warn(_refusal(reach.url, status, reply))
     return True
+
+
+def _resend_unknown(outbox: Outbox, batch: dict[str, Source], reply: bytes) -> None:
+    """The server did not hold some bars it was sent an update for (discarded on the page,
+    say): it stored what changed, the rest at its defaults. Send them whole, now: the outbox's
+    generation moves on, as after a reconnect, so the next event of every bar carries every
+    field, and these are queued again."""
+    if b'"unknown"' not in reply:  # the common reply: no need to parse it
+        return
+    try:
+        unknown = json.loads(reply)["unknown"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if not isinstance(unknown, list):
+        return
+    outbox.generation += 1
+    for key in unknown:
+        source = batch.get(key) if isinstance(key, str) else None
+        if source is not None and not isinstance(source, FinalEvent):  # (finals are whole)
+            outbox.put(key, source, urgent=True)
 
 
 def _suggested_keepalive(reply: bytes) -> float | None:
