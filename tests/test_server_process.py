@@ -20,7 +20,8 @@ async def test_serves_the_api_and_page_and_stops_cleanly_on_ctrl_c() -> None:
     with running_server(env={"PROGRESSISTA_STALE_AFTER": "5m"}) as server:
         assert server.url.startswith("http://127.0.0.1:")
         async with aiohttp.ClientSession(server.url) as http:
-            async with http.post("/progress", json={"task_id": "real", "n": 1}) as response:
+            start = {"task_id": "real", "status": "start", "n": 1}
+            async with http.post("/progress", json=start) as response:
                 assert (response.status, await response.json()) == (
                     202,
                     {"accepted": 1, "ignored": 0},

@@ -58,7 +58,7 @@ async def test_wrong_bearer_tokens_run_out_and_then_even_the_right_one_waits(
         "progressista_token_throttled_total 1.0",
     } <= metrics
     hub_clock.advance(20)
-    assert await post(client, event("x"), Authorization="Bearer wr1te") == (
+    assert await post(client, event("x", status="start"), Authorization="Bearer wr1te") == (
         202,
         {"accepted": 1, "ignored": 0},
     )
