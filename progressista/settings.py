@@ -26,6 +26,7 @@ __all__ = [
     "SettingError",
     "ViewerSettings",
     "parse_args",
+    "split_notify_entry",
     "url_problem",
 ]
 
@@ -206,13 +207,22 @@ def _token(value: Any) -> str | None:
     return "must be a non-empty token of printable ASCII characters without surrounding whitespace"
 
 
+def split_notify_entry(entry: str) -> tuple[tuple[str, ...] | None, str]:
+    """A ``--notify`` entry, ``"slack://…"`` or ``"jobs=etl-*,ml-* slack://…"``, as its job
+    globs (None without ``jobs=``; empty ones left out) and its URL."""
+    entry = entry.strip()
+    if not entry.startswith("jobs="):
+        return None, entry
+    spec, _, url = entry.partition(" ")
+    return tuple(glob for glob in spec[len("jobs=") :].split(",") if glob), url.strip()
+
+
 def _notify_entries(value: Any) -> str | None:
     for entry in value:
-        if entry.strip().startswith("jobs="):
-            spec, _, url = entry.strip().partition(" ")
-            if not any(spec[len("jobs=") :].split(",")) or not url.strip():
-                # ("jobs= slack://..." dropped its empty globs: it meant every job.)
-                return "'jobs=' takes globs separated by commas, then a space and the URL"
+        globs, url = split_notify_entry(entry)
+        if globs is not None and (not globs or not url):
+            # ("jobs= slack://..." dropped its empty globs: it meant every job.)
+            return "'jobs=' takes globs separated by commas, then a space and the URL"
     return None
 
 

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from ..settings import split_notify_entry
 from .job import Job
 from .table import TaskTable
 from .task import Task
@@ -117,14 +118,9 @@ class Destination:
 
 def parse_destination(entry: str, index: int) -> Destination:
     """``"slack://…"`` or ``"jobs=etl-*,ml-* slack://…"`` (globs, a space, the URL)."""
-    entry = entry.strip()
-    jobs: tuple[str, ...] = ()
-    if entry.startswith("jobs="):
-        spec, _, entry = entry.partition(" ")
-        jobs = tuple(glob for glob in spec[len("jobs=") :].split(",") if glob)
-        entry = entry.strip()
-    scheme = entry.split("://", 1)[0] if "://" in entry else "?"
-    return Destination(entry, jobs, f"{scheme}#{index + 1}")
+    globs, url = split_notify_entry(entry)
+    scheme = url.split("://", 1)[0] if "://" in url else "?"
+    return Destination(url, globs or (), f"{scheme}#{index + 1}")
 
 
 class Alert(msgspec.Struct, frozen=True):
