@@ -275,8 +275,7 @@ class _Run:
         elif self.members and not open_bars:
             if self.size is not None and self.members >= self.size:
                 return "completed"
-            # (Once completed, a late touch, a repeated close, say, must not reopen it.)
-            if self.size is None and (self.state == "completed" or now - self.updated_at >= gap):
+            if self.size is None and now - self.updated_at >= gap:
                 return "completed"
         if open_bars and (not self.active or now - self.advanced_at > stall_after):
             return "stalled"
@@ -791,13 +790,10 @@ class JobIndex:
         if state != before:
             run.state = state
             self._changed.add(run.key)
-        if state in ("completed", "failed"):
-            if run.finished_at is None:
-                # When its last change came: a run judged complete after its gap (by cleanup)
-                # ended with its last bar, not when the gap ran out.
-                run.finished_at = min(now, run.updated_at)
-        else:
-            run.finished_at = None
+        if state in ("completed", "failed") and run.finished_at is None:
+            # When its last change came: a run judged complete after its gap (by cleanup)
+            # ended with its last bar, not when the gap ran out.
+            run.finished_at = min(now, run.updated_at)
         if state != before and self._watchers:
             job = run.as_job()
             for watcher in self._watchers:
