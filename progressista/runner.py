@@ -218,7 +218,7 @@ class RunTask:
         if signal_name is not None:
             labels["signal"] = signal_name
         self.bar.remote_relabel(**labels)
-        self.bar.total = len(self.report.bars)
+        self.bar.total = bars
         if status == 0:
             self.bar.close()
             return

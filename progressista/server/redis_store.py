@@ -654,7 +654,8 @@ class RedisStore:
         failed with bars still running goes on counting them, and a restart restores the
         record, not the tasks' sums."""
         jobs = self._table.jobs
-        for job in jobs.finished():
+        finished = jobs.finished()
+        for job in finished:
             if self._kept_jobs.get(job.id) == job.updated_at or job.finished_at is None:
                 continue
             remaining = jobs.retention - (now - job.finished_at)
@@ -667,7 +668,7 @@ class RedisStore:
                     return  # the next pass tries again
             self._kept_jobs[job.id] = job.updated_at
         if len(self._kept_jobs) > 2 * jobs.max_jobs:  # (runs dropped since: forget them)
-            listed = {job.id for job in jobs.finished()}
+            listed = {job.id for job in finished}
             self._kept_jobs = {key: at for key, at in self._kept_jobs.items() if key in listed}
 
     # Writing -------------------------------------------------------------------------------
